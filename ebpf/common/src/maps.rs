@@ -1,0 +1,239 @@
+//! Map names, capacities and the `#[repr(C)]` keys and values both sides read and write.
+//!
+//! Rules (aya checks sizes, not layouts): explicit padding fields, integers instead of
+//! bool/enum/Option, ports in host byte order, addresses as four network-order words, and a
+//! compile-time size assertion per type. Changing any of these changes [`LAYOUT_VERSION`].
+
+use core::mem::size_of;
+
+/// Version of the pinned map layout. Pins live under `<bpffs>/v<LAYOUT_VERSION>/`, so an agent
+/// with a different layout never misreads another version's maps.
+///
+/// 2: [`CallerEntry::class`] (caller-based routes and locality). v1 pins are not adopted; an
+/// upgraded node needs the old pins removed (`sockmesh-agent cleanup` of the old version, or
+/// `rm -r <bpffs>/v1`), or both versions' programs stay attached.
+pub const LAYOUT_VERSION: u32 = 3;
+
+/// Service table: (family, VIP, port) -> [`ServiceEntry`]. Not preallocated, so an update
+/// replaces the element under RCU and a concurrent connect reads either the old or the new
+/// entry, never a mix.
+pub const SERVICES_MAP: &str = "SM_SERVICES";
+pub const MAX_SERVICES: u32 = 65_536;
+
+/// Slot tables: (service id, caller class) -> [`SlotTable`]. Also not preallocated: swapping a
+/// table is one element replacement, which is what makes a table switch atomic.
+pub const SLOT_TABLES_MAP: &str = "SM_SLOT_TABLES";
+pub const MAX_SLOT_TABLES: u32 = 65_536;
+/// Slots per table. 1021 (prime) of them are used by Maglev; weighted tables use up to all.
+pub const MAX_SLOTS: usize = 1024;
+/// Maglev lookup-table size: prime, and large enough that 10 backends stay within ~1% of
+/// their share while a table still fits one 4 KiB map value.
+pub const MAGLEV_TABLE_SIZE: u32 = 1021;
+
+/// Backends: backend id -> [`BackendEntry`]. Shared by all services that name the same address.
+pub const BACKENDS_MAP: &str = "SM_BACKENDS";
+pub const MAX_BACKENDS: u32 = 262_144;
+
+/// Round-robin counters, one u64 per service id (array index).
+pub const RR_COUNTERS_MAP: &str = "SM_RR_COUNTERS";
+
+/// Socket stamps: socket cookie -> [`SockStamp`], written at connect for routed sockets.
+/// LRU so sockets that die without a close callback cannot fill it.
+pub const SOCK_STAMPS_MAP: &str = "SM_SOCK_STAMPS";
+pub const MAX_SOCK_STAMPS: u32 = 262_144;
+
+/// Program names (the ELF symbol names of the entry points), used for pins and attach.
+pub const PROG_CONNECT4: &str = "sockmesh_connect4";
+pub const PROG_CONNECT6: &str = "sockmesh_connect6";
+pub const PROG_GETPEERNAME4: &str = "sockmesh_getpeername4";
+pub const PROG_GETPEERNAME6: &str = "sockmesh_getpeername6";
+pub const PROG_SOCK_OPS: &str = "sockmesh_sock_ops";
+pub const PROG_RECEIVE_RESET: &str = "sockmesh_tcp_receive_reset";
+pub const PROG_SCHED_WAKEUP: &str = "sockmesh_sched_wakeup";
+pub const PROG_SCHED_WAKEUP_NEW: &str = "sockmesh_sched_wakeup_new";
+pub const PROG_SCHED_SWITCH: &str = "sockmesh_sched_switch";
+
+/// Caller class of the default slot table: callers that are not a workload, and every caller
+/// whose class has no table of its own for the service.
+pub const CALLER_CLASS_DEFAULT: u32 = 0;
+
+/// Key of the service table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    /// IPv4: `[addr, 0, 0, 0]`; IPv6: the four words. Network byte order.
+    pub addr: [u32; 4],
+    /// Host byte order.
+    pub port: u16,
+    /// [`crate::FAMILY_INET`] or [`crate::FAMILY_INET6`].
+    pub family: u16,
+}
+const _: () = assert!(size_of::<ServiceKey>() == 20);
+
+/// Value of the service table: how to pick a backend, and who is admitted at all.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceEntry {
+    /// Stable id of the service, index of its round-robin counter and part of its table key.
+    pub id: u32,
+    /// One of `pick::LB_*`.
+    pub lb: u32,
+    /// `SERVICE_*` bits.
+    pub flags: u32,
+    /// Share of connects admitted while half-open, in ppm (1_000_000 = all).
+    pub admit_ppm: u32,
+    /// Callers whose priority level is below this are shed (0: nobody is).
+    pub min_priority: u32,
+    /// Concurrent connections to the service (0: unlimited).
+    pub max_conns: u32,
+    /// Concurrent connections from one caller workload (0: unlimited).
+    pub max_conns_per_caller: u32,
+    /// Fault injection: share of connects refused, in ppm.
+    pub fault_refuse_ppm: u32,
+    /// Connection rate (GCRA): emission interval and burst tolerance; 0 = no rate limit.
+    pub rate_interval_ns: u64,
+    pub rate_burst_ns: u64,
+}
+const _: () = assert!(size_of::<ServiceEntry>() == 48);
+
+/// The circuit is open: every connect is refused at once.
+pub const SERVICE_CIRCUIT_OPEN: u32 = 1;
+/// Half-open: `admit_ppm` of connects pass.
+pub const SERVICE_HALF_OPEN: u32 = 2;
+/// Only callers with an ACL entry may connect.
+pub const SERVICE_ACL: u32 = 4;
+/// The service has slot tables per caller class (routes, locality): connect looks up
+/// `(id, caller class)` first and falls back to `(id, CALLER_CLASS_DEFAULT)`. Without the
+/// flag only the default table is read, so unrouted services pay no extra lookup.
+pub const SERVICE_CLASS_TABLES: u32 = 8;
+
+/// Admission state the kernel keeps per service id (array index).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceCounters {
+    /// Connections admitted and not yet closed (atomically updated).
+    pub active: u64,
+    /// GCRA theoretical arrival time, ns.
+    pub tat_ns: u64,
+}
+const _: () = assert!(size_of::<ServiceCounters>() == 16);
+
+/// Caller cgroups: cgroup id -> [`CallerEntry`] (written by the agent from `workloads:`).
+pub const CALLERS_MAP: &str = "SM_CALLERS";
+pub const MAX_CALLERS: u32 = 65_536;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallerEntry {
+    /// Workload index + 1 (0 = unknown caller).
+    pub workload: u32,
+    /// Priority level (higher is more important); unknown callers count as the default level.
+    pub priority: u32,
+    /// Caller class: which slot table of a `SERVICE_CLASS_TABLES` service this caller uses
+    /// ([`CALLER_CLASS_DEFAULT`] = the service's default table). The agent sets it to the
+    /// workload index + 1; it is a field of its own so classes can be shared by workloads
+    /// without another layout change.
+    pub class: u32,
+}
+const _: () = assert!(size_of::<CallerEntry>() == 12);
+
+/// Priority level of callers that are not a configured workload (the default, `online`).
+pub const DEFAULT_PRIORITY: u32 = 2;
+
+/// Access control: (service id, workload) present = allowed, for services with `SERVICE_ACL`.
+pub const ACL_MAP: &str = "SM_ACL";
+pub const MAX_ACL: u32 = 65_536;
+
+/// Per-service admission counters ([`ServiceCounters`]), array indexed by service id.
+pub const SERVICE_COUNTERS_MAP: &str = "SM_SVC_STATE";
+/// Active connections per (service id, workload): for `max_conns_per_caller`.
+pub const CALLER_CONNS_MAP: &str = "SM_CALLER_CONNS";
+
+/// Key of the ACL and per-caller connection maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceCaller {
+    pub service_id: u32,
+    /// Workload index + 1, as in [`CallerEntry::workload`].
+    pub workload: u32,
+}
+const _: () = assert!(size_of::<ServiceCaller>() == 8);
+
+/// Key of the slot-table map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotTableKey {
+    pub service_id: u32,
+    pub caller_class: u32,
+}
+const _: () = assert!(size_of::<SlotTableKey>() == 8);
+
+/// A service's slot table: `slots[..len]` hold backend ids; the kernel picks one per connect.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotTable {
+    pub len: u32,
+    /// Increases with every table the agent writes for this key (visible in debugging).
+    pub generation: u32,
+    pub slots: [u32; MAX_SLOTS],
+}
+const _: () = assert!(size_of::<SlotTable>() == 8 + 4 * MAX_SLOTS);
+
+impl SlotTable {
+    pub const EMPTY: SlotTable = SlotTable {
+        len: 0,
+        generation: 0,
+        slots: [0; MAX_SLOTS],
+    };
+}
+
+/// Value of the backend map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BackendEntry {
+    pub addr: [u32; 4],
+    /// Host byte order.
+    pub port: u16,
+    pub family: u16,
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<BackendEntry>() == 24);
+
+/// What connect() recorded about a routed socket, so later hooks (getpeername, sock_ops) can
+/// attribute the socket to its service, backend and caller.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockStamp {
+    /// The VIP the application dialed (network-order words, IPv4 in word 0).
+    pub vip: [u32; 4],
+    /// Host byte order.
+    pub vip_port: u16,
+    /// Family of the VIP as the application dialed it (a v4-mapped dial records INET6).
+    pub family: u16,
+    pub service_id: u32,
+    pub backend_id: u32,
+    /// `STAMP_*` bits (crate::signals), updated by sock_ops and the reset tracepoint.
+    pub flags: u32,
+    pub cgroup_id: u64,
+    /// `bpf_ktime_get_ns()` at connect.
+    pub connect_ns: u64,
+    /// The caller's workload (index + 1; 0 = unknown), for per-caller connection counts.
+    pub workload: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<SockStamp>() == 56);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type is `#[repr(C)]`, made only of integers and integer arrays, with
+    // explicit padding, so any bit pattern is valid and there are no implicit padding bytes.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceEntry {}
+    unsafe impl aya::Pod for super::SlotTableKey {}
+    unsafe impl aya::Pod for super::SlotTable {}
+    unsafe impl aya::Pod for super::BackendEntry {}
+    unsafe impl aya::Pod for super::SockStamp {}
+    unsafe impl aya::Pod for super::ServiceCounters {}
+    unsafe impl aya::Pod for super::CallerEntry {}
+    unsafe impl aya::Pod for super::ServiceCaller {}
+}

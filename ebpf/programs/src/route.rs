@@ -1,0 +1,347 @@
+//! connect/getpeername logic: look the destination up in the service table, pick a slot,
+//! rewrite the destination, stamp the socket.
+
+use core::{
+    intrinsics::{atomic_xadd, AtomicOrdering},
+    ptr::{addr_of, addr_of_mut, read_volatile, write_volatile},
+};
+
+use aya_ebpf::{
+    bindings::bpf_sock_addr,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
+    },
+    programs::SockAddrContext,
+    EbpfContext,
+};
+use sockmesh_common::{
+    addr::{is_v4_mapped, v4_mapped_words},
+    caller_hash,
+    pick::{LB_MAGLEV, LB_ROUND_ROBIN},
+    pick_slot, BackendEntry, ServiceEntry, ServiceKey, SlotTableKey, SockStamp,
+    CALLER_CLASS_DEFAULT, FAMILY_INET, FAMILY_INET6, MAX_SLOTS, SERVICE_CLASS_TABLES,
+};
+
+use sockmesh_common::{ConnEvent, EVENT_FAILED, RESULT_NO_BACKEND};
+
+use crate::{
+    admit::{admit, release, Admission},
+    bound::masked,
+    events::emit,
+    maps::{BACKENDS, RR_COUNTERS, SERVICES, SLOT_TABLES, SOCK_STAMPS},
+};
+
+const IPPROTO_TCP: u32 = 6;
+
+pub enum Verdict {
+    /// Not a VIP (or not TCP): untouched.
+    Pass,
+    Routed,
+    /// Refused by the mesh (no usable backend, circuit, limits, ACL, shedding, fault):
+    /// fail now rather than let the app wait on a dead address.
+    Refused,
+}
+
+/// What a routed socket's stamp records about its admission.
+struct Admitted {
+    service_id: u32,
+    backend_id: u32,
+    workload: u32,
+    flags: u32,
+    cgroup_id: u64,
+}
+
+pub fn connect4(ctx: &SockAddrContext) -> Verdict {
+    let sa = ctx.sock_addr;
+    // SAFETY: `sa` is the context pointer the kernel handed us; ctx fields are read/written
+    // with exact 4-byte accesses, which is what the verifier allows for them.
+    unsafe {
+        if read_volatile(addr_of!((*sa).protocol)) != IPPROTO_TCP {
+            return Verdict::Pass;
+        }
+        let ip = read_volatile(addr_of!((*sa).user_ip4));
+        let port = user_port(sa);
+        let key = ServiceKey {
+            addr: [ip, 0, 0, 0],
+            port,
+            family: FAMILY_INET,
+        };
+        let Some(service) = SERVICES.get(&key) else {
+            return Verdict::Pass;
+        };
+        let cgroup_id = bpf_get_current_cgroup_id();
+        let (workload, class, counted) = match admit(service, cgroup_id) {
+            Admission::Admit {
+                workload,
+                class,
+                stamp_flags,
+            } => (workload, class, stamp_flags),
+            Admission::Refuse(result) => {
+                refused(service.id, result, FAMILY_INET, cgroup_id);
+                return Verdict::Refused;
+            }
+        };
+        let Some((backend_id, backend)) = pick_backend(sa, service, class) else {
+            release(service.id, workload, counted);
+            refused(service.id, RESULT_NO_BACKEND, FAMILY_INET, cgroup_id);
+            return Verdict::Refused;
+        };
+        write_volatile(addr_of_mut!((*sa).user_ip4), backend.addr[0]);
+        set_user_port(sa, backend.port);
+        let admitted = Admitted {
+            service_id: service.id,
+            backend_id,
+            workload,
+            flags: counted,
+            cgroup_id,
+        };
+        stamp(ctx, &key, FAMILY_INET, &admitted);
+    }
+    Verdict::Routed
+}
+
+pub fn connect6(ctx: &SockAddrContext) -> Verdict {
+    let sa = ctx.sock_addr;
+    // SAFETY: as in connect4.
+    unsafe {
+        if read_volatile(addr_of!((*sa).protocol)) != IPPROTO_TCP {
+            return Verdict::Pass;
+        }
+        let dialed = read_ip6(sa);
+        let port = user_port(sa);
+        // A dual-stack socket dialing an IPv4 VIP arrives here as ::ffff:a.b.c.d.
+        let mapped = is_v4_mapped(&dialed);
+        let key = if mapped {
+            ServiceKey {
+                addr: [dialed[3], 0, 0, 0],
+                port,
+                family: FAMILY_INET,
+            }
+        } else {
+            ServiceKey {
+                addr: dialed,
+                port,
+                family: FAMILY_INET6,
+            }
+        };
+        let Some(service) = SERVICES.get(&key) else {
+            return Verdict::Pass;
+        };
+        let cgroup_id = bpf_get_current_cgroup_id();
+        let (workload, class, counted) = match admit(service, cgroup_id) {
+            Admission::Admit {
+                workload,
+                class,
+                stamp_flags,
+            } => (workload, class, stamp_flags),
+            Admission::Refuse(result) => {
+                refused(service.id, result, FAMILY_INET6, cgroup_id);
+                return Verdict::Refused;
+            }
+        };
+        let Some((backend_id, backend)) = pick_backend(sa, service, class) else {
+            release(service.id, workload, counted);
+            refused(service.id, RESULT_NO_BACKEND, FAMILY_INET6, cgroup_id);
+            return Verdict::Refused;
+        };
+        let target = if mapped {
+            v4_mapped_words(backend.addr[0])
+        } else {
+            backend.addr
+        };
+        write_ip6(sa, &target);
+        set_user_port(sa, backend.port);
+        let stamped = ServiceKey {
+            addr: dialed,
+            port,
+            family: FAMILY_INET6,
+        };
+        let admitted = Admitted {
+            service_id: service.id,
+            backend_id,
+            workload,
+            flags: counted,
+            cgroup_id,
+        };
+        stamp(ctx, &stamped, FAMILY_INET6, &admitted);
+    }
+    Verdict::Routed
+}
+
+/// getpeername on a routed socket answers the VIP the app dialed, not the backend.
+pub fn getpeername4(ctx: &SockAddrContext) {
+    let sa = ctx.sock_addr;
+    // SAFETY: as in connect4.
+    unsafe {
+        let cookie = bpf_get_socket_cookie(ctx.as_ptr());
+        if let Some(stamp) = SOCK_STAMPS.get(&cookie) {
+            if stamp.family == FAMILY_INET {
+                write_volatile(addr_of_mut!((*sa).user_ip4), stamp.vip[0]);
+                set_user_port(sa, stamp.vip_port);
+            }
+        }
+    }
+}
+
+pub fn getpeername6(ctx: &SockAddrContext) {
+    let sa = ctx.sock_addr;
+    // SAFETY: as in connect4.
+    unsafe {
+        let cookie = bpf_get_socket_cookie(ctx.as_ptr());
+        if let Some(stamp) = SOCK_STAMPS.get(&cookie) {
+            if stamp.family == FAMILY_INET6 {
+                write_ip6(sa, &stamp.vip);
+                set_user_port(sa, stamp.vip_port);
+            }
+        }
+    }
+}
+
+/// Index the service's slot table: the caller class's own table if the service has class
+/// tables and this class has one, else the default table. A slot whose backend vanished
+/// (removed between our table read and the backend lookup) falls through to the next slot
+/// once.
+unsafe fn pick_backend(
+    sa: *mut bpf_sock_addr,
+    service: &ServiceEntry,
+    class: u32,
+) -> Option<(u32, &'static BackendEntry)> {
+    let mut key = SlotTableKey {
+        service_id: service.id,
+        caller_class: CALLER_CLASS_DEFAULT,
+    };
+    let mut found = None;
+    if service.flags & SERVICE_CLASS_TABLES != 0 && class != CALLER_CLASS_DEFAULT {
+        key.caller_class = class;
+        // SAFETY: a non-preallocated hash element stays valid for the program's run (RCU).
+        found = unsafe { SLOT_TABLES.get(&key) };
+        key.caller_class = CALLER_CLASS_DEFAULT;
+    }
+    let table = match found {
+        Some(t) => t,
+        // SAFETY: as above. No class table (the class routes like class 0): the default one.
+        None => unsafe { SLOT_TABLES.get(&key)? },
+    };
+    let len = table.len;
+    if len as usize > MAX_SLOTS {
+        return None;
+    }
+    let entropy = match service.lb {
+        LB_ROUND_ROBIN => round_robin_ticket(service.id),
+        LB_MAGLEV => unsafe { maglev_key(sa) },
+        _ => unsafe { bpf_get_prandom_u32() },
+    };
+    let first = pick_slot(entropy, len)?;
+    let mut slot = first;
+    for _ in 0..2 {
+        let id = table.slots[masked(slot as usize, MAX_SLOTS)];
+        // SAFETY: as above.
+        if let Some(backend) = unsafe { BACKENDS.get(&id) } {
+            return Some((id, backend));
+        }
+        slot = if slot + 1 >= len { 0 } else { slot + 1 };
+    }
+    None
+}
+
+/// A global (not per-CPU) counter, so round robin cycles exactly across CPUs.
+fn round_robin_ticket(service_id: u32) -> u32 {
+    match RR_COUNTERS.get_ptr_mut(service_id) {
+        // SAFETY: array elements are 8-byte aligned and live as long as the map. The bpf
+        // target has no `AtomicU64::fetch_add` in core, so we use the intrinsic. SeqCst, not
+        // Relaxed: with Relaxed, LLVM 22 emits the non-fetching `lock +=` and then uses the
+        // addend as if it were the old value (every ticket was 1); SeqCst selects
+        // BPF_ATOMIC_FETCH_ADD (cpu v3), which is what we need and costs the same here.
+        Some(ptr) => unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(ptr, 1) as u32 },
+        None => 0,
+    }
+}
+
+/// Maglev's key: the caller's cgroup plus its source address if it bound one before connect.
+unsafe fn maglev_key(sa: *mut bpf_sock_addr) -> u32 {
+    // SAFETY: ctx->sk is always a valid socket for sock_addr hooks; fields read one by one.
+    unsafe {
+        let sk = read_volatile(addr_of!((*sa).__bindgen_anon_1.sk));
+        let family = read_volatile(addr_of!((*sk).family));
+        let src = if family == FAMILY_INET6 as u32 {
+            [
+                read_volatile(addr_of!((*sk).src_ip6[0])),
+                read_volatile(addr_of!((*sk).src_ip6[1])),
+                read_volatile(addr_of!((*sk).src_ip6[2])),
+                read_volatile(addr_of!((*sk).src_ip6[3])),
+            ]
+        } else {
+            [read_volatile(addr_of!((*sk).src_ip4)), 0, 0, 0]
+        };
+        caller_hash(bpf_get_current_cgroup_id(), &src, 0)
+    }
+}
+
+unsafe fn stamp(ctx: &SockAddrContext, vip: &ServiceKey, family: u16, a: &Admitted) {
+    // SAFETY: helpers called with the context pointer the kernel gave us.
+    unsafe {
+        let cookie = bpf_get_socket_cookie(ctx.as_ptr());
+        let stamp = SockStamp {
+            vip: vip.addr,
+            vip_port: vip.port,
+            family,
+            service_id: a.service_id,
+            backend_id: a.backend_id,
+            flags: a.flags,
+            cgroup_id: a.cgroup_id,
+            connect_ns: bpf_ktime_get_ns(),
+            workload: a.workload,
+            _pad: 0,
+        };
+        // An LRU map always finds room. A lost stamp costs the getpeername rewrite and
+        // observation of this socket, and would leak a taken connection-limit unit: undo it.
+        if SOCK_STAMPS.insert(&cookie, &stamp, 0).is_err() {
+            release(a.service_id, a.workload, a.flags);
+        }
+    }
+}
+
+/// The mesh refused a connect itself: counted under its own result, never as a backend
+/// failure.
+fn refused(service_id: u32, result: u32, family: u16, cgroup_id: u64) {
+    emit(&ConnEvent {
+        kind: EVENT_FAILED,
+        result,
+        service_id,
+        cgroup_id,
+        family,
+        ..ConnEvent::ZERO
+    });
+}
+
+unsafe fn user_port(sa: *mut bpf_sock_addr) -> u16 {
+    // SAFETY: caller passes the context pointer.
+    u16::from_be(unsafe { read_volatile(addr_of!((*sa).user_port)) } as u16)
+}
+
+unsafe fn set_user_port(sa: *mut bpf_sock_addr, port: u16) {
+    // SAFETY: caller passes the context pointer.
+    unsafe { write_volatile(addr_of_mut!((*sa).user_port), port.to_be() as u32) }
+}
+
+unsafe fn read_ip6(sa: *mut bpf_sock_addr) -> [u32; 4] {
+    // SAFETY: caller passes the context pointer; one 4-byte load per word.
+    unsafe {
+        [
+            read_volatile(addr_of!((*sa).user_ip6[0])),
+            read_volatile(addr_of!((*sa).user_ip6[1])),
+            read_volatile(addr_of!((*sa).user_ip6[2])),
+            read_volatile(addr_of!((*sa).user_ip6[3])),
+        ]
+    }
+}
+
+unsafe fn write_ip6(sa: *mut bpf_sock_addr, w: &[u32; 4]) {
+    // SAFETY: caller passes the context pointer; one 4-byte store per word.
+    unsafe {
+        write_volatile(addr_of_mut!((*sa).user_ip6[0]), w[0]);
+        write_volatile(addr_of_mut!((*sa).user_ip6[1]), w[1]);
+        write_volatile(addr_of_mut!((*sa).user_ip6[2]), w[2]);
+        write_volatile(addr_of_mut!((*sa).user_ip6[3]), w[3]);
+    }
+}
