@@ -1,0 +1,201 @@
+//! `sockmesh-control`: serves the mesh's desired state to every node's agent, versioned,
+//! with history and rollback. Reference: docs/control-plane.md.
+//!
+//! This file parses flags, sets up logging and the runtime, and stops on SIGTERM/SIGINT;
+//! the server is `sockmesh_control::server`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use sockmesh_control::server::{self, FileSource, ServerOptions, Source, Token, DEFAULT_KEEP};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::warn;
+
+/// Environment variable holding the token when no --token-file is given.
+const TOKEN_ENV: &str = "SOCKMESH_CONTROL_TOKEN";
+
+#[derive(Parser)]
+#[command(
+    name = "sockmesh-control",
+    version,
+    about = "Serve the mesh's desired state to sockmesh agents: versioned, with history and rollback"
+)]
+struct Cli {
+    /// Where the desired state comes from: the `--config` file, or the Kubernetes API
+    /// (Services, EndpointSlices, Pods and MeshPolicies of enrolled namespaces; in a pod its
+    /// service account, elsewhere KUBECONFIG or ~/.kube/config).
+    #[arg(long, value_enum, env = "SOCKMESH_CONTROL_SOURCE", default_value_t = SourceKind::File)]
+    source: SourceKind,
+    /// Mesh config (YAML), watched for changes; an invalid edit is refused and never served.
+    /// Required with `--source file`.
+    #[arg(long, env = "SOCKMESH_CONTROL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Serve the API on TCP (repeatable); every request needs the bearer token.
+    #[arg(long, value_name = "IP:PORT")]
+    listen: Vec<SocketAddr>,
+    /// Serve the API on a unix socket, mode 0600 (no token: file permissions guard it).
+    #[arg(long, value_name = "PATH")]
+    listen_unix: Option<PathBuf>,
+    /// File whose first line is the bearer token (or set SOCKMESH_CONTROL_TOKEN).
+    #[arg(long, value_name = "FILE", env = "SOCKMESH_CONTROL_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Prometheus `GET /metrics` and `GET /ready`.
+    #[arg(
+        long,
+        env = "SOCKMESH_CONTROL_METRICS_ADDR",
+        default_value = "127.0.0.1:9479"
+    )]
+    metrics_addr: SocketAddr,
+    /// Where revisions are stored, so versions, history and rollbacks survive a restart
+    /// [default: none, in memory only].
+    #[arg(long, env = "SOCKMESH_CONTROL_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// How many versions are kept for history and rollback.
+    #[arg(long, default_value_t = DEFAULT_KEEP as u64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    keep: u64,
+    /// How often the config file is checked for changes, in milliseconds.
+    #[arg(long, default_value_t = 250)]
+    watch_interval_ms: u64,
+    /// Kubernetes source: quiet time after a change before a new config is built (a burst
+    /// of endpoint changes becomes one version), in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    kube_debounce_ms: u64,
+    /// Kubernetes source: the kubelets' cgroup driver, which names the pod cgroups that
+    /// workloads point at: systemd or cgroupfs.
+    #[arg(long, default_value = "systemd")]
+    kube_cgroup_driver: String,
+    /// Kubernetes source: the kubelets' --cgroup-root, prefix of the pod cgroups below the
+    /// cgroup2 mount [default: none].
+    #[arg(long, default_value = "")]
+    kube_cgroup_root: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SourceKind {
+    /// The `--config` file, re-read every --watch-interval-ms.
+    File,
+    /// The Kubernetes API (needs a build with the `kubernetes` feature, the default).
+    Kubernetes,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let token = match &cli.token_file {
+        Some(path) => Some(Token::read_file(path)?),
+        None => match std::env::var(TOKEN_ENV) {
+            Ok(text) => Some(Token::new(&text, &format!("in {TOKEN_ENV}"))?),
+            Err(_) => None,
+        },
+    };
+    let file = match (cli.source, &cli.config) {
+        (SourceKind::File, Some(path)) => Some(FileSource::new(
+            path.clone(),
+            Duration::from_millis(cli.watch_interval_ms.max(10)),
+        )),
+        (SourceKind::File, None) => {
+            bail!("--config FILE is required with the file source (or use --source kubernetes)")
+        }
+        (SourceKind::Kubernetes, Some(_)) => {
+            bail!("--config is for the file source; --source kubernetes reads the cluster")
+        }
+        (SourceKind::Kubernetes, None) => None,
+    };
+    let kube = kube_options(&cli)?;
+    let opts = ServerOptions {
+        listen: cli.listen,
+        listen_unix: cli.listen_unix.clone(),
+        token,
+        metrics_addr: cli.metrics_addr,
+        state_dir: cli.state_dir,
+        keep: cli.keep as usize,
+    };
+    // The work is a few long-polls and a file read per interval: two threads are plenty.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let result = rt.block_on(async {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let source: Box<dyn Source> = match file {
+            Some(file) => Box::new(file),
+            None => kube_source(kube).await?,
+        };
+        tokio::select! {
+            r = server::run(source, opts) => r.map_err(anyhow::Error::from),
+            _ = term.recv() => { warn!("SIGTERM: shutting down"); Ok(()) }
+            _ = int.recv() => { warn!("SIGINT: shutting down"); Ok(()) }
+        }
+    });
+    if let Some(path) = &cli.listen_unix {
+        let _ = std::fs::remove_file(path);
+    }
+    // Pending long-polls end with their connections; agents reconnect to the next process.
+    rt.shutdown_timeout(Duration::from_millis(200));
+    result
+}
+
+#[cfg(feature = "kubernetes")]
+type KubeOptions = sockmesh_control::server::kube_source::KubeOptions;
+/// Nothing to configure in a build without the Kubernetes source.
+#[cfg(not(feature = "kubernetes"))]
+struct KubeOptions;
+
+#[cfg(feature = "kubernetes")]
+fn kube_options(cli: &Cli) -> Result<KubeOptions> {
+    use sockmesh_control::server::kube_source::{CgroupDriver, MapOptions};
+    let cgroup_driver: CgroupDriver = cli
+        .kube_cgroup_driver
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--kube-cgroup-driver: {e}"))?;
+    let debounce = Duration::from_millis(cli.kube_debounce_ms);
+    Ok(KubeOptions {
+        debounce,
+        max_delay: (debounce * 10).max(Duration::from_secs(2)),
+        map: MapOptions {
+            cgroup_driver,
+            cgroup_root: cli.kube_cgroup_root.clone(),
+        },
+    })
+}
+
+#[cfg(not(feature = "kubernetes"))]
+fn kube_options(_: &Cli) -> Result<KubeOptions> {
+    Ok(KubeOptions)
+}
+
+/// The Kubernetes source with kube's default client configuration.
+#[cfg(feature = "kubernetes")]
+async fn kube_source(opts: KubeOptions) -> Result<Box<dyn Source>> {
+    use sockmesh_control::server::kube_source::KubeSource;
+    let source = KubeSource::from_default_config(opts)
+        .await
+        .context("connecting to Kubernetes (in-cluster service account, or KUBECONFIG)")?;
+    Ok(Box::new(source))
+}
+
+#[cfg(not(feature = "kubernetes"))]
+async fn kube_source(_: KubeOptions) -> Result<Box<dyn Source>> {
+    bail!("this sockmesh-control was built without the `kubernetes` feature: use --source file")
+}
