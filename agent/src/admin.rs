@@ -1,0 +1,315 @@
+//! Admin API: `/ready`, `/status`, `/v1/services`, `/v1/backends?service=`, `/v1/workloads`,
+//! `/v1/failures`, `/v1/bans`, `/v1/circuits`, `/v1/slos`, `/v1/lines`, `/v1/top`,
+//! `/v1/diagnose?service=`, and `POST /v1/fault` (shapes in docs/agent-interface.md).
+//!
+//! Served on a unix socket created with mode 0600 (only root or the owner can connect: no token
+//! to leak), and optionally on TCP, where every request must carry the operator's bearer token.
+
+use std::{convert::Infallible, os::unix::fs::PermissionsExt, path::Path, sync::Arc};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{body::Incoming, service::service_fn, Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, UnixListener},
+};
+use tracing::{debug, warn};
+
+use crate::{
+    diagnose::api as diagnose,
+    engine::task::{Command, EngineHandle},
+    signals::Signals,
+    status::SharedStatus,
+};
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub status: SharedStatus,
+    pub signals: Arc<Signals>,
+    pub engine: EngineHandle,
+    /// Required on TCP; `None` on the unix socket, where file permissions are the guard.
+    pub token: Option<Arc<str>>,
+}
+
+/// Binds the socket (replacing a stale one from a previous agent), private from the start.
+pub fn bind_unix(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing stale {}", path.display())),
+    }
+    // SAFETY: umask only swaps the process mask; restored right after bind.
+    let old = unsafe { libc::umask(0o077) };
+    let listener = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener = listener.with_context(|| format!("binding admin socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+pub async fn serve_unix(listener: UnixListener, state: AdminState) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => spawn_conn(stream, state.clone()),
+            Err(e) => warn!(error = %e, "admin accept failed"),
+        }
+    }
+}
+
+pub async fn serve_tcp(listener: TcpListener, state: AdminState) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => spawn_conn(stream, state.clone()),
+            Err(e) => warn!(error = %e, "admin accept failed"),
+        }
+    }
+}
+
+fn spawn_conn<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S, state: AdminState) {
+    tokio::spawn(async move {
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let state = state.clone();
+            async move {
+                if req.method() == Method::POST && authorized(&req, state.token.as_deref()) {
+                    return Ok::<_, Infallible>(post(req, &state).await);
+                }
+                Ok::<_, Infallible>(handle(&req, &state))
+            }
+        });
+        if let Err(e) = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), svc)
+            .await
+        {
+            debug!(error = %e, "admin connection ended with an error");
+        }
+    });
+}
+
+fn reply(code: StatusCode, ctype: &str, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(code)
+        .header("content-type", ctype)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
+fn json_reply(code: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let body =
+        serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    reply(code, "application/json", body + "\n")
+}
+
+fn unknown_service(name: &str) -> Response<Full<Bytes>> {
+    json_reply(
+        StatusCode::NOT_FOUND,
+        &json!({"error": format!("unknown service {name}")}),
+    )
+}
+
+/// Constant-time comparison, so response timing does not reveal how much of a token matched.
+fn token_matches(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+pub fn authorized(req: &Request<Incoming>, token: Option<&str>) -> bool {
+    let Some(expected) = token else { return true };
+    req.headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| token_matches(given.trim().as_bytes(), expected.as_bytes()))
+}
+
+fn handle(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+    if !authorized(req, state.token.as_deref()) {
+        return json_reply(
+            StatusCode::UNAUTHORIZED,
+            &json!({"error": "missing or wrong bearer token"}),
+        );
+    }
+    if req.method() != Method::GET {
+        return json_reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({"error": "the admin API is read-only (GET)"}),
+        );
+    }
+    let snapshot = || state.status.read().expect("status lock").clone();
+    match req.uri().path() {
+        "/ready" if snapshot().ready => reply(StatusCode::OK, "text/plain", "ready\n".into()),
+        "/ready" => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready\n".into(),
+        ),
+        "/status" => json_reply(
+            StatusCode::OK,
+            &serde_json::to_value(snapshot()).unwrap_or_default(),
+        ),
+        "/v1/services" => json_reply(StatusCode::OK, &state.signals.services_json()),
+        "/v1/backends" => {
+            let name = query_param(req.uri().query().unwrap_or(""), "service").unwrap_or_default();
+            match state.signals.backends_json(&name) {
+                Some(v) => json_reply(StatusCode::OK, &v),
+                None => unknown_service(&name),
+            }
+        }
+        "/v1/workloads" => json_reply(StatusCode::OK, &state.signals.workloads_json()),
+        "/v1/failures" => json_reply(StatusCode::OK, &state.signals.failures_json()),
+        "/v1/slos" => json_reply(
+            StatusCode::OK,
+            &serde_json::to_value(state.signals.slos()).unwrap_or_default(),
+        ),
+        "/v1/bans" => json_reply(
+            StatusCode::OK,
+            &state.engine.views.lock().expect("views").bans,
+        ),
+        "/v1/circuits" => json_reply(
+            StatusCode::OK,
+            &state.engine.views.lock().expect("views").circuits,
+        ),
+        "/v1/lines" => json_reply(StatusCode::OK, &diagnose::lines_json(&state.signals)),
+        "/v1/top" => json_reply(StatusCode::OK, &diagnose::top_json(&state.signals)),
+        "/v1/diagnose" => {
+            let name = query_param(req.uri().query().unwrap_or(""), "service").unwrap_or_default();
+            match diagnose::diagnose_json(&state.signals, &state.engine.views, &name) {
+                Some(v) => json_reply(StatusCode::OK, &v),
+                None => unknown_service(&name),
+            }
+        }
+        _ => json_reply(
+            StatusCode::NOT_FOUND,
+            &json!({"error": "unknown path; see docs/agent-interface.md"}),
+        ),
+    }
+}
+
+/// `POST /v1/fault` `{"service": NAME, "refuse_percent": P}`: refuse P% of the service's
+/// connects (chaos drills); `0` ends the drill. Only callers with admin access reach this.
+async fn post(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    if req.uri().path() != "/v1/fault" {
+        return json_reply(
+            StatusCode::NOT_FOUND,
+            &json!({"error": "POST goes to /v1/fault"}),
+        );
+    }
+    let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return json_reply(StatusCode::BAD_REQUEST, &json!({"error": e.to_string()})),
+    };
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Fault {
+        service: String,
+        refuse_percent: f64,
+    }
+    let fault: Fault = match serde_json::from_slice(&body) {
+        Ok(f) => f,
+        Err(e) => return json_reply(StatusCode::BAD_REQUEST, &json!({"error": e.to_string()})),
+    };
+    if !(0.0..=100.0).contains(&fault.refuse_percent) {
+        return json_reply(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "refuse_percent must be between 0 and 100"}),
+        );
+    }
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let refuse_ppm = (fault.refuse_percent * 10_000.0).round() as u32;
+    let cmd = Command::Fault {
+        service: fault.service.clone(),
+        refuse_ppm,
+        reply,
+    };
+    if state.engine.commands.send(cmd).is_err() {
+        return json_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"error": "engine stopped"}),
+        );
+    }
+    match answer.await {
+        Ok(true) => {
+            tracing::warn!(service = %fault.service, refuse_percent = fault.refuse_percent, "fault injection set");
+            json_reply(
+                StatusCode::OK,
+                &json!({"service": fault.service, "refuse_percent": fault.refuse_percent}),
+            )
+        }
+        Ok(false) => json_reply(
+            StatusCode::NOT_FOUND,
+            &json!({"error": format!("unknown service {}", fault.service)}),
+        ),
+        Err(_) => json_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"error": "engine stopped"}),
+        ),
+    }
+}
+
+/// One `key=value` from a query string, percent-decoding `%XX` (service names are plain, but
+/// a CLI may still encode them).
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_query_params() {
+        assert_eq!(
+            query_param("service=web&x=1", "service").as_deref(),
+            Some("web")
+        );
+        assert_eq!(
+            query_param("x=1&service=a%2Db", "service").as_deref(),
+            Some("a-b")
+        );
+        assert_eq!(query_param("x=1", "service"), None);
+        assert_eq!(percent_decode("100%"), "100%");
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(token_matches(b"secret", b"secret"));
+        assert!(!token_matches(b"secreT", b"secret"));
+        assert!(!token_matches(b"secret1", b"secret"));
+    }
+}

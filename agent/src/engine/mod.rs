@@ -1,0 +1,217 @@
+//! The health engine: kernel signals in, kernel overlay out.
+//!
+//! [`Engine`] is pure (every call takes `now`) and owns one [`ServiceHealth`] per service: it
+//! folds connect outcomes and TCP counters, runs outlier detection and bans, the circuit
+//! breaker and shedding, and says which banned backends to probe and which to drain. The
+//! task in [`task`] feeds it, runs probes and drains, and publishes the [`Overlay`] the
+//! dataplane applies. The mesh's own refusals (circuit, shedding, limits, ACL, faults) are
+//! never fed in as backend failures.
+
+pub mod drain;
+mod service;
+pub mod task;
+#[cfg(test)]
+mod tests;
+
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+use serde_json::{json, Value};
+use sockmesh_common::{
+    is_mesh_refusal, BackendKey, BackendTcpStats, ConnEvent, EVENT_ESTABLISHED, EVENT_FAILED,
+    RESULT_LIMITED,
+};
+use sockmesh_control::{MeshConfig, Priority};
+use tokio::time::Instant;
+
+pub use service::ServiceHealth;
+
+use crate::{
+    health::{
+        ban::{Exclusion, ProbeOutcome},
+        circuit::CircuitState,
+        shed,
+    },
+    tables::{Overlay, ServiceView},
+};
+
+/// A limit refusal within this long marks a service overloaded (it sheds low priorities).
+pub const OVERLOAD_HOLD: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Default, PartialEq)]
+pub struct TickOutput {
+    /// (service id, backend id, address, timeout): TCP-connect probes to run.
+    pub probes: Vec<(u32, u32, SocketAddr, Duration)>,
+    /// (service id, backend address): close routed connections to it now.
+    pub drains: Vec<(u32, SocketAddr)>,
+    /// (service name, backend address, reason): bans made in this tick, for logs and metrics.
+    pub bans: Vec<(String, SocketAddr, &'static str)>,
+}
+
+#[derive(Debug, Default)]
+pub struct Engine {
+    services: BTreeMap<u32, ServiceHealth>,
+    last_limited: BTreeMap<u32, Instant>,
+    /// Highest caller priority level in the config: the one that keeps its access longest.
+    top_priority: u32,
+}
+
+impl Engine {
+    pub fn on_config(&mut self, now: Instant, config: &MeshConfig, views: &[ServiceView]) {
+        // Callers that are not a configured workload run at the default level, so it counts.
+        self.top_priority = config
+            .workloads
+            .iter()
+            .map(|w| w.priority.level())
+            .chain([Priority::default().level()])
+            .max()
+            .unwrap_or_default();
+        let mut next = BTreeMap::new();
+        for (spec, view) in config.services.iter().zip(views) {
+            let backends: Vec<(u32, SocketAddr)> = spec
+                .backends
+                .iter()
+                .zip(&view.backends)
+                .map(|(b, v)| (v.id, b.addr))
+                .collect();
+            let mut health = self
+                .services
+                .remove(&view.id)
+                .filter(|h| h.name == spec.name)
+                .unwrap_or_else(|| ServiceHealth::new(now, view.id, spec));
+            health.reconfigure(now, spec, &backends);
+            next.insert(view.id, health);
+        }
+        self.services = next;
+    }
+
+    /// Folds one lifecycle event (only connect outcomes matter here).
+    pub fn on_event(&mut self, now: Instant, ev: &ConnEvent) {
+        if ev.kind == EVENT_FAILED && ev.result == RESULT_LIMITED {
+            self.last_limited.insert(ev.service_id, now);
+        }
+        let Some(svc) = self.services.get_mut(&ev.service_id) else {
+            return;
+        };
+        match ev.kind {
+            EVENT_ESTABLISHED => {
+                svc.on_success(now, ev.backend_id, Duration::from_nanos(ev.duration_ns))
+            }
+            EVENT_FAILED if !is_mesh_refusal(ev.result) => svc.on_failure(now, ev.backend_id),
+            _ => {}
+        }
+    }
+
+    pub fn on_tcp(&mut self, now: Instant, stats: &[(BackendKey, BackendTcpStats)]) {
+        for (k, s) in stats {
+            if let Some(svc) = self.services.get_mut(&k.service_id) {
+                svc.on_tcp(now, k.backend_id, s);
+            }
+        }
+    }
+
+    pub fn tick(&mut self, now: Instant) -> TickOutput {
+        let mut out = TickOutput::default();
+        for (id, svc) in &mut self.services {
+            for (backend, reason) in svc.evaluate(now) {
+                if let Some(b) = svc.backends.get(&backend) {
+                    out.bans.push((svc.name.clone(), b.addr, reason));
+                }
+            }
+            let timeout = svc.bans.policy().probe_timeout;
+            for backend in svc.bans.due_probes(now) {
+                if let Some(b) = svc.backends.get(&backend) {
+                    out.probes.push((*id, backend, b.addr, timeout));
+                }
+            }
+            out.drains
+                .extend(svc.due_drains(now).into_iter().map(|a| (*id, a)));
+        }
+        out
+    }
+
+    pub fn probe_result(&mut self, now: Instant, service: u32, backend: u32, ok: bool) {
+        if let Some(svc) = self.services.get_mut(&service) {
+            if svc.bans.probe_result(now, backend, ok) == ProbeOutcome::Unbanned {
+                // Failures of connects still in flight at ban time must not re-ban it.
+                svc.forget_history(backend);
+            }
+        }
+    }
+
+    /// Fault injection from the operator: refuse this share of connects (ppm).
+    pub fn set_fault(&mut self, service: &str, refuse_ppm: u32) -> bool {
+        let Some(svc) = self.services.values_mut().find(|s| s.name == service) else {
+            return false;
+        };
+        svc.fault_refuse_ppm = refuse_ppm;
+        true
+    }
+
+    pub fn overlay(&self, now: Instant) -> Overlay {
+        self.services
+            .values()
+            .map(|svc| {
+                let overloaded = self
+                    .last_limited
+                    .get(&svc.id)
+                    .is_some_and(|t| now.saturating_duration_since(*t) < OVERLOAD_HOLD);
+                let level = self.top_priority.min(u8::MAX as u32) as u8;
+                let min = shed::min_priority(svc.circuit.state(now), overloaded, level);
+                (svc.name.clone(), svc.overlay(now, u32::from(min)))
+            })
+            .collect()
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &ServiceHealth> {
+        self.services.values()
+    }
+
+    /// `/v1/bans`: every excluded backend with why and until when.
+    pub fn bans_json(&self, now: Instant) -> Value {
+        let rows: Vec<Value> = self
+            .services
+            .values()
+            .flat_map(|svc| {
+                svc.bans.views().into_iter().filter_map(move |v| {
+                    let addr = svc.backends.get(&v.id)?.addr;
+                    let (state, remaining) = match v.exclusion {
+                        Exclusion::Banned { until } => {
+                            ("banned", until.saturating_duration_since(now))
+                        }
+                        Exclusion::Probing { .. } => ("probing", Duration::ZERO),
+                    };
+                    Some(json!({
+                        "service": svc.name, "backend": addr.to_string(), "state": state,
+                        "reason": v.reason.as_str(), "streak": v.streak,
+                        "remaining_seconds": remaining.as_secs_f64(),
+                    }))
+                })
+            })
+            .collect();
+        Value::Array(rows)
+    }
+
+    /// `/v1/circuits`: circuit state, panic mode, shedding and faults per service.
+    pub fn circuits_json(&self, now: Instant) -> Value {
+        let overlay = self.overlay(now);
+        let rows: Vec<Value> = self
+            .services
+            .values()
+            .map(|svc| {
+                let state = svc.circuit.state(now);
+                let ov = &overlay[&svc.name];
+                json!({
+                    "service": svc.name,
+                    "state": state.as_str(),
+                    "admit_percent": svc.circuit.admit_ppm(now) as f64 / 1e4,
+                    "reopens_in_seconds": (state == CircuitState::Open)
+                        .then(|| svc.circuit.open_until().map(|u| u.saturating_duration_since(now).as_secs_f64())),
+                    "panic_mode": svc.bans.panic_mode(),
+                    "min_priority": ov.min_priority,
+                    "fault_refuse_percent": svc.fault_refuse_ppm as f64 / 1e4,
+                })
+            })
+            .collect();
+        Value::Array(rows)
+    }
+}

@@ -1,0 +1,290 @@
+//! One service's health: per-backend windows and counters, its ban book and circuit, and the
+//! operator's fault injection. Pure; every call takes `now`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    net::SocketAddr,
+    time::Duration,
+};
+
+use sockmesh_common::BackendTcpStats;
+use sockmesh_control::{CircuitSpec, OutlierSpec, ServiceSpec};
+use tokio::time::Instant;
+
+use crate::{
+    health::{
+        ban::{BanBook, BanPolicy},
+        circuit::{Circuit, CircuitPolicy, CircuitState},
+        outlier::{detect, BackendSignals, OutlierPolicy},
+        window::OutcomeWindow,
+    },
+    tables::{CircuitFlag, ServiceOverlay},
+};
+
+pub fn outlier_policy(s: &OutlierSpec) -> OutlierPolicy {
+    OutlierPolicy {
+        consecutive_failures: s.consecutive_failures,
+        failure_ratio: s.failure_ratio,
+        window: s.window.0,
+        min_requests: u64::from(s.min_requests),
+        deviation_factor: s.deviation_factor,
+        deviation_min_backends: s.deviation_min_backends as usize,
+        base_ban: s.base_ban.0,
+        max_ban: s.max_ban.0,
+        reset_after: s.reset_after.0,
+        max_banned_percent: s.max_banned_percent,
+        probe_timeout: s.probe_timeout.0,
+    }
+}
+
+pub fn circuit_policy(s: &CircuitSpec) -> CircuitPolicy {
+    CircuitPolicy {
+        min_success_ratio: s.min_success_ratio,
+        window: s.window.0,
+        min_requests: u64::from(s.min_requests),
+        cooldown: s.cooldown.0,
+        max_cooldown: s.max_cooldown.0,
+        half_open_admit_percent: s.half_open_admit_percent,
+        half_open_successes: s.half_open_successes,
+    }
+}
+
+/// Kernel TCP counters of one backend at one refresh, for rates over the window.
+#[derive(Clone, Copy, Debug)]
+struct TcpSample {
+    at: Instant,
+    established: u64,
+    retransmits: u64,
+    srtt_sum_us: u64,
+    srtt_count: u64,
+}
+
+#[derive(Debug)]
+pub struct BackendHealth {
+    pub addr: SocketAddr,
+    window: OutcomeWindow,
+    consecutive_failures: u32,
+    tcp: VecDeque<TcpSample>,
+}
+
+impl BackendHealth {
+    fn new(now: Instant, addr: SocketAddr, window: Duration) -> Self {
+        Self {
+            addr,
+            window: OutcomeWindow::new(now, window),
+            consecutive_failures: 0,
+            tcp: VecDeque::new(),
+        }
+    }
+
+    /// (retransmits per connection, mean srtt µs) over the samples still in the window.
+    fn tcp_rates(&self) -> (Option<f64>, Option<f64>) {
+        let (Some(first), Some(last)) = (self.tcp.front(), self.tcp.back()) else {
+            return (None, None);
+        };
+        let conns = last.established.saturating_sub(first.established);
+        let rtts = last.srtt_count.saturating_sub(first.srtt_count);
+        let retrans = last.retransmits.saturating_sub(first.retransmits);
+        let rate = (conns > 0).then(|| retrans as f64 / conns as f64);
+        let srtt = (rtts > 0)
+            .then(|| last.srtt_sum_us.saturating_sub(first.srtt_sum_us) as f64 / rtts as f64);
+        (rate, srtt)
+    }
+}
+
+#[derive(Debug)]
+pub struct ServiceHealth {
+    pub name: String,
+    pub id: u32,
+    policy: OutlierPolicy,
+    pub backends: BTreeMap<u32, BackendHealth>,
+    pub bans: BanBook,
+    pub circuit: Circuit,
+    pub fault_refuse_ppm: u32,
+    /// When each backend left the slot table (banned or removed), for draining.
+    pub excluded_since: BTreeMap<SocketAddr, Instant>,
+    pub drain_grace: Duration,
+}
+
+impl ServiceHealth {
+    pub fn new(now: Instant, id: u32, spec: &ServiceSpec) -> Self {
+        let policy = outlier_policy(&spec.outlier);
+        Self {
+            name: spec.name.clone(),
+            id,
+            bans: BanBook::new(BanPolicy::from(&policy)),
+            circuit: Circuit::new(now, circuit_policy(&spec.circuit)),
+            policy,
+            backends: BTreeMap::new(),
+            fault_refuse_ppm: 0,
+            excluded_since: BTreeMap::new(),
+            drain_grace: spec.drain_grace.0,
+        }
+    }
+
+    /// The config changed: keep state for backends that stay, forget the others.
+    pub fn reconfigure(
+        &mut self,
+        now: Instant,
+        spec: &ServiceSpec,
+        backends: &[(u32, SocketAddr)],
+    ) {
+        let policy = outlier_policy(&spec.outlier);
+        if policy != self.policy {
+            self.bans = BanBook::new(BanPolicy::from(&policy));
+            self.policy = policy;
+        }
+        let circuit = circuit_policy(&spec.circuit);
+        if &circuit != self.circuit.policy() {
+            self.circuit = Circuit::new(now, circuit);
+        }
+        self.drain_grace = spec.drain_grace.0;
+        let keep: BTreeSet<u32> = backends.iter().map(|(id, _)| *id).collect();
+        for gone in self
+            .backends
+            .keys()
+            .copied()
+            .filter(|id| !keep.contains(id))
+            .collect::<Vec<_>>()
+        {
+            self.bans.forget(gone);
+            if let Some(b) = self.backends.remove(&gone) {
+                // A removed backend drains like a banned one.
+                self.excluded_since.entry(b.addr).or_insert(now);
+            }
+        }
+        for (id, addr) in backends {
+            self.excluded_since.remove(addr);
+            self.backends
+                .entry(*id)
+                .or_insert_with(|| BackendHealth::new(now, *addr, self.policy.window));
+        }
+    }
+
+    pub fn on_success(&mut self, now: Instant, backend: u32, handshake: Duration) {
+        if let Some(b) = self.backends.get_mut(&backend) {
+            b.window.record_success(now, Some(handshake));
+            b.consecutive_failures = 0;
+        }
+        self.circuit.record(now, 1, 0);
+    }
+
+    pub fn on_failure(&mut self, now: Instant, backend: u32) {
+        if let Some(b) = self.backends.get_mut(&backend) {
+            b.window.record_failure(now);
+            b.consecutive_failures = b.consecutive_failures.saturating_add(1);
+        }
+        self.circuit.record(now, 0, 1);
+    }
+
+    pub fn on_tcp(&mut self, now: Instant, backend: u32, s: &BackendTcpStats) {
+        let window = self.policy.window;
+        if let Some(b) = self.backends.get_mut(&backend) {
+            b.tcp.push_back(TcpSample {
+                at: now,
+                established: s.established,
+                retransmits: s.retransmits,
+                srtt_sum_us: s.srtt_sum_us,
+                srtt_count: s.srtt_count,
+            });
+            while b
+                .tcp
+                .front()
+                .is_some_and(|f| now.saturating_duration_since(f.at) > window)
+            {
+                b.tcp.pop_front();
+            }
+        }
+    }
+
+    /// Starts a backend's outcome history afresh (it was let back in).
+    pub fn forget_history(&mut self, backend: u32) {
+        if let Some(b) = self.backends.get_mut(&backend) {
+            b.window.clear();
+            b.consecutive_failures = 0;
+        }
+    }
+
+    /// Runs detection and bans; returns backends newly banned (id, reason label).
+    pub fn evaluate(&mut self, now: Instant) -> Vec<(u32, &'static str)> {
+        let signals: Vec<BackendSignals> = self
+            .backends
+            .iter()
+            .filter(|(id, _)| !self.bans.is_excluded(**id))
+            .map(|(id, b)| {
+                let t = b.window.totals(now);
+                let (retransmit_rate, srtt_mean_us) = b.tcp_rates();
+                BackendSignals {
+                    id: *id,
+                    consecutive_failures: b.consecutive_failures,
+                    attempts: t.attempts,
+                    failures: t.failures,
+                    handshake_mean_ms: t.mean_latency().map(|d| d.as_secs_f64() * 1e3),
+                    srtt_mean_us,
+                    retransmit_rate,
+                }
+            })
+            .collect();
+        let outliers = detect(&self.policy, &signals);
+        let outcomes = self.bans.evaluate(now, &outliers, self.backends.len());
+        let mut banned = Vec::new();
+        for ((id, reason), (_, outcome)) in outliers.iter().zip(&outcomes) {
+            if matches!(outcome, crate::health::ban::BanOutcome::Banned { .. }) {
+                if let Some(b) = self.backends.get_mut(id) {
+                    // Its window described the backend before the ban: start clean on return.
+                    b.window.clear();
+                    b.consecutive_failures = 0;
+                    self.excluded_since.entry(b.addr).or_insert(now);
+                }
+                banned.push((*id, reason.as_str()));
+            }
+        }
+        banned
+    }
+
+    /// The overlay the kernel should run for this service now.
+    pub fn overlay(&self, now: Instant, min_priority: u32) -> ServiceOverlay {
+        let circuit = match self.circuit.state(now) {
+            CircuitState::Closed => CircuitFlag::Closed,
+            CircuitState::HalfOpen => CircuitFlag::HalfOpen(self.circuit.admit_ppm(now)),
+            CircuitState::Open => CircuitFlag::Open,
+        };
+        let excluded = self
+            .bans
+            .excluded()
+            .iter()
+            .filter_map(|id| self.backends.get(id).map(|b| b.addr))
+            .collect();
+        ServiceOverlay {
+            circuit,
+            min_priority,
+            fault_refuse_ppm: self.fault_refuse_ppm,
+            excluded,
+        }
+    }
+
+    /// Backends whose drain grace ran out while they stayed out of the slot table.
+    pub fn due_drains(&mut self, now: Instant) -> Vec<SocketAddr> {
+        let excluded: BTreeSet<SocketAddr> = self
+            .bans
+            .excluded()
+            .iter()
+            .filter_map(|id| self.backends.get(id).map(|b| b.addr))
+            .collect();
+        let configured: BTreeSet<SocketAddr> = self.backends.values().map(|b| b.addr).collect();
+        // Returned backends (probe passed) stop draining.
+        self.excluded_since
+            .retain(|addr, _| excluded.contains(addr) || !configured.contains(addr));
+        let grace = self.drain_grace;
+        let due: Vec<SocketAddr> = self
+            .excluded_since
+            .iter()
+            .filter(|(_, since)| now.saturating_duration_since(**since) >= grace)
+            .map(|(a, _)| *a)
+            .collect();
+        for a in &due {
+            self.excluded_since.remove(a);
+        }
+        due
+    }
+}

@@ -1,0 +1,205 @@
+//! The engine's task: feeds [`Engine`] events, TCP counters and probe results, runs probes
+//! and drains, exports health metrics, and publishes the overlay the dataplane applies.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde_json::Value;
+use sockmesh_common::{is_mesh_refusal, ConnEvent, EVENT_FAILED};
+use sockmesh_control::MeshConfig;
+use tokio::{
+    sync::{mpsc, oneshot, watch},
+    time::Instant,
+};
+use tracing::{info, warn};
+
+use super::{drain, Engine};
+use crate::{
+    metrics::{BackendLabels, ReasonLabels, ServiceLabels},
+    signals::Signals,
+    tables::{Overlay, ServiceView},
+};
+
+/// How often the engine evaluates (detection latency is at most this plus the drain tick).
+pub const TICK: Duration = Duration::from_millis(50);
+/// How often kernel TCP counters are folded in.
+const TCP_EVERY: Duration = Duration::from_secs(1);
+
+pub enum Command {
+    Config {
+        config: MeshConfig,
+        views: Vec<ServiceView>,
+    },
+    /// Refuse `refuse_ppm` of the service's connects; replies false for an unknown service.
+    Fault {
+        service: String,
+        refuse_ppm: u32,
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+/// The admin API's view of the engine, refreshed every tick.
+#[derive(Default)]
+pub struct EngineViews {
+    pub bans: Value,
+    pub circuits: Value,
+}
+
+#[derive(Clone)]
+pub struct EngineHandle {
+    pub events: mpsc::UnboundedSender<ConnEvent>,
+    pub commands: mpsc::UnboundedSender<Command>,
+    pub views: Arc<Mutex<EngineViews>>,
+}
+
+pub fn spawn(map_dir: PathBuf, signals: Arc<Signals>) -> (EngineHandle, watch::Receiver<Overlay>) {
+    let (events, mut event_rx) = mpsc::unbounded_channel::<ConnEvent>();
+    let (commands, mut command_rx) = mpsc::unbounded_channel::<Command>();
+    let (probe_tx, mut probe_rx) = mpsc::unbounded_channel::<(u32, u32, bool)>();
+    let (overlay_tx, overlay_rx) = watch::channel(Overlay::new());
+    let views = Arc::new(Mutex::new(EngineViews::default()));
+    let handle = EngineHandle {
+        events,
+        commands,
+        views: views.clone(),
+    };
+    let ctx = Ctx {
+        map_dir,
+        signals,
+        probe_tx,
+        overlay_tx,
+        views,
+    };
+    tokio::spawn(async move {
+        let mut engine = Engine::default();
+        let mut tick = tokio::time::interval(TICK);
+        let mut last_tcp = Instant::now();
+        loop {
+            tokio::select! {
+                Some(ev) = event_rx.recv() => {
+                    engine.on_event(Instant::now(), &ev);
+                    // A backend failure may complete a ban: decide now, not at the next tick,
+                    // because the caller keeps connecting meanwhile.
+                    if ev.kind == EVENT_FAILED && !is_mesh_refusal(ev.result) {
+                        step(&mut engine, &ctx);
+                    }
+                }
+                Some((svc, backend, ok)) = probe_rx.recv() => {
+                    engine.probe_result(Instant::now(), svc, backend, ok);
+                    // A passed probe returns the backend now, not at the next tick.
+                    step(&mut engine, &ctx);
+                }
+                Some(cmd) = command_rx.recv() => match cmd {
+                    Command::Config { config, views } => engine.on_config(Instant::now(), &config, &views),
+                    Command::Fault { service, refuse_ppm, reply } => {
+                        let _ = reply.send(engine.set_fault(&service, refuse_ppm));
+                    }
+                },
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    if now.saturating_duration_since(last_tcp) >= TCP_EVERY {
+                        engine.on_tcp(now, &ctx.signals.tcp_stats());
+                        last_tcp = now;
+                    }
+                    step(&mut engine, &ctx);
+                }
+            }
+        }
+    });
+    (handle, overlay_rx)
+}
+
+/// What a step needs besides the engine.
+struct Ctx {
+    map_dir: PathBuf,
+    signals: Arc<Signals>,
+    probe_tx: mpsc::UnboundedSender<(u32, u32, bool)>,
+    overlay_tx: watch::Sender<Overlay>,
+    views: Arc<Mutex<EngineViews>>,
+}
+
+/// One evaluation: bans, probes, drains, metrics, admin views, and the overlay if it changed.
+fn step(engine: &mut Engine, ctx: &Ctx) {
+    let now = Instant::now();
+    let signals = &ctx.signals;
+    let out = engine.tick(now);
+    for (service, backend, reason) in &out.bans {
+        warn!(%service, %backend, reason, "backend banned");
+        signals
+            .metrics
+            .bans
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+    for (svc, backend, addr, timeout) in out.probes {
+        let tx = ctx.probe_tx.clone();
+        tokio::spawn(async move {
+            let ok = matches!(
+                tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await,
+                Ok(Ok(_))
+            );
+            info!(backend = %addr, ok, "probe");
+            let _ = tx.send((svc, backend, ok));
+        });
+    }
+    for (svc, addr) in out.drains {
+        let dir = ctx.map_dir.clone();
+        let signals = signals.clone();
+        let Some(backend) = signals.backend_id(svc, addr) else {
+            continue;
+        };
+        tokio::task::spawn_blocking(move || {
+            match drain::routed_cookies(&dir, svc, backend)
+                .and_then(|c| Ok(drain::destroy(addr, &c)?))
+            {
+                Ok(n) => {
+                    info!(backend = %addr, closed = n, "drained connections");
+                    signals.metrics.drained.inc_by(n as u64);
+                }
+                Err(e) => warn!(backend = %addr, error = %format!("{e:#}"), "drain failed"),
+            }
+        });
+    }
+    export(engine, now, signals);
+    *ctx.views.lock().expect("views lock") = EngineViews {
+        bans: engine.bans_json(now),
+        circuits: engine.circuits_json(now),
+    };
+    let overlay = engine.overlay(now);
+    ctx.overlay_tx.send_if_modified(|current| {
+        let changed = *current != overlay;
+        if changed {
+            *current = overlay;
+        }
+        changed
+    });
+}
+
+/// Health gauges: banned backends, circuit state, panic mode.
+fn export(engine: &Engine, now: Instant, signals: &Signals) {
+    let m = &signals.metrics;
+    for svc in engine.services() {
+        let service = ServiceLabels {
+            service: svc.name.clone(),
+        };
+        m.circuit_state
+            .get_or_create(&service)
+            .set(svc.circuit.state(now).as_gauge());
+        m.panic_mode
+            .get_or_create(&service)
+            .set(i64::from(svc.bans.panic_mode()));
+        let excluded = svc.bans.excluded();
+        for (id, b) in &svc.backends {
+            let labels = BackendLabels {
+                service: svc.name.clone(),
+                backend: b.addr.to_string(),
+            };
+            m.backend_banned
+                .get_or_create(&labels)
+                .set(i64::from(excluded.contains(id)));
+        }
+    }
+}

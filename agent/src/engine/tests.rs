@@ -1,0 +1,197 @@
+//! Engine tests with paused time: bans from kernel-like event streams, the cap and panic mode,
+//! the probe gate, circuit transitions and shedding, all through the engine's own API.
+
+use std::time::Duration;
+
+use sockmesh_common::{
+    ConnEvent, EVENT_ESTABLISHED, EVENT_FAILED, RESULT_CIRCUIT_OPEN, RESULT_LIMITED, RESULT_OK,
+    RESULT_REFUSED,
+};
+use sockmesh_control::{BackendSpec, LbPolicy, MeshConfig, ServiceSpec};
+use tokio::time::{advance, Instant};
+
+use super::Engine;
+use crate::tables::{plan, CircuitFlag, KernelState, Overlay};
+
+fn config(backends: usize) -> MeshConfig {
+    let b = (0..backends)
+        .map(|i| BackendSpec {
+            addr: format!("127.0.0.{}:81", i + 2).parse().unwrap(),
+            weight: 1,
+            labels: Default::default(),
+            zone: None,
+        })
+        .collect();
+    let svc = ServiceSpec::new(
+        "web",
+        "127.100.0.1".parse().unwrap(),
+        80,
+        LbPolicy::RoundRobin,
+        b,
+    );
+    MeshConfig {
+        version: 1,
+        services: vec![svc],
+        workloads: Vec::new(),
+    }
+}
+
+fn engine(cfg: &MeshConfig) -> Engine {
+    let views = plan(cfg, &Overlay::new(), &KernelState::default())
+        .unwrap()
+        .views;
+    let mut e = Engine::default();
+    e.on_config(Instant::now(), cfg, &views);
+    e
+}
+
+fn ev(backend: u32, kind: u32, result: u32) -> ConnEvent {
+    ConnEvent {
+        kind,
+        result,
+        service_id: 1,
+        backend_id: backend,
+        duration_ns: 100_000,
+        ..ConnEvent::ZERO
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn consecutive_failures_ban_then_probe_gate_returns_the_backend() {
+    let mut e = engine(&config(3));
+    for _ in 0..5 {
+        e.on_event(Instant::now(), &ev(2, EVENT_FAILED, RESULT_REFUSED));
+    }
+    let out = e.tick(Instant::now());
+    assert_eq!(
+        out.bans.len(),
+        1,
+        "banned after exactly 5 failures in a row"
+    );
+    let excluded = &e.overlay(Instant::now())["web"].excluded;
+    assert!(excluded.contains(&"127.0.0.3:81".parse().unwrap()));
+    // 5 s later the ban ends, but the backend stays out until its probe passes.
+    advance(Duration::from_secs(5)).await;
+    let out = e.tick(Instant::now());
+    assert_eq!(out.probes.len(), 1);
+    assert!(!e.overlay(Instant::now())["web"].excluded.is_empty());
+    e.probe_result(Instant::now(), 1, 2, true);
+    assert!(e.overlay(Instant::now())["web"].excluded.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_cap_bans_one_of_three_and_raises_panic_mode() {
+    let mut e = engine(&config(3));
+    for backend in [1, 2] {
+        for _ in 0..5 {
+            e.on_event(Instant::now(), &ev(backend, EVENT_FAILED, RESULT_REFUSED));
+        }
+    }
+    let out = e.tick(Instant::now());
+    assert_eq!(out.bans.len(), 1, "50% of 3 backends is one");
+    assert_eq!(e.overlay(Instant::now())["web"].excluded.len(), 1);
+    assert!(e.services().next().unwrap().bans.panic_mode());
+}
+
+#[tokio::test(start_paused = true)]
+async fn mesh_refusals_never_count_against_backends() {
+    let mut e = engine(&config(3));
+    for _ in 0..50 {
+        e.on_event(Instant::now(), &ev(0, EVENT_FAILED, RESULT_CIRCUIT_OPEN));
+        e.on_event(Instant::now(), &ev(2, EVENT_FAILED, RESULT_LIMITED));
+    }
+    assert!(e.tick(Instant::now()).bans.is_empty());
+    assert_eq!(
+        e.overlay(Instant::now())["web"].circuit,
+        CircuitFlag::Closed
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn circuit_opens_on_failures_and_recovers_through_half_open() {
+    let mut e = engine(&config(3));
+    for backend in [1, 2, 3] {
+        for _ in 0..8 {
+            e.on_event(Instant::now(), &ev(backend, EVENT_FAILED, RESULT_REFUSED));
+        }
+    }
+    e.tick(Instant::now());
+    assert_eq!(e.overlay(Instant::now())["web"].circuit, CircuitFlag::Open);
+    advance(Duration::from_secs(5)).await;
+    assert!(matches!(
+        e.overlay(Instant::now())["web"].circuit,
+        CircuitFlag::HalfOpen(100_000)
+    ));
+    for _ in 0..5 {
+        e.on_event(Instant::now(), &ev(3, EVENT_ESTABLISHED, RESULT_OK));
+    }
+    assert_eq!(
+        e.overlay(Instant::now())["web"].circuit,
+        CircuitFlag::Closed
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn limit_refusals_shed_lower_priorities_for_a_while() {
+    let mut cfg = config(1);
+    cfg.workloads.push(sockmesh_control::WorkloadSpec {
+        name: "batch".into(),
+        cgroup: "x/batch".into(),
+        labels: Default::default(),
+        priority: sockmesh_control::Priority::Offline,
+        zone: None,
+    });
+    let mut e = engine(&cfg);
+    assert_eq!(e.overlay(Instant::now())["web"].min_priority, 0);
+    e.on_event(Instant::now(), &ev(0, EVENT_FAILED, RESULT_LIMITED));
+    assert_eq!(
+        e.overlay(Instant::now())["web"].min_priority,
+        2,
+        "only online callers"
+    );
+    advance(super::OVERLOAD_HOLD).await;
+    assert_eq!(e.overlay(Instant::now())["web"].min_priority, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn faults_and_removed_backends_drain_after_the_grace() {
+    let mut e = engine(&config(2));
+    assert!(e.set_fault("web", 250_000));
+    assert!(!e.set_fault("nope", 1));
+    assert_eq!(e.overlay(Instant::now())["web"].fault_refuse_ppm, 250_000);
+    let smaller = config(1);
+    let views = plan(&smaller, &Overlay::new(), &KernelState::default())
+        .unwrap()
+        .views;
+    e.on_config(Instant::now(), &smaller, &views);
+    assert!(
+        e.tick(Instant::now()).drains.is_empty(),
+        "not before the grace"
+    );
+    advance(Duration::from_secs(10)).await;
+    let drains = e.tick(Instant::now()).drains;
+    assert_eq!(drains, vec![(1, "127.0.0.3:81".parse().unwrap())]);
+    assert!(e.tick(Instant::now()).drains.is_empty(), "drained once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn late_failures_do_not_reban_a_backend_whose_probe_passed() {
+    let mut e = engine(&config(3));
+    for _ in 0..5 {
+        e.on_event(Instant::now(), &ev(2, EVENT_FAILED, RESULT_REFUSED));
+    }
+    assert_eq!(e.tick(Instant::now()).bans.len(), 1);
+    // Connects that were in flight at ban time still report failures.
+    for _ in 0..4 {
+        e.on_event(Instant::now(), &ev(2, EVENT_FAILED, RESULT_REFUSED));
+    }
+    advance(Duration::from_secs(5)).await;
+    assert_eq!(e.tick(Instant::now()).probes.len(), 1);
+    e.probe_result(Instant::now(), 1, 2, true);
+    e.on_event(Instant::now(), &ev(2, EVENT_FAILED, RESULT_REFUSED));
+    assert!(
+        e.tick(Instant::now()).bans.is_empty(),
+        "one failure after return is not five"
+    );
+    assert!(e.overlay(Instant::now())["web"].excluded.is_empty());
+}

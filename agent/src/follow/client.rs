@@ -1,0 +1,136 @@
+//! One HTTP/1.1 request to the control plane (hyper's client connection, no pool): a
+//! follower makes one long-poll at a time, so a connection per request costs nothing that
+//! matters and never finds a pooled connection the server has already closed.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{header, Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use sockmesh_control::server::ControlAddress;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
+
+/// Largest reply read: a snapshot of a very large mesh is tens of MB.
+const MAX_REPLY_BYTES: usize = 512 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+    #[error("reading the reply: {0}")]
+    Body(String),
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Bytes,
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    address: ControlAddress,
+    token: Option<String>,
+}
+
+impl Client {
+    pub fn new(address: ControlAddress, token: Option<String>) -> Self {
+        Client { address, token }
+    }
+
+    pub async fn get(&self, path: &str, timeout: Duration) -> Result<Reply, ClientError> {
+        self.send(Method::GET, path, None, timeout).await
+    }
+
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Reply, ClientError> {
+        self.send(Method::POST, path, Some(Bytes::from(body)), timeout)
+            .await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        timeout: Duration,
+    ) -> Result<Reply, ClientError> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, self.address.host_header())
+            .header(
+                header::USER_AGENT,
+                concat!("sockmesh-agent/", env!("CARGO_PKG_VERSION")),
+            )
+            .header(header::CONNECTION, "close");
+        if let Some(token) = &self.token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        if body.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(body.unwrap_or_default()))
+            .map_err(|e| ClientError::Body(e.to_string()))?;
+        let exchange = async {
+            match &self.address {
+                ControlAddress::Tcp { authority } => {
+                    let stream = TcpStream::connect(authority.as_str())
+                        .await
+                        .map_err(ClientError::Connect)?;
+                    let _ = stream.set_nodelay(true);
+                    exchange(stream, req).await
+                }
+                ControlAddress::Unix(path) => {
+                    let stream = UnixStream::connect(path)
+                        .await
+                        .map_err(ClientError::Connect)?;
+                    exchange(stream, req).await
+                }
+            }
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))?
+    }
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
+    req: Request<Full<Bytes>>,
+) -> Result<Reply, ClientError> {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    // The connection future does the I/O. It is aborted when this exchange ends, also when
+    // a timeout drops it halfway, so no task outlives its request holding a socket.
+    let _driver = AbortOnDrop(tokio::spawn(conn));
+    async {
+        let resp = sender.send_request(req).await?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), MAX_REPLY_BYTES)
+            .collect()
+            .await
+            .map_err(|e| ClientError::Body(e.to_string()))?
+            .to_bytes();
+        Ok(Reply { status, body })
+    }
+    .await
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,337 @@
+//! `--control URL`: the agent follows the control plane instead of a file.
+//!
+//! ```text
+//! start:  GET /v1/snapshot ── answer ──> apply, persist, ack
+//!                          └─ none (3 s) ──> last-applied.yaml from --state-dir, if any
+//! follow: GET /v1/snapshot, then GET /v1/watch?after=V (long-poll) ... for ever
+//!         each version: offer it to the runtime (which applies it to the kernel or
+//!         refuses it, keeping what it had), persist it when applied, POST /v1/ack
+//!         any error: reconnect after a capped exponential backoff with jitter, and
+//!         start over with a snapshot (which also re-sends the ack that may have been lost)
+//! ```
+//!
+//! Routing never waits for the control plane: the kernel keeps the tables it has while the
+//! agent reconnects, and an agent restarted during an outage starts from its persisted
+//! snapshot. Protocol: docs/control-plane.md.
+
+mod backoff;
+mod client;
+mod persist;
+mod start;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use sockmesh_control::server::protocol::{
+    decode_config, Ack, ErrorBody, Snapshot, ACK_PATH, SNAPSHOT_PATH, WATCH_PATH,
+};
+use sockmesh_control::server::ControlAddress;
+use sockmesh_control::MeshConfig;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+use backoff::Backoff;
+use client::Client;
+pub use persist::Persisted;
+pub use start::{default_node_name, start};
+
+/// How long the first snapshot may take at start before the persisted one is used.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(3);
+/// Snapshots and acks: the control plane answers them from memory.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A watch may take its whole timeout; this much more before the reply counts as lost.
+const WATCH_GRACE: Duration = Duration::from_secs(10);
+const BACKOFF_BASE: Duration = Duration::from_millis(200);
+const BACKOFF_CAP: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct FollowOptions {
+    pub address: ControlAddress,
+    /// Required for `http://`; the unix socket needs none.
+    pub token: Option<String>,
+    /// `--node-name`: how the control plane knows this agent.
+    pub node: String,
+    /// Where `last-applied.yaml` lives (`--state-dir`).
+    pub state_dir: PathBuf,
+    /// How long one watch waits for a new version.
+    pub watch_timeout: Duration,
+}
+
+impl FollowOptions {
+    /// The config source as the agent reports it (`/status`, logs).
+    pub fn describe(&self) -> String {
+        format!("control {}", self.address)
+    }
+}
+
+/// The config the agent starts with.
+#[derive(Debug, Clone)]
+pub struct Start {
+    pub snapshot: Persisted,
+    /// It came from `last-applied.yaml` (the control plane did not answer in time).
+    pub from_disk: bool,
+}
+
+/// A version for the runtime to apply. It answers on `reply`: `Ok` once the version is
+/// live in the kernel, or why it was refused (the previous config then stays active).
+pub struct Offer {
+    /// `Err`: the snapshot could not even be read into the model (a field this agent does
+    /// not know); the runtime counts and reports it like any rejected config.
+    pub config: Result<MeshConfig, String>,
+    pub reply: oneshot::Sender<Result<(), String>>,
+}
+
+/// Follows the control plane from `start` (already applied by the runtime) on a task of
+/// its own; versions come out of the returned channel. The task ends when it is dropped.
+pub fn spawn(opts: FollowOptions, start: Start) -> mpsc::Receiver<Offer> {
+    let (offers, rx) = mpsc::channel(1);
+    let follower = Follower {
+        client: Client::new(opts.address.clone(), opts.token.clone()),
+        seen: start.snapshot.version,
+        applied: start.snapshot,
+        opts,
+        offers,
+        rejected: None,
+        backoff: Backoff::new(BACKOFF_BASE, BACKOFF_CAP, Backoff::seed()),
+        down: None,
+    };
+    if !start.from_disk {
+        follower.persist();
+    }
+    tokio::spawn(follower.run());
+    rx
+}
+
+enum Stop {
+    /// The runtime is gone (shutting down).
+    Stopped,
+    /// The control plane could not be reached or answered wrongly: reconnect.
+    Control(String),
+}
+
+struct Follower {
+    opts: FollowOptions,
+    client: Client,
+    offers: mpsc::Sender<Offer>,
+    /// What the kernel runs, as the control plane named it.
+    applied: Persisted,
+    /// The last version taken (applied or refused): the watch's `after`.
+    seen: u64,
+    /// The last version refused, its fingerprint and why: offered again (after a
+    /// reconnect) it is re-acked, not re-applied.
+    rejected: Option<(u64, String, String)>,
+    backoff: Backoff,
+    /// Since when, and with which error, the control plane is unreachable.
+    down: Option<(Instant, String)>,
+}
+
+impl Follower {
+    async fn run(mut self) {
+        loop {
+            match self.follow().await {
+                Stop::Stopped => return,
+                Stop::Control(e) => {
+                    let delay = self.backoff.next_delay();
+                    match self.down.take() {
+                        Some((since, last)) if last == e => {
+                            debug!(error = %e, retry_in = ?delay, "control plane still unreachable");
+                            self.down = Some((since, last));
+                        }
+                        Some((since, _)) => {
+                            warn!(control = %self.opts.address, error = %e, retry_in = ?delay, "control plane still unreachable");
+                            self.down = Some((since, e));
+                        }
+                        None => {
+                            warn!(
+                                control = %self.opts.address,
+                                error = %e,
+                                version = self.applied.version,
+                                retry_in = ?delay,
+                                "lost the control plane; routing continues with the applied version; reconnecting"
+                            );
+                            self.down = Some((Instant::now(), e));
+                        }
+                    }
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// One connection's worth of following; returns why it ended.
+    async fn follow(&mut self) -> Stop {
+        let path = format!("{SNAPSHOT_PATH}?agent={}", self.opts.node);
+        let snap = match fetch(&self.client, &path, REQUEST_TIMEOUT).await {
+            Ok(Some(snap)) => snap,
+            Ok(None) => return Stop::Control("no snapshot in the reply".into()),
+            Err(e) => return Stop::Control(e),
+        };
+        if let Some((since, _)) = self.down.take() {
+            info!(after = ?since.elapsed(), control = %self.opts.address, "control plane reachable again");
+        }
+        if let Err(stop) = self.take(snap).await {
+            return stop;
+        }
+        let timeout = self.opts.watch_timeout;
+        loop {
+            let path = format!(
+                "{WATCH_PATH}?after={}&timeout={}ms&agent={}",
+                self.seen,
+                timeout.as_millis(),
+                self.opts.node
+            );
+            match fetch(&self.client, &path, timeout + WATCH_GRACE).await {
+                Ok(Some(snap)) => {
+                    if let Err(stop) = self.take(snap).await {
+                        return stop;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => return Stop::Control(e),
+            }
+            // A watch went through: the next failure starts the backoff from the bottom.
+            self.backoff.reset();
+        }
+    }
+
+    /// Applies (or refuses) one version and acks it.
+    async fn take(&mut self, snap: Snapshot<serde_json::Value>) -> Result<(), Stop> {
+        let version = snap.version;
+        self.seen = version;
+        let outcome = if snap.fingerprint == self.applied.fingerprint {
+            // Already running it (a rollback to the same config, a reconnect): a new
+            // number for the same tables.
+            if version != self.applied.version {
+                self.applied.version = version;
+                self.persist();
+            }
+            Ok(())
+        } else if let Some((v, fp, e)) = &self.rejected {
+            if *v == version && *fp == snap.fingerprint {
+                Err(e.clone())
+            } else {
+                self.offer(snap).await?
+            }
+        } else {
+            self.offer(snap).await?
+        };
+        match &outcome {
+            Ok(()) => {
+                self.rejected = None;
+                info!(version, fingerprint = %self.applied.fingerprint, "following control: version applied");
+            }
+            Err(e) => {
+                error!(version, error = %e, "following control: version refused; the previous config stays active")
+            }
+        }
+        send_ack(
+            &self.client,
+            &self.opts,
+            version,
+            &outcome,
+            Some(&self.applied.fingerprint),
+        )
+        .await
+        .map_err(Stop::Control)
+    }
+
+    /// Hands a new config to the runtime and waits for its verdict.
+    async fn offer(
+        &mut self,
+        snap: Snapshot<serde_json::Value>,
+    ) -> Result<Result<(), String>, Stop> {
+        let config = decode_config(snap.config).map_err(|e| e.to_string());
+        let (reply, verdict) = oneshot::channel();
+        let offer = Offer {
+            config: config.clone(),
+            reply,
+        };
+        self.offers.send(offer).await.map_err(|_| Stop::Stopped)?;
+        let verdict = verdict.await.map_err(|_| Stop::Stopped)?;
+        Ok(match (verdict, config) {
+            (Ok(()), Ok(config)) => {
+                self.applied = Persisted {
+                    version: snap.version,
+                    fingerprint: snap.fingerprint,
+                    config,
+                };
+                self.persist();
+                Ok(())
+            }
+            (Err(e), _) | (Ok(()), Err(e)) => {
+                self.rejected = Some((snap.version, snap.fingerprint, e.clone()));
+                Err(e)
+            }
+        })
+    }
+
+    fn persist(&self) {
+        if let Err(e) = persist::save(
+            &self.opts.state_dir,
+            &self.applied,
+            &self.opts.address.to_string(),
+        ) {
+            // The version is live either way; only a start during an outage would miss it.
+            error!(error = %format!("{e:#}"), "could not persist the applied snapshot");
+        }
+    }
+}
+
+/// A snapshot from `path` (`GET /v1/snapshot` or a watch); `None` for a watch's 204.
+async fn fetch(
+    client: &Client,
+    path: &str,
+    timeout: Duration,
+) -> Result<Option<Snapshot<serde_json::Value>>, String> {
+    let reply = client.get(path, timeout).await.map_err(|e| e.to_string())?;
+    match reply.status.as_u16() {
+        200 => serde_json::from_slice(&reply.body)
+            .map(Some)
+            .map_err(|e| format!("the snapshot is not what this agent reads: {e}")),
+        204 => Ok(None),
+        status => Err(format!("answered {status}: {}", reason(&reply.body))),
+    }
+}
+
+async fn send_ack(
+    client: &Client,
+    opts: &FollowOptions,
+    version: u64,
+    outcome: &Result<(), String>,
+    fingerprint: Option<&str>,
+) -> Result<(), String> {
+    let ack = Ack {
+        agent: opts.node.clone(),
+        version,
+        ok: outcome.is_ok(),
+        error: outcome
+            .as_ref()
+            .err()
+            .map(|e| e.chars().take(4000).collect()),
+        fingerprint: fingerprint.map(str::to_owned),
+    };
+    let body = serde_json::to_vec(&ack).expect("an ack always serializes");
+    let reply = client
+        .post_json(ACK_PATH, body, REQUEST_TIMEOUT)
+        .await
+        .map_err(|e| format!("ack: {e}"))?;
+    if !reply.status.is_success() {
+        return Err(format!(
+            "ack answered {}: {}",
+            reply.status.as_u16(),
+            reason(&reply.body)
+        ));
+    }
+    Ok(())
+}
+
+/// The control plane's `{"error": ...}`, or the start of whatever else it sent.
+fn reason(body: &[u8]) -> String {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(e) => e.error,
+        Err(_) => String::from_utf8_lossy(body).chars().take(200).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,163 @@
+//! The follower against the real control server, in-process on a unix socket, with a
+//! stand-in for the runtime that applies (or refuses) what it is offered. No kernel: the
+//! kernel side is bpf-tests/tests/control_follow.rs.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sockmesh_control::server::protocol::{AgentReport, AGENTS_PATH};
+use sockmesh_control::server::{self, FileSource, ServerOptions};
+use sockmesh_control::{parse_config, MeshConfig};
+use tokio::sync::mpsc;
+
+use super::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn mesh(weight: u32, name: &str) -> String {
+    format!(
+        "services:\n  - name: {name}\n    vip: 127.100.0.1\n    port: 80\n    backends:\n      - addr: 127.0.0.2:8081\n        weight: {weight}\n"
+    )
+}
+
+fn write(path: &Path, yaml: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, yaml).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn options(dir: &Path) -> FollowOptions {
+    FollowOptions {
+        address: ControlAddress::Unix(dir.join("control.sock")),
+        token: None,
+        node: "node-a".into(),
+        state_dir: dir.join("state"),
+        watch_timeout: Duration::from_secs(1),
+    }
+}
+
+async fn start_control(dir: &Path) {
+    let source = FileSource::new(dir.join("mesh.yaml"), Duration::from_millis(20));
+    let opts = ServerOptions {
+        listen: Vec::new(),
+        listen_unix: Some(dir.join("control.sock")),
+        token: None,
+        metrics_addr: "127.0.0.1:0".parse().unwrap(),
+        state_dir: None,
+        keep: 20,
+    };
+    tokio::spawn(async move { server::run(Box::new(source), opts).await.unwrap() });
+    let socket = dir.join("control.sock");
+    tokio::time::timeout(WAIT, async {
+        while !socket.exists() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("control socket");
+}
+
+async fn agents(dir: &Path) -> Vec<AgentReport> {
+    let client = Client::new(ControlAddress::Unix(dir.join("control.sock")), None);
+    let reply = client.get(AGENTS_PATH, WAIT).await.unwrap();
+    serde_json::from_slice(&reply.body).unwrap()
+}
+
+async fn wait_agent(dir: &Path, what: &str, pred: impl Fn(&AgentReport) -> bool) -> AgentReport {
+    for _ in 0..500 {
+        if let Some(a) = agents(dir).await.into_iter().find(|a| a.agent == "node-a") {
+            if pred(&a) {
+                return a;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("agent never {what}: {:?}", agents(dir).await);
+}
+
+/// Answers offers like the runtime: a config with a service named `refused` fails.
+fn runtime(mut offers: mpsc::Receiver<Offer>) -> mpsc::UnboundedReceiver<MeshConfig> {
+    let (applied, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(offer) = offers.recv().await {
+            let verdict = match offer.config {
+                Ok(cfg) if cfg.services.iter().any(|s| s.name == "refused") => {
+                    Err("services[0]: no room in the kernel".to_owned())
+                }
+                Ok(cfg) => {
+                    let _ = applied.send(cfg);
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            };
+            let _ = offer.reply.send(verdict);
+        }
+    });
+    rx
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_versions_acks_them_and_persists_what_it_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir.path().join("mesh.yaml"), &mesh(1, "web"));
+    start_control(dir.path()).await;
+    let opts = options(dir.path());
+
+    let start = start(&opts).await.unwrap();
+    assert!(!start.from_disk);
+    assert_eq!(start.snapshot.version, 1);
+    assert_eq!(
+        start.snapshot.config,
+        parse_config(&mesh(1, "web")).unwrap()
+    );
+    let mut applied = runtime(spawn(opts.clone(), start));
+    wait_agent(dir.path(), "acked version 1", |a| {
+        a.applied_version == Some(1)
+    })
+    .await;
+    assert_eq!(persist::load(&opts.state_dir).unwrap().unwrap().version, 1);
+
+    // A new version: offered, applied, persisted, acked. Watches that time out (1 s) in
+    // between are fine.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    write(&dir.path().join("mesh.yaml"), &mesh(5, "web"));
+    let cfg = tokio::time::timeout(WAIT, applied.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cfg.services[0].backends[0].weight, 5);
+    let a = wait_agent(dir.path(), "acked version 2", |a| {
+        a.applied_version == Some(2)
+    })
+    .await;
+    assert!(a.ok && a.in_sync, "{a:?}");
+    let saved = persist::load(&opts.state_dir).unwrap().unwrap();
+    assert_eq!((saved.version, saved.config), (2, cfg));
+
+    // A version the runtime refuses: acked with the error, the applied one stays.
+    write(&dir.path().join("mesh.yaml"), &mesh(1, "refused"));
+    let a = wait_agent(dir.path(), "refused version 3", |a| a.version == 3).await;
+    assert!(!a.ok, "{a:?}");
+    assert_eq!(a.applied_version, Some(2));
+    assert_eq!(
+        a.error.as_deref(),
+        Some("services[0]: no room in the kernel")
+    );
+    assert!(!a.in_sync && a.sync_age_seconds >= 0.0);
+    assert_eq!(persist::load(&opts.state_dir).unwrap().unwrap().version, 2);
+}
+
+#[tokio::test]
+async fn starts_from_the_persisted_snapshot_when_control_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(dir.path());
+    let snapshot = Persisted {
+        version: 9,
+        fingerprint: "f".into(),
+        config: parse_config(&mesh(3, "web")).unwrap(),
+    };
+    persist::save(&opts.state_dir, &snapshot, "unix:x").unwrap();
+    let start = start(&opts).await.unwrap();
+    assert!(start.from_disk);
+    assert_eq!(start.snapshot, snapshot);
+}

@@ -1,0 +1,163 @@
+//! Metrics whose source of truth is a kernel map, encoded at scrape time.
+
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+};
+use sockmesh_common::{bucket_upper_us, BackendTcpStats, RunqHist, HIST_BUCKETS};
+
+use super::BackendLabels;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct WorkloadLabels {
+    workload: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct WorkloadSample {
+    pub name: String,
+    pub runq: Option<RunqHist>,
+    pub throttled_seconds: f64,
+    pub nr_throttled: u64,
+}
+
+/// The kernel-side numbers as of the last read (summed over CPUs).
+#[derive(Clone, Debug, Default)]
+pub struct KernelSnapshot {
+    pub backends: Vec<(BackendLabels, BackendTcpStats)>,
+    pub workloads: Vec<WorkloadSample>,
+    pub events_lost: u64,
+}
+
+/// (name, help, value) of a per-backend counter taken from the kernel's TCP stats.
+type CounterSpec = (&'static str, &'static str, fn(&BackendTcpStats) -> u64);
+
+/// Encodes the latest [`KernelSnapshot`] on each scrape.
+#[derive(Debug, Clone, Default)]
+pub struct KernelCollector {
+    pub snapshot: Arc<Mutex<KernelSnapshot>>,
+}
+
+/// log2 µs buckets -> Prometheus (upper bound in seconds, count) pairs; the last, open-ended
+/// kernel bucket becomes +Inf (prometheus-client writes `+Inf` for `f64::MAX`, and `inf` for
+/// a real infinity, which `le="+Inf"` selectors would not match).
+fn hist_buckets(buckets: &[u64; HIST_BUCKETS]) -> Vec<(f64, u64)> {
+    buckets
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let upper = if i == HIST_BUCKETS - 1 {
+                f64::MAX
+            } else {
+                bucket_upper_us(i) as f64 / 1e6
+            };
+            (upper, *n)
+        })
+        .collect()
+}
+
+impl Collector for KernelCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snap = self.snapshot.lock().expect("snapshot lock").clone();
+        let counters: [CounterSpec; 2] = [
+            (
+                "tcp_retransmits",
+                "Retransmitted segments on routed connections, per backend",
+                |s| s.retransmits,
+            ),
+            (
+                "tcp_rto",
+                "Retransmission timeouts on routed connections, per backend",
+                |s| s.rtos,
+            ),
+        ];
+        for (name, help, get) in counters {
+            let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (labels, stats) in &snap.backends {
+                ConstCounter::new(get(stats)).encode(m.encode_family(labels)?)?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "active_connections",
+            "Routed connections open now (established minus closed), per backend",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, stats) in &snap.backends {
+            ConstGauge::new(stats.established.saturating_sub(stats.closed) as i64)
+                .encode(m.encode_family(labels)?)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "tcp_srtt_seconds",
+            "Smoothed RTT samples (one per RTT callback), per backend; log2 buckets",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (labels, s) in &snap.backends {
+            m.encode_family(labels)?.encode_histogram::<NoLabelSet>(
+                s.srtt_sum_us as f64 / 1e6,
+                s.srtt_count,
+                &hist_buckets(&s.srtt_hist),
+                None,
+            )?;
+        }
+        let mut m = enc.encode_descriptor(
+            "workload_runqueue_latency_seconds",
+            "Time threads of a workload waited runnable before getting a CPU; log2 buckets",
+            None,
+            MetricType::Histogram,
+        )?;
+        for w in &snap.workloads {
+            let Some(h) = &w.runq else { continue };
+            let labels = WorkloadLabels {
+                workload: w.name.clone(),
+            };
+            m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+                h.sum_us as f64 / 1e6,
+                h.count,
+                &hist_buckets(&h.buckets),
+                None,
+            )?;
+        }
+        let mut m = enc.encode_descriptor(
+            "workload_cpu_throttled_seconds",
+            "Time a workload's cgroup was throttled by its CPU quota (cpu.stat)",
+            None,
+            MetricType::Counter,
+        )?;
+        for w in &snap.workloads {
+            let labels = WorkloadLabels {
+                workload: w.name.clone(),
+            };
+            ConstCounter::new(w.throttled_seconds).encode(m.encode_family(&labels)?)?;
+        }
+        let m = enc.encode_descriptor(
+            "events_lost",
+            "Lifecycle events the kernel could not put in the ring buffer (it was full)",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(snap.events_lost).encode(m)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log2_buckets_become_seconds_with_inf_last() {
+        let mut b = [0u64; HIST_BUCKETS];
+        b[0] = 1;
+        b[11] = 5;
+        b[HIST_BUCKETS - 1] = 2;
+        let out = hist_buckets(&b);
+        assert_eq!(out[0], (1e-6, 1));
+        assert_eq!(out[11], (2048e-6, 5));
+        assert_eq!(out[HIST_BUCKETS - 1].0, f64::MAX, "encoded as +Inf");
+    }
+}

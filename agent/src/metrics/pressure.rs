@@ -1,0 +1,272 @@
+//! Map pressure: how full each hash map the agent relies on is, as two gauges,
+//! `sockmesh_map_entries{map}` and `sockmesh_map_capacity{map}`, and one log line when a map
+//! crosses 90% of its capacity (once per crossing: it re-arms only after the map fell below
+//! 85%, so a map hovering at the threshold does not log every second).
+//!
+//! Where the counts come from (see `Signals::refresh`): the agent's own mirror for the
+//! tables it writes (services, slot tables, backends, ACL, backend TCP stats, callers,
+//! workload threads), and a bounded batch count for the two maps the kernel fills
+//! (`SM_SOCK_STAMPS`, `SM_CALLER_CONNS`, both LRU).
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{gauge::ConstGauge, MetricType},
+};
+use sockmesh_common::{
+    ACL_MAP, BACKENDS_MAP, BACKEND_STATS_MAP, CALLERS_MAP, CALLER_CONNS_MAP, MAX_ACL, MAX_BACKENDS,
+    MAX_BACKEND_STATS, MAX_CALLERS, MAX_SERVICES, MAX_SLOT_TABLES, MAX_SOCK_STAMPS,
+    MAX_WORKLOAD_TIDS, SERVICES_MAP, SLOT_TABLES_MAP, SOCK_STAMPS_MAP, WORKLOAD_TIDS_MAP,
+};
+use tracing::{info, warn};
+
+/// A map at or above this share of its capacity is reported (once).
+pub const WARN_RATIO: f64 = 0.9;
+/// ... and reported again only after it fell below this share.
+pub const REARM_RATIO: f64 = 0.85;
+
+/// One watched map: its name, `max_entries`, and what happens when it is full.
+pub struct WatchedMap {
+    pub name: &'static str,
+    pub capacity: u32,
+    pub when_full: &'static str,
+}
+
+/// Every map with a pressure gauge, in exposition order.
+pub const WATCHED: [WatchedMap; 9] = [
+    WatchedMap {
+        name: SERVICES_MAP,
+        capacity: MAX_SERVICES,
+        when_full: "configs with more services are rejected (the previous config stays)",
+    },
+    WatchedMap {
+        name: SLOT_TABLES_MAP,
+        capacity: MAX_SLOT_TABLES,
+        when_full: "configs with more services are rejected (the previous config stays)",
+    },
+    WatchedMap {
+        name: BACKENDS_MAP,
+        capacity: MAX_BACKENDS,
+        when_full: "configs with more backend addresses are rejected (the previous config stays)",
+    },
+    WatchedMap {
+        name: BACKEND_STATS_MAP,
+        capacity: MAX_BACKEND_STATS,
+        when_full: "configs with more (service, backend) pairs are rejected (the previous config stays)",
+    },
+    WatchedMap {
+        name: ACL_MAP,
+        capacity: MAX_ACL,
+        when_full: "configs with more allowed (service, workload) pairs are rejected (the previous config stays)",
+    },
+    WatchedMap {
+        name: CALLERS_MAP,
+        capacity: MAX_CALLERS,
+        when_full: "cgroups of workloads beyond it count as unknown callers (no ACL grant, default priority)",
+    },
+    WatchedMap {
+        name: WORKLOAD_TIDS_MAP,
+        capacity: MAX_WORKLOAD_TIDS,
+        when_full: "threads beyond it get no run-queue latency samples",
+    },
+    WatchedMap {
+        name: SOCK_STAMPS_MAP,
+        capacity: MAX_SOCK_STAMPS,
+        when_full: "LRU: the least recently used sockets lose their stamp (getpeername then \
+                    answers the backend, and the socket is no longer observed); connects never fail",
+    },
+    WatchedMap {
+        name: CALLER_CONNS_MAP,
+        capacity: MAX_ACL,
+        when_full: "LRU: the least recently used (service, caller) counters are evicted and \
+                    per-caller connection limits restart counting for them; connects never fail",
+    },
+];
+
+/// A crossing of the warning threshold, in either direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Crossing {
+    Above,
+    Below,
+}
+
+/// Hysteresis for one map: reports [`Crossing::Above`] when entries reach [`WARN_RATIO`] of
+/// capacity, then nothing until they fall under [`REARM_RATIO`] ([`Crossing::Below`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Watermark {
+    above: bool,
+}
+
+impl Watermark {
+    pub fn update(&mut self, entries: u64, capacity: u64) -> Option<Crossing> {
+        if capacity == 0 {
+            return None;
+        }
+        let ratio = entries as f64 / capacity as f64;
+        if !self.above && ratio >= WARN_RATIO {
+            self.above = true;
+            Some(Crossing::Above)
+        } else if self.above && ratio < REARM_RATIO {
+            self.above = false;
+            Some(Crossing::Below)
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Level {
+    entries: u64,
+    mark: Watermark,
+}
+
+/// The latest entry count of every watched map. Shared by the refresh that records counts
+/// and the collector that exports them.
+#[derive(Debug, Default)]
+pub struct MapPressure {
+    levels: Mutex<BTreeMap<&'static str, Level>>,
+}
+
+impl MapPressure {
+    /// Records `entries` for the watched map `name` (unknown names are ignored) and logs a
+    /// threshold crossing.
+    pub fn record(&self, name: &'static str, entries: u64) {
+        let Some(map) = WATCHED.iter().find(|m| m.name == name) else {
+            return;
+        };
+        let capacity = u64::from(map.capacity);
+        let crossing = {
+            let mut levels = self.levels.lock().expect("pressure lock");
+            let level = levels.entry(name).or_default();
+            level.entries = entries;
+            level.mark.update(entries, capacity)
+        };
+        let percent = (entries as f64 * 100.0 / capacity as f64).floor();
+        match crossing {
+            Some(Crossing::Above) => warn!(
+                map = name,
+                entries,
+                capacity,
+                "map {name} is {percent}% full ({entries} of {capacity} entries); when full: {}",
+                map.when_full
+            ),
+            Some(Crossing::Below) => info!(
+                map = name,
+                entries,
+                capacity,
+                "map {name} is back below {}% ({entries} of {capacity} entries)",
+                (REARM_RATIO * 100.0) as u32
+            ),
+            None => {}
+        }
+    }
+
+    /// The latest count of `name`, if one was recorded.
+    #[cfg(test)]
+    pub fn entries(&self, name: &str) -> Option<u64> {
+        let levels = self.levels.lock().expect("pressure lock");
+        levels.get(name).map(|l| l.entries)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabels {
+    map: &'static str,
+}
+
+/// Encodes the two gauge families at scrape time.
+#[derive(Debug, Clone)]
+pub struct PressureCollector(pub Arc<MapPressure>);
+
+impl Collector for PressureCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let levels = self.0.levels.lock().expect("pressure lock").clone();
+        let mut m = enc.encode_descriptor(
+            "map_entries",
+            "Entries in a kernel map (agent-written maps: the agent's mirror; SM_SOCK_STAMPS and SM_CALLER_CONNS: counted, at most every second)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for map in &WATCHED {
+            if let Some(level) = levels.get(map.name) {
+                ConstGauge::new(level.entries as i64)
+                    .encode(m.encode_family(&MapLabels { map: map.name })?)?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "map_capacity",
+            "Most entries a kernel map can hold (max_entries)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for map in &WATCHED {
+            ConstGauge::new(i64::from(map.capacity))
+                .encode(m.encode_family(&MapLabels { map: map.name })?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warns_once_per_crossing_with_hysteresis() {
+        let mut w = Watermark::default();
+        let seq = [0, 50, 89, 90, 95, 100, 90, 86, 85, 84, 89, 90, 91];
+        let out: Vec<Option<Crossing>> = seq.iter().map(|e| w.update(*e, 100)).collect();
+        use Crossing::*;
+        assert_eq!(
+            out,
+            vec![
+                None,
+                None,
+                None,
+                Some(Above),
+                None,
+                None,
+                None,
+                None,
+                None,
+                Some(Below),
+                None,
+                Some(Above),
+                None
+            ]
+        );
+        assert_eq!(Watermark::default().update(5, 0), None);
+    }
+
+    #[test]
+    fn exports_entries_and_capacity_per_map() {
+        let p = Arc::new(MapPressure::default());
+        p.record(SERVICES_MAP, 3);
+        p.record(SOCK_STAMPS_MAP, 250_000);
+        p.record("NOT_A_MAP", 1);
+        assert_eq!(p.entries(SOCK_STAMPS_MAP), Some(250_000));
+        let mut registry = prometheus_client::registry::Registry::with_prefix("sockmesh");
+        registry.register_collector(Box::new(PressureCollector(p)));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        assert!(
+            out.contains("sockmesh_map_entries{map=\"SM_SERVICES\"} 3\n"),
+            "{out}"
+        );
+        assert!(out.contains("sockmesh_map_entries{map=\"SM_SOCK_STAMPS\"} 250000\n"));
+        assert!(!out.contains("NOT_A_MAP"));
+        assert!(out.contains("sockmesh_map_capacity{map=\"SM_SOCK_STAMPS\"} 262144\n"));
+        let backend_tcp = format!(
+            "sockmesh_map_capacity{{map=\"SM_BACKEND_TCP\"}} {}\n",
+            sockmesh_common::MAX_BACKEND_STATS
+        );
+        assert!(out.contains(&backend_tcp), "{out}");
+        assert_eq!(out.matches("sockmesh_map_capacity{").count(), WATCHED.len());
+    }
+}

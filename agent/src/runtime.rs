@@ -1,0 +1,299 @@
+//! The agent's main loop: attach (or adopt), apply the config, serve metrics and the admin
+//! API, drain kernel events, watch the config and re-apply on change, until SIGTERM/SIGINT.
+//! Exiting leaves the pins, so routing continues while the agent is down.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context, Result};
+use sockmesh_control::MeshConfig;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info, warn};
+
+use crate::{
+    admin::{self, AdminState},
+    config_source::{Change, ConfigSource, Watcher},
+    dataplane::Dataplane,
+    engine::{self, task::Command},
+    follow, loader, metrics,
+    signals::{kernel_maps::SignalMaps, ring::EventReader, Signals},
+    status::{unix_ms_now, SharedStatus, Status},
+};
+
+pub struct RunOptions {
+    pub config: Option<PathBuf>,
+    pub cgroup: PathBuf,
+    pub cgroup2_root: PathBuf,
+    pub bpffs: PathBuf,
+    pub admin_socket: PathBuf,
+    pub admin_addr: Option<SocketAddr>,
+    pub admin_token: Option<String>,
+    pub metrics_addr: SocketAddr,
+    pub watch_interval: Duration,
+    pub max_callers: usize,
+    pub observe: bool,
+    /// This node's zone (`--zone`): callers without a workload zone are in it.
+    pub zone: Option<String>,
+    /// `--control`: follow the control plane instead of `config`.
+    pub control: Option<follow::FollowOptions>,
+}
+
+/// How often queued events are drained when the kernel has not forced a wake-up.
+const DRAIN_TICK: Duration = Duration::from_millis(20);
+/// How often per-CPU maps, workload threads and cgroup CPU stats are re-read.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+
+pub async fn run(mut opts: RunOptions) -> Result<()> {
+    let following = opts.control.take();
+    let source = match &opts.config {
+        Some(p) => ConfigSource::File(p.clone()),
+        None => ConfigSource::Embedded,
+    };
+    let mut watcher = Watcher::new(source);
+    // From the control plane (or what it last gave us), or from the file.
+    let started = match &following {
+        Some(f) => Some(follow::start(f).await?),
+        None => None,
+    };
+    let source_name = match &following {
+        Some(f) => f.describe(),
+        None => watcher.source().describe(),
+    };
+    // Validate before touching the kernel: a bad file at start is a clear error, and any
+    // routing an earlier agent left pinned keeps running meanwhile.
+    let initial = match &started {
+        Some(start) => start.snapshot.config.clone(),
+        None => match watcher.poll() {
+            Some(Change::Valid(cfg)) => cfg,
+            Some(Change::Invalid(e)) => {
+                anyhow::bail!("invalid config {}: {e}", watcher.source().describe())
+            }
+            None => unreachable!("the first poll always reports the content"),
+        },
+    };
+    info!(
+        config = %source_name,
+        cgroup = %opts.cgroup.display(),
+        bpffs = %opts.bpffs.display(),
+        admin_socket = %opts.admin_socket.display(),
+        metrics_addr = %opts.metrics_addr,
+        fingerprint = %initial.fingerprint(),
+        services = initial.services.len(),
+        workloads = initial.workloads.len(),
+        zone = opts.zone.as_deref().unwrap_or("-"),
+        "starting sockmesh-agent"
+    );
+
+    let attached = loader::attach(&opts.bpffs, &opts.cgroup, opts.observe)?;
+    let mut dataplane = Dataplane::open(&attached.layout)?.with_zone(opts.zone.clone());
+    let signals = Signals::new(
+        SignalMaps::open(&attached.layout.maps)?,
+        opts.max_callers,
+        opts.cgroup2_root.clone(),
+    );
+    let mut events = EventReader::open(&attached.layout.maps)?;
+    let (engine, mut overlay_rx) =
+        engine::task::spawn(attached.layout.maps.clone(), signals.clone());
+    signals.feed_engine(engine.events.clone());
+    let status: SharedStatus = Arc::new(std::sync::RwLock::new(Status {
+        adopted: attached.adopted,
+        cgroup: opts.cgroup.display().to_string(),
+        bpffs: opts.bpffs.display().to_string(),
+        ..Status::default()
+    }));
+    status.write().expect("status lock").config.source = source_name;
+
+    let metrics_listener = tokio::net::TcpListener::bind(opts.metrics_addr)
+        .await
+        .with_context(|| format!("binding metrics on {}", opts.metrics_addr))?;
+    status.write().expect("status lock").metrics_addr = metrics_listener.local_addr()?.to_string();
+    tokio::spawn(metrics::serve(metrics_listener, signals.metrics.clone()));
+    let admin_state = AdminState {
+        status: status.clone(),
+        signals: signals.clone(),
+        engine: engine.clone(),
+        token: None,
+    };
+    tokio::spawn(admin::serve_unix(
+        admin::bind_unix(&opts.admin_socket)?,
+        admin_state.clone(),
+    ));
+    if let Some(addr) = opts.admin_addr {
+        let token = opts
+            .admin_token
+            .clone()
+            .context("--admin-addr needs --admin-token-file")?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding admin API on {addr}"))?;
+        info!(%addr, "admin API on TCP (bearer token required)");
+        tokio::spawn(admin::serve_tcp(
+            listener,
+            AdminState {
+                token: Some(token.into()),
+                ..admin_state
+            },
+        ));
+    }
+
+    let drain_signals = signals.clone();
+    tokio::spawn(async move {
+        loop {
+            let n = events
+                .drain(DRAIN_TICK, |ev| drain_signals.on_event(ev))
+                .await;
+            drain_signals.metrics.events_drained.inc_by(n as u64);
+        }
+    });
+    let refresh_signals = signals.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(REFRESH_EVERY);
+        loop {
+            tick.tick().await;
+            let s = refresh_signals.clone();
+            // Reading cgroup files and per-CPU maps blocks; keep it off the async workers.
+            let _ = tokio::task::spawn_blocking(move || s.refresh()).await;
+        }
+    });
+
+    let mut overlay = crate::tables::Overlay::new();
+    let views = dataplane
+        .apply(&initial, &overlay, None)
+        .context("applying the initial config")?;
+    signals.set_config(&views, &initial);
+    let _ = engine.commands.send(Command::Config {
+        config: initial.clone(),
+        views: views.clone(),
+    });
+    record_applied(&status, &initial, views);
+    // This layout now routes with the config applied: programs of another layout version
+    // (an upgrade across a map-layout change) can go without a gap in routing.
+    if let Err(e) = loader::retire_other_versions(&opts.bpffs) {
+        warn!(error = %format!("{e:#}"), "could not retire pins of another layout version");
+    }
+    status.write().expect("status lock").ready = true;
+    info!(adopted = attached.adopted, "ready");
+
+    let mut current = initial;
+    let mut offers = following.zip(started).map(|(f, s)| follow::spawn(f, s));
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(opts.watch_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            Ok(()) = overlay_rx.changed() => {
+                // The health engine banned, unbanned, opened or closed something.
+                overlay = overlay_rx.borrow_and_update().clone();
+                match dataplane.apply(&current, &overlay, None) {
+                    Ok(views) => {
+                        signals.set_views(&views);
+                        status.write().expect("status lock").services = views;
+                    }
+                    Err(e) => error!(error = %format!("{e:#}"), "applying health decisions failed"),
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = tick.tick(), if offers.is_none() => if let Some(change) = watcher.poll() {
+                let mut reconcile = Reconcile {
+                    dataplane: &mut dataplane,
+                    overlay: &overlay,
+                    current: &mut current,
+                    signals: &signals,
+                    engine: &engine,
+                    status: &status,
+                };
+                let _ = reconcile.take(change);
+            },
+            Some(offer) = next_offer(&mut offers) => {
+                let change = match offer.config {
+                    Ok(cfg) => Change::Valid(cfg),
+                    Err(e) => Change::Invalid(e),
+                };
+                let mut reconcile = Reconcile {
+                    dataplane: &mut dataplane,
+                    overlay: &overlay,
+                    current: &mut current,
+                    signals: &signals,
+                    engine: &engine,
+                    status: &status,
+                };
+                let _ = offer.reply.send(reconcile.take(change));
+            }
+        }
+    }
+    warn!("shutting down; programs stay attached and maps pinned (run `cleanup` to detach)");
+    let _ = std::fs::remove_file(&opts.admin_socket);
+    Ok(())
+}
+
+/// What a new desired state needs to be applied, or refused with the reason.
+struct Reconcile<'a> {
+    dataplane: &'a mut Dataplane,
+    overlay: &'a crate::tables::Overlay,
+    current: &'a mut MeshConfig,
+    signals: &'a Signals,
+    engine: &'a engine::task::EngineHandle,
+    status: &'a SharedStatus,
+}
+
+impl Reconcile<'_> {
+    /// Applies a valid config, or records why a change was refused; on any failure the
+    /// previous config stays active. The file watcher and the control follower share it.
+    fn take(&mut self, change: Change) -> Result<(), String> {
+        let cfg = match change {
+            Change::Valid(cfg) => cfg,
+            Change::Invalid(e) => {
+                error!(error = %e, "config rejected; the previous config stays active");
+                return Err(self.rejected(e));
+            }
+        };
+        match self.dataplane.apply(&cfg, self.overlay, Some(self.current)) {
+            Ok(views) => {
+                self.signals.set_config(&views, &cfg);
+                let _ = self.engine.commands.send(Command::Config {
+                    config: cfg.clone(),
+                    views: views.clone(),
+                });
+                record_applied(self.status, &cfg, views);
+                *self.current = cfg;
+                Ok(())
+            }
+            Err(e) => {
+                error!(error = %format!("{e:#}"), "config could not be applied; the previous config stays active");
+                Err(self.rejected(format!("{e:#}")))
+            }
+        }
+    }
+
+    fn rejected(&self, error: String) -> String {
+        record_rejected(self.status, error.clone());
+        self.signals.config_rejected();
+        error
+    }
+}
+
+/// The next version from the control plane; never, when following a file.
+async fn next_offer(
+    offers: &mut Option<tokio::sync::mpsc::Receiver<follow::Offer>>,
+) -> Option<follow::Offer> {
+    match offers {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn record_applied(status: &SharedStatus, cfg: &MeshConfig, views: Vec<crate::tables::ServiceView>) {
+    let mut s = status.write().expect("status lock");
+    s.config.fingerprint = cfg.fingerprint();
+    s.config.applies += 1;
+    s.config.last_error = None;
+    s.config.applied_at_unix_ms = unix_ms_now();
+    s.services = views;
+}
+
+fn record_rejected(status: &SharedStatus, error: String) {
+    let mut s = status.write().expect("status lock");
+    s.config.rejected += 1;
+    s.config.last_error = Some(error);
+}

@@ -1,0 +1,184 @@
+//! Reading (and keying) the per-CPU signal maps. Values are summed across CPUs here; the
+//! kernel side never shares a counter between CPUs.
+
+use std::{collections::BTreeSet, path::Path};
+
+use anyhow::{Context, Result};
+use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use sockmesh_common::{
+    BackendKey, BackendTcpStats, CallerEntry, RunqHist, BACKEND_STATS_MAP, CALLERS_MAP,
+    CALLER_CONNS_MAP, HIST_BUCKETS, KERNEL_COUNTERS_MAP, LOST_EVENTS_SLOT, RUNQ_HIST_MAP,
+    SOCK_STAMPS_MAP, WORKLOAD_TIDS_MAP,
+};
+
+use super::map_count::{CountedMap, CountedMaps};
+
+pub struct SignalMaps {
+    backend_stats: PerCpuHashMap<MapData, BackendKey, BackendTcpStats>,
+    counters: PerCpuArray<MapData, u64>,
+    runq: PerCpuArray<MapData, RunqHist>,
+    pub tids: HashMap<MapData, u32, u32>,
+    pub callers: HashMap<MapData, u64, CallerEntry>,
+    /// Maps the kernel fills, counted for the pressure gauges (taken by `Signals`, which
+    /// counts them outside this struct's lock).
+    pub counted: Option<CountedMaps>,
+    /// Entries in the backend stats map after the last sync (the agent creates them all).
+    pub backend_stats_entries: usize,
+    /// Configured pairs whose stats entry could not be created yet (retried each refresh).
+    missing_backend_keys: BTreeSet<BackendKey>,
+    nr_cpus: usize,
+}
+
+fn pinned(dir: &Path, name: &str) -> Result<MapData> {
+    MapData::from_pin(dir.join(name)).with_context(|| format!("opening pinned map {name}"))
+}
+
+impl SignalMaps {
+    pub fn open(map_dir: &Path) -> Result<Self> {
+        let nr_cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+        Ok(Self {
+            backend_stats: PerCpuHashMap::try_from(Map::PerCpuHashMap(pinned(
+                map_dir,
+                BACKEND_STATS_MAP,
+            )?))?,
+            counters: PerCpuArray::try_from(Map::PerCpuArray(pinned(
+                map_dir,
+                KERNEL_COUNTERS_MAP,
+            )?))?,
+            runq: PerCpuArray::try_from(Map::PerCpuArray(pinned(map_dir, RUNQ_HIST_MAP)?))?,
+            tids: HashMap::try_from(Map::HashMap(pinned(map_dir, WORKLOAD_TIDS_MAP)?))?,
+            callers: HashMap::try_from(Map::HashMap(pinned(map_dir, CALLERS_MAP)?))?,
+            counted: Some(CountedMaps {
+                stamps: CountedMap::new(pinned(map_dir, SOCK_STAMPS_MAP)?)
+                    .context("reading SM_SOCK_STAMPS's info")?,
+                caller_conns: CountedMap::new(pinned(map_dir, CALLER_CONNS_MAP)?)
+                    .context("reading SM_CALLER_CONNS's info")?,
+            }),
+            backend_stats_entries: 0,
+            missing_backend_keys: BTreeSet::new(),
+            nr_cpus,
+        })
+    }
+
+    /// Makes the stats map hold exactly one entry per configured (service, backend): new pairs
+    /// get zeroed counters (so the kernel never allocates on the ACK path), removed pairs go.
+    /// Removed pairs go first, so the map never holds more than the larger of the old and the
+    /// new config (which the plan checked against its capacity).
+    pub fn sync_backend_keys(&mut self, wanted: &BTreeSet<BackendKey>) -> Result<()> {
+        let existing: BTreeSet<BackendKey> =
+            self.backend_stats.keys().filter_map(Result::ok).collect();
+        let mut entries = existing.len();
+        for key in existing.difference(wanted) {
+            if self.backend_stats.remove(key).is_ok() {
+                entries -= 1;
+            }
+        }
+        self.backend_stats_entries = entries;
+        self.missing_backend_keys = wanted.difference(&existing).copied().collect();
+        self.create_missing_backend_keys()
+    }
+
+    /// Creates the stats entries the last sync has not created yet. The kernel allocates a
+    /// no-prealloc per-CPU map's values without sleeping and refills its per-CPU pool in the
+    /// background, so a burst of thousands of inserts (a config with thousands of services,
+    /// or adopting one) fails with ENOMEM part-way; the rest is retried on every refresh
+    /// until done ([`SignalMaps::missing_backend_keys`]).
+    pub fn create_missing_backend_keys(&mut self) -> Result<()> {
+        while let Some(key) = self.missing_backend_keys.first().copied() {
+            let zeros = PerCpuValues::try_from(vec![BackendTcpStats::ZERO; self.nr_cpus])?;
+            self.backend_stats.insert(key, zeros, 0).with_context(|| {
+                format!(
+                    "creating backend stats entries ({} still missing)",
+                    self.missing_backend_keys.len()
+                )
+            })?;
+            self.missing_backend_keys.remove(&key);
+            self.backend_stats_entries += 1;
+        }
+        Ok(())
+    }
+
+    /// Stats entries of the configured (service, backend) pairs not created yet.
+    pub fn missing_backend_keys(&self) -> usize {
+        self.missing_backend_keys.len()
+    }
+
+    pub fn backend_stats(&self) -> Vec<(BackendKey, BackendTcpStats)> {
+        self.backend_stats
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, per_cpu)| (k, sum_tcp(per_cpu.iter())))
+            .collect()
+    }
+
+    pub fn events_lost(&self) -> u64 {
+        self.counters
+            .get(&LOST_EVENTS_SLOT, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
+
+    pub fn runq(&self, workload_index: u32) -> Option<RunqHist> {
+        self.runq
+            .get(&workload_index, 0)
+            .ok()
+            .map(|v| sum_runq(v.iter()))
+    }
+}
+
+pub fn sum_tcp<'a>(values: impl Iterator<Item = &'a BackendTcpStats>) -> BackendTcpStats {
+    values.fold(BackendTcpStats::ZERO, |mut acc, v| {
+        acc.established += v.established;
+        acc.closed += v.closed;
+        acc.retransmits += v.retransmits;
+        acc.rtos += v.rtos;
+        acc.srtt_count += v.srtt_count;
+        acc.srtt_sum_us += v.srtt_sum_us;
+        for i in 0..HIST_BUCKETS {
+            acc.srtt_hist[i] += v.srtt_hist[i];
+        }
+        acc
+    })
+}
+
+pub fn sum_runq<'a>(values: impl Iterator<Item = &'a RunqHist>) -> RunqHist {
+    let zero = RunqHist {
+        count: 0,
+        sum_us: 0,
+        buckets: [0; HIST_BUCKETS],
+    };
+    values.fold(zero, |mut acc, v| {
+        acc.count += v.count;
+        acc.sum_us += v.sum_us;
+        for i in 0..HIST_BUCKETS {
+            acc.buckets[i] += v.buckets[i];
+        }
+        acc
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_across_cpus() {
+        let mut a = BackendTcpStats::ZERO;
+        a.retransmits = 2;
+        a.srtt_hist[3] = 1;
+        a.established = 5;
+        let mut b = a;
+        b.closed = 4;
+        let s = sum_tcp([a, b].iter());
+        assert_eq!(
+            (s.retransmits, s.srtt_hist[3], s.established, s.closed),
+            (4, 2, 10, 4)
+        );
+        let h = RunqHist {
+            count: 1,
+            sum_us: 10,
+            buckets: [1; HIST_BUCKETS],
+        };
+        assert_eq!(sum_runq([h, h].iter()).buckets[31], 2);
+    }
+}

@@ -1,0 +1,123 @@
+//! Counting the entries of a map the kernel fills (the agent keeps no mirror of those).
+//!
+//! The kernel has no "number of elements" query for hash maps on the kernels we support, so
+//! the keys are walked. `BPF_MAP_LOOKUP_BATCH` (Linux 5.6) walks a chunk of buckets per
+//! system call instead of one key per `BPF_MAP_GET_NEXT_KEY`, which is what makes counting a
+//! full 262,144-entry map affordable; the cost is bounded by the map's capacity (the walk
+//! stops after `max_entries` entries or a bounded number of calls, whichever comes first).
+//! The count is a snapshot of a map that changes while it is read: good for a gauge.
+
+use std::{
+    io,
+    os::fd::{AsFd, AsRawFd},
+};
+
+use aya::maps::MapData;
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+/// Entries asked for per call: 4,096 keys and values (256 KiB for a 64-byte value).
+const CHUNK: u32 = 4096;
+/// Largest chunk tried when a hash bucket holds more entries than a chunk (`ENOSPC`).
+const MAX_CHUNK: u32 = 1 << 16;
+
+/// `union bpf_attr`'s `batch` member (include/uapi/linux/bpf.h).
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// The maps the kernel fills that get a pressure gauge.
+pub struct CountedMaps {
+    pub stamps: CountedMap,
+    pub caller_conns: CountedMap,
+}
+
+/// A kernel-written (non per-CPU) hash map whose entries are counted.
+pub struct CountedMap {
+    map: MapData,
+    key_size: usize,
+    value_size: usize,
+    max_entries: u64,
+}
+
+impl CountedMap {
+    pub fn new(map: MapData) -> io::Result<Self> {
+        let info = map.info().map_err(io::Error::other)?;
+        Ok(Self {
+            key_size: info.key_size() as usize,
+            value_size: info.value_size() as usize,
+            max_entries: u64::from(info.max_entries()),
+            map,
+        })
+    }
+
+    /// Entries in the map now (at most `max_entries`).
+    pub fn count(&self) -> io::Result<u64> {
+        let mut chunk = CHUNK;
+        let mut keys = vec![0u8; chunk as usize * self.key_size];
+        let mut values = vec![0u8; chunk as usize * self.value_size];
+        // The resume token: a bucket index (u32) for hash maps; sized like a key to be safe.
+        let token_len = self.key_size.max(8);
+        let mut token_in = vec![0u8; token_len];
+        let mut token_out = vec![0u8; token_len];
+        let mut first = true;
+        let mut total = 0u64;
+        // Every successful call returns at least one entry or ends the walk; bound it anyway.
+        let max_calls = self.max_entries / u64::from(CHUNK) + 64;
+        for _ in 0..max_calls {
+            let mut attr = BatchAttr {
+                in_batch: if first { 0 } else { token_in.as_ptr() as u64 },
+                out_batch: token_out.as_mut_ptr() as u64,
+                keys: keys.as_mut_ptr() as u64,
+                values: values.as_mut_ptr() as u64,
+                count: chunk,
+                map_fd: self.map.fd().as_fd().as_raw_fd() as u32,
+                ..BatchAttr::default()
+            };
+            // SAFETY: BPF_MAP_LOOKUP_BATCH writes at most `count` keys and values into the
+            // buffers, sized for `chunk` entries of this map's key and value sizes, and one
+            // token into `token_out`, sized at least like a key; all outlive the call.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_MAP_LOOKUP_BATCH,
+                    &mut attr as *mut BatchAttr,
+                    std::mem::size_of::<BatchAttr>(),
+                )
+            };
+            if rc == 0 {
+                total += u64::from(attr.count);
+                token_in.copy_from_slice(&token_out);
+                first = false;
+                if total >= self.max_entries {
+                    break;
+                }
+                continue;
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                // The walk is over; the last call may still have returned entries.
+                Some(libc::ENOENT) => {
+                    total += u64::from(attr.count);
+                    break;
+                }
+                // One bucket holds more than a chunk: retry the same position with more room.
+                Some(libc::ENOSPC) if chunk < MAX_CHUNK => {
+                    chunk *= 2;
+                    keys.resize(chunk as usize * self.key_size, 0);
+                    values.resize(chunk as usize * self.value_size, 0);
+                }
+                _ => return Err(err),
+            }
+        }
+        Ok(total.min(self.max_entries))
+    }
+}

@@ -1,0 +1,446 @@
+//! Signals: what the kernel saw, folded into aggregates, metrics and admin views.
+//!
+//! Two feeds: lifecycle events from the ring buffer ([`ring`]), folded as they arrive, and the
+//! per-CPU maps plus cgroup files, read once a second ([`Signals::refresh`]) into a snapshot the
+//! metrics collector and admin API serve. Connect and close events also feed the SLO tracker
+//! ([`crate::slo`]), which the metrics collector and `/v1/slos` read; connect outcomes and
+//! kernel reads feed the diagnosis recorder ([`crate::diagnose`]).
+
+pub mod aggregate;
+mod diagnosis;
+pub mod kernel_maps;
+pub mod map_count;
+mod pressure;
+pub mod ring;
+pub mod topology;
+mod views;
+pub mod workloads;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use sockmesh_common::{
+    BackendKey, BackendTcpStats, CallerEntry, ConnEvent, EVENT_CLOSED, EVENT_ESTABLISHED,
+    EVENT_FAILED, EVENT_INBOUND, RESULT_RESET,
+};
+use sockmesh_control::{MeshConfig, WorkloadSpec};
+use tracing::{debug, info, warn};
+
+use self::{
+    aggregate::{result_name, Aggregates, Failure},
+    kernel_maps::SignalMaps,
+    topology::{CallerLabels, Topology},
+    workloads::ResolvedWorkload,
+};
+use crate::{
+    diagnose::Recorder,
+    metrics::{
+        BackendLabels, BytesLabels, ConnLabels, InboundLabels, KernelSnapshot, Metrics,
+        OverflowLabels, SloCollector, WorkloadSample,
+    },
+    slo::{SloSample, SloTracker},
+    status::unix_ms_now,
+    tables::{addr::words_to_socket_addr, ServiceView},
+};
+
+struct Inner {
+    topology: Topology,
+    callers: CallerLabels,
+    aggregates: Aggregates,
+    workload_specs: Vec<WorkloadSpec>,
+    workloads: Vec<ResolvedWorkload>,
+    views: Vec<ServiceView>,
+    tcp: BTreeMap<BackendKey, BackendTcpStats>,
+    overflow_reported: u64,
+    /// Lines, per-backend and per-workload history for `/v1/lines`, `/v1/top`, `/v1/diagnose`.
+    diag: Recorder,
+}
+
+pub struct Signals {
+    inner: Mutex<Inner>,
+    /// Connect outcomes are also fed to the health engine (set once it runs).
+    engine: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<ConnEvent>>,
+    maps: Mutex<SignalMaps>,
+    pub metrics: Arc<Metrics>,
+    snapshot: Arc<Mutex<KernelSnapshot>>,
+    /// Its own lock, shared with the metrics collector: a scrape computes burn rates without
+    /// holding up the folding of other signals.
+    slos: Arc<Mutex<SloTracker>>,
+    cgroup2: PathBuf,
+    /// When the kernel-written maps are counted next ([`pressure`]).
+    counts: Mutex<pressure::CountSchedule>,
+}
+
+impl Signals {
+    pub fn new(mut maps: SignalMaps, max_callers: usize, cgroup2: PathBuf) -> Arc<Self> {
+        let counted = maps.counted.take();
+        let collector = crate::metrics::KernelCollector::default();
+        let snapshot = collector.snapshot.clone();
+        let slos = Arc::new(Mutex::new(SloTracker::default()));
+        Arc::new(Self {
+            engine: std::sync::OnceLock::new(),
+            inner: Mutex::new(Inner {
+                topology: Topology::default(),
+                callers: CallerLabels::new(max_callers),
+                aggregates: Aggregates::default(),
+                workload_specs: Vec::new(),
+                workloads: Vec::new(),
+                views: Vec::new(),
+                tcp: BTreeMap::new(),
+                overflow_reported: 0,
+                diag: Recorder::new(tokio::time::Instant::now()),
+            }),
+            maps: Mutex::new(maps),
+            metrics: Arc::new(Metrics::new(collector, SloCollector::new(slos.clone()))),
+            snapshot,
+            slos,
+            cgroup2,
+            counts: Mutex::new(pressure::CountSchedule::new(counted)),
+        })
+    }
+
+    /// A new config was applied: rename ids, create stats entries for new backends,
+    /// re-resolve workloads, and track the services' SLOs.
+    pub fn set_config(&self, views: &[ServiceView], config: &MeshConfig) {
+        let topology = Topology::from_views(views);
+        let keys: BTreeSet<BackendKey> = views
+            .iter()
+            .flat_map(|v| {
+                v.backends.iter().map(|b| BackendKey {
+                    service_id: v.id,
+                    backend_id: b.id,
+                })
+            })
+            .collect();
+        if let Err(e) = self
+            .maps
+            .lock()
+            .expect("maps lock")
+            .sync_backend_keys(&keys)
+        {
+            warn!(
+                error = %format!("{e:#}"),
+                "could not create all per-backend stats entries yet; retrying every second"
+            );
+        }
+        {
+            let mut inner = self.inner.lock().expect("signals lock");
+            inner.topology = topology;
+            inner.views = views.to_vec();
+            inner.workload_specs = config.workloads.clone();
+        }
+        self.slos
+            .lock()
+            .expect("slo lock")
+            .reconfigure(tokio::time::Instant::now(), config, views);
+        self.metrics.config_version.inc();
+        self.refresh();
+    }
+
+    pub fn config_rejected(&self) {
+        self.metrics.config_rejected.inc();
+    }
+
+    pub fn feed_engine(&self, tx: tokio::sync::mpsc::UnboundedSender<ConnEvent>) {
+        let _ = self.engine.set(tx);
+    }
+
+    /// The latest per-backend kernel TCP counters.
+    pub fn tcp_stats(&self) -> Vec<(BackendKey, BackendTcpStats)> {
+        let inner = self.inner.lock().expect("signals lock");
+        inner.tcp.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+
+    /// The backend id of `addr` in service `service_id`, as configured now.
+    pub fn backend_id(&self, service_id: u32, addr: std::net::SocketAddr) -> Option<u32> {
+        let inner = self.inner.lock().expect("signals lock");
+        let view = inner.views.iter().find(|v| v.id == service_id)?;
+        let addr = addr.to_string();
+        view.backends.iter().find(|b| b.addr == addr).map(|b| b.id)
+    }
+
+    /// Slot tables changed without a config change (a ban, a probe passed): new views only.
+    pub fn set_views(&self, views: &[ServiceView]) {
+        self.inner.lock().expect("signals lock").views = views.to_vec();
+    }
+
+    /// Every SLO's numbers now (`GET /v1/slos`).
+    pub fn slos(&self) -> Vec<SloSample> {
+        let tracker = self.slos.lock().expect("slo lock");
+        tracker.snapshot(tokio::time::Instant::now())
+    }
+
+    pub fn on_event(&self, ev: ConnEvent) {
+        if matches!(ev.kind, EVENT_ESTABLISHED | EVENT_FAILED) {
+            if let Some(tx) = self.engine.get() {
+                let _ = tx.send(ev);
+            }
+        }
+        if matches!(ev.kind, EVENT_ESTABLISHED | EVENT_FAILED | EVENT_CLOSED) {
+            // Taken and released before the signals lock: the two are never held together.
+            self.slos
+                .lock()
+                .expect("slo lock")
+                .on_event(tokio::time::Instant::now(), &ev);
+        }
+        let mut inner = self.inner.lock().expect("signals lock");
+        let Inner {
+            topology,
+            callers,
+            aggregates,
+            diag,
+            ..
+        } = &mut *inner;
+        let service = topology.service(ev.service_id).to_owned();
+        let backend = topology.backend(ev.backend_id).to_owned();
+        let m = &self.metrics;
+        match ev.kind {
+            EVENT_INBOUND => {
+                let addr =
+                    words_to_socket_addr(ev.family, &ev.local_addr, ev.local_port).to_string();
+                let known = topology.backend_by_addr.contains_key(&addr);
+                let backend = if known {
+                    addr
+                } else {
+                    topology::OTHER.to_owned()
+                };
+                m.inbound.get_or_create(&InboundLabels { backend }).inc();
+                aggregates.events += 1;
+                return;
+            }
+            EVENT_ESTABLISHED | EVENT_FAILED => {
+                let caller = callers.label(ev.cgroup_id);
+                let now = tokio::time::Instant::now();
+                diag.on_connect(now, &service, &backend, &caller, &ev);
+                let labels = ConnLabels {
+                    service: service.clone(),
+                    backend: backend.clone(),
+                    caller: caller.clone(),
+                    result: result_name(ev.result),
+                };
+                m.connections.get_or_create(&labels).inc();
+                if ev.kind == EVENT_ESTABLISHED {
+                    let bl = BackendLabels {
+                        service: service.clone(),
+                        backend: backend.clone(),
+                    };
+                    m.connect_duration
+                        .get_or_create(&bl)
+                        .observe(ev.duration_ns as f64 / 1e9);
+                }
+                aggregates.fold(&ev, || Failure {
+                    unix_ms: unix_ms_now(),
+                    service,
+                    backend,
+                    caller,
+                    result: result_name(ev.result),
+                    duration_ms: ev.duration_ns as f64 / 1e6,
+                });
+            }
+            EVENT_CLOSED => {
+                let bl = BackendLabels {
+                    service: service.clone(),
+                    backend: backend.clone(),
+                };
+                m.connection_duration
+                    .get_or_create(&bl)
+                    .observe(ev.duration_ns as f64 / 1e9);
+                for (direction, n) in [("sent", ev.bytes_acked), ("received", ev.bytes_received)] {
+                    let labels = BytesLabels {
+                        service: service.clone(),
+                        backend: backend.clone(),
+                        direction,
+                    };
+                    m.bytes.get_or_create(&labels).inc_by(n);
+                }
+                if ev.result == RESULT_RESET {
+                    let caller = callers.label(ev.cgroup_id);
+                    let labels = ConnLabels {
+                        service: service.clone(),
+                        backend: backend.clone(),
+                        caller,
+                        result: "reset",
+                    };
+                    m.connections.get_or_create(&labels).inc();
+                }
+                aggregates.fold(&ev, || unreachable!("closed events are not failures"));
+            }
+            _ => {}
+        }
+        let overflow = callers.overflowed;
+        if overflow > inner.overflow_reported {
+            m.label_overflow
+                .get_or_create(&OverflowLabels { label: "caller" })
+                .inc_by(overflow - inner.overflow_reported);
+            inner.overflow_reported = overflow;
+        }
+    }
+
+    /// Re-reads workloads (cgroup ids, threads, throttling) and the per-CPU maps.
+    pub fn refresh(&self) {
+        let specs = self
+            .inner
+            .lock()
+            .expect("signals lock")
+            .workload_specs
+            .clone();
+        let resolved = workloads::resolve(&specs, &self.cgroup2);
+        let mut maps = self.maps.lock().expect("maps lock");
+        let tids = sync_tids(&mut maps, &resolved);
+        let callers = sync_callers(&mut maps, &resolved);
+        retry_backend_keys(&mut maps);
+        let backend_stats = maps.backend_stats_entries;
+        let tcp: BTreeMap<BackendKey, BackendTcpStats> = maps.backend_stats().into_iter().collect();
+        let previous = self
+            .snapshot
+            .lock()
+            .expect("snapshot lock")
+            .workloads
+            .clone();
+        let samples: Vec<WorkloadSample> = resolved
+            .iter()
+            .map(|w| {
+                // No reading (e.g. no process left to find the v1 cpu cgroup through): keep the
+                // last one, so the counter never falls back to 0 (a reset to Prometheus).
+                let last = previous.iter().find(|p| p.name == w.name);
+                let (nr, secs) = workloads::throttling(&w.cgroup)
+                    .or_else(|| last.map(|p| (p.nr_throttled, p.throttled_seconds)))
+                    .unwrap_or((0, 0.0));
+                WorkloadSample {
+                    name: w.name.clone(),
+                    runq: maps.runq(w.index),
+                    throttled_seconds: secs,
+                    nr_throttled: nr,
+                }
+            })
+            .collect();
+        let events_lost = maps.events_lost();
+        drop(maps);
+        self.record_pressure(tids, callers, backend_stats);
+        let now = tokio::time::Instant::now();
+        self.scan_listeners(now, &resolved);
+
+        let mut inner = self.inner.lock().expect("signals lock");
+        let by_cgroup: BTreeMap<u64, String> = resolved
+            .iter()
+            .flat_map(|w| w.cgroup_ids.iter().map(|id| (*id, w.name.clone())))
+            .collect();
+        inner.callers.set_workloads(by_cgroup);
+        let backends = tcp
+            .iter()
+            .map(|(k, s)| {
+                let labels = BackendLabels {
+                    service: inner.topology.service(k.service_id).to_owned(),
+                    backend: inner.topology.backend(k.backend_id).to_owned(),
+                };
+                (labels, *s)
+            })
+            .collect();
+        let snapshot = KernelSnapshot {
+            backends,
+            workloads: samples,
+            events_lost,
+        };
+        inner.diag.on_kernel(now, &snapshot);
+        *self.snapshot.lock().expect("snapshot lock") = snapshot;
+        inner.tcp = tcp;
+        inner.workloads = resolved;
+    }
+}
+
+/// Makes the kernel's caller map (cgroup id -> workload, priority, class) match the workloads
+/// found; the connect hook reads it for access control, shedding, per-caller limits and the
+/// caller class of routed services.
+///
+/// Returns the entries the map holds afterwards (for its pressure gauge).
+fn sync_callers(maps: &mut SignalMaps, resolved: &[ResolvedWorkload]) -> usize {
+    let wanted: BTreeMap<u64, CallerEntry> = resolved
+        .iter()
+        .flat_map(|w| {
+            let entry = CallerEntry {
+                workload: w.index + 1,
+                priority: w.priority,
+                // The slot tables the plan writes per caller class are keyed by this.
+                class: crate::tables::route::workload_class(w.index as usize),
+            };
+            w.cgroup_ids.iter().map(move |id| (*id, entry))
+        })
+        .collect();
+    let existing: BTreeSet<u64> = maps.callers.keys().filter_map(Result::ok).collect();
+    let mut entries = existing.len();
+    for id in &existing {
+        if !wanted.contains_key(id) && maps.callers.remove(id).is_ok() {
+            entries -= 1;
+        }
+    }
+    let mut full = None;
+    for (id, entry) in wanted {
+        if maps.callers.get(&id, 0).ok() != Some(entry) {
+            match maps.callers.insert(id, entry, 0) {
+                Ok(()) => entries += usize::from(!existing.contains(&id)),
+                Err(e) => {
+                    full = Some(e);
+                    break;
+                }
+            }
+        }
+    }
+    pressure::report_full(
+        &pressure::CALLERS_FULL,
+        full,
+        "caller map full; cgroups beyond it are treated as unknown callers",
+    );
+    entries
+}
+
+/// Creates the per-backend stats entries an earlier sync could not (see
+/// [`SignalMaps::create_missing_backend_keys`]); logs once when all exist.
+fn retry_backend_keys(maps: &mut SignalMaps) {
+    if maps.missing_backend_keys() == 0 {
+        return;
+    }
+    match maps.create_missing_backend_keys() {
+        Ok(()) => info!(
+            entries = maps.backend_stats_entries,
+            "all per-backend stats entries created"
+        ),
+        Err(e) => debug!(error = %format!("{e:#}"), "per-backend stats entries still missing"),
+    }
+}
+
+/// Makes the kernel's tid -> workload map match the threads found in the workloads' cgroups.
+/// Returns the entries the map holds afterwards (for its pressure gauge).
+fn sync_tids(maps: &mut SignalMaps, resolved: &[ResolvedWorkload]) -> usize {
+    let wanted: BTreeMap<u32, u32> = resolved
+        .iter()
+        .flat_map(|w| w.tids.iter().map(|t| (*t, w.index)))
+        .collect();
+    let existing: BTreeSet<u32> = maps.tids.keys().filter_map(Result::ok).collect();
+    let mut entries = existing.len();
+    for tid in &existing {
+        if !wanted.contains_key(tid) && maps.tids.remove(tid).is_ok() {
+            entries -= 1;
+        }
+    }
+    let mut full = None;
+    for (tid, index) in wanted {
+        if maps.tids.get(&tid, 0).ok() != Some(index) {
+            match maps.tids.insert(tid, index, 0) {
+                Ok(()) => entries += usize::from(!existing.contains(&tid)),
+                Err(e) => {
+                    full = Some(e);
+                    break;
+                }
+            }
+        }
+    }
+    pressure::report_full(
+        &pressure::TIDS_FULL,
+        full,
+        "workload thread map full; run-queue latency is partial",
+    );
+    entries
+}

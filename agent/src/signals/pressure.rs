@@ -1,0 +1,140 @@
+//! Feeding the map pressure gauges ([`crate::metrics::pressure`]) once per refresh.
+//!
+//! - Tables the dataplane writes (services, slot tables, backends, ACL): the dataplane's own
+//!   mirror of them ([`MIRROR_COUNTS`]), no kernel access.
+//! - Tables this module's refresh writes (callers, workload threads) and the backend stats
+//!   entries created per config: the counts the syncs end with.
+//! - The LRU maps the kernel fills (`SM_SOCK_STAMPS`, `SM_CALLER_CONNS`): counted with batch
+//!   lookups ([`super::map_count`]), within a CPU budget: a count that took `t` is repeated
+//!   no sooner than `t / COUNT_CPU_SHARE` later (and never more than once a second).
+
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use sockmesh_common::{
+    ACL_MAP, BACKENDS_MAP, BACKEND_STATS_MAP, CALLERS_MAP, CALLER_CONNS_MAP, SERVICES_MAP,
+    SLOT_TABLES_MAP, SOCK_STAMPS_MAP, WORKLOAD_TIDS_MAP,
+};
+use tracing::{debug, info, warn};
+
+use super::{map_count::CountedMaps, Signals};
+use crate::tables::kernel::MIRROR_COUNTS;
+
+/// Share of one CPU counting the kernel-written maps may take. Measured: a full
+/// `SM_SOCK_STAMPS` (262,144 entries) takes tens of milliseconds, so it is then counted
+/// every few seconds; a map of a few thousand sockets well under a millisecond (every second).
+pub const COUNT_CPU_SHARE: f64 = 0.01;
+
+/// The kernel-written maps and when they are counted next.
+pub struct CountSchedule {
+    maps: Option<CountedMaps>,
+    next: Instant,
+    reported_slow: bool,
+}
+
+impl CountSchedule {
+    pub fn new(maps: Option<CountedMaps>) -> Self {
+        Self {
+            maps,
+            next: Instant::now(),
+            reported_slow: false,
+        }
+    }
+}
+
+/// The pause after a count that took `took`: `took / COUNT_CPU_SHARE`.
+pub fn pause_after(took: Duration) -> Duration {
+    took.div_f64(COUNT_CPU_SHARE)
+}
+
+/// Set while the caller map is full (so that is logged once, not every second).
+pub static CALLERS_FULL: AtomicBool = AtomicBool::new(false);
+/// Set while the workload thread map is full.
+pub static TIDS_FULL: AtomicBool = AtomicBool::new(false);
+
+/// Logs `what` when an insert failed (`error`) and the map was not already known to be full;
+/// re-arms once a sync completes without a failure.
+pub fn report_full(flag: &AtomicBool, error: Option<aya::maps::MapError>, what: &str) {
+    match error {
+        Some(e) => {
+            if !flag.swap(true, Ordering::Relaxed) {
+                warn!(error = %e, "{what}");
+            }
+        }
+        None => flag.store(false, Ordering::Relaxed),
+    }
+}
+
+impl Signals {
+    /// Records every watched map's entries; `tids`, `callers` and `backend_stats` are what
+    /// the syncs left in those maps. Called without the signal maps' lock held: counting a
+    /// full LRU map takes a while (see [`COUNT_CPU_SHARE`]).
+    pub(super) fn record_pressure(&self, tids: usize, callers: usize, backend_stats: usize) {
+        let p = &self.metrics.pressure;
+        let c = &MIRROR_COUNTS;
+        let mirror = |n: &std::sync::atomic::AtomicUsize| n.load(Ordering::Relaxed) as u64;
+        p.record(SERVICES_MAP, mirror(&c.services));
+        p.record(SLOT_TABLES_MAP, mirror(&c.slot_tables));
+        p.record(BACKENDS_MAP, mirror(&c.backends));
+        p.record(ACL_MAP, mirror(&c.acl));
+        p.record(BACKEND_STATS_MAP, backend_stats as u64);
+        p.record(WORKLOAD_TIDS_MAP, tids as u64);
+        p.record(CALLERS_MAP, callers as u64);
+
+        // A refresh already counting (a config apply refreshes too) has it covered.
+        let Ok(mut schedule) = self.counts.try_lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if now < schedule.next {
+            return;
+        }
+        let Some(maps) = &schedule.maps else {
+            return;
+        };
+        for (name, map) in [
+            (SOCK_STAMPS_MAP, &maps.stamps),
+            (CALLER_CONNS_MAP, &maps.caller_conns),
+        ] {
+            match map.count() {
+                Ok(n) => p.record(name, n),
+                Err(e) => warn!(map = name, error = %e, "counting map entries failed"),
+            }
+        }
+        let took = now.elapsed();
+        let pause = pause_after(took);
+        schedule.next = now + pause;
+        debug!(
+            took_us = took.as_micros() as u64,
+            next_in_ms = pause.as_millis() as u64,
+            "counted the kernel-written maps"
+        );
+        if pause > Duration::from_secs(2) && !schedule.reported_slow {
+            schedule.reported_slow = true;
+            info!(
+                took_ms = took.as_secs_f64() * 1e3,
+                every_s = pause.as_secs_f64(),
+                "counting the kernel-written maps takes long (they are large): counted less often from now on"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counting_takes_at_most_its_cpu_share() {
+        assert_eq!(
+            pause_after(Duration::from_millis(30)),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            pause_after(Duration::from_micros(200)),
+            Duration::from_millis(20)
+        );
+    }
+}
