@@ -1,0 +1,41 @@
+//! `cargo xtask build`: the release agent (with the eBPF objects its build.rs compiles), the
+//! `sockmesh` CLI and the `sockmesh-control` control plane.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use crate::{command, workspace};
+
+/// Builds the release agent, CLI and control plane; returns the agent binary's path.
+pub fn run() -> Result<PathBuf> {
+    command::run(workspace::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "sockmesh-agent",
+        "-p",
+        "sockmesh-control",
+        "--bins",
+    ]))?;
+    let bin = workspace::agent_bin();
+    bin.metadata()
+        .with_context(|| format!("cargo reported success but {} is missing", bin.display()))?;
+    println!(
+        "build: agent at {}, CLI at {}",
+        bin.display(),
+        cli_bin().display()
+    );
+    println!("build: control plane at {}", control_bin().display());
+    Ok(bin)
+}
+
+/// The `sockmesh` CLI next to the agent binary.
+pub fn cli_bin() -> PathBuf {
+    workspace::agent_bin().with_file_name("sockmesh")
+}
+
+/// The `sockmesh-control` binary next to the agent binary.
+pub fn control_bin() -> PathBuf {
+    workspace::agent_bin().with_file_name("sockmesh-control")
+}

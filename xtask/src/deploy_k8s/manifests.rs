@@ -1,0 +1,398 @@
+//! Checks on deploy/'s Kubernetes objects that no schema validator makes: that the pieces
+//! agree with each other (ports, Service names, the ServiceMonitor's selector), that the
+//! agent keeps to its three capabilities, that the PrometheusRule is the rules file, that the
+//! MeshPolicy CRD is a structural schema, and that the example MeshPolicy sets every field of
+//! the CRD and is accepted by the mesh config model.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_yaml::{Mapping, Value as Yaml};
+
+/// The PrometheusRule generated from the rules file (both relative to the workspace root).
+pub const PROMETHEUS_RULE: &str = "deploy/k8s/prometheusrule.yaml";
+pub const RULES: &str = crate::deploy_check::RULES;
+pub const CRD: &str = "deploy/k8s/crd-meshpolicy.yaml";
+pub const EXAMPLE_POLICY: &str = "deploy/examples/meshpolicy.yaml";
+
+/// What the agent container may add, and nothing else (issue 6: not privileged).
+const AGENT_CAPABILITIES: &[&str] = &["BPF", "NET_ADMIN", "PERFMON"];
+
+const RULE_HEADER: &str = "\
+# GENERATED from deploy/prometheus/sockmesh-rules.yaml by xtask: do not edit, edit that file.
+# Regenerate: SOCKMESH_BLESS=1 cargo test -p xtask prometheus_rule
+# (`cargo xtask test` fails while this file differs from what the rules file generates.)
+apiVersion: monitoring.coreos.com/v1
+kind: PrometheusRule
+metadata:
+  name: sockmesh
+  namespace: sockmesh-system
+  labels:
+    app.kubernetes.io/name: sockmesh
+    app.kubernetes.io/part-of: sockmesh
+spec:
+";
+
+/// The PrometheusRule for the rules file's text: its `groups:` onwards, comments and all,
+/// indented under `spec:`. Text, not re-serialized YAML, so the rules read the same in both.
+pub fn prometheus_rule(rules: &str) -> Result<String> {
+    let start = rules
+        .lines()
+        .position(|l| l == "groups:")
+        .context("no top-level `groups:` line")?;
+    let mut out = String::from(RULE_HEADER);
+    for line in rules.lines().skip(start) {
+        if !line.trim().is_empty() {
+            out.push_str("  ");
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// The checked-in PrometheusRule is what the rules file generates, and carries its groups.
+pub fn check_prometheus_rule(root: &Path) -> Result<()> {
+    let rules = read(&root.join(RULES))?;
+    let expected = prometheus_rule(&rules)?;
+    let actual = read(&root.join(PROMETHEUS_RULE))?;
+    ensure!(
+        actual == expected,
+        "{PROMETHEUS_RULE} is stale: it must be generated from {RULES}; regenerate it with \
+         `SOCKMESH_BLESS=1 cargo test -p xtask prometheus_rule`"
+    );
+    let groups = |text: &str, at: &[&str]| -> Result<Yaml> {
+        let doc: Yaml = serde_yaml::from_str(text)?;
+        dig(&doc, at).cloned().context("no groups")
+    };
+    ensure!(
+        groups(&actual, &["spec", "groups"])? == groups(&rules, &["groups"])?,
+        "{PROMETHEUS_RULE}: spec.groups differ from {RULES}'s groups"
+    );
+    Ok(())
+}
+
+/// Cross-object checks on the rendered manifests.
+pub fn check_objects(objects: &[Yaml]) -> Result<()> {
+    let agent = find(objects, "DaemonSet", "sockmesh-agent")?;
+    check_agent_security(agent).context("DaemonSet sockmesh-agent")?;
+    let control = find(objects, "Deployment", "sockmesh-control")?;
+
+    let agent_args = container_args(agent, "agent")?;
+    let metrics = flag(&agent_args, "--metrics-addr")?;
+    ensure!(
+        metrics.ends_with(&format!(":{}", container_port(agent, "agent", "metrics")?)),
+        "agent --metrics-addr={metrics} is not its `metrics` containerPort"
+    );
+    // --control=http://NAME.NAMESPACE.svc:PORT must be a Service port of that name.
+    let url = flag(&agent_args, "--control")?;
+    let (host, port) = url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split_once(':'))
+        .with_context(|| format!("agent --control={url} is not http://HOST:PORT"))?;
+    let (name, namespace) = host
+        .strip_suffix(".svc")
+        .and_then(|h| h.split_once('.'))
+        .with_context(|| format!("agent --control host {host} is not NAME.NAMESPACE.svc"))?;
+    let service = find(objects, "Service", name)?;
+    ensure!(
+        str_at(service, &["metadata", "namespace"]) == Some(namespace),
+        "Service {name} is not in namespace {namespace} (agent --control={url})"
+    );
+    let api_port = service_port(service, "api")?;
+    ensure!(
+        port == api_port.to_string(),
+        "agent --control={url}: Service {name} serves `api` on {api_port}"
+    );
+    let control_args = container_args(control, "control")?;
+    let listen = flag(&control_args, "--listen")?;
+    ensure!(
+        listen.ends_with(&format!(":{}", container_port(control, "control", "api")?)),
+        "control --listen={listen} is not its `api` containerPort"
+    );
+
+    // The ServiceMonitor's selector must pick Services that have its endpoint ports.
+    let monitor = find(objects, "ServiceMonitor", "sockmesh")?;
+    let selector = dig(monitor, &["spec", "selector", "matchLabels"])
+        .and_then(Yaml::as_mapping)
+        .context("ServiceMonitor sockmesh: no spec.selector.matchLabels")?;
+    let selected: Vec<&Yaml> = objects
+        .iter()
+        .filter(|o| str_at(o, &["kind"]) == Some("Service"))
+        .filter(|o| {
+            let labels = dig(o, &["metadata", "labels"]).and_then(Yaml::as_mapping);
+            selector
+                .iter()
+                .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+        })
+        .collect();
+    ensure!(
+        selected.len() >= 2,
+        "ServiceMonitor sockmesh selects {} Services; expected the agents' and the control plane's",
+        selected.len()
+    );
+    for endpoint in seq(dig(monitor, &["spec", "endpoints"])) {
+        let port = str_at(endpoint, &["port"]).context("a ServiceMonitor endpoint without port")?;
+        for service in &selected {
+            service_port(service, port).with_context(|| "ServiceMonitor sockmesh".to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// Not privileged; the agent adds exactly its three capabilities and drops ALL; any other
+/// capability (SYS_ADMIN for mounting bpffs) only in init containers.
+fn check_agent_security(daemonset: &Yaml) -> Result<()> {
+    let spec = dig(daemonset, &["spec", "template", "spec"]).context("no pod spec")?;
+    for (list, is_init) in [("containers", false), ("initContainers", true)] {
+        for c in seq(spec.get(list)) {
+            let name = str_at(c, &["name"]).unwrap_or("?");
+            let ctx = dig(c, &["securityContext"]).context("no securityContext")?;
+            ensure!(
+                ctx.get("privileged") == Some(&Yaml::Bool(false)),
+                "{name}: privileged must be false"
+            );
+            ensure!(
+                ctx.get("allowPrivilegeEscalation") == Some(&Yaml::Bool(false)),
+                "{name}: allowPrivilegeEscalation must be false"
+            );
+            let caps = |key| -> BTreeSet<&str> {
+                seq(dig(ctx, &["capabilities", key]))
+                    .filter_map(Yaml::as_str)
+                    .collect()
+            };
+            ensure!(
+                caps("drop") == BTreeSet::from(["ALL"]),
+                "{name}: must drop ALL"
+            );
+            if is_init {
+                continue;
+            }
+            ensure!(
+                caps("add") == AGENT_CAPABILITIES.iter().copied().collect(),
+                "{name}: adds {:?}; the agent container adds exactly {AGENT_CAPABILITIES:?} \
+                 (SYS_ADMIN belongs in the init container)",
+                caps("add")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The CRD's schemas are structural (what the API server demands of a v1 CRD): every node
+/// has a type, no `$ref`, objects list properties or additionalProperties (not both),
+/// arrays have items.
+pub fn check_crd_structural(crd: &Yaml) -> Result<()> {
+    fn walk(node: &Yaml, at: &str) -> Result<()> {
+        let map = node
+            .as_mapping()
+            .with_context(|| format!("{at}: not a schema"))?;
+        ensure!(
+            !map.contains_key("$ref"),
+            "{at}: $ref is not allowed in a CRD"
+        );
+        let ty = node.get("type").and_then(Yaml::as_str);
+        ensure!(
+            ty.is_some(),
+            "{at}: no type (structural schemas need one everywhere)"
+        );
+        if let Some(props) = node.get("properties").and_then(Yaml::as_mapping) {
+            ensure!(
+                !map.contains_key("additionalProperties"),
+                "{at}: both properties and additionalProperties"
+            );
+            for (k, v) in props {
+                walk(v, &format!("{at}.{}", k.as_str().unwrap_or("?")))?;
+            }
+        }
+        if let Some(extra) = node.get("additionalProperties") {
+            walk(extra, &format!("{at}.*"))?;
+        }
+        if ty == Some("array") {
+            walk(
+                node.get("items")
+                    .with_context(|| format!("{at}: array without items"))?,
+                &format!("{at}[]"),
+            )?;
+        }
+        Ok(())
+    }
+    for version in seq(dig(crd, &["spec", "versions"])) {
+        let name = str_at(version, &["name"]).unwrap_or("?");
+        let schema = dig(version, &["schema", "openAPIV3Schema"])
+            .with_context(|| format!("version {name}: no openAPIV3Schema"))?;
+        walk(schema, name)?;
+    }
+    Ok(())
+}
+
+/// Field paths under `spec` the CRD defines (`routes[].weight_split[].percent`); label maps
+/// (additionalProperties) are leaves.
+pub fn crd_spec_fields(crd: &Yaml) -> Result<BTreeSet<String>> {
+    fn walk(node: &Yaml, at: &str, out: &mut BTreeSet<String>) {
+        if let Some(props) = node.get("properties").and_then(Yaml::as_mapping) {
+            for (k, v) in props {
+                let path = format!(
+                    "{at}{}{}",
+                    if at.is_empty() { "" } else { "." },
+                    k.as_str().unwrap_or("?")
+                );
+                out.insert(path.clone());
+                walk(v, &path, out);
+            }
+        }
+        if let Some(items) = node.get("items") {
+            walk(items, &format!("{at}[]"), out);
+        }
+    }
+    let version = seq(dig(crd, &["spec", "versions"]))
+        .next()
+        .context("no versions")?;
+    let spec = dig(
+        version,
+        &["schema", "openAPIV3Schema", "properties", "spec"],
+    )
+    .context("no spec in the schema")?;
+    let mut out = BTreeSet::new();
+    walk(spec, "", &mut out);
+    Ok(out)
+}
+
+/// Field paths a document sets, in the same notation.
+fn set_fields(node: &Yaml, at: &str, out: &mut BTreeSet<String>) {
+    match node {
+        Yaml::Mapping(map) => {
+            for (k, v) in map {
+                let path = format!(
+                    "{at}{}{}",
+                    if at.is_empty() { "" } else { "." },
+                    k.as_str().unwrap_or("?")
+                );
+                out.insert(path.clone());
+                set_fields(v, &path, out);
+            }
+        }
+        Yaml::Sequence(items) => items
+            .iter()
+            .for_each(|v| set_fields(v, &format!("{at}[]"), out)),
+        _ => {}
+    }
+}
+
+/// The example MeshPolicy sets every field the CRD defines, and its spec (with a VIP and two
+/// backends, as the Service and its EndpointSlices would give) is a valid mesh service: so
+/// every field name and value of the CRD is one the control plane's model accepts.
+pub fn check_example_policy(crd: &Yaml, example: &Yaml) -> Result<()> {
+    let spec = example.get("spec").context("no spec")?;
+    let mut set = BTreeSet::new();
+    set_fields(spec, "", &mut set);
+    let unset: Vec<String> = crd_spec_fields(crd)?.difference(&set).cloned().collect();
+    ensure!(
+        unset.is_empty(),
+        "does not set {} (every CRD field must be exercised, so its name is checked against \
+         the model)",
+        unset.join(", ")
+    );
+    let config = as_mesh_config(spec)?;
+    sockmesh_control::parse_config(&config)
+        .map_err(|e| anyhow::anyhow!("the spec is not a valid mesh service: {e}\n{config}"))?;
+    Ok(())
+}
+
+/// A one-service mesh config from a MeshPolicy spec, as the Kubernetes source builds it.
+fn as_mesh_config(spec: &Yaml) -> Result<String> {
+    let spec = spec.as_mapping().context("spec is not a mapping")?;
+    let mut service = Mapping::new();
+    let name = spec.get("service").cloned().context("no spec.service")?;
+    service.insert("name".into(), name);
+    service.insert("vip".into(), "127.100.200.10".into());
+    service.insert("port".into(), 80.into());
+    let backends: Yaml = serde_yaml::from_str(
+        "[{addr: '127.0.44.10:8080', labels: {track: stable}, zone: zone-a},\
+          {addr: '127.0.45.10:8080', labels: {track: canary}, zone: zone-b}]",
+    )?;
+    service.insert("backends".into(), backends);
+    for (k, v) in spec.iter().filter(|(k, _)| k.as_str() != Some("service")) {
+        service.insert(k.clone(), v.clone());
+    }
+    // allowed_callers name workloads: give each one, as the agent's pod watch would.
+    let mut workloads = Vec::new();
+    for caller in seq(spec.get("allowed_callers")) {
+        let name = caller.as_str().context("allowed_callers: not a string")?;
+        workloads.push(serde_yaml::from_str::<Yaml>(&format!(
+            "{{name: {name}, cgroup: kubepods/{name}}}"
+        ))?);
+    }
+    let mut config = Mapping::new();
+    config.insert(
+        "services".into(),
+        Yaml::Sequence(vec![Yaml::Mapping(service)]),
+    );
+    config.insert("workloads".into(), Yaml::Sequence(workloads));
+    Ok(serde_yaml::to_string(&config)?)
+}
+
+// ---- small YAML helpers ------------------------------------------------------------------------
+
+pub fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))
+}
+
+pub fn dig<'a>(v: &'a Yaml, path: &[&str]) -> Option<&'a Yaml> {
+    path.iter().try_fold(v, |v, k| v.get(*k))
+}
+
+pub fn str_at<'a>(v: &'a Yaml, path: &[&str]) -> Option<&'a str> {
+    dig(v, path).and_then(Yaml::as_str)
+}
+
+fn seq(v: Option<&Yaml>) -> impl Iterator<Item = &Yaml> {
+    v.and_then(Yaml::as_sequence).into_iter().flatten()
+}
+
+pub fn find<'a>(objects: &'a [Yaml], kind: &str, name: &str) -> Result<&'a Yaml> {
+    objects
+        .iter()
+        .find(|o| {
+            str_at(o, &["kind"]) == Some(kind) && str_at(o, &["metadata", "name"]) == Some(name)
+        })
+        .with_context(|| format!("no {kind} {name} in the rendered manifests"))
+}
+
+fn container<'a>(workload: &'a Yaml, name: &str) -> Result<&'a Yaml> {
+    seq(dig(workload, &["spec", "template", "spec", "containers"]))
+        .find(|c| str_at(c, &["name"]) == Some(name))
+        .with_context(|| format!("no container {name}"))
+}
+
+fn container_args(workload: &Yaml, name: &str) -> Result<Vec<String>> {
+    Ok(seq(container(workload, name)?.get("args"))
+        .filter_map(Yaml::as_str)
+        .map(str::to_owned)
+        .collect())
+}
+
+fn container_port(workload: &Yaml, name: &str, port: &str) -> Result<u64> {
+    seq(container(workload, name)?.get("ports"))
+        .find(|p| str_at(p, &["name"]) == Some(port))
+        .and_then(|p| p.get("containerPort").and_then(Yaml::as_u64))
+        .with_context(|| format!("container {name}: no containerPort named {port}"))
+}
+
+fn service_port(service: &Yaml, port: &str) -> Result<u64> {
+    let name = str_at(service, &["metadata", "name"]).unwrap_or("?");
+    seq(dig(service, &["spec", "ports"]))
+        .find(|p| str_at(p, &["name"]) == Some(port))
+        .and_then(|p| p.get("port").and_then(Yaml::as_u64))
+        .with_context(|| format!("Service {name} has no port named {port}"))
+}
+
+/// The value of `--name=value` in `args`.
+fn flag<'a>(args: &'a [String], name: &str) -> Result<&'a str> {
+    let prefix = format!("{name}=");
+    match args.iter().find_map(|a| a.strip_prefix(&prefix)) {
+        Some(value) => Ok(value),
+        None => bail!("no {name}=... argument"),
+    }
+}

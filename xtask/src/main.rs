@@ -1,0 +1,77 @@
+//! `cargo xtask`: the project's own commands, so a fresh machine needs only two README lines.
+//!
+//! - `setup`: installs the eBPF toolchain and mounts bpffs/tracefs (idempotent).
+//! - `build`: builds the release agent (its build.rs builds the eBPF object).
+//! - `test`:  unit tests, then the privileged bpf-tests against the release agent.
+//! - `demo`:  routes a bounded client load through the default config's VIPs (live table),
+//!   then a scene where a backend dies, is banned, returns and is let back in after a probe.
+//! - `bench`: direct vs. sockmesh vs. one haproxy hop, connect rate and request latency.
+//! - `fuzz`:  the cargo-fuzz targets in `fuzz/`, each for a bounded time.
+//! - `chaos`: SIGKILLs the agent at random moments under load; nothing may be lost or leaked.
+//!
+//! Everything that touches the kernel does so in a child cgroup and a bpffs directory of its
+//! own, and removes both again, also when it fails or is interrupted.
+
+mod agent_build;
+mod attached_agent;
+mod bench;
+mod cgroup;
+mod chaos;
+mod command;
+mod demo;
+mod deploy_check;
+mod deploy_k8s;
+mod fuzz;
+mod interrupt;
+mod scratch;
+mod setup;
+mod test;
+mod workspace;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "sockmesh build, setup, test, demo and bench"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the toolchain and system packages, mount bpffs and tracefs (needs root).
+    Setup,
+    /// Build the release agent (and with it the eBPF programs).
+    Build,
+    /// Unit tests, then the privileged bpf-tests (needs root).
+    Test,
+    /// Route a bounded client load through the default config's VIPs and show the split.
+    Demo(demo::DemoArgs),
+    /// Compare direct connects, sockmesh and one haproxy hop.
+    Bench(bench::BenchArgs),
+    /// Run the cargo-fuzz targets, each for a bounded time (docs/fuzzing.md).
+    Fuzz(fuzz::FuzzArgs),
+    /// SIGKILL the agent at random moments under load; prove nothing is lost or leaked.
+    Chaos(chaos::ChaosArgs),
+    /// The bench's load generator; bench starts it itself, inside the bench cgroup.
+    #[command(hide = true)]
+    Loadgen(bench::loadgen::LoadgenArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Setup => setup::run(),
+        Cmd::Build => agent_build::run().map(|_| ()),
+        Cmd::Test => test::run(),
+        Cmd::Demo(args) => demo::run(&args),
+        Cmd::Bench(args) => bench::run(&args),
+        Cmd::Fuzz(args) => fuzz::run(&args),
+        Cmd::Chaos(args) => chaos::run(&args),
+        Cmd::Loadgen(args) => bench::loadgen::run(&args),
+    }
+}
