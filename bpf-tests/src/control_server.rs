@@ -1,0 +1,305 @@
+//! One `sockmesh-control` process under test (issue 6, the control plane): spawn on a fixed
+//! 127.0.0.1 port with a token and a unix socket, stop and start again on the same port and
+//! state dir, read its API, and kill it on drop.
+//!
+//! The process contract is docs/control-plane.md.
+
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::admin::http_get;
+
+/// How long the control plane may take to serve after start.
+pub const CONTROL_UP_TIMEOUT: Duration = Duration::from_secs(15);
+/// The token every TCP client of the control plane under test presents.
+pub const CONTROL_TOKEN: &str = "bpf-tests-control-token";
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+const LOG_TAIL_LINES: usize = 60;
+
+/// Path of the control plane binary under test, from `SOCKMESH_CONTROL_BIN`.
+///
+/// # Panics
+/// When the variable is unset or names no file (`cargo xtask test` builds it beside the
+/// agent and sets it; by hand: `cargo build --release -p sockmesh-control --bins`).
+pub fn control_bin() -> PathBuf {
+    const HOW: &str = "SOCKMESH_CONTROL_BIN not set: run the bpf-tests through `cargo xtask \
+                       test`, or build it with `cargo build --release -p sockmesh-control \
+                       --bins` and point SOCKMESH_CONTROL_BIN at it";
+    match std::env::var_os("SOCKMESH_CONTROL_BIN").map(PathBuf::from) {
+        Some(p) if p.is_file() => p,
+        Some(p) => panic!("{HOW} (it names {}, which is not a file)", p.display()),
+        None => panic!("{HOW}"),
+    }
+}
+
+/// A control plane serving `<dir>/mesh.yaml` on `127.0.0.1:<port>` and `<dir>/control.sock`,
+/// storing revisions in `<dir>/control-state`, logging to `<dir>/control.log`.
+#[derive(Debug)]
+pub struct ControlServer {
+    dir: PathBuf,
+    addr: SocketAddr,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl ControlServer {
+    /// Writes the token file and starts the process (the config file must exist).
+    pub fn spawn(dir: &Path, port: u16) -> Result<Self> {
+        fs::write(dir.join("control-token"), format!("{CONTROL_TOKEN}\n"))?;
+        let mut server = ControlServer {
+            dir: dir.to_owned(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            child: None,
+            starts: 0,
+        };
+        server.start()?;
+        Ok(server)
+    }
+
+    /// Starts the process again after [`ControlServer::stop`]: same port, config, state.
+    pub fn start(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("the control plane is already running");
+        }
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        self.starts += 1;
+        writeln!(log, "===== bpf-tests: control start #{} =====", self.starts)?;
+        let child = Command::new(control_bin())
+            .arg("--config")
+            .arg(self.config_path())
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .arg("--listen-unix")
+            .arg(self.socket())
+            .arg("--token-file")
+            .arg(self.token_path())
+            .arg("--metrics-addr")
+            .arg("127.0.0.1:0")
+            .arg("--state-dir")
+            .arg(self.dir.join("control-state"))
+            .arg("--watch-interval-ms")
+            .arg("50")
+            .env("NO_COLOR", "1")
+            .env_remove("SOCKMESH_CONTROL_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning sockmesh-control")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + CONTROL_UP_TIMEOUT;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                bail!("sockmesh-control exited with {status}\n{}", self.log_tail());
+            }
+            match self.status() {
+                Ok(_) => return Ok(()),
+                Err(e) => last = format!("{e:#}"),
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "sockmesh-control not serving after {CONTROL_UP_TIMEOUT:?} ({last})\n{}",
+            self.log_tail()
+        )
+    }
+
+    /// SIGTERM and wait (SIGKILL after a bound, reported as an error).
+    pub fn stop(&mut self) -> Result<()> {
+        let mut child = self
+            .child
+            .take()
+            .context("the control plane is not running")?;
+        // SAFETY: signalling our own child, not yet reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        child.kill()?;
+        child.wait()?;
+        bail!("sockmesh-control ignored SIGTERM; killed it")
+    }
+
+    /// `http://127.0.0.1:<port>`, for the agent's `--control` and the CLI's `--control-url`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("mesh.yaml")
+    }
+
+    pub fn token_path(&self) -> PathBuf {
+        self.dir.join("control-token")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("control.log")
+    }
+
+    /// Replaces the config file atomically, as an editor would.
+    pub fn write_config(&self, yaml: &str) -> Result<()> {
+        let tmp = self.config_path().with_extension("yaml.tmp");
+        fs::write(&tmp, yaml)?;
+        fs::rename(&tmp, self.config_path()).context("replacing the control's config")
+    }
+
+    /// `GET path` on the unix socket (no token), expecting 200 and JSON.
+    pub fn get_json(&self, path: &str) -> Result<Value> {
+        let r = http_get(&self.socket(), path, REQUEST_TIMEOUT)?;
+        if r.status != 200 {
+            bail!("GET {path} answered {}: {}", r.status, r.body);
+        }
+        serde_json::from_str(&r.body).with_context(|| format!("{path} is not JSON: {}", r.body))
+    }
+
+    pub fn status(&self) -> Result<Value> {
+        self.get_json("/v1/status")
+    }
+
+    /// `method path` on TCP with the given `Authorization` header value (or none); the
+    /// status code of the reply.
+    pub fn tcp_status(&self, method: &str, path: &str, authorization: Option<&str>) -> Result<u16> {
+        let mut stream = TcpStream::connect_timeout(&self.addr, REQUEST_TIMEOUT)?;
+        stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+            self.addr
+        );
+        if let Some(a) = authorization {
+            req.push_str(&format!("Authorization: {a}\r\n"));
+        }
+        // A POST carries a rollback a 401 must never act on.
+        let body = if method == "POST" {
+            r#"{"version": 1}"#
+        } else {
+            ""
+        };
+        if !body.is_empty() {
+            req.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        stream.write_all(req.as_bytes())?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw)?;
+        let head = String::from_utf8_lossy(&raw);
+        head.split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("no status in {head:?}"))
+    }
+
+    /// Polls `/v1/status` until `pred` holds; the error carries the last status and log.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        let mut last = Value::Null;
+        while Instant::now() < deadline {
+            if let Ok(s) = self.status() {
+                if pred(&s) {
+                    return Ok(s);
+                }
+                last = s;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "timed out after {timeout:?} waiting for control {what}; last status {last:#}\n{}",
+            self.log_tail()
+        )
+    }
+
+    /// Polls `/v1/agents` until agent `node` matches `pred`; returns its entry.
+    pub fn wait_agent(
+        &self,
+        node: &str,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        let mut last = Value::Null;
+        while Instant::now() < deadline {
+            if let Ok(agents) = self.get_json("/v1/agents") {
+                let entry = agents
+                    .as_array()
+                    .and_then(|a| a.iter().find(|e| e["agent"] == node).cloned());
+                if let Some(e) = entry {
+                    if pred(&e) {
+                        return Ok(e);
+                    }
+                    last = e;
+                }
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "timed out after {timeout:?} waiting for agent {node} {what}; last {last:#}\n{}",
+            self.log_tail()
+        )
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        format!(
+            "----- control log tail ({}) -----\n{}\n-----",
+            self.log_path().display(),
+            lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+        )
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("{}", self.log_tail());
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

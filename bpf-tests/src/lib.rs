@@ -1,0 +1,210 @@
+//! Harness for tests that load sockmesh's eBPF programs into the running kernel.
+//!
+//! Everything a privileged test touches is its own and is removed again by a guard's `Drop`,
+//! also when the test panics, because these tests run on shared machines:
+//!
+//! - [`Cgroup2`]: a child cgroup `<cgroup2>/sockmesh-test-<pid>-<name>` the agent attaches to
+//!   and the clients run in (never the cgroup v2 root).
+//! - [`Bpffs`]: the pin directory `/sys/fs/bpf/sockmesh-test-<pid>-<name>`.
+//! - [`Netns`]: a network namespace for addresses outside 127.0.0.0/8 (IPv6 `fd00::/64`).
+//! - [`Agent`]: a `sockmesh-agent` process with its log, admin API client and shutdown.
+//! - [`TestBed`]: all of the above wired together, plus the config file the agent watches.
+//! - [`TcpBackendSet`]: backends that count their accepts and tell a client who they are.
+//! - [`ConnectClient`]: a stock python3 client that connects through a VIP and reports, per
+//!   connect, which backend answered, what `getpeername()` said and any errno.
+//! - [`EchoClient`]: a python3 client pushing bulk echo traffic through a VIP.
+//! - [`Netfault`]: `sockmesh-agent netfault` dropping SYNs or segments for one cgroup.
+//! - [`CpuQuota`]: a CFS quota on a workload cgroup (v2 `cpu.max`, or a v1 cpu cgroup).
+//! - [`Prometheus`]: a real Prometheus server scraping the agent; [`promtool_check_metrics`].
+//! - [`metric_value`], [`sum_metric`], [`histogram_mass_above`]: reading the agent's
+//!   `/metrics` ([`Agent::metrics_text`]).
+//!
+//! Tests fail loudly when they cannot run: no root, no bpffs, no agent binary
+//! ([`agent_bin`]), no CLI binary ([`cli_bin`]), no Prometheus all panic with a message
+//! saying what is missing. Nothing returns early.
+//!
+//! # The tests (`tests/*.rs`), and the addresses each one owns
+//!
+//! Run as root, one at a time: `cargo xtask test`, or by hand
+//! `SOCKMESH_AGENT_BIN=target/release/sockmesh-agent cargo test -p sockmesh-bpf-tests --
+//! --test-threads=1`. Each test has its own VIP (127.100.N.x) and backend port range, so a
+//! leftover from one can never answer for another; a new test takes the next free row.
+//!
+//! | file | what it shows (issue 2) | ports |
+//! | --- | --- | --- |
+//! | `harness.rs` | the harness itself (no agent) | 18100-18109 |
+//! | `routing.rs` | getpeername = VIP, outside cgroup not routed, non-VIP untouched | 18120-18128 |
+//! | `weighted.rs` | weights 1:1:2 over 4,000 connects | 18130-18131 |
+//! | `round_robin.rs` | exact cycles, 1:1:1 and 1:2 | 18140-18151 |
+//! | `maglev.rs` | sticky callers, minimal disruption on removal | 18160-18171 |
+//! | `reload.rs` | weight change, backend removal, broken file | 18180-18201 |
+//! | `restart.rs` | SIGTERM, routing while down, adoption | 18210-18211 |
+//! | `cli.rs` | `check`, `cleanup` | 18220-18221 |
+//! | `ipv6.rs` | `fd00::100` in a netns of its own | 80-81, 8081 in the netns |
+//!
+//! | file (issue 3) | what it shows | ports |
+//! | --- | --- | --- |
+//! | `signals_connect.rs` | ok counts exact, handshake count, caller = workload or `unknown`, CLI | 18300-18301 |
+//! | `signals_failures.rs` | refused and timeout counted per backend, `/v1/failures`, CLI | 18310-18311 |
+//! | `signals_retransmits.rs` | loss on one backend: its retransmits > 0, the others 0 | 18320-18321 |
+//! | `signals_cpu.rs` | throttled seconds and run-queue mass > 1 ms: busy yes, idle no | 18330-18331 |
+//! | `signals_prometheus.rs` | PromQL over scraped series = agent's counts; promtool clean | 18340-18341 |
+//! | `signals_cardinality.rs` | 12 callers, `--max-callers 4`: bounded `caller` values | 18350-18351 |
+//!
+//! Errors are `anyhow` with context: this crate is a test edge, where a readable chain of
+//! "what was being done" matters more than matching on error kinds.
+
+mod admin;
+mod agent;
+mod backend;
+mod bpffs;
+mod cgroup;
+mod client;
+mod cpu_quota;
+mod distribution;
+mod echo_client;
+mod exposition;
+mod mesh_yaml;
+mod netfault;
+mod netns;
+mod operator;
+mod prometheus;
+mod testbed;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+pub use admin::{http_get, http_get_tcp, percent_encode, HttpResponse};
+pub use agent::{Agent, AgentOptions};
+pub use backend::{Backend, BackendMode, TcpBackendSet};
+pub use bpffs::{ensure_bpffs_mounted, Bpffs, BPFFS_ROOT};
+pub use cgroup::{cgroup2_mount, AttachedProgram, Cgroup2};
+pub use client::{ClientReport, ConnectClient, ConnectResult, RunningClient};
+pub use cpu_quota::{v1_cpu_mount, CpuQuota};
+pub use distribution::{assert_shares, binomial_tolerance, counts_by_backend, shares};
+pub use echo_client::{EchoClient, EchoReport, EchoResult};
+pub use exposition::{
+    histogram_mass_above, label_values, metric_value, parse_exposition, sum_metric, Sample,
+};
+pub use mesh_yaml::{fingerprint_of, BackendYaml, ServiceYaml, WorkloadYaml};
+pub use netfault::{Faults, Netfault};
+pub use netns::Netns;
+pub use operator::{
+    sockmesh_cli, sockmesh_cli_json, wait_counter_settled, wait_workloads, SIGNAL_TIMEOUT,
+};
+pub use prometheus::{promtool_check_metrics, Prometheus, PROMETHEUS_BIN, PROMTOOL_BIN};
+pub use testbed::TestBed;
+
+/// Prefix of every cgroup, bpffs directory and netns the harness creates. Followed by the
+/// test process's pid, so parallel runs (and other engineers' runs) never collide, and so
+/// [`sweep_stale`] can tell leftovers of dead runs from live ones.
+pub const RESOURCE_PREFIX: &str = "sockmesh-test-";
+
+/// The name of a per-test resource: `sockmesh-test-<pid>-<name>`.
+pub fn resource_name(name: &str) -> String {
+    format!("{RESOURCE_PREFIX}{}-{name}", std::process::id())
+}
+
+/// `count` loopback addresses `127.0.0.<first>`, `127.0.0.<first+1>`, ... all on `port`: the
+/// usual backend set of a test.
+pub fn loopback_addrs(first: u8, count: u8, port: u16) -> Vec<SocketAddr> {
+    (0..count)
+        .map(|i| SocketAddr::from((Ipv4Addr::new(127, 0, 0, first + i), port)))
+        .collect()
+}
+
+/// Path of the agent binary under test, from `SOCKMESH_AGENT_BIN`.
+///
+/// # Panics
+/// When the variable is unset or names no file: the bpf-tests are meant to run through
+/// `cargo xtask test`, which builds the release agent and sets it.
+pub fn agent_bin() -> PathBuf {
+    const HOW: &str = "SOCKMESH_AGENT_BIN not set: run the bpf-tests through `cargo xtask test`";
+    let path = std::env::var_os("SOCKMESH_AGENT_BIN").map(PathBuf::from);
+    match path {
+        Some(p) if p.is_file() => p,
+        Some(p) => panic!("{HOW} (it names {}, which is not a file)", p.display()),
+        None => panic!("{HOW}"),
+    }
+}
+
+/// Path of the `sockmesh` CLI under test, from `SOCKMESH_CLI_BIN`.
+///
+/// # Panics
+/// When the variable is unset or names no file (`cargo xtask test` sets it beside the agent;
+/// by hand: `cargo build --release -p sockmesh-control --bin sockmesh`).
+pub fn cli_bin() -> PathBuf {
+    const HOW: &str = "SOCKMESH_CLI_BIN not set: run the bpf-tests through `cargo xtask test`,                        or build it with `cargo build --release -p sockmesh-control --bin sockmesh`                        and point SOCKMESH_CLI_BIN at it";
+    match std::env::var_os("SOCKMESH_CLI_BIN").map(PathBuf::from) {
+        Some(p) if p.is_file() => p,
+        Some(p) => panic!("{HOW} (it names {}, which is not a file)", p.display()),
+        None => panic!("{HOW}"),
+    }
+}
+
+/// Panics unless the process runs as root: loading eBPF, creating cgroups and network
+/// namespaces all need it, and a test that cannot do its job must fail, not pass.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert!(
+        euid == 0,
+        "bpf-tests need root (euid is {euid}): they load eBPF programs and create cgroups \
+         and network namespaces; run them through `cargo xtask test` as root"
+    );
+}
+
+/// Removes what crashed runs of this harness left behind: cgroups (only if empty), network
+/// namespaces and pin directories named `sockmesh-test-<pid>-*` whose `<pid>` is no longer
+/// alive. Resources of live processes, including other concurrent runs, are never touched.
+/// Best effort: failures are printed, not returned.
+pub fn sweep_stale() {
+    let is_stale = |name: &str| -> bool {
+        let Some(rest) = name.strip_prefix(RESOURCE_PREFIX) else {
+            return false;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            return false;
+        };
+        pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    };
+    // Pins first: their cgroup links are what keeps programs attached to the old cgroups.
+    bpffs::sweep_stale(&is_stale);
+    netns::sweep_stale(&is_stale);
+    cgroup::sweep_stale(&is_stale);
+    cpu_quota::sweep_stale(&is_stale);
+}
+
+// Issue 4 (health) harness pieces; used by tests/health_*.rs (ports 18400-18499, VIPs
+// 127.100.40-48.x).
+pub mod health_admin;
+pub mod health_backend;
+pub mod health_client;
+pub mod health_yaml;
+
+// Issue 5 (SLOs) harness pieces; used by tests/slo_prometheus.rs (ports 18600-18699, VIPs
+// 127.100.60.x).
+pub mod slo_prometheus;
+
+// Issue 5 (diagnosis) harness pieces; used by tests/diagnose_*.rs (ports 18500-18599, VIPs
+// 127.100.50.x): dead backend 18500-18509, packet loss 18510-18519, CPU-starved caller
+// 18520-18529.
+pub mod diag_admin;
+pub mod diag_yaml;
+
+// Issue 7 (proving it) harness pieces; used by tests/chaos_*.rs, tests/pressure_*.rs and
+// `cargo xtask chaos` (ports 18700-18799, VIPs 127.100.70-79.x).
+pub mod chaos_objects;
+pub mod chaos_run;
+pub mod pressure_fill;
+
+// Issue 6 (caller routes, locality) harness pieces; used by tests/route_*.rs and
+// tests/locality_*.rs (ports 18900-18999, VIPs 127.100.90-99.x): route_callers 18900-18909
+// (127.100.90.x), locality_failover 18910-18919 (127.100.91.x).
+pub mod route_mesh;
+
+// Issue 6 (control plane) harness pieces; used by tests/control_*.rs (ports 18800-18899,
+// VIPs 127.100.80-89.x): test N of control_follow.rs owns ports 188N0-188N9 (the control
+// plane's API on 188N0) and VIP 127.100.8N.1.
+pub mod control_bed;
+pub mod control_server;
