@@ -8,6 +8,8 @@
 //! - `bench`: direct vs. sockmesh vs. one haproxy hop, connect rate and request latency.
 //! - `fuzz`:  the cargo-fuzz targets in `fuzz/`, each for a bounded time.
 //! - `chaos`: SIGKILLs the agent at random moments under load; nothing may be lost or leaked.
+//! - `vm-test`: the bpf-tests on Debian's 6.1 and 6.12 kernels, each in a qemu VM, plus the
+//!   verifier statistics of every program per kernel (docs/vm-test.md).
 //!
 //! Everything that touches the kernel does so in a child cgroup and a bpffs directory of its
 //! own, and removes both again, also when it fails or is interrupted.
@@ -26,6 +28,7 @@ mod interrupt;
 mod scratch;
 mod setup;
 mod test;
+mod vm_test;
 mod workspace;
 
 use anyhow::Result;
@@ -57,6 +60,12 @@ enum Cmd {
     Fuzz(fuzz::FuzzArgs),
     /// SIGKILL the agent at random moments under load; prove nothing is lost or leaked.
     Chaos(chaos::ChaosArgs),
+    /// The bpf-tests on Debian's 6.1 and 6.12 kernels in qemu VMs, with verifier
+    /// statistics (needs root; docs/vm-test.md).
+    VmTest(vm_test::VmTestArgs),
+    /// vm-test's verifier statistics step; the guest runs it inside each VM.
+    #[command(hide = true)]
+    VmVerifier(vm_test::VerifierGuestArgs),
     /// The bench's load generator; bench starts it itself, inside the bench cgroup.
     #[command(hide = true)]
     Loadgen(bench::loadgen::LoadgenArgs),
@@ -72,6 +81,8 @@ fn main() -> Result<()> {
         Cmd::Bench(args) => bench::run(&args),
         Cmd::Fuzz(args) => fuzz::run(&args),
         Cmd::Chaos(args) => chaos::run(&args),
+        Cmd::VmTest(args) => vm_test::run(&args),
+        Cmd::VmVerifier(args) => vm_test::verifier_guest(&args),
         Cmd::Loadgen(args) => bench::loadgen::run(&args),
     }
 }
