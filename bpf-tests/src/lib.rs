@@ -193,7 +193,8 @@ pub mod diag_admin;
 pub mod diag_yaml;
 
 // Issue 7 (proving it) harness pieces; used by tests/chaos_*.rs, tests/pressure_*.rs and
-// `cargo xtask chaos` (ports 18700-18799, VIPs 127.100.70-79.x).
+// `cargo xtask chaos` (ports 18700-18799, VIPs 127.100.70-79.x); tests/upgrade.rs owns
+// 18760-18769 and 127.100.76.x.
 pub mod chaos_objects;
 pub mod chaos_run;
 pub mod pressure_fill;

@@ -9,9 +9,9 @@ use core::mem::size_of;
 /// Version of the pinned map layout. Pins live under `<bpffs>/v<LAYOUT_VERSION>/`, so an agent
 /// with a different layout never misreads another version's maps.
 ///
-/// 2: [`CallerEntry::class`] (caller-based routes and locality). v1 pins are not adopted; an
-/// upgraded node needs the old pins removed (`sockmesh-agent cleanup` of the old version, or
-/// `rm -r <bpffs>/v1`), or both versions' programs stay attached.
+/// 2: [`CallerEntry::class`] (caller-based routes and locality). An agent never adopts another
+/// version's pins: it attaches its own set beside them and, once its tables hold the config,
+/// retires the others (docs/upgrade.md, `bpf-tests/tests/upgrade.rs`).
 pub const LAYOUT_VERSION: u32 = 3;
 
 /// Service table: (family, VIP, port) -> [`ServiceEntry`]. Not preallocated, so an update
