@@ -138,9 +138,16 @@ fn admin_http_get_over_unix_socket() {
     let listener = UnixListener::bind(&sock).unwrap();
     let server = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
-        let mut req = [0u8; 1024];
-        let n = s.read(&mut req).unwrap();
-        let req = String::from_utf8_lossy(&req[..n]).to_string();
+        // Read the whole request head: a client may write it in more than one piece, and
+        // closing with unread bytes would reset the connection under the client's read.
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "client closed before the end of its request head");
+            head.extend_from_slice(&buf[..n]);
+        }
+        let req = String::from_utf8_lossy(&head).to_string();
         s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
             .unwrap();
         req
