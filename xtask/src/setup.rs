@@ -96,16 +96,20 @@ fn apt_packages() -> Result<()> {
     // The package lists may be stale or absent on a fresh machine; refresh them only now
     // that something has to be installed.
     command::run(Command::new("apt-get").args(["update", "-q"]))?;
+    apt_install(&missing)
+}
+
+/// `apt-get install` of `packages`, non-interactive, without recommends (lists already fresh).
+pub fn apt_install(packages: &[&str]) -> Result<()> {
     command::run(
         Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
+            .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
-    Ok(())
+    )
 }
 
-fn dpkg_installed(pkg: &str) -> bool {
+pub fn dpkg_installed(pkg: &str) -> bool {
     // `dpkg -s` also succeeds for removed-but-configured packages; the status word does not.
     command::probe(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
         .is_some_and(|status| status.trim() == "install ok installed")

@@ -201,7 +201,7 @@ fn install_packages(vms: bool) -> Result<()> {
     let missing: Vec<&str> = wanted
         .iter()
         .copied()
-        .filter(|p| !dpkg_installed(p))
+        .filter(|p| !setup::dpkg_installed(p))
         .collect();
     let add_backports = vms && !backports_configured();
     if add_backports {
@@ -225,19 +225,9 @@ fn install_packages(vms: bool) -> Result<()> {
     }
     if !missing.is_empty() {
         println!("vm-test: installing apt packages: {}", missing.join(" "));
-        command::run(
-            Command::new("apt-get")
-                .args(["install", "-y", "-q", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
+        setup::apt_install(&missing)?;
     }
     Ok(())
-}
-
-fn dpkg_installed(pkg: &str) -> bool {
-    command::probe(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
-        .is_some_and(|status| status.trim() == "install ok installed")
 }
 
 fn backports_configured() -> bool {
