@@ -33,8 +33,12 @@ use serde_json::{json, Value};
 
 use crate::cgroup::Cgroup2;
 
+/// Concurrent connection loops in [`Caller::echo`]: a connection stalled by injected loss
+/// (RTO backoff) holds back one loop, not all traffic.
+pub const ECHO_WORKERS: usize = 4;
+
 const CALLER_PY: &str = r#"
-import json, os, socket, sys, time
+import json, os, socket, sys, threading, time
 target = (sys.argv[1], int(sys.argv[2]))
 held = []
 
@@ -135,8 +139,18 @@ def echo_one(c):
     return r
 
 def op_echo(c):
-    out, ms = paced(c, lambda: echo_one(c))
-    return {'results': out, 'elapsed_ms': ms}
+    # Several workers, so one connection stalled by loss does not hold all traffic back.
+    workers = max(1, int(c.get('workers', 1)))
+    parts = [None] * workers
+    def work(i):
+        parts[i] = paced(c, lambda: echo_one(c))
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out = sorted((r for p in parts for r in p[0]), key=lambda r: r['t'])
+    return {'results': out, 'elapsed_ms': max(p[1] for p in parts)}
 
 def op_close(c):
     n = min(int(c.get('count', 1)), len(held))
@@ -443,8 +457,9 @@ impl Caller {
         serde_json::from_value(reply).context("connect answer")
     }
 
-    /// Runs an `echo` command: up to `count` connections of `bytes` in `chunk`s, until
-    /// `until_file` exists or `max_time` passed.
+    /// Runs an `echo` command: [`ECHO_WORKERS`] concurrent loops of up to `count` connections
+    /// each, `bytes` in `chunk`s per connection, until `until_file` exists or `max_time` passed.
+    /// The results come back ordered by start time.
     pub fn echo(
         &mut self,
         count: usize,
@@ -455,6 +470,7 @@ impl Caller {
     ) -> Result<Vec<EchoConn>> {
         let cmd = json!({
             "op": "echo", "count": count, "bytes": bytes, "chunk": chunk, "timeout": 10.0,
+            "workers": ECHO_WORKERS,
             "until_file": until_file.display().to_string(),
             "max_seconds": max_time.as_secs_f64(),
         });
