@@ -1,9 +1,9 @@
 //! The admin API decoder: the `sockmesh` CLI's HTTP/1.1 reply reader
 //! (`sockmesh_control::cli::http::read_response`) on arbitrary bytes from the server.
 //!
-//! There is no control-plane server yet; the decoders that face the network today are the
-//! admin API's, and this is the one that reads whatever a socket sends back (a wrong port, a
-//! dying agent, a hostile peer). It must never panic, must stay within its caps, and must
+//! This is the decoder that reads whatever a socket sends back to the CLI (a wrong port, a
+//! dying agent, a hostile peer); the control plane's request decoder has its own target
+//! (`control_request`). It must never panic, must stay within its caps, and must
 //! allocate in proportion to the bytes actually received, never to lengths the peer merely
 //! announces (a `Content-Length: 200000000` or a chunk size of `ffffffff` followed by
 //! nothing must not reserve memory for them).

@@ -31,6 +31,8 @@ const TARGETS: &[(&str, &[&str])] = &[
     ("admin_http_response", &["-malloc_limit_mb=64"]),
     // The ring-buffer event decoder.
     ("ring_event", &[]),
+    // The control plane's request decoder (method, path, query, body -> request or 4xx).
+    ("control_request", &[]),
 ];
 
 /// Flags for every target: an input that takes over 10 s is reported as a hang, and the
@@ -42,7 +44,7 @@ pub struct FuzzArgs {
     /// Seconds to fuzz each target (libFuzzer's -max_total_time).
     #[arg(long, default_value_t = 60)]
     seconds: u64,
-    /// Fuzz only this target (config_parse, admin_http_response, ring_event).
+    /// Fuzz only this target (config_parse, admin_http_response, ring_event, control_request).
     #[arg(long)]
     target: Option<String>,
 }

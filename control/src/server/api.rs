@@ -5,22 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::{body::Incoming, header, Method, Request, Response, StatusCode};
 use serde::Serialize;
 
-use super::agents::check_agent_name;
 use super::auth::Token;
 use super::history::Revision;
 use super::hub::Hub;
-use super::protocol::{
-    Ack, ErrorBody, RollbackRequest, ACK_PATH, AGENTS_PATH, DEFAULT_WATCH_TIMEOUT_SECS,
-    HISTORY_PATH, MAX_WATCH_TIMEOUT_SECS, ROLLBACK_PATH, SNAPSHOT_PATH, STATUS_PATH, WATCH_PATH,
-};
-use crate::Span;
-
-/// Largest request body (acks and rollbacks are a few hundred bytes).
-const MAX_BODY_BYTES: usize = 64 * 1024;
+use super::protocol::{ErrorBody, HISTORY_PATH};
+use super::request::{self, ApiRequest, MAX_BODY_BYTES};
 
 pub type Reply = Response<Full<Bytes>>;
 
@@ -60,71 +53,81 @@ impl Api {
                 return reply;
             }
         }
-        let query = Query::parse(req.uri().query().unwrap_or(""));
-        match (req.method(), req.uri().path()) {
-            (&Method::GET, SNAPSHOT_PATH) => self.snapshot(&query),
-            (&Method::GET, WATCH_PATH) => self.watch(&query).await,
-            (&Method::POST, ACK_PATH) => match read_json::<Ack>(req).await {
-                Ok(ack) => self.ack(ack),
-                Err(e) => error(StatusCode::BAD_REQUEST, &e),
+        let method = req.method().as_str().to_owned();
+        let path = req.uri().path().to_owned();
+        let query = req.uri().query().unwrap_or("").to_owned();
+        let body = if req.method() == Method::POST {
+            match Limited::new(req.into_body(), MAX_BODY_BYTES)
+                .collect()
+                .await
+            {
+                Ok(b) => b.to_bytes(),
+                Err(e) if e.is::<LengthLimitError>() => {
+                    return error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &format!("the body may be at most {MAX_BODY_BYTES} bytes"),
+                    )
+                }
+                Err(e) => return error(StatusCode::BAD_REQUEST, &format!("reading the body: {e}")),
+            }
+        } else {
+            Bytes::new()
+        };
+        let request = match request::decode(&method, &path, &query, &body) {
+            Ok(r) => r,
+            Err(bad) => return error(bad.status, &bad.message),
+        };
+        match request {
+            ApiRequest::Snapshot { agent, version } => {
+                self.note_agent(agent.as_deref());
+                self.snapshot(version)
+            }
+            ApiRequest::Watch {
+                agent,
+                after,
+                timeout,
+            } => {
+                self.note_agent(agent.as_deref());
+                self.watch(after, timeout).await
+            }
+            ApiRequest::Ack(ack) => {
+                self.hub.ack(&ack);
+                json(StatusCode::OK, &serde_json::json!({"recorded": true}))
+            }
+            ApiRequest::Agents => json(StatusCode::OK, &self.hub.agents()),
+            ApiRequest::History => json(StatusCode::OK, &self.hub.history()),
+            ApiRequest::Rollback(r) => match self.hub.rollback(r.version) {
+                Ok(reply) => json(StatusCode::OK, &reply),
+                Err(e) => error(StatusCode::NOT_FOUND, &e.to_string()),
             },
-            (&Method::GET, AGENTS_PATH) => json(StatusCode::OK, &self.hub.agents()),
-            (&Method::GET, HISTORY_PATH) => json(StatusCode::OK, &self.hub.history()),
-            (&Method::POST, ROLLBACK_PATH) => match read_json::<RollbackRequest>(req).await {
-                Ok(r) => match self.hub.rollback(r.version) {
-                    Ok(reply) => json(StatusCode::OK, &reply),
-                    Err(e) => error(StatusCode::NOT_FOUND, &e.to_string()),
-                },
-                Err(e) => error(StatusCode::BAD_REQUEST, &e),
-            },
-            (&Method::GET, STATUS_PATH) => {
+            ApiRequest::Status => {
                 let mut status = self.hub.status();
                 status.listen = self.listening.tcp.clone();
                 status.listen_unix = self.listening.unix.clone();
                 status.metrics_addr = self.listening.metrics.clone();
                 json(StatusCode::OK, &status)
             }
-            (
-                _,
-                SNAPSHOT_PATH | WATCH_PATH | ACK_PATH | AGENTS_PATH | HISTORY_PATH | ROLLBACK_PATH
-                | STATUS_PATH,
-            ) => error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &format!("{} is not allowed on {}", req.method(), req.uri().path()),
-            ),
-            (_, path) => error(
-                StatusCode::NOT_FOUND,
-                &format!("unknown path {path}; see docs/control-plane.md"),
-            ),
         }
     }
 
-    /// Notes the `agent=` a snapshot or watch names; the error is a 400's message.
-    fn note_agent(&self, query: &Query<'_>) -> Result<(), String> {
-        if let Some(agent) = query.get("agent") {
-            check_agent_name(agent)?;
+    /// Notes the (already checked) `agent=` a snapshot or watch names.
+    fn note_agent(&self, agent: Option<&str>) {
+        if let Some(agent) = agent {
             self.hub.seen(agent);
         }
-        Ok(())
     }
 
-    fn snapshot(&self, query: &Query<'_>) -> Reply {
-        if let Err(e) = self.note_agent(query) {
-            return error(StatusCode::BAD_REQUEST, &e);
-        }
-        let revision = match query.get("version") {
+    fn snapshot(&self, version: Option<u64>) -> Reply {
+        let revision = match version {
             None => self.hub.head(),
-            Some(v) => match v.parse::<u64>() {
-                Ok(v) => match self.hub.revision(v) {
-                    Some(r) => Some(r),
-                    None => {
-                        return error(
-                            StatusCode::NOT_FOUND,
-                            &format!("version {v} is not kept; see {HISTORY_PATH}"),
-                        )
-                    }
-                },
-                Err(_) => return error(StatusCode::BAD_REQUEST, "version must be a number"),
+            Some(v) => match self.hub.revision(v) {
+                Some(r) => Some(r),
+                None => {
+                    return error(
+                        StatusCode::NOT_FOUND,
+                        &format!("version {v} is not kept; see {HISTORY_PATH}"),
+                    )
+                }
             },
         };
         match revision {
@@ -137,29 +140,7 @@ impl Api {
     /// until the timeout and answers 204. "Not `after`" rather than "newer than `after`":
     /// an agent that is ahead (this control plane lost its history) is brought back to
     /// what is served now instead of waiting forever.
-    async fn watch(&self, query: &Query<'_>) -> Reply {
-        if let Err(e) = self.note_agent(query) {
-            return error(StatusCode::BAD_REQUEST, &e);
-        }
-        let Some(Ok(after)) = query.get("after").map(str::parse::<u64>) else {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "after=VERSION (the version the agent has) is required",
-            );
-        };
-        let timeout = match query.get("timeout") {
-            None => Duration::from_secs(DEFAULT_WATCH_TIMEOUT_SECS),
-            Some(t) => match t.parse::<Span>() {
-                Ok(Span(d)) if d <= Duration::from_secs(MAX_WATCH_TIMEOUT_SECS) => d,
-                Ok(_) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        &format!("timeout may be at most {MAX_WATCH_TIMEOUT_SECS}s"),
-                    )
-                }
-                Err(e) => return error(StatusCode::BAD_REQUEST, &format!("timeout: {e}")),
-            },
-        };
+    async fn watch(&self, after: u64, timeout: Duration) -> Reply {
         let mut heads = self.hub.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -179,17 +160,6 @@ impl Api {
                 }
             }
         }
-    }
-
-    fn ack(&self, ack: Ack) -> Reply {
-        if let Err(e) = check_agent_name(&ack.agent) {
-            return error(StatusCode::BAD_REQUEST, &e);
-        }
-        if ack.error.as_ref().is_some_and(|e| e.len() > 4096) {
-            return error(StatusCode::BAD_REQUEST, "error may be at most 4096 bytes");
-        }
-        self.hub.ack(&ack);
-        json(StatusCode::OK, &serde_json::json!({"recorded": true}))
     }
 }
 
@@ -225,33 +195,4 @@ fn error(status: StatusCode, message: &str) -> Reply {
             error: message.to_owned(),
         },
     )
-}
-
-/// The body as `T`; the error is a 400's message.
-async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, String> {
-    let body = Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-        .map_err(|e| format!("reading the body: {e}"))?
-        .to_bytes();
-    serde_json::from_slice(&body).map_err(|e| format!("invalid JSON body: {e}"))
-}
-
-/// `a=1&b=2`, without percent-decoding: every parameter is a number, a duration or an
-/// agent name, none of which has a character that needs encoding.
-struct Query<'a>(Vec<(&'a str, &'a str)>);
-
-impl<'a> Query<'a> {
-    fn parse(text: &'a str) -> Self {
-        Query(
-            text.split('&')
-                .filter(|p| !p.is_empty())
-                .map(|p| p.split_once('=').unwrap_or((p, "")))
-                .collect(),
-        )
-    }
-
-    fn get(&self, name: &str) -> Option<&'a str> {
-        self.0.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
-    }
 }

@@ -37,6 +37,7 @@ pub mod kube_source;
 pub mod listen;
 pub mod metrics;
 pub mod protocol;
+pub mod request;
 pub mod source;
 pub mod store;
 
