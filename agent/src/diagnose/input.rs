@@ -215,6 +215,7 @@ mod tests {
             backends: vec![(labels, stats)],
             workloads: vec![sample("front"), sample("db"), sample("bystander")],
             events_lost: 0,
+            unenrolled_connects: 0,
         }
     }
 

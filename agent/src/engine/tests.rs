@@ -33,6 +33,7 @@ fn config(backends: usize) -> MeshConfig {
         version: 1,
         services: vec![svc],
         workloads: Vec::new(),
+        enrollment: Default::default(),
     }
 }
 

@@ -30,6 +30,8 @@ pub struct KernelSnapshot {
     pub backends: Vec<(BackendLabels, BackendTcpStats)>,
     pub workloads: Vec<WorkloadSample>,
     pub events_lost: u64,
+    /// Connects to a VIP from callers that are not enrolled (`enrollment: workloads`).
+    pub unenrolled_connects: u64,
 }
 
 /// (name, help, value) of a per-backend counter taken from the kernel's TCP stats.
@@ -141,6 +143,14 @@ impl Collector for KernelCollector {
             MetricType::Counter,
         )?;
         ConstCounter::new(snap.events_lost).encode(m)?;
+        let m = enc.encode_descriptor(
+            "unenrolled_connects",
+            "Connects to a VIP the kernel left untouched because the caller is not enrolled \
+             (enrollment: workloads)",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(snap.unenrolled_connects).encode(m)?;
         Ok(())
     }
 }

@@ -8,7 +8,7 @@ use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues}
 use sockmesh_common::{
     BackendKey, BackendTcpStats, CallerEntry, RunqHist, BACKEND_STATS_MAP, CALLERS_MAP,
     CALLER_CONNS_MAP, HIST_BUCKETS, KERNEL_COUNTERS_MAP, LOST_EVENTS_SLOT, RUNQ_HIST_MAP,
-    SOCK_STAMPS_MAP, WORKLOAD_TIDS_MAP,
+    SOCK_STAMPS_MAP, UNENROLLED_SLOT, WORKLOAD_TIDS_MAP,
 };
 
 use super::map_count::{CountedMap, CountedMaps};
@@ -112,8 +112,18 @@ impl SignalMaps {
     }
 
     pub fn events_lost(&self) -> u64 {
+        self.counter(LOST_EVENTS_SLOT)
+    }
+
+    /// Connects to a VIP the kernel left untouched: the caller is not enrolled.
+    pub fn unenrolled_connects(&self) -> u64 {
+        self.counter(UNENROLLED_SLOT)
+    }
+
+    /// One slot of the per-CPU kernel counters, summed over CPUs.
+    fn counter(&self, slot: u32) -> u64 {
         self.counters
-            .get(&LOST_EVENTS_SLOT, 0)
+            .get(&slot, 0)
             .map(|v| v.iter().sum())
             .unwrap_or(0)
     }

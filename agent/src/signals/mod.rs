@@ -318,6 +318,7 @@ impl Signals {
             })
             .collect();
         let events_lost = maps.events_lost();
+        let unenrolled_connects = maps.unenrolled_connects();
         drop(maps);
         self.record_pressure(tids, callers, backend_stats);
         let now = tokio::time::Instant::now();
@@ -343,6 +344,7 @@ impl Signals {
             backends,
             workloads: samples,
             events_lost,
+            unenrolled_connects,
         };
         inner.diag.on_kernel(now, &snapshot);
         *self.snapshot.lock().expect("snapshot lock") = snapshot;

@@ -18,8 +18,9 @@ use sockmesh_common::{
     pick::{LB_MAGLEV, LB_ROUND_ROBIN, LB_WEIGHTED_RANDOM},
     BackendEntry, ServiceCaller, ServiceEntry, ServiceKey, SlotTableKey, CALLER_CLASS_DEFAULT,
     MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS, SERVICE_CLASS_TABLES,
+    SERVICE_ENROLLED_ONLY,
 };
-use sockmesh_control::{LbPolicy, MeshConfig};
+use sockmesh_control::{Enrollment, LbPolicy, MeshConfig};
 
 use super::{
     addr::{backend_entry, service_key},
@@ -413,6 +414,9 @@ pub fn plan_for(
         let mut entry = service_entry(id, lb, spec, &ov);
         if !class_tables.is_empty() {
             entry.flags |= SERVICE_CLASS_TABLES;
+        }
+        if config.enrollment == Enrollment::Workloads {
+            entry.flags |= SERVICE_ENROLLED_ONLY;
         }
         if actual.services.get(&key) != Some(&entry) {
             services.push(Write::UpsertService(key, entry));

@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 
 use proptest::prelude::*;
-use sockmesh_common::{SlotTableKey, CALLER_CLASS_DEFAULT};
-use sockmesh_control::{BackendSpec, LbPolicy, MeshConfig, ServiceSpec};
+use sockmesh_common::{SlotTableKey, CALLER_CLASS_DEFAULT, SERVICE_ENROLLED_ONLY};
+use sockmesh_control::{BackendSpec, Enrollment, LbPolicy, MeshConfig, ServiceSpec};
 
 use super::{
     overlay::{Overlay, ServiceOverlay},
@@ -35,6 +35,7 @@ fn config(services: Vec<ServiceSpec>) -> MeshConfig {
         version: 1,
         services,
         workloads: Vec::new(),
+        enrollment: Default::default(),
     }
 }
 
@@ -115,6 +116,39 @@ fn replanning_the_same_config_writes_nothing() {
         .is_empty());
     // The shared backend has one id.
     assert_eq!(state.backends.len(), 2);
+}
+
+#[test]
+fn enrollment_workloads_flags_every_service_and_switching_back_clears_it() {
+    let mut cfg = config(vec![
+        service("a", "127.100.0.1", LbPolicy::Maglev, &[("127.0.0.2:81", 1)]),
+        service("b", "::1", LbPolicy::RoundRobin, &[("[::1]:81", 1)]),
+    ]);
+    let flagged = |state: &KernelState| {
+        state
+            .services
+            .values()
+            .filter(|s| s.flags & SERVICE_ENROLLED_ONLY != 0)
+            .count()
+    };
+    let mut state = KernelState::default();
+    let p = plan(&cfg, &Overlay::new(), &state).unwrap();
+    apply_all(&mut state, &p.writes);
+    assert_eq!(flagged(&state), 0, "the default routes every caller");
+    cfg.enrollment = Enrollment::Workloads;
+    let p = plan(&cfg, &Overlay::new(), &state).unwrap();
+    // Only the two service entries change: tables and backends stay as they are.
+    assert_eq!(p.writes.len(), 2, "{:?}", p.writes);
+    assert!(p
+        .writes
+        .iter()
+        .all(|w| matches!(w, Write::UpsertService(..))));
+    apply_all(&mut state, &p.writes);
+    assert_eq!(flagged(&state), 2);
+    cfg.enrollment = Enrollment::All;
+    let p = plan(&cfg, &Overlay::new(), &state).unwrap();
+    apply_all(&mut state, &p.writes);
+    assert_eq!(flagged(&state), 0);
 }
 
 #[test]

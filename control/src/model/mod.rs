@@ -127,6 +127,35 @@ pub struct MeshConfig {
     /// workloads keeps the fingerprint it had before workloads existed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workloads: Vec<WorkloadSpec>,
+    /// Which callers the connect hook routes: every process under the agent's cgroup
+    /// (`all`, the default) or only those in a workload's cgroup (`workloads`; the others'
+    /// connects to a VIP pass through untouched). Left out of the serialization at its
+    /// default, so fingerprints of configs from before the field are unchanged.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub enrollment: Enrollment,
+}
+
+/// Which callers the mesh routes (docs/config.md, "Enrollment").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Enrollment {
+    /// Every caller the hooks see (every process under the agent's `--cgroup`).
+    #[default]
+    All,
+    /// Only callers in the cgroup (or below it) of a configured workload. A connect from
+    /// anywhere else to a VIP is left as it is: it goes to the VIP address itself (where
+    /// kube-proxy, or nothing, answers), unobserved and unrefused.
+    Workloads,
+}
+
+impl Enrollment {
+    /// The name used in config files and the CLI.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Enrollment::All => "all",
+            Enrollment::Workloads => "workloads",
+        }
+    }
 }
 
 /// One service: a VIP:port that callers dial and the backends it is routed to.

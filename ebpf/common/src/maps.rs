@@ -9,10 +9,12 @@ use core::mem::size_of;
 /// Version of the pinned map layout. Pins live under `<bpffs>/v<LAYOUT_VERSION>/`, so an agent
 /// with a different layout never misreads another version's maps.
 ///
-/// 2: [`CallerEntry::class`] (caller-based routes and locality). An agent never adopts another
-/// version's pins: it attaches its own set beside them and, once its tables hold the config,
+/// It also changes when the programs give a map field a new meaning, because an agent adopts
+/// the programs pinned under its own version without reloading them.
+/// 4: [`SERVICE_ENROLLED_ONLY`] (older programs would route unenrolled callers). An agent
+/// never adopts another version's pins: it attaches its own set beside them and, once its tables hold the config,
 /// retires the others (docs/upgrade.md, `bpf-tests/tests/upgrade.rs`).
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Service table: (family, VIP, port) -> [`ServiceEntry`]. Not preallocated, so an update
 /// replaces the element under RCU and a concurrent connect reads either the old or the new
@@ -106,6 +108,10 @@ pub const SERVICE_ACL: u32 = 4;
 /// `(id, caller class)` first and falls back to `(id, CALLER_CLASS_DEFAULT)`. Without the
 /// flag only the default table is read, so unrouted services pay no extra lookup.
 pub const SERVICE_CLASS_TABLES: u32 = 8;
+/// Only enrolled callers are routed (`enrollment: workloads`): a caller whose cgroup is not
+/// in the caller map passes through untouched, counted in [`crate::UNENROLLED_SLOT`]. The
+/// check reuses the caller lookup admission does anyway, so it costs no extra map access.
+pub const SERVICE_ENROLLED_ONLY: u32 = 16;
 
 /// Admission state the kernel keeps per service id (array index).
 #[repr(C)]

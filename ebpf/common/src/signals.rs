@@ -15,9 +15,11 @@ pub const EVENTS_RING_BYTES: u32 = 1 << 20;
 /// periodic drain picks events up, so one busy second costs a handful of wake-ups.
 pub const EVENTS_WAKEUP_BYTES: u64 = 64 * size_of::<ConnEvent>() as u64;
 
-/// Per-CPU counters: [`LOST_EVENTS_SLOT`] counts events the ring buffer had no room for.
+/// Per-CPU counters: [`LOST_EVENTS_SLOT`] counts events the ring buffer had no room for,
+/// [`UNENROLLED_SLOT`] connects to a VIP left untouched because the caller is not enrolled.
 pub const KERNEL_COUNTERS_MAP: &str = "SM_COUNTERS";
 pub const LOST_EVENTS_SLOT: u32 = 0;
+pub const UNENROLLED_SLOT: u32 = 1;
 pub const KERNEL_COUNTER_SLOTS: u32 = 4;
 
 /// Per-CPU per-(service, backend) TCP counters: [`BackendKey`] -> [`BackendTcpStats`].

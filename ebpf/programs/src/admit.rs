@@ -9,9 +9,11 @@ use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use sockmesh_common::{
     gcra::gcra_admit, CallerEntry, ServiceCaller, ServiceEntry, DEFAULT_PRIORITY,
     RESULT_CIRCUIT_OPEN, RESULT_DENIED, RESULT_FAULT, RESULT_LIMITED, RESULT_SHED, SERVICE_ACL,
-    SERVICE_CIRCUIT_OPEN, SERVICE_HALF_OPEN, STAMP_CALLER_COUNTED, STAMP_COUNTED,
+    SERVICE_CIRCUIT_OPEN, SERVICE_ENROLLED_ONLY, SERVICE_HALF_OPEN, STAMP_CALLER_COUNTED,
+    STAMP_COUNTED, UNENROLLED_SLOT,
 };
 
+use crate::events::bump;
 use crate::maps::{ACL, CALLERS, CALLER_CONNS, SERVICE_COUNTERS};
 
 /// What admission decided.
@@ -25,6 +27,9 @@ pub enum Admission {
     },
     /// Refused with a `RESULT_*` code.
     Refuse(u32),
+    /// The caller is not enrolled and the service routes enrolled callers only: leave the
+    /// connect as it is (counted, not observed).
+    NotEnrolled,
 }
 
 const PPM: u32 = 1_000_000;
@@ -45,6 +50,10 @@ pub fn admit(service: &ServiceEntry, cgroup_id: u64) -> Admission {
             priority: DEFAULT_PRIORITY,
             class: 0,
         });
+    if service.flags & SERVICE_ENROLLED_ONLY != 0 && caller.workload == 0 {
+        bump(UNENROLLED_SLOT);
+        return Admission::NotEnrolled;
+    }
     let key = ServiceCaller {
         service_id: service.id,
         workload: caller.workload,

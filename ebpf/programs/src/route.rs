@@ -34,7 +34,7 @@ use crate::{
 const IPPROTO_TCP: u32 = 6;
 
 pub enum Verdict {
-    /// Not a VIP (or not TCP): untouched.
+    /// Not a VIP (or not TCP), or a caller the service does not route: untouched.
     Pass,
     Routed,
     /// Refused by the mesh (no usable backend, circuit, limits, ACL, shedding, fault):
@@ -80,6 +80,7 @@ pub fn connect4(ctx: &SockAddrContext) -> Verdict {
                 refused(service.id, result, FAMILY_INET, cgroup_id);
                 return Verdict::Refused;
             }
+            Admission::NotEnrolled => return Verdict::Pass,
         };
         let Some((backend_id, backend)) = pick_backend(sa, service, class) else {
             release(service.id, workload, counted);
@@ -138,6 +139,7 @@ pub fn connect6(ctx: &SockAddrContext) -> Verdict {
                 refused(service.id, result, FAMILY_INET6, cgroup_id);
                 return Verdict::Refused;
             }
+            Admission::NotEnrolled => return Verdict::Pass,
         };
         let Some((backend_id, backend)) = pick_backend(sa, service, class) else {
             release(service.id, workload, counted);

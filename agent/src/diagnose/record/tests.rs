@@ -162,6 +162,7 @@ fn snapshot(
             nr_throttled: (throttled * 10.0) as u64,
         }],
         events_lost: 0,
+        unenrolled_connects: 0,
     }
 }
 

@@ -119,6 +119,7 @@ fn arb_mesh() -> impl Strategy<Value = (MeshConfig, Overlay, Option<String>)> {
                 version: 1,
                 services,
                 workloads,
+                enrollment: Default::default(),
             };
             (
                 cfg,

@@ -49,6 +49,7 @@ fn mesh(services: Vec<ServiceSpec>) -> MeshConfig {
         version: 1,
         services,
         workloads: Vec::new(),
+        enrollment: Default::default(),
     }
 }
 

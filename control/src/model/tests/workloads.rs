@@ -1,7 +1,7 @@
 //! The `workloads:` section: what parses, and one test per rule it must follow.
 
 use super::*;
-use crate::{MAX_LABEL_VALUE_LEN, MAX_WORKLOADS};
+use crate::{Enrollment, MAX_LABEL_VALUE_LEN, MAX_WORKLOADS};
 
 const WITH_WORKLOADS: &str = "\
 services: []
@@ -39,6 +39,22 @@ fn workloads_parse_with_labels_and_default_to_none() {
         ]
     );
     assert!(parse_config(ONE_SERVICE).unwrap().workloads.is_empty());
+}
+
+#[test]
+fn enrollment_defaults_to_all_and_stays_out_of_the_fingerprint() {
+    let plain = parse_config(WITH_WORKLOADS).unwrap();
+    assert_eq!(plain.enrollment, Enrollment::All);
+    let explicit = parse_config(&format!("{WITH_WORKLOADS}enrollment: all\n")).unwrap();
+    assert_eq!(explicit.fingerprint(), plain.fingerprint());
+    let enrolled = parse_config(&format!("{WITH_WORKLOADS}enrollment: workloads\n")).unwrap();
+    assert_eq!(enrolled.enrollment, Enrollment::Workloads);
+    assert_ne!(enrolled.fingerprint(), plain.fingerprint());
+    assert_rejected(
+        &format!("{WITH_WORKLOADS}enrollment: pods\n"),
+        "enrollment",
+        "unknown variant `pods`",
+    );
 }
 
 #[test]

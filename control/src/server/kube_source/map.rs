@@ -41,7 +41,7 @@ use serde_json::{Map, Value};
 use super::crd::MeshPolicy;
 use crate::server::SourceError;
 use crate::{
-    check_zone, BackendSpec, LbPolicy, MeshConfig, Priority, ServiceSpec, WorkloadSpec,
+    check_zone, BackendSpec, Enrollment, LbPolicy, MeshConfig, Priority, ServiceSpec, WorkloadSpec,
     CONFIG_VERSION, MAX_BACKENDS_PER_SERVICE, MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN,
     MAX_SERVICE_NAME_LEN, MAX_WORKLOADS,
 };
@@ -135,6 +135,9 @@ pub fn build(
             version: CONFIG_VERSION,
             services: Vec::new(),
             workloads: Vec::new(),
+            // Enrolment is the caller side too: only enrolled pods (the workloads) are
+            // routed, in the kernel; every other pod's connects stay kube-proxy's.
+            enrollment: Enrollment::Workloads,
         },
         rejections: Vec::new(),
         warnings: Vec::new(),
@@ -428,6 +431,7 @@ pub fn check_policy(spec: &Value) -> Result<Map<String, Value>, (String, String)
         version: CONFIG_VERSION,
         services: vec![service],
         workloads: Vec::new(),
+        enrollment: Enrollment::default(),
     };
     if let Err(err) = cfg.validate() {
         let path = err.path().unwrap_or("");

@@ -208,6 +208,8 @@ fn workloads_are_the_enrolled_pods() {
     let (cfg, _) = build_ok(&shop());
     let names: Vec<&str> = cfg.workloads.iter().map(|w| w.name.as_str()).collect();
     assert_eq!(names, ["shop-web-1", "shop-web-2", "shop-web-3"]);
+    // Only they are routed: the kernel leaves every other pod's connects alone.
+    assert_eq!(cfg.enrollment, crate::Enrollment::Workloads);
     let w = &cfg.workloads[1];
     assert_eq!(
         w.cgroup,
@@ -529,6 +531,7 @@ fn names_are_valid_unique_and_stable() {
             vec![crate::BackendSpec::new("127.0.10.2:1".parse().unwrap(), 1)],
         )],
         workloads: Vec::new(),
+        enrollment: Default::default(),
     };
     cfg.validate().unwrap();
 
