@@ -2,7 +2,12 @@
 //! API, drain kernel events, watch the config and re-apply on change, until SIGTERM/SIGINT.
 //! Exiting leaves the pins, so routing continues while the agent is down.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 use sockmesh_control::MeshConfig;
@@ -156,6 +161,7 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
     });
 
     let mut overlay = crate::tables::Overlay::new();
+    let initial_started = Instant::now();
     let views = dataplane
         .apply(&initial, &overlay, None)
         .context("applying the initial config")?;
@@ -164,7 +170,7 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
         config: initial.clone(),
         views: views.clone(),
     });
-    record_applied(&status, &initial, views);
+    record_applied(&status, &initial, views, initial_started.elapsed());
     // This layout now routes with the config applied: programs of another layout version
     // (an upgrade across a map-layout change) can go without a gap in routing.
     if let Err(e) = loader::retire_other_versions(&opts.bpffs) {
@@ -194,7 +200,9 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = tick.tick(), if offers.is_none() => if let Some(change) = watcher.poll() {
+            _ = tick.tick(), if offers.is_none() => {
+                let started = Instant::now();
+                let Some(change) = watcher.poll() else { continue };
                 let mut reconcile = Reconcile {
                     dataplane: &mut dataplane,
                     overlay: &overlay,
@@ -203,9 +211,10 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
                     engine: &engine,
                     status: &status,
                 };
-                let _ = reconcile.take(change);
-            },
+                let _ = reconcile.take(change, started);
+            }
             Some(offer) = next_offer(&mut offers) => {
+                let started = Instant::now();
                 let change = match offer.config {
                     Ok(cfg) => Change::Valid(cfg),
                     Err(e) => Change::Invalid(e),
@@ -218,7 +227,7 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
                     engine: &engine,
                     status: &status,
                 };
-                let _ = offer.reply.send(reconcile.take(change));
+                let _ = offer.reply.send(reconcile.take(change, started));
             }
         }
     }
@@ -240,7 +249,8 @@ struct Reconcile<'a> {
 impl Reconcile<'_> {
     /// Applies a valid config, or records why a change was refused; on any failure the
     /// previous config stays active. The file watcher and the control follower share it.
-    fn take(&mut self, change: Change) -> Result<(), String> {
+    /// `started`: when reading the change began (its apply time is measured from there).
+    fn take(&mut self, change: Change, started: Instant) -> Result<(), String> {
         let cfg = match change {
             Change::Valid(cfg) => cfg,
             Change::Invalid(e) => {
@@ -255,7 +265,7 @@ impl Reconcile<'_> {
                     config: cfg.clone(),
                     views: views.clone(),
                 });
-                record_applied(self.status, &cfg, views);
+                record_applied(self.status, &cfg, views, started.elapsed());
                 *self.current = cfg;
                 Ok(())
             }
@@ -283,8 +293,14 @@ async fn next_offer(
     }
 }
 
-fn record_applied(status: &SharedStatus, cfg: &MeshConfig, views: Vec<crate::tables::ServiceView>) {
+fn record_applied(
+    status: &SharedStatus,
+    cfg: &MeshConfig,
+    views: Vec<crate::tables::ServiceView>,
+    took: Duration,
+) {
     let mut s = status.write().expect("status lock");
+    s.config.apply_ms = took.as_secs_f64() * 1000.0;
     s.config.fingerprint = cfg.fingerprint();
     s.config.applies += 1;
     s.config.last_error = None;

@@ -16,6 +16,9 @@ pub struct ConfigStatus {
     pub rejected: u64,
     pub last_error: Option<String>,
     pub applied_at_unix_ms: u64,
+    /// How long the last applied config took: reading and parsing the file (for a file
+    /// source), planning the kernel tables and writing them, in milliseconds.
+    pub apply_ms: f64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

@@ -4,7 +4,9 @@
 //! Protocol: the client sends [`MSG_LEN`]-byte requests; the server answers each with the
 //! same bytes. A request starting with [`CLOSE`] is answered and then the server closes first,
 //! so the TIME-WAIT state lands on the server side and a connect-rate client does not run
-//! out of ephemeral ports to the one backend address.
+//! out of ephemeral ports to the one backend address. A request starting with [`BULK`]
+//! opens a bulk transfer: the server reads until the client's end of stream and answers
+//! with the number of bytes it read after the request (u64, little endian), then closes.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -20,6 +22,10 @@ pub const MSG_LEN: usize = 8;
 pub const CLOSE: u8 = b'c';
 /// First byte of a request on a kept-alive connection.
 pub const KEEP: u8 = b'k';
+/// First byte of a request that starts a one-way bulk transfer (throughput).
+pub const BULK: u8 = b'b';
+/// Read size of the bulk sink.
+const SINK_CHUNK: usize = 256 * 1024;
 
 /// Enough accept threads that every concurrent bench connection (load generator plus
 /// haproxy's side) has one; each thread serves one connection at a time.
@@ -93,9 +99,28 @@ fn serve(mut conn: TcpStream) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
     let mut buf = [0u8; MSG_LEN];
     while conn.read_exact(&mut buf).is_ok() {
+        if buf[0] == BULK {
+            sink(&mut conn);
+            break;
+        }
         if conn.write_all(&buf).is_err() || buf[0] == CLOSE {
             break;
         }
     }
     let _ = conn.shutdown(Shutdown::Both);
+}
+
+/// Reads until the client shuts its side down, then answers with the byte count.
+fn sink(conn: &mut TcpStream) {
+    let mut chunk = vec![0u8; SINK_CHUNK];
+    let mut total = 0u64;
+    loop {
+        match conn.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => total += n as u64,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+    let _ = conn.write_all(&total.to_le_bytes());
 }

@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 
-use super::backend::{CLOSE, KEEP, MSG_LEN};
+use super::backend::{BULK, CLOSE, KEEP, MSG_LEN};
 
 #[derive(Args, Debug)]
 pub struct LoadgenArgs {
@@ -35,6 +35,9 @@ pub enum Mode {
     ConnRate,
     /// Requests back to back on one kept-alive connection per thread: latency percentiles.
     Latency,
+    /// One-way bulk transfer on one connection per thread: bytes per second, counted by the
+    /// server (`ops` are bytes).
+    Throughput,
 }
 
 impl Mode {
@@ -42,6 +45,7 @@ impl Mode {
         match self {
             Mode::ConnRate => "conn-rate",
             Mode::Latency => "latency",
+            Mode::Throughput => "throughput",
         }
     }
 }
@@ -70,6 +74,7 @@ pub fn run(args: &LoadgenArgs) -> Result<()> {
             std::thread::spawn(move || match mode {
                 Mode::ConnRate => conn_rate(target, measure_from, until),
                 Mode::Latency => latency(target, measure_from, until),
+                Mode::Throughput => throughput(target, measure_from, until),
             })
         })
         .collect();
@@ -192,6 +197,52 @@ fn latency(target: SocketAddr, measure_from: Instant, until: Instant) -> Result<
     }
 }
 
+/// Size of one write of the bulk transfer.
+const BULK_CHUNK: usize = 256 * 1024;
+
+/// Writes [`BULK_CHUNK`]s until `until`, shuts the write side down and reads the server's
+/// count of what arrived. `ops` are the bytes written after `measure_from`, and the caller's
+/// clock stops after the count came back, so bytes still in flight at the end are waited
+/// for; a count that differs from what was written is an error (bytes lost or invented).
+fn throughput(target: SocketAddr, measure_from: Instant, until: Instant) -> Result<Tally> {
+    let mut tally = new_tally()?;
+    let mut conn = TcpStream::connect_timeout(&target, IO_TIMEOUT)
+        .with_context(|| format!("connect {target}"))?;
+    conn.set_read_timeout(Some(IO_TIMEOUT))?;
+    conn.write_all(&message(BULK))?;
+    // Not all zeros, so nothing on the way could get away with compressing or skipping it.
+    let chunk: Vec<u8> = (0..BULK_CHUNK).map(|i| (i % 251) as u8).collect();
+    let mut written = 0u64;
+    loop {
+        let now = Instant::now();
+        if now >= until {
+            break;
+        }
+        if let Err(e) = conn.write_all(&chunk) {
+            tally.error("bulk write", e);
+            return Ok(tally);
+        }
+        written += BULK_CHUNK as u64;
+        if now >= measure_from {
+            tally.ops += BULK_CHUNK as u64;
+        }
+    }
+    conn.shutdown(std::net::Shutdown::Write)?;
+    let mut count = [0u8; 8];
+    match conn.read_exact(&mut count) {
+        Ok(()) if u64::from_le_bytes(count) == written => {}
+        Ok(()) => tally.error(
+            "bulk count",
+            std::io::Error::other(format!(
+                "the server read {} bytes, {written} were written",
+                u64::from_le_bytes(count)
+            )),
+        ),
+        Err(e) => tally.error("bulk count", e),
+    }
+    Ok(tally)
+}
+
 fn message(kind: u8) -> [u8; MSG_LEN] {
     let mut msg = *b"_sockmsh";
     msg[0] = kind;
@@ -218,5 +269,9 @@ mod tests {
         let lat = lat.unwrap();
         assert!(lat.ops > 0 && lat.errors == 0, "{:?}", lat.first_error);
         assert!(lat.latency_ns.value_at_quantile(0.5) > 0);
+        let from = Instant::now();
+        let bulk = throughput(backend.addr(), from, from + Duration::from_millis(200)).unwrap();
+        assert!(bulk.errors == 0, "{:?}", bulk.first_error);
+        assert!(bulk.ops >= BULK_CHUNK as u64, "{} bytes", bulk.ops);
     }
 }

@@ -4,14 +4,16 @@
 //! machine (other load, frequency, caches) spreads over all of them instead of skewing one:
 //! (a) direct connect to the backend, (b) connect to a VIP that sockmesh rewrites in the
 //! kernel and observes, (b') the same through a second, routing-only agent (`--observe
-//! false`), (c) through one haproxy hop. Per route: connect+request+close rate and the latency
-//! of requests on one kept-alive connection. The load generator is this binary's hidden
+//! false`), (c) through one haproxy hop. Per route: connect+request+close rate, the latency
+//! of requests on one kept-alive connection, and one-way bulk throughput on one connection. The load generator is this binary's hidden
 //! `loadgen` subcommand, started inside the (b) or (b') bench cgroup (each agent is attached
 //! to its own cgroup only) and outside both for (a) and (c).
 //!
 //! Besides the table: the kernel's run count and run time of the agents' programs
 //! (connect4, sock_ops, the global sched tracepoints), and, around each (b) connect-rate run,
-//! how many ring-buffer events the observing agent drained and lost (issue 3).
+//! how many ring-buffer events the observing agent drained and lost (issue 3) and how much
+//! CPU the agent process used; after the rounds, the time the agent takes to apply a config
+//! of 10,000 services and to go back, and its memory (issue 7).
 //!
 //! Numbers are printed, never asserted: a benchmark on a shared 2-core machine is a
 //! comparison, not a test.
@@ -19,8 +21,10 @@
 mod agent_metrics;
 mod backend;
 mod bpf_stats;
+mod config_apply;
 mod haproxy;
 pub mod loadgen;
+mod proc_stats;
 mod report;
 
 use std::fs;
@@ -142,7 +146,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     // + cleanup, which detaches), its pins, its cgroup, then backend, scratch.
     let cgroup = ChildCgroup::create(&format!("sockmesh-bench-{pid}"))?;
     let pins = PinDir::reserve(&format!("sockmesh-bench-{pid}"))?;
-    let agent = attached_agent::start(Some(config), cgroup.path(), &pins, scratch.path())?;
+    let mut agent =
+        attached_agent::start(Some(config.clone()), cgroup.path(), &pins, scratch.path())?;
     let cgroup_off = ChildCgroup::create(&format!("sockmesh-bench-{pid}-unobserved"))?;
     let pins_off = PinDir::reserve(&format!("sockmesh-bench-{pid}-unobserved"))?;
     // Routing only: connect/getpeername programs, no sock_ops, no tracepoints.
@@ -158,6 +163,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let _stats_on = StatsEnabled::enable()?;
     let progs = find_programs(cgroup.path(), pins.path(), cgroup_off.path())?;
     let metrics = agent.metrics_addr()?;
+    let agent_pid = agent.pid().context("the observing agent has no pid")?;
+    let memory_start = proc_stats::memory(agent_pid)?;
 
     println!(
         "backend {} | (b) VIP {vip} (agent pins {}, metrics {metrics}) | (b') VIP {vip_off} \
@@ -191,16 +198,19 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let order: Vec<Route> = (0..Route::COUNT)
             .map(|i| Route::ALL[(round + i) % Route::COUNT])
             .collect();
-        for mode in [Mode::ConnRate, Mode::Latency] {
+        for mode in [Mode::ConnRate, Mode::Latency, Mode::Throughput] {
             for &route in &order {
                 interrupt::check()?;
                 let concurrency = match mode {
                     Mode::ConnRate => args.concurrency,
-                    Mode::Latency => 1,
+                    Mode::Latency | Mode::Throughput => 1,
                 };
                 let drain_run = route == Route::Sockmesh && mode == Mode::ConnRate;
                 let counters_before = if drain_run {
-                    Some(agent_metrics::scrape(&agent)?)
+                    Some((
+                        agent_metrics::scrape(&agent)?,
+                        proc_stats::cpu_seconds(agent_pid)?,
+                    ))
                 } else {
                     None
                 };
@@ -234,7 +244,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     Route::Direct | Route::Haproxy => None,
                 };
                 print_sample(round, route, mode, &sample, connect4_mean);
-                if let Some(before) = counters_before {
+                if let Some((before, cpu_before)) = counters_before {
                     interrupt::sleep(DRAIN_SETTLE)?;
                     let counters = agent_metrics::scrape(&agent)?.since(before);
                     drains.push(DrainSample {
@@ -243,17 +253,22 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                         wall_s,
                         counters,
                         connect4_runs: c4_delta.run_cnt,
+                        agent_cpu_s: proc_stats::cpu_seconds(agent_pid)? - cpu_before,
                     });
                 }
                 match mode {
                     Mode::ConnRate => results.add_conn_rate(route, sample),
                     Mode::Latency => results.add_latency(route, sample),
+                    Mode::Throughput => results.add_throughput(route, sample),
                 }
             }
         }
     }
     let rounds_wall_s = rounds_started.elapsed().as_secs_f64();
     let sched_after = sched_stats(&progs)?;
+    interrupt::check()?;
+    let bench_yaml = fs::read_to_string(&config)?;
+    let applies = config_apply::measure(&mut agent, agent_pid, &config, &bench_yaml)?;
 
     let mut rows = vec![
         ProgRow {
@@ -307,6 +322,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     println!();
     print!("{}", report::drain_table(&drains, metrics));
+    println!();
+    print!("{}", config_apply::table(&applies, memory_start));
     if connect4_total.run_cnt == 0 {
         bail!("the connect4 program never ran during (b): the VIP was not routed by sockmesh");
     }
@@ -442,6 +459,13 @@ fn print_sample(round: usize, route: Route, mode: Mode, s: &Sample, connect4_mea
             s.p50_us,
             s.p99_us,
             s.p999_us,
+            s.errors
+        ),
+        Mode::Throughput => println!(
+            "round {} {:<30} throughput {:>8.0} MiB/s  errors {}",
+            round + 1,
+            route.label(),
+            s.ops_per_s / (1024.0 * 1024.0),
             s.errors
         ),
     }

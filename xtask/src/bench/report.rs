@@ -23,11 +23,13 @@ pub struct Results {
     /// Indexed by `Route as usize`.
     conn_rate: [Vec<Sample>; Route::COUNT],
     latency: [Vec<Sample>; Route::COUNT],
+    throughput: [Vec<Sample>; Route::COUNT],
 }
 
 /// The medians of one route.
 struct Summary {
     conns_per_s: f64,
+    mib_per_s: f64,
     p50_us: f64,
     p99_us: f64,
     p999_us: f64,
@@ -43,10 +45,15 @@ impl Results {
         self.latency[route as usize].push(sample);
     }
 
+    pub fn add_throughput(&mut self, route: Route, sample: Sample) {
+        self.throughput[route as usize].push(sample);
+    }
+
     pub fn total_errors(&self) -> u64 {
         self.conn_rate
             .iter()
             .chain(&self.latency)
+            .chain(&self.throughput)
             .flatten()
             .map(|s| s.errors)
             .sum()
@@ -55,12 +62,14 @@ impl Results {
     fn summary(&self, route: Route) -> Summary {
         let rates = &self.conn_rate[route as usize];
         let lat = &self.latency[route as usize];
+        let bulk = &self.throughput[route as usize];
         Summary {
             conns_per_s: median(rates.iter().map(|s| s.ops_per_s)),
+            mib_per_s: median(bulk.iter().map(|s| s.ops_per_s / MIB)),
             p50_us: median(lat.iter().map(|s| s.p50_us)),
             p99_us: median(lat.iter().map(|s| s.p99_us)),
             p999_us: median(lat.iter().map(|s| s.p999_us)),
-            errors: rates.iter().chain(lat).map(|s| s.errors).sum(),
+            errors: rates.iter().chain(lat).chain(bulk).map(|s| s.errors).sum(),
         }
     }
 
@@ -71,28 +80,31 @@ impl Results {
         let _ = writeln!(
             out,
             "medians over {rounds} interleaved rounds; conn/s = connect + 8-byte request + \
-             answer + close; latency = 8-byte request/answer on one kept-alive connection"
+             answer + close; latency = 8-byte request/answer on one kept-alive connection; \
+             MiB/s = one connection, client to server, bytes counted by the server"
         );
         let _ = writeln!(
             out,
-            "{:<32} {:>10} {:>9} {:>9} {:>9} {:>7}",
-            "route", "conn/s", "p50 us", "p99 us", "p999 us", "errors"
+            "{:<32} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7}",
+            "route", "conn/s", "p50 us", "p99 us", "p999 us", "MiB/s", "errors"
         );
         for (route, s) in Route::ALL.iter().zip([&a, &b, &b_off, &c]) {
             let _ = writeln!(
                 out,
-                "{:<32} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>7}",
+                "{:<32} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>9.0} {:>7}",
                 route.label(),
                 s.conns_per_s,
                 s.p50_us,
                 s.p99_us,
                 s.p999_us,
+                s.mib_per_s,
                 s.errors
             );
         }
         let _ = writeln!(
             out,
-            "ratios: conn/s above 1 means the first is faster; latency below 1 means it is quicker"
+            "ratios: conn/s and MiB/s above 1 mean the first is faster; latency below 1 means it \
+             is quicker"
         );
         for (label, num, base) in [
             ("b/a (sockmesh / direct)", &b, &a),
@@ -102,12 +114,13 @@ impl Results {
         ] {
             let _ = writeln!(
                 out,
-                "{:<32} {:>9.2}x {:>8.2}x {:>8.2}x {:>8.2}x",
+                "{:<32} {:>9.2}x {:>8.2}x {:>8.2}x {:>8.2}x {:>8.2}x",
                 label,
                 num.conns_per_s / base.conns_per_s,
                 num.p50_us / base.p50_us,
                 num.p99_us / base.p99_us,
-                num.p999_us / base.p999_us
+                num.p999_us / base.p999_us,
+                num.mib_per_s / base.mib_per_s
             );
         }
         let _ = writeln!(
@@ -120,6 +133,8 @@ impl Results {
         out
     }
 }
+
+const MIB: f64 = 1024.0 * 1024.0;
 
 /// One row of the program cost table: a program's counters over a window.
 pub struct ProgRow<'a> {
@@ -186,11 +201,20 @@ pub struct DrainSample {
     pub counters: Counters,
     /// connect4 runs in the same window: every connect() the cgroup made.
     pub connect4_runs: u64,
+    /// CPU time the agent process used from the scrape before the run to the scrape after
+    /// the drain settled (so the events of the run's last connections are in it).
+    pub agent_cpu_s: f64,
 }
 
 impl DrainSample {
     fn ratio(&self) -> f64 {
         self.counters.drained / (2.0 * self.counters.connects)
+    }
+
+    /// Agent CPU seconds per 1,000 connects: the share of one CPU the agent needs per
+    /// 1,000 connects/s (0.05 = 5 % of a CPU at 1,000 conn/s).
+    fn cpu_per_1k(&self) -> f64 {
+        self.agent_cpu_s * 1000.0 / self.counters.connects
     }
 }
 
@@ -204,7 +228,7 @@ pub fn drain_table(samples: &[DrainSample], metrics: std::net::SocketAddr) -> St
     );
     let _ = writeln!(
         out,
-        "{:<6} {:>9} {:>7} {:>9} {:>9} {:>9} {:>10} {:>5} {:>16}",
+        "{:<6} {:>9} {:>7} {:>9} {:>9} {:>9} {:>10} {:>5} {:>16} {:>11} {:>14}",
         "round",
         "conn/s",
         "wall s",
@@ -213,12 +237,14 @@ pub fn drain_table(samples: &[DrainSample], metrics: std::net::SocketAddr) -> St
         "drained",
         "drained/s",
         "lost",
-        "drained/(2*conn)"
+        "drained/(2*conn)",
+        "agent CPU s",
+        "CPU s/1k conn"
     );
     for s in samples {
         let _ = writeln!(
             out,
-            "{:<6} {:>9.0} {:>7.2} {:>9.0} {:>9} {:>9.0} {:>10.0} {:>5.0} {:>16.3}",
+            "{:<6} {:>9.0} {:>7.2} {:>9.0} {:>9} {:>9.0} {:>10.0} {:>5.0} {:>16.3} {:>11.3} {:>14.4}",
             s.round + 1,
             s.conns_per_s,
             s.wall_s,
@@ -227,7 +253,9 @@ pub fn drain_table(samples: &[DrainSample], metrics: std::net::SocketAddr) -> St
             s.counters.drained,
             s.counters.drained / s.wall_s,
             s.counters.lost,
-            s.ratio()
+            s.ratio(),
+            s.agent_cpu_s,
+            s.cpu_per_1k()
         );
     }
     if let Some(top) = samples
@@ -245,6 +273,14 @@ pub fn drain_table(samples: &[DrainSample], metrics: std::net::SocketAddr) -> St
             top.counters.drained / top.wall_s,
             top.counters.lost,
             top.ratio()
+        );
+        let per_1k = median(samples.iter().map(DrainSample::cpu_per_1k));
+        let _ = writeln!(
+            out,
+            "agent CPU: {per_1k:.4} CPU seconds per 1,000 connects (median over rounds), i.e. \
+             {:.1}% of one CPU per 1,000 connects/s (ring drain, aggregation, metrics, health \
+             engine; the kernel programs' own time is in the BPF stats above)",
+            per_1k * 100.0
         );
     }
     out
