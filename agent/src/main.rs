@@ -169,6 +169,10 @@ fn run(args: RunArgs) -> Result<()> {
     let admin_socket = args
         .admin_socket
         .unwrap_or_else(|| args.state_dir.join("admin.sock"));
+    let node = match &args.node_name {
+        Some(n) => n.clone(),
+        None => follow::default_node_name()?,
+    };
     let control = match &args.control {
         Some(url) => Some(follow_options(
             url,
@@ -194,6 +198,7 @@ fn run(args: RunArgs) -> Result<()> {
         max_callers: args.max_callers,
         observe: args.observe,
         zone: args.zone,
+        node,
         control,
         watch_interval: Duration::from_millis(args.watch_interval_ms),
     }))

@@ -38,6 +38,9 @@ pub struct RunOptions {
     pub observe: bool,
     /// This node's zone (`--zone`): callers without a workload zone are in it.
     pub zone: Option<String>,
+    /// `--node-name` (default: the host name): the agent acts only on workloads without a
+    /// `node:` and those on this node (`MeshConfig::for_node`).
+    pub node: String,
     /// `--control`: follow the control plane instead of `config`.
     pub control: Option<follow::FollowOptions>,
 }
@@ -65,7 +68,7 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
     };
     // Validate before touching the kernel: a bad file at start is a clear error, and any
     // routing an earlier agent left pinned keeps running meanwhile.
-    let initial = match &started {
+    let received = match &started {
         Some(start) => start.snapshot.config.clone(),
         None => match watcher.poll() {
             Some(Change::Valid(cfg)) => cfg,
@@ -75,13 +78,15 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
             None => unreachable!("the first poll always reports the content"),
         },
     };
+    let initial_fingerprint = received.fingerprint();
+    let initial = received.into_node(&opts.node);
     info!(
         config = %source_name,
         cgroup = %opts.cgroup.display(),
         bpffs = %opts.bpffs.display(),
         admin_socket = %opts.admin_socket.display(),
         metrics_addr = %opts.metrics_addr,
-        fingerprint = %initial.fingerprint(),
+        fingerprint = %initial_fingerprint,
         services = initial.services.len(),
         workloads = initial.workloads.len(),
         zone = opts.zone.as_deref().unwrap_or("-"),
@@ -170,7 +175,12 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
         config: initial.clone(),
         views: views.clone(),
     });
-    record_applied(&status, &initial, views, initial_started.elapsed());
+    record_applied(
+        &status,
+        initial_fingerprint,
+        views,
+        initial_started.elapsed(),
+    );
     // This layout now routes with the config applied: programs of another layout version
     // (an upgrade across a map-layout change) can go without a gap in routing.
     if let Err(e) = loader::retire_other_versions(&opts.bpffs) {
@@ -210,6 +220,7 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
                     signals: &signals,
                     engine: &engine,
                     status: &status,
+                    node: &opts.node,
                 };
                 let _ = reconcile.take(change, started);
             }
@@ -226,6 +237,7 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
                     signals: &signals,
                     engine: &engine,
                     status: &status,
+                    node: &opts.node,
                 };
                 let _ = offer.reply.send(reconcile.take(change, started));
             }
@@ -244,6 +256,7 @@ struct Reconcile<'a> {
     signals: &'a Signals,
     engine: &'a engine::task::EngineHandle,
     status: &'a SharedStatus,
+    node: &'a str,
 }
 
 impl Reconcile<'_> {
@@ -251,13 +264,16 @@ impl Reconcile<'_> {
     /// previous config stays active. The file watcher and the control follower share it.
     /// `started`: when reading the change began (its apply time is measured from there).
     fn take(&mut self, change: Change, started: Instant) -> Result<(), String> {
-        let cfg = match change {
+        let received = match change {
             Change::Valid(cfg) => cfg,
             Change::Invalid(e) => {
                 error!(error = %e, "config rejected; the previous config stays active");
                 return Err(self.rejected(e));
             }
         };
+        // Acks and /status name the config as received; the tables hold this node's part.
+        let fingerprint = received.fingerprint();
+        let cfg = received.into_node(self.node);
         match self.dataplane.apply(&cfg, self.overlay, Some(self.current)) {
             Ok(views) => {
                 self.signals.set_config(&views, &cfg);
@@ -265,7 +281,7 @@ impl Reconcile<'_> {
                     config: cfg.clone(),
                     views: views.clone(),
                 });
-                record_applied(self.status, &cfg, views, started.elapsed());
+                record_applied(self.status, fingerprint, views, started.elapsed());
                 *self.current = cfg;
                 Ok(())
             }
@@ -295,13 +311,13 @@ async fn next_offer(
 
 fn record_applied(
     status: &SharedStatus,
-    cfg: &MeshConfig,
+    fingerprint: String,
     views: Vec<crate::tables::ServiceView>,
     took: Duration,
 ) {
     let mut s = status.write().expect("status lock");
     s.config.apply_ms = took.as_secs_f64() * 1000.0;
-    s.config.fingerprint = cfg.fingerprint();
+    s.config.fingerprint = fingerprint;
     s.config.applies += 1;
     s.config.last_error = None;
     s.config.applied_at_unix_ms = unix_ms_now();

@@ -29,10 +29,10 @@ mod default_config;
 
 pub use default_config::{default_config, DEFAULT_CONFIG_YAML};
 pub use model::{
-    check_zone, parse_config, BackendSpec, CircuitSpec, ConfigError, Enrollment, Fallback,
-    LbPolicy, LimitsSpec, LocalitySpec, Location, MeshConfig, OutlierSpec, Priority, RouteSpec,
-    ServiceSpec, SliKind, SloSpec, Span, SplitSpec, WorkloadSpec, CONFIG_VERSION,
-    MAX_BACKENDS_PER_SERVICE, MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN, MAX_ROUTES_PER_SERVICE,
-    MAX_SERVICES, MAX_SERVICE_NAME_LEN, MAX_SLOS_PER_SERVICE, MAX_SPLITS_PER_ROUTE, MAX_WEIGHT,
-    MAX_WORKLOADS, MAX_ZONE_LEN,
+    check_node_name, check_zone, parse_config, BackendSpec, CircuitSpec, ConfigError, Enrollment,
+    Fallback, LbPolicy, LimitsSpec, LocalitySpec, Location, MeshConfig, OutlierSpec, Priority,
+    RouteSpec, ServiceSpec, SliKind, SloSpec, Span, SplitSpec, WorkloadSpec, CONFIG_VERSION,
+    MAX_BACKENDS_PER_SERVICE, MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN, MAX_MESH_WORKLOADS,
+    MAX_NODE_NAME_LEN, MAX_ROUTES_PER_SERVICE, MAX_SERVICES, MAX_SERVICE_NAME_LEN,
+    MAX_SLOS_PER_SERVICE, MAX_SPLITS_PER_ROUTE, MAX_WEIGHT, MAX_WORKLOADS, MAX_ZONE_LEN,
 };

@@ -141,6 +141,7 @@ async fn limit_refusals_shed_lower_priorities_for_a_while() {
         labels: Default::default(),
         priority: sockmesh_control::Priority::Offline,
         zone: None,
+        node: None,
     });
     let mut e = engine(&cfg);
     assert_eq!(e.overlay(Instant::now())["web"].min_priority, 0);

@@ -329,6 +329,7 @@ fn acl_entries_precede_enforcement_and_follow_its_removal() {
         labels: Default::default(),
         priority: Default::default(),
         zone: None,
+        node: None,
     });
     let mut state = KernelState::default();
     let p = plan(&cfg, &Overlay::new(), &state).unwrap();

@@ -80,6 +80,7 @@ pub use route::{
     MAX_SPLITS_PER_ROUTE, MAX_ZONE_LEN,
 };
 pub use slo::{SliKind, SloSpec, MAX_SLOS_PER_SERVICE};
+pub use workload::check_node_name;
 
 /// The schema version this build reads and writes. A file without `version` is this version.
 pub const CONFIG_VERSION: u32 = 1;
@@ -101,9 +102,17 @@ pub const MAX_WEIGHT: u32 = 10_000;
 /// metric label values unchanged.
 pub const MAX_SERVICE_NAME_LEN: usize = 63;
 
-/// Most workloads one mesh may name. The kernel keeps one run-queue latency histogram per
-/// workload in an array of 1024 slots; a config with more could not be observed whole.
+/// Most workloads one node may have: those without a `node:` plus those on the node. The
+/// kernel keeps one run-queue latency histogram per workload in an array of 1024 slots; a
+/// node with more could not be observed whole.
 pub const MAX_WORKLOADS: usize = 1024;
+
+/// Most workloads one mesh may name, over all nodes (bounds the snapshot every agent reads:
+/// about 300 bytes of YAML per workload).
+pub const MAX_MESH_WORKLOADS: usize = 65_536;
+
+/// Longest `node:` name: a Kubernetes node name (a DNS subdomain).
+pub const MAX_NODE_NAME_LEN: usize = 253;
 
 /// Longest workload label key, as for a Kubernetes label name (prefix aside).
 pub const MAX_LABEL_KEY_LEN: usize = 63;
@@ -334,6 +343,11 @@ pub struct WorkloadSpec {
     /// `--zone`, the node's zone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
+    /// The node the workload runs on (the Kubernetes source sets the pod's `spec.nodeName`).
+    /// An agent acts only on workloads without a node and those on its own `--node-name`
+    /// ([`MeshConfig::for_node`]); the others' cgroups do not exist on its machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 fn default_version() -> u32 {

@@ -12,18 +12,24 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 use super::route::check_zone;
 use super::validate::check_name;
-use super::{ConfigError, WorkloadSpec, MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN, MAX_WORKLOADS};
+use super::{
+    ConfigError, WorkloadSpec, MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN, MAX_MESH_WORKLOADS,
+    MAX_NODE_NAME_LEN, MAX_WORKLOADS,
+};
 
 /// Checks the `workloads:` list and returns the first rule broken, in document order.
 pub(super) fn check_workloads(workloads: &[WorkloadSpec]) -> Result<(), ConfigError> {
-    if workloads.len() > MAX_WORKLOADS {
+    if workloads.len() > MAX_MESH_WORKLOADS {
         return Err(ConfigError::invalid(
             "workloads",
             format!(
-                "{} workloads, more than the limit of {MAX_WORKLOADS}",
+                "{} workloads, more than the limit of {MAX_MESH_WORKLOADS} in one mesh",
                 workloads.len()
             ),
         ));
+    }
+    if let Err(reason) = check_per_node(workloads) {
+        return Err(ConfigError::invalid("workloads", reason));
     }
     let mut names: HashMap<&str, usize> = HashMap::with_capacity(workloads.len());
     let mut cgroups: HashMap<CgroupKey<'_>, usize> = HashMap::with_capacity(workloads.len());
@@ -81,6 +87,56 @@ pub(super) fn check_workloads(workloads: &[WorkloadSpec]) -> Result<(), ConfigEr
                 return fail("zone", reason);
             }
         }
+        if let Some(node) = &workload.node {
+            if let Err(reason) = check_node_name(node) {
+                return fail("node", reason);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every node acts on the workloads without a `node:` plus its own, and at most
+/// [`MAX_WORKLOADS`] of them in all.
+fn check_per_node(workloads: &[WorkloadSpec]) -> Result<(), String> {
+    let mut per_node: HashMap<&str, usize> = HashMap::new();
+    let mut shared = 0;
+    for w in workloads {
+        match &w.node {
+            Some(node) => *per_node.entry(node.as_str()).or_default() += 1,
+            None => shared += 1,
+        }
+    }
+    let busiest = per_node
+        .iter()
+        .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)));
+    match busiest {
+        Some((node, &n)) if shared + n > MAX_WORKLOADS => Err(format!(
+            "{n} workloads on node {node:?} and {shared} without a node: {} for that node, \
+             more than the limit of {MAX_WORKLOADS} per node",
+            shared + n
+        )),
+        _ if shared > MAX_WORKLOADS => Err(format!(
+            "{shared} workloads without a node (every node acts on all of them), more than \
+             the limit of {MAX_WORKLOADS} per node"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A node name as Kubernetes allows it (a DNS subdomain: lower-case letters, digits, '-'
+/// and '.').
+pub fn check_node_name(node: &str) -> Result<(), String> {
+    if node.is_empty() || node.len() > MAX_NODE_NAME_LEN {
+        return Err(format!(
+            "node name must be 1 to {MAX_NODE_NAME_LEN} characters"
+        ));
+    }
+    let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.';
+    if !node.bytes().all(allowed) {
+        return Err(format!(
+            "invalid node name {node:?}: use lower-case letters, digits, '-' and '.'"
+        ));
     }
     Ok(())
 }
@@ -203,5 +259,28 @@ impl<'de> Visitor<'de> for LabelsVisitor {
             }
         }
         Ok(labels)
+    }
+}
+
+impl super::MeshConfig {
+    /// The part of the config the agent on `node` acts on: the workloads without a `node:`
+    /// and those on `node`, in their order. An `allowed_callers` entry naming a workload of
+    /// another node is dropped with it (no caller on this node can be that workload), so a
+    /// service whose allowed callers all run elsewhere admits nobody here. Valid whenever
+    /// `self` is; unchanged (and not copied) when every workload is local.
+    pub fn into_node(mut self, node: &str) -> super::MeshConfig {
+        let here = |w: &WorkloadSpec| w.node.as_deref().is_none_or(|n| n == node);
+        if self.workloads.iter().all(here) {
+            return self;
+        }
+        self.workloads.retain(here);
+        let names: std::collections::HashSet<&str> =
+            self.workloads.iter().map(|w| w.name.as_str()).collect();
+        for s in &mut self.services {
+            if let Some(callers) = &mut s.allowed_callers {
+                callers.retain(|c| names.contains(c.as_str()));
+            }
+        }
+        self
     }
 }

@@ -1,9 +1,10 @@
 //! Config apply time at scale: the observing agent's config file is replaced by one with
-//! [`SERVICES`] services (each with three backends, none ever dialed), then the bench's
-//! own one-service config is put back. For each change: the agent's own `apply_ms` (reading
-//! and parsing the file, planning the kernel tables, writing them), the end-to-end time from
-//! the file's rename to the agent's `applied_at` (which adds the file poll interval, 250 ms
-//! by default), and the agent's memory after it.
+//! [`SERVICES`] services (each with [`BACKENDS_PER_SERVICE`] backends, none ever dialed); then
+//! [`ONE_SERVICE_CHANGES`] times one service's backend weight changes at that size; then the
+//! bench's own one-service config is put back. For each change: the agent's own `apply_ms`
+//! (reading and parsing the file, planning the kernel tables, writing them), the end-to-end
+//! time from the file's rename to the agent's `applied_at` (which adds the file poll
+//! interval, 250 ms by default), and the agent's memory after it.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -17,7 +18,11 @@ use super::proc_stats::{self, Memory};
 
 /// The scale the issue asks for.
 pub const SERVICES: usize = 10_000;
-const BACKENDS_PER_SERVICE: usize = 3;
+pub const BACKENDS_PER_SERVICE: usize = 10;
+/// One-service changes measured at [`SERVICES`] services, for the p50/p99 of such a change.
+pub const ONE_SERVICE_CHANGES: usize = 100;
+/// The service whose first backend's weight the one-service changes step through.
+const CHANGED_SERVICE: usize = SERVICES / 2;
 /// 10,000 services are planned and written within a few seconds even on a loaded machine.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -32,9 +37,16 @@ pub struct ApplyRun {
     pub memory: Memory,
 }
 
+/// The measured changes: the bulk ones (up to [`SERVICES`] and back) and the one-service ones.
+pub struct Applies {
+    pub bulk: Vec<ApplyRun>,
+    pub one_service: Vec<ApplyRun>,
+}
+
 /// `n` services, VIPs 127.100.100.1 .. 127.100.139.250 (port 9100), apart from the bench's
-/// VIPs; backends on 127.0.0.31-33, which nothing connects to.
-pub fn many_services_yaml(n: usize) -> String {
+/// VIPs; backends on 127.0.0.31-40, which nothing connects to. With `reweighted: Some((i,
+/// w))` service `i`'s first backend has weight `w` instead of 1; nothing else differs.
+pub fn many_services_yaml(n: usize, reweighted: Option<(usize, u32)>) -> String {
     let mut y = String::from(
         "# written by cargo xtask bench (config apply at scale)\nversion: 1\nservices:\n",
     );
@@ -45,9 +57,13 @@ pub fn many_services_yaml(n: usize) -> String {
             "  - name: scale-{i}\n    vip: 127.100.{hi}.{lo}\n    port: 9100\n    lb: round_robin\n    backends:"
         );
         for b in 0..BACKENDS_PER_SERVICE {
+            let weight = match reweighted {
+                Some((r, w)) if r == i && b == 0 => w,
+                _ => 1,
+            };
             let _ = writeln!(
                 y,
-                "      - addr: 127.0.0.{}:{}\n        weight: 1",
+                "      - addr: 127.0.0.{}:{}\n        weight: {weight}",
                 31 + b,
                 10_000 + i % 50_000
             );
@@ -94,33 +110,56 @@ fn unix_ms() -> f64 {
         .map_or(0.0, |d| d.as_millis() as f64)
 }
 
-/// Up to [`SERVICES`] and back to `restore` (the bench config the agent ran before).
-pub fn measure(
-    agent: &mut Agent,
-    pid: u32,
-    config_path: &Path,
-    restore: &str,
-) -> Result<Vec<ApplyRun>> {
-    let big = many_services_yaml(SERVICES);
-    Ok(vec![
-        apply(
-            agent,
-            pid,
-            config_path,
-            &big,
-            &format!("1 -> {SERVICES} services"),
-        )?,
-        apply(
-            agent,
-            pid,
-            config_path,
-            restore,
-            &format!("{SERVICES} -> 1 services"),
-        )?,
-    ])
+/// The weight of [`CHANGED_SERVICE`]'s first backend in one-service change `k` (0-based):
+/// 2, 3, 4, ..., so every change differs from the one before.
+fn step_weight(k: usize) -> u32 {
+    2 + k as u32
 }
 
-pub fn table(runs: &[ApplyRun], memory_start: Memory) -> String {
+/// Up to [`SERVICES`], [`ONE_SERVICE_CHANGES`] one-service changes, and back to `restore`
+/// (the bench config the agent ran before).
+pub fn measure(agent: &mut Agent, pid: u32, config_path: &Path, restore: &str) -> Result<Applies> {
+    let big = many_services_yaml(SERVICES, None);
+    let mut bulk = vec![apply(
+        agent,
+        pid,
+        config_path,
+        &big,
+        &format!("1 -> {SERVICES} services"),
+    )?];
+    drop(big);
+    let mut one_service = Vec::with_capacity(ONE_SERVICE_CHANGES);
+    for k in 0..ONE_SERVICE_CHANGES {
+        crate::interrupt::check()?;
+        let yaml = many_services_yaml(SERVICES, Some((CHANGED_SERVICE, step_weight(k))));
+        one_service.push(apply(
+            agent,
+            pid,
+            config_path,
+            &yaml,
+            &format!("one service, {k}"),
+        )?);
+    }
+    bulk.push(apply(
+        agent,
+        pid,
+        config_path,
+        restore,
+        &format!("{SERVICES} -> 1 services"),
+    )?);
+    Ok(Applies { bulk, one_service })
+}
+
+/// Nearest-rank quantile (`q` in 0..=1) of `values`; None when empty.
+fn quantile(values: &[f64], q: f64) -> Option<f64> {
+    let mut v: Vec<f64> = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = (q * v.len() as f64).ceil().max(1.0) as usize;
+    v.get(rank.min(v.len()).checked_sub(1)?).copied()
+}
+
+pub fn table(applies: &Applies, memory_start: Memory) -> String {
+    let runs = &applies.bulk;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -150,6 +189,40 @@ pub fn table(runs: &[ApplyRun], memory_start: Memory) -> String {
         "agent apply = read + parse + validate + plan + kernel map writes; file to applied adds \
          the file poll (every 250 ms) and the 1 ms resolution of both clocks"
     );
+    let one = &applies.one_service;
+    if !one.is_empty() {
+        let agent_ms: Vec<f64> = one.iter().map(|r| r.agent_ms).collect();
+        let e2e_ms: Vec<f64> = one.iter().map(|r| r.end_to_end_ms).collect();
+        let peak = one.iter().map(|r| r.memory.peak_kib).max().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "one-service change at {SERVICES} services ({} changes of one backend weight; \
+             nearest-rank quantiles):",
+            one.len()
+        );
+        let _ = writeln!(
+            out,
+            "{:<22} {:>10} {:>10} {:>10} {:>10}",
+            "", "p50 ms", "p99 ms", "max ms", "mean ms"
+        );
+        for (name, v) in [("agent apply", &agent_ms), ("file to applied", &e2e_ms)] {
+            let q = |p| quantile(v, p).unwrap_or(f64::NAN);
+            let _ = writeln!(
+                out,
+                "{:<22} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
+                name,
+                q(0.5),
+                q(0.99),
+                q(1.0),
+                v.iter().sum::<f64>() / v.len() as f64
+            );
+        }
+        let _ = writeln!(
+            out,
+            "agent peak RSS during the one-service changes: {:.1} MiB",
+            mib(peak)
+        );
+    }
     out
 }
 
@@ -163,7 +236,7 @@ mod tests {
 
     #[test]
     fn the_scale_config_is_valid_and_has_distinct_vips_in_the_bench_range() {
-        let cfg = sockmesh_control::parse_config(&many_services_yaml(SERVICES)).unwrap();
+        let cfg = sockmesh_control::parse_config(&many_services_yaml(SERVICES, None)).unwrap();
         assert_eq!(cfg.services.len(), SERVICES);
         let vips: std::collections::BTreeSet<_> =
             cfg.services.iter().map(|s| (s.vip, s.port)).collect();
@@ -175,6 +248,33 @@ mod tests {
             let [a, b, c, _] = v4.octets();
             assert!((a, b) == (127, 100) && (100..140).contains(&c), "{v4}");
             assert!(s.backends.iter().all(|b| b.addr.ip().is_loopback()));
+            assert_eq!(s.backends.len(), BACKENDS_PER_SERVICE);
         }
+    }
+
+    #[test]
+    fn each_one_service_step_changes_exactly_that_service() {
+        let parse = |r| sockmesh_control::parse_config(&many_services_yaml(SERVICES, r)).unwrap();
+        let mut before = parse(None);
+        for k in 0..3 {
+            let after = parse(Some((CHANGED_SERVICE, step_weight(k))));
+            let changed: Vec<usize> = (0..SERVICES)
+                .filter(|&i| before.services[i] != after.services[i])
+                .collect();
+            assert_eq!(changed, vec![CHANGED_SERVICE], "step {k}");
+            assert_ne!(before.fingerprint(), after.fingerprint());
+            before = after;
+        }
+    }
+
+    #[test]
+    fn quantiles_by_nearest_rank() {
+        let v: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        assert_eq!(quantile(&v, 0.5), Some(50.0));
+        assert_eq!(quantile(&v, 0.99), Some(99.0));
+        assert_eq!(quantile(&v, 1.0), Some(100.0));
+        assert_eq!(quantile(&v, 0.0), Some(1.0));
+        assert_eq!(quantile(&[7.0], 0.99), Some(7.0));
+        assert_eq!(quantile(&[], 0.5), None);
     }
 }

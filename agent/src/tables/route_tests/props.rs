@@ -77,6 +77,7 @@ fn arb_workloads() -> impl Strategy<Value = Vec<WorkloadSpec>> {
                 labels: label_map(label),
                 priority: Default::default(),
                 zone: zone_of(zone),
+                node: None,
             })
             .collect()
     })

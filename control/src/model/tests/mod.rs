@@ -63,6 +63,7 @@ fn workload(name: &str, cgroup: &str, labels: &[(&str, &str)]) -> WorkloadSpec {
             .collect(),
         priority: Default::default(),
         zone: None,
+        node: None,
     }
 }
 

@@ -195,6 +195,7 @@ fn workloads() -> impl Strategy<Value = Vec<WorkloadSpec>> {
                         labels,
                         priority: Default::default(),
                         zone,
+                        node: None,
                     })
             })
             .collect();

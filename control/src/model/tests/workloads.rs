@@ -253,8 +253,85 @@ fn workload_count_limit() {
     assert_invalid(
         &cfg,
         "workloads",
-        "1025 workloads, more than the limit of 1024",
+        "1025 workloads without a node (every node acts on all of them), more than the limit \
+         of 1024 per node",
     );
+}
+
+fn on_node(name: &str, node: &str) -> WorkloadSpec {
+    let mut w = workload(name, &format!("kubepods/{name}"), &[]);
+    w.node = Some(node.to_owned());
+    w
+}
+
+#[test]
+fn the_workload_limit_counts_per_node() {
+    let mut cfg = mesh(vec![]);
+    // 1,024 on each of two nodes: 2,048 in the mesh, 1,024 for either agent.
+    cfg.workloads = (0..2 * MAX_WORKLOADS)
+        .map(|i| {
+            on_node(
+                &format!("w{i}"),
+                if i % 2 == 0 { "node-a" } else { "node-b" },
+            )
+        })
+        .collect();
+    cfg.validate().unwrap();
+    // One without a node is on every node: node-a (first by name on a tie) now has 1,025.
+    cfg.workloads
+        .push(workload("everywhere", "demo/everywhere", &[]));
+    assert_invalid(
+        &cfg,
+        "workloads",
+        "1024 workloads on node \"node-a\" and 1 without a node: 1025 for that node, more \
+         than the limit of 1024 per node",
+    );
+}
+
+#[test]
+fn node_names_follow_kubernetes() {
+    let mut cfg = two();
+    cfg.workloads[1].node = Some("Node_1".to_owned());
+    assert_invalid(
+        &cfg,
+        "workloads[1].node",
+        "invalid node name \"Node_1\": use lower-case letters, digits, '-' and '.'",
+    );
+    cfg.workloads[1].node = Some("ip-10-0-0-1.eu-west-1.compute.internal".to_owned());
+    cfg.validate().unwrap();
+}
+
+#[test]
+fn an_agent_acts_on_its_node_and_the_shared_workloads_only() {
+    let mut cfg = mesh(vec![service(
+        "web",
+        "127.100.0.1",
+        80,
+        &[("127.0.0.2:8081", 1)],
+    )]);
+    cfg.workloads = vec![
+        on_node("a1", "node-a"),
+        workload("shared", "demo/shared", &[]),
+        on_node("b1", "node-b"),
+    ];
+    cfg.services[0].allowed_callers = Some(vec!["a1".into(), "b1".into(), "shared".into()]);
+    cfg.validate().unwrap();
+    let a = cfg.clone().into_node("node-a");
+    let names: Vec<&str> = a.workloads.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(names, ["a1", "shared"]);
+    assert_eq!(
+        a.services[0].allowed_callers.as_deref(),
+        Some(&["a1".to_owned(), "shared".to_owned()][..])
+    );
+    a.validate().unwrap();
+    // A node with none of its own keeps the shared ones; the ACL stays on (not opened up).
+    cfg.services[0].allowed_callers = Some(vec!["b1".into()]);
+    let c = cfg.clone().into_node("node-c");
+    assert_eq!(c.workloads.len(), 1);
+    assert_eq!(c.services[0].allowed_callers, Some(vec![]));
+    // Without any `node:` the config is returned unchanged.
+    let plain = two();
+    assert_eq!(plain.clone().into_node("node-a"), plain);
 }
 
 #[test]

@@ -43,7 +43,7 @@ use crate::server::SourceError;
 use crate::{
     check_zone, BackendSpec, Enrollment, LbPolicy, MeshConfig, Priority, ServiceSpec, WorkloadSpec,
     CONFIG_VERSION, MAX_BACKENDS_PER_SERVICE, MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN,
-    MAX_SERVICE_NAME_LEN, MAX_WORKLOADS,
+    MAX_MESH_WORKLOADS, MAX_SERVICE_NAME_LEN, MAX_WORKLOADS,
 };
 
 /// The enrolment label, on namespaces, pods and Services.
@@ -147,14 +147,7 @@ pub fn build(
 
     // Workloads first: allowed_callers is filtered against them.
     let mut workloads = workloads(snap, &index, opts);
-    if workloads.len() > MAX_WORKLOADS {
-        out.warnings.push(format!(
-            "{} enrolled pods, more than the {MAX_WORKLOADS} workloads a mesh may have: the \
-             first {MAX_WORKLOADS} by name are kept",
-            workloads.len()
-        ));
-        workloads.truncate(MAX_WORKLOADS);
-    }
+    cap_per_node(&mut workloads, &mut out.warnings);
     let workload_names: HashSet<&str> = workloads.iter().map(|w| w.name.as_str()).collect();
 
     let policies = effective_policies(snap, memory, &mut out);
@@ -635,6 +628,31 @@ pub fn model_labels(labels: &Option<BTreeMap<String, String>>) -> BTreeMap<Strin
         .collect()
 }
 
+/// Keeps at most [`MAX_WORKLOADS`] workloads per node (each agent's limit) and
+/// [`MAX_MESH_WORKLOADS`] in all, the first by name; warns about the rest.
+fn cap_per_node(workloads: &mut Vec<WorkloadSpec>, warnings: &mut Vec<String>) {
+    let mut per_node: HashMap<String, usize> = HashMap::new();
+    let mut cut: BTreeMap<String, usize> = BTreeMap::new();
+    let mut kept = 0;
+    workloads.retain(|w| {
+        let node = w.node.clone().unwrap_or_default();
+        let n = per_node.entry(node.clone()).or_default();
+        if *n >= MAX_WORKLOADS || kept >= MAX_MESH_WORKLOADS {
+            *cut.entry(node).or_default() += 1;
+            return false;
+        }
+        *n += 1;
+        kept += 1;
+        true
+    });
+    for (node, n) in cut {
+        warnings.push(format!(
+            "{n} enrolled pods on node {node:?} left out: a node may have {MAX_WORKLOADS} \
+             workloads and a mesh {MAX_MESH_WORKLOADS}; the first by name are kept"
+        ));
+    }
+}
+
 /// The workloads of the enrolled pods, sorted by name.
 fn workloads(snap: &Snapshot, index: &Index<'_>, opts: &MapOptions) -> Vec<WorkloadSpec> {
     let mut names = Names::default();
@@ -662,6 +680,8 @@ fn workload(pod: &Pod, opts: &MapOptions, names: &mut Names) -> Option<WorkloadS
     if matches!(phase, Some("Succeeded" | "Failed")) {
         return None;
     }
+    // A pod not yet scheduled has no cgroup anywhere; it becomes a workload once it is.
+    pod.spec.as_ref()?.node_name.as_ref()?;
     let uid = pod.metadata.uid.as_deref()?;
     let cgroup = pod_cgroup(opts, uid, qos_class(pod))?;
     let mut labels = model_labels(&pod.metadata.labels);
@@ -676,6 +696,7 @@ fn workload(pod: &Pod, opts: &MapOptions, names: &mut Names) -> Option<WorkloadS
         labels,
         priority,
         zone: None,
+        node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
     })
 }
 

@@ -72,6 +72,7 @@ fn slice(
 fn pod(ns: &str, name: &str, uid: &str, labels: Value) -> Arc<k8s_openapi::api::core::v1::Pod> {
     obj(json!({
         "metadata": {"name": name, "namespace": ns, "uid": uid, "labels": labels},
+        "spec": {"nodeName": "node-a", "containers": []},
         "status": {"phase": "Running", "qosClass": "Burstable"}
     }))
 }
