@@ -66,7 +66,8 @@ impl BadRequest {
     }
 }
 
-const PATHS: [&str; 7] = [
+/// Every path the API serves (the fuzz target draws from these).
+pub const PATHS: [&str; 7] = [
     SNAPSHOT_PATH,
     WATCH_PATH,
     ACK_PATH,
