@@ -2,7 +2,6 @@
 //! and drains, exports health metrics, and publishes the overlay the dataplane applies.
 
 use std::{
-    cell::Cell,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
@@ -28,17 +27,6 @@ use crate::{
 pub const TICK: Duration = Duration::from_millis(50);
 /// How often kernel TCP counters are folded in.
 const TCP_EVERY: Duration = Duration::from_secs(1);
-/// How often the health gauges and admin views are rebuilt when nothing changed. They cover
-/// every backend (100,000 at 10,000 services x 10), so rebuilding them on every 50 ms tick
-/// kept a core busy and slowed config changes; a change (ban, unban, circuit move, config)
-/// still shows at once.
-const EXPORT_EVERY: Duration = Duration::from_secs(1);
-
-/// Whether a step rebuilds the health gauges and admin views: at once after a change, else
-/// at most every [`EXPORT_EVERY`] (timed state, such as a circuit's open period, moves on).
-fn export_due(last: Option<Instant>, now: Instant, changed: bool) -> bool {
-    changed || last.is_none_or(|t| now.saturating_duration_since(t) >= EXPORT_EVERY)
-}
 
 pub enum Command {
     Config {
@@ -84,7 +72,6 @@ pub fn spawn(map_dir: PathBuf, signals: Arc<Signals>) -> (EngineHandle, watch::R
         probe_tx,
         overlay_tx,
         views,
-        last_export: Cell::new(None),
     };
     tokio::spawn(async move {
         let mut engine = Engine::default();
@@ -106,10 +93,7 @@ pub fn spawn(map_dir: PathBuf, signals: Arc<Signals>) -> (EngineHandle, watch::R
                     step(&mut engine, &ctx);
                 }
                 Some(cmd) = command_rx.recv() => match cmd {
-                    Command::Config { config, views } => {
-                        engine.on_config(Instant::now(), &config, &views);
-                        ctx.last_export.set(None);
-                    }
+                    Command::Config { config, views } => engine.on_config(Instant::now(), &config, &views),
                     Command::Fault { service, refuse_ppm, reply } => {
                         let _ = reply.send(engine.set_fault(&service, refuse_ppm));
                     }
@@ -135,8 +119,6 @@ struct Ctx {
     probe_tx: mpsc::UnboundedSender<(u32, u32, bool)>,
     overlay_tx: watch::Sender<Overlay>,
     views: Arc<Mutex<EngineViews>>,
-    /// When [`export`] last ran; None forces the next step to run it.
-    last_export: Cell<Option<Instant>>,
 }
 
 /// One evaluation: bans, probes, drains, metrics, admin views, and the overlay if it changed.
@@ -181,22 +163,19 @@ fn step(engine: &mut Engine, ctx: &Ctx) {
             }
         });
     }
+    export(engine, now, signals);
+    *ctx.views.lock().expect("views lock") = EngineViews {
+        bans: engine.bans_json(now),
+        circuits: engine.circuits_json(now),
+    };
     let overlay = engine.overlay(now);
-    let changed = ctx.overlay_tx.send_if_modified(|current| {
+    ctx.overlay_tx.send_if_modified(|current| {
         let changed = *current != overlay;
         if changed {
             *current = overlay;
         }
         changed
     });
-    if export_due(ctx.last_export.get(), now, changed || !out.bans.is_empty()) {
-        export(engine, now, signals);
-        *ctx.views.lock().expect("views lock") = EngineViews {
-            bans: engine.bans_json(now),
-            circuits: engine.circuits_json(now),
-        };
-        ctx.last_export.set(Some(now));
-    }
 }
 
 /// Health gauges: banned backends, circuit state, panic mode.
@@ -222,21 +201,5 @@ fn export(engine: &Engine, now: Instant, signals: &Signals) {
                 .get_or_create(&labels)
                 .set(i64::from(excluded.contains(id)));
         }
-    }
-}
-
-#[cfg(test)]
-mod export_tests {
-    use super::*;
-
-    #[test]
-    fn health_views_are_rebuilt_on_change_and_otherwise_once_a_second() {
-        let t0 = Instant::now();
-        assert!(export_due(None, t0, false), "the first step exports");
-        let last = Some(t0);
-        assert!(!export_due(last, t0 + TICK, false));
-        assert!(!export_due(last, t0 + EXPORT_EVERY - TICK, false));
-        assert!(export_due(last, t0 + EXPORT_EVERY, false));
-        assert!(export_due(last, t0 + TICK, true), "a change shows at once");
     }
 }
