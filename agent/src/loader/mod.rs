@@ -20,15 +20,17 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr, SockOps, TracePoint},
+    maps::SockHash,
+    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr, SkMsg, SockOps, TracePoint},
     Ebpf, EbpfLoader,
 };
 use sockmesh_common::{
-    ACL_MAP, BACKENDS_MAP, BACKEND_STATS_MAP, CALLERS_MAP, CALLER_CONNS_MAP, EVENTS_MAP,
+    SockPair, ACL_MAP, BACKENDS_MAP, BACKEND_STATS_MAP, CALLERS_MAP, CALLER_CONNS_MAP, EVENTS_MAP,
     KERNEL_COUNTERS_MAP, LAYOUT_VERSION, PROG_CONNECT4, PROG_CONNECT6, PROG_GETPEERNAME4,
-    PROG_GETPEERNAME6, PROG_RECEIVE_RESET, PROG_SCHED_SWITCH, PROG_SCHED_WAKEUP,
+    PROG_GETPEERNAME6, PROG_RECEIVE_RESET, PROG_SAME_NODE, PROG_SCHED_SWITCH, PROG_SCHED_WAKEUP,
     PROG_SCHED_WAKEUP_NEW, PROG_SOCK_OPS, RR_COUNTERS_MAP, RUNQ_HIST_MAP, RUNQ_START_MAP,
-    SERVICES_MAP, SERVICE_COUNTERS_MAP, SLOT_TABLES_MAP, SOCK_STAMPS_MAP, WORKLOAD_TIDS_MAP,
+    SAME_NODE_PENDING_MAP, SAME_NODE_SOCKS_MAP, SAME_NODE_TCP_MAP, SERVICES_MAP,
+    SERVICE_COUNTERS_MAP, SLOT_TABLES_MAP, SOCK_STAMPS_MAP, WORKLOAD_TIDS_MAP,
 };
 use tracing::info;
 
@@ -43,9 +45,12 @@ enum Hook {
     SockAddr,
     SockOps,
     TracePoint(&'static str, &'static str),
+    /// sk_msg on the same-node socket hash. The map holds the attachment (there is no link
+    /// to pin), so the program pin stands for it.
+    SockHashMsg,
 }
 
-const PROGRAMS: [(&str, Hook); 9] = [
+const PROGRAMS: [(&str, Hook); 10] = [
     (PROG_CONNECT4, Hook::SockAddr),
     (PROG_CONNECT6, Hook::SockAddr),
     (PROG_GETPEERNAME4, Hook::SockAddr),
@@ -61,9 +66,10 @@ const PROGRAMS: [(&str, Hook); 9] = [
         Hook::TracePoint("sched", "sched_wakeup_new"),
     ),
     (PROG_SCHED_SWITCH, Hook::TracePoint("sched", "sched_switch")),
+    (PROG_SAME_NODE, Hook::SockHashMsg),
 ];
 
-pub const MAPS: [&str; 15] = [
+pub const MAPS: [&str; 18] = [
     SERVICES_MAP,
     SLOT_TABLES_MAP,
     BACKENDS_MAP,
@@ -79,6 +85,9 @@ pub const MAPS: [&str; 15] = [
     ACL_MAP,
     SERVICE_COUNTERS_MAP,
     CALLER_CONNS_MAP,
+    SAME_NODE_SOCKS_MAP,
+    SAME_NODE_PENDING_MAP,
+    SAME_NODE_TCP_MAP,
 ];
 
 /// The programs to attach: routing always; observation (sock_ops, tracepoints) unless
@@ -113,8 +122,17 @@ impl PinLayout {
         }
     }
 
+    /// The pin that proves a program is attached: its link, or for sk_msg (attached to a
+    /// pinned map, no link) the program itself, pinned only after the attach succeeded.
+    fn attached_pin(&self, name: &str, hook: &Hook) -> PathBuf {
+        match hook {
+            Hook::SockHashMsg => self.progs.join(name),
+            _ => self.links.join(name),
+        }
+    }
+
     fn complete(&self, observe: bool) -> bool {
-        programs(observe).all(|(p, _)| self.links.join(p).exists())
+        programs(observe).all(|(p, hook)| self.attached_pin(p, hook).exists())
             && MAPS.iter().all(|m| self.maps.join(m).exists())
     }
 }
@@ -181,10 +199,16 @@ pub fn attach(bpffs: &Path, cgroup: &Path, observe: bool) -> Result<Attached> {
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;
     for (name, hook) in programs(observe) {
-        let link_pin = layout.links.join(name);
-        if link_pin.exists() {
+        if layout.attached_pin(name, hook).exists() {
             continue;
         }
+        if let Hook::SockHashMsg = hook {
+            attach_sock_hash_msg(&mut ebpf, name, &layout)
+                .with_context(|| format!("program {name}"))?;
+            info!(program = name, map = SAME_NODE_SOCKS_MAP, "attached");
+            continue;
+        }
+        let link_pin = layout.links.join(name);
         let link = load_and_attach(&mut ebpf, name, hook, &cgroup_dir, &layout)
             .with_context(|| format!("program {name}"))?;
         link.pin(&link_pin)
@@ -231,8 +255,30 @@ fn load_and_attach(
             let id = p.attach(category, tp)?;
             p.take_link(id)?.try_into()?
         }
+        Hook::SockHashMsg => bail!("attached to its map, not through a link"),
     };
     Ok(link)
+}
+
+/// Attaches the sk_msg program to the pinned same-node socket hash, then pins the program
+/// (the pin marks it attached). The pinned map keeps the attachment after the agent exits;
+/// dropping the attach handle would detach it, so it is released without detaching. An
+/// attach over an earlier one (a start killed before the pin) replaces it.
+fn attach_sock_hash_msg(ebpf: &mut Ebpf, name: &str, layout: &PinLayout) -> Result<()> {
+    let map_fd = {
+        let map = ebpf
+            .map(SAME_NODE_SOCKS_MAP)
+            .context("socket hash missing from the object")?;
+        let hash: SockHash<_, SockPair> = SockHash::try_from(map)?;
+        hash.fd().try_clone()?
+    };
+    let prog = ebpf.program_mut(name).context("missing from the object")?;
+    let p: &mut SkMsg = prog.try_into()?;
+    p.load().context("verifier rejected it")?;
+    let id = p.attach(&map_fd)?;
+    std::mem::forget(p.take_link(id)?);
+    let prog_pin = layout.progs.join(name);
+    pin_program(|| p.pin(&prog_pin), &prog_pin)
 }
 
 /// Pins the program just loaded at `path`. Only called when the program's link pin is

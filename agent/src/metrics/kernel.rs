@@ -32,6 +32,18 @@ pub struct KernelSnapshot {
     pub events_lost: u64,
     /// Connects to a VIP from callers that are not enrolled (`enrollment: workloads`).
     pub unenrolled_connects: u64,
+    pub same_node: SameNodeCounters,
+}
+
+/// The same-node fast path's kernel counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SameNodeCounters {
+    /// Connections whose two ends were joined (both sockets under the agent's cgroup).
+    pub pairs: u64,
+    /// Senders that found no peer socket and stay on TCP.
+    pub fallbacks: u64,
+    /// Bytes handed from a socket straight to its peer.
+    pub bytes: u64,
 }
 
 /// (name, help, value) of a per-backend counter taken from the kernel's TCP stats.
@@ -151,6 +163,27 @@ impl Collector for KernelCollector {
             MetricType::Counter,
         )?;
         ConstCounter::new(snap.unenrolled_connects).encode(m)?;
+        let same_node: [(&str, &str, u64); 3] = [
+            (
+                "same_node_pairs",
+                "Connections to same_node services whose two ends were joined for the fast path",
+                snap.same_node.pairs,
+            ),
+            (
+                "same_node_fallbacks",
+                "Senders on same_node connections that found no peer socket and stay on TCP",
+                snap.same_node.fallbacks,
+            ),
+            (
+                "same_node_bytes",
+                "Bytes the fast path handed from a socket straight to its peer (not via TCP)",
+                snap.same_node.bytes,
+            ),
+        ];
+        for (name, help, value) in same_node {
+            let m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(m)?;
+        }
         Ok(())
     }
 }

@@ -18,7 +18,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-pub use kernel::{KernelCollector, KernelSnapshot, WorkloadSample};
+pub use kernel::{KernelCollector, KernelSnapshot, SameNodeCounters, WorkloadSample};
 pub use pressure::MapPressure;
 pub use server::serve;
 pub use slo::SloCollector;

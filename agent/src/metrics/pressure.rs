@@ -20,8 +20,9 @@ use prometheus_client::{
 };
 use sockmesh_common::{
     ACL_MAP, BACKENDS_MAP, BACKEND_STATS_MAP, CALLERS_MAP, CALLER_CONNS_MAP, MAX_ACL, MAX_BACKENDS,
-    MAX_BACKEND_STATS, MAX_CALLERS, MAX_SERVICES, MAX_SLOT_TABLES, MAX_SOCK_STAMPS,
-    MAX_WORKLOAD_TIDS, SERVICES_MAP, SLOT_TABLES_MAP, SOCK_STAMPS_MAP, WORKLOAD_TIDS_MAP,
+    MAX_BACKEND_STATS, MAX_CALLERS, MAX_SAME_NODE_SOCKS, MAX_SERVICES, MAX_SLOT_TABLES,
+    MAX_SOCK_STAMPS, MAX_WORKLOAD_TIDS, SAME_NODE_PENDING_MAP, SAME_NODE_TCP_MAP, SERVICES_MAP,
+    SLOT_TABLES_MAP, SOCK_STAMPS_MAP, WORKLOAD_TIDS_MAP,
 };
 use tracing::{info, warn};
 
@@ -38,7 +39,7 @@ pub struct WatchedMap {
 }
 
 /// Every map with a pressure gauge, in exposition order.
-pub const WATCHED: [WatchedMap; 9] = [
+pub const WATCHED: [WatchedMap; 11] = [
     WatchedMap {
         name: SERVICES_MAP,
         capacity: MAX_SERVICES,
@@ -85,6 +86,18 @@ pub const WATCHED: [WatchedMap; 9] = [
         capacity: MAX_ACL,
         when_full: "LRU: the least recently used (service, caller) counters are evicted and \
                     per-caller connection limits restart counting for them; connects never fail",
+    },
+    WatchedMap {
+        name: SAME_NODE_PENDING_MAP,
+        capacity: MAX_SAME_NODE_SOCKS,
+        when_full: "LRU: the oldest same-node clients still waiting for their server end are \
+                    forgotten and stay on TCP; connections never fail",
+    },
+    WatchedMap {
+        name: SAME_NODE_TCP_MAP,
+        capacity: MAX_SAME_NODE_SOCKS,
+        when_full: "LRU: the oldest same-node senders that fell back to TCP are forgotten and \
+                    try the fast path again (it falls back again if there is no peer)",
     },
 ];
 

@@ -8,10 +8,12 @@ use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues}
 use sockmesh_common::{
     BackendKey, BackendTcpStats, CallerEntry, RunqHist, BACKEND_STATS_MAP, CALLERS_MAP,
     CALLER_CONNS_MAP, HIST_BUCKETS, KERNEL_COUNTERS_MAP, LOST_EVENTS_SLOT, RUNQ_HIST_MAP,
-    SOCK_STAMPS_MAP, UNENROLLED_SLOT, WORKLOAD_TIDS_MAP,
+    SAME_NODE_BYTES_SLOT, SAME_NODE_FALLBACKS_SLOT, SAME_NODE_PAIRS_SLOT, SAME_NODE_PENDING_MAP,
+    SAME_NODE_TCP_MAP, SOCK_STAMPS_MAP, UNENROLLED_SLOT, WORKLOAD_TIDS_MAP,
 };
 
 use super::map_count::{CountedMap, CountedMaps};
+use crate::metrics::SameNodeCounters;
 
 pub struct SignalMaps {
     backend_stats: PerCpuHashMap<MapData, BackendKey, BackendTcpStats>,
@@ -53,6 +55,10 @@ impl SignalMaps {
                     .context("reading SM_SOCK_STAMPS's info")?,
                 caller_conns: CountedMap::new(pinned(map_dir, CALLER_CONNS_MAP)?)
                     .context("reading SM_CALLER_CONNS's info")?,
+                same_node_pending: CountedMap::new(pinned(map_dir, SAME_NODE_PENDING_MAP)?)
+                    .context("reading SM_SAME_NODE_WAIT's info")?,
+                same_node_tcp: CountedMap::new(pinned(map_dir, SAME_NODE_TCP_MAP)?)
+                    .context("reading SM_SAME_NODE_TCP's info")?,
             }),
             backend_stats_entries: 0,
             missing_backend_keys: BTreeSet::new(),
@@ -118,6 +124,15 @@ impl SignalMaps {
     /// Connects to a VIP the kernel left untouched: the caller is not enrolled.
     pub fn unenrolled_connects(&self) -> u64 {
         self.counter(UNENROLLED_SLOT)
+    }
+
+    /// Same-node fast path counters (kernel slots), summed over CPUs.
+    pub fn same_node(&self) -> SameNodeCounters {
+        SameNodeCounters {
+            pairs: self.counter(SAME_NODE_PAIRS_SLOT),
+            fallbacks: self.counter(SAME_NODE_FALLBACKS_SLOT),
+            bytes: self.counter(SAME_NODE_BYTES_SLOT),
+        }
     }
 
     /// One slot of the per-CPU kernel counters, summed over CPUs.

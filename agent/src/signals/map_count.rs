@@ -38,6 +38,8 @@ struct BatchAttr {
 pub struct CountedMaps {
     pub stamps: CountedMap,
     pub caller_conns: CountedMap,
+    pub same_node_pending: CountedMap,
+    pub same_node_tcp: CountedMap,
 }
 
 /// A kernel-written (non per-CPU) hash map whose entries are counted.

@@ -319,6 +319,7 @@ impl Signals {
             .collect();
         let events_lost = maps.events_lost();
         let unenrolled_connects = maps.unenrolled_connects();
+        let same_node = maps.same_node();
         drop(maps);
         self.record_pressure(tids, callers, backend_stats);
         let now = tokio::time::Instant::now();
@@ -345,6 +346,7 @@ impl Signals {
             workloads: samples,
             events_lost,
             unenrolled_connects,
+            same_node,
         };
         inner.diag.on_kernel(now, &snapshot);
         *self.snapshot.lock().expect("snapshot lock") = snapshot;

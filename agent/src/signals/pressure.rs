@@ -14,8 +14,8 @@ use std::{
 };
 
 use sockmesh_common::{
-    ACL_MAP, BACKENDS_MAP, BACKEND_STATS_MAP, CALLERS_MAP, CALLER_CONNS_MAP, SERVICES_MAP,
-    SLOT_TABLES_MAP, SOCK_STAMPS_MAP, WORKLOAD_TIDS_MAP,
+    ACL_MAP, BACKENDS_MAP, BACKEND_STATS_MAP, CALLERS_MAP, CALLER_CONNS_MAP, SAME_NODE_PENDING_MAP,
+    SAME_NODE_TCP_MAP, SERVICES_MAP, SLOT_TABLES_MAP, SOCK_STAMPS_MAP, WORKLOAD_TIDS_MAP,
 };
 use tracing::{debug, info, warn};
 
@@ -97,6 +97,8 @@ impl Signals {
         for (name, map) in [
             (SOCK_STAMPS_MAP, &maps.stamps),
             (CALLER_CONNS_MAP, &maps.caller_conns),
+            (SAME_NODE_PENDING_MAP, &maps.same_node_pending),
+            (SAME_NODE_TCP_MAP, &maps.same_node_tcp),
         ] {
             match map.count() {
                 Ok(n) => p.record(name, n),

@@ -18,7 +18,7 @@ use sockmesh_common::{
     pick::{LB_MAGLEV, LB_ROUND_ROBIN, LB_WEIGHTED_RANDOM},
     BackendEntry, ServiceCaller, ServiceEntry, ServiceKey, SlotTableKey, CALLER_CLASS_DEFAULT,
     MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS, SERVICE_CLASS_TABLES,
-    SERVICE_ENROLLED_ONLY,
+    SERVICE_ENROLLED_ONLY, SERVICE_SAME_NODE,
 };
 use sockmesh_control::{Enrollment, LbPolicy, MeshConfig};
 
@@ -417,6 +417,9 @@ pub fn plan_for(
         }
         if config.enrollment == Enrollment::Workloads {
             entry.flags |= SERVICE_ENROLLED_ONLY;
+        }
+        if spec.same_node {
+            entry.flags |= SERVICE_SAME_NODE;
         }
         if actual.services.get(&key) != Some(&entry) {
             services.push(Write::UpsertService(key, entry));

@@ -216,6 +216,11 @@ pub struct ServiceSpec {
     /// healthy. Absent: zones are ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locality: Option<LocalitySpec>,
+    /// Same-node fast path (opt-in): when a caller and the backend it was routed to are both
+    /// under the agent's cgroup, writes go socket to socket (sk_msg) instead of through
+    /// loopback TCP. Left out of the serialization when off (fingerprints unchanged).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub same_node: bool,
 }
 
 impl ServiceSpec {
@@ -241,6 +246,7 @@ impl ServiceSpec {
             slos: Vec::new(),
             routes: Vec::new(),
             locality: None,
+            same_node: false,
         }
     }
 }

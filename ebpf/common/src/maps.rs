@@ -11,10 +11,11 @@ use core::mem::size_of;
 ///
 /// It also changes when the programs give a map field a new meaning, because an agent adopts
 /// the programs pinned under its own version without reloading them.
-/// 4: [`SERVICE_ENROLLED_ONLY`] (older programs would route unenrolled callers). An agent
+/// 4: [`SERVICE_ENROLLED_ONLY`] (older programs would route unenrolled callers).
+/// 5: [`SERVICE_SAME_NODE`], the same-node maps and eight kernel counter slots. An agent
 /// never adopts another version's pins: it attaches its own set beside them and, once its tables hold the config,
 /// retires the others (docs/upgrade.md, `bpf-tests/tests/upgrade.rs`).
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Service table: (family, VIP, port) -> [`ServiceEntry`]. Not preallocated, so an update
 /// replaces the element under RCU and a concurrent connect reads either the old or the new
@@ -54,6 +55,18 @@ pub const PROG_RECEIVE_RESET: &str = "sockmesh_tcp_receive_reset";
 pub const PROG_SCHED_WAKEUP: &str = "sockmesh_sched_wakeup";
 pub const PROG_SCHED_WAKEUP_NEW: &str = "sockmesh_sched_wakeup_new";
 pub const PROG_SCHED_SWITCH: &str = "sockmesh_sched_switch";
+pub const PROG_SAME_NODE: &str = "sockmesh_same_node_msg";
+
+/// Same-node sockets: [`SockPair`] (the socket's own 4-tuple) -> socket. The sk_msg program
+/// runs on every socket in it and hands each write to the socket keyed by the reversed tuple.
+pub const SAME_NODE_SOCKS_MAP: &str = "SM_SAME_NODE";
+/// Client ends waiting for their server end: the tuple as the server will see it -> 1.
+/// Written when the client is established, consumed when the accepted socket is.
+pub const SAME_NODE_PENDING_MAP: &str = "SM_SAME_NODE_WAIT";
+/// Senders that found no peer once and stay on TCP for good: own tuple -> 1. A sender never
+/// switches between TCP and redirect, so the receiver never has to merge the two in order.
+pub const SAME_NODE_TCP_MAP: &str = "SM_SAME_NODE_TCP";
+pub const MAX_SAME_NODE_SOCKS: u32 = 65_536;
 
 /// Caller class of the default slot table: callers that are not a workload, and every caller
 /// whose class has no table of its own for the service.
@@ -112,6 +125,10 @@ pub const SERVICE_CLASS_TABLES: u32 = 8;
 /// in the caller map passes through untouched, counted in [`crate::UNENROLLED_SLOT`]. The
 /// check reuses the caller lookup admission does anyway, so it costs no extra map access.
 pub const SERVICE_ENROLLED_ONLY: u32 = 16;
+/// Same-node fast path (`same_node: true`): once both ends of a connection to this service
+/// are sockets under the agent's cgroup, their writes are handed to the peer socket by
+/// sk_msg instead of going through loopback TCP (docs/config.md, "Same-node fast path").
+pub const SERVICE_SAME_NODE: u32 = 32;
 
 /// Admission state the kernel keeps per service id (array index).
 #[repr(C)]
@@ -229,6 +246,42 @@ pub struct SockStamp {
 }
 const _: () = assert!(size_of::<SockStamp>() == 56);
 
+/// A TCP socket's 4-tuple from its own side. Ports in host byte order; the peer's key is
+/// [`SockPair::reversed`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockPair {
+    /// Network-order words, IPv4 in word 0.
+    pub local: [u32; 4],
+    pub remote: [u32; 4],
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub family: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<SockPair>() == 40);
+
+impl SockPair {
+    /// The same connection as the other end sees it.
+    pub const fn reversed(&self) -> SockPair {
+        SockPair {
+            local: self.remote,
+            remote: self.local,
+            local_port: self.remote_port,
+            remote_port: self.local_port,
+            family: self.family,
+            _pad: 0,
+        }
+    }
+}
+
+/// `remote_port` as sock_ops and sk_msg contexts give it: the network-order port in the
+/// upper 16 bits of the word on little-endian kernels. Returns it in host order.
+pub const fn ctx_remote_port(raw: u32) -> u16 {
+    let be = if raw > 0xffff { raw >> 16 } else { raw };
+    u16::from_be(be as u16)
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: every type is `#[repr(C)]`, made only of integers and integer arrays, with
@@ -242,4 +295,35 @@ mod pod {
     unsafe impl aya::Pod for super::ServiceCounters {}
     unsafe impl aya::Pod for super::CallerEntry {}
     unsafe impl aya::Pod for super::ServiceCaller {}
+    unsafe impl aya::Pod for super::SockPair {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reversed_pair_is_the_peer_and_reverses_back() {
+        let client = SockPair {
+            local: [0x0100_007f, 0, 0, 0],
+            remote: [0x0200_007f, 0, 0, 0],
+            local_port: 40_000,
+            remote_port: 8080,
+            family: crate::FAMILY_INET,
+            _pad: 0,
+        };
+        let server = client.reversed();
+        assert_eq!(server.local, client.remote);
+        assert_eq!(server.local_port, 8080);
+        assert_eq!(server.remote_port, 40_000);
+        assert_eq!(server.reversed(), client);
+    }
+
+    #[test]
+    fn ctx_remote_port_reads_both_word_layouts() {
+        let be = 8080u16.to_be() as u32;
+        // Little-endian kernels shift the network-order port into the upper half.
+        assert_eq!(ctx_remote_port(be << 16), 8080);
+        assert_eq!(ctx_remote_port(be), 8080);
+    }
 }

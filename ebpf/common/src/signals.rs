@@ -20,7 +20,12 @@ pub const EVENTS_WAKEUP_BYTES: u64 = 64 * size_of::<ConnEvent>() as u64;
 pub const KERNEL_COUNTERS_MAP: &str = "SM_COUNTERS";
 pub const LOST_EVENTS_SLOT: u32 = 0;
 pub const UNENROLLED_SLOT: u32 = 1;
-pub const KERNEL_COUNTER_SLOTS: u32 = 4;
+/// Same-node fast path: connections whose two ends were joined, writes that found no peer
+/// (the sender stays on TCP), and bytes handed to a peer socket.
+pub const SAME_NODE_PAIRS_SLOT: u32 = 2;
+pub const SAME_NODE_FALLBACKS_SLOT: u32 = 3;
+pub const SAME_NODE_BYTES_SLOT: u32 = 4;
+pub const KERNEL_COUNTER_SLOTS: u32 = 8;
 
 /// Per-CPU per-(service, backend) TCP counters: [`BackendKey`] -> [`BackendTcpStats`].
 pub const BACKEND_STATS_MAP: &str = "SM_BACKEND_TCP";
@@ -86,6 +91,8 @@ pub const STAMP_SYN_RTO: u32 = 4;
 pub const STAMP_COUNTED: u32 = 8;
 /// ... and in the caller's (per-workload) active connections.
 pub const STAMP_CALLER_COUNTED: u32 = 16;
+/// The service has the same-node fast path ([`crate::SERVICE_SAME_NODE`]).
+pub const STAMP_SAME_NODE: u32 = 32;
 
 /// One connection lifecycle event.
 #[repr(C)]

@@ -9,8 +9,8 @@ use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use sockmesh_common::{
     gcra::gcra_admit, CallerEntry, ServiceCaller, ServiceEntry, DEFAULT_PRIORITY,
     RESULT_CIRCUIT_OPEN, RESULT_DENIED, RESULT_FAULT, RESULT_LIMITED, RESULT_SHED, SERVICE_ACL,
-    SERVICE_CIRCUIT_OPEN, SERVICE_ENROLLED_ONLY, SERVICE_HALF_OPEN, STAMP_CALLER_COUNTED,
-    STAMP_COUNTED, UNENROLLED_SLOT,
+    SERVICE_CIRCUIT_OPEN, SERVICE_ENROLLED_ONLY, SERVICE_HALF_OPEN, SERVICE_SAME_NODE,
+    STAMP_CALLER_COUNTED, STAMP_COUNTED, STAMP_SAME_NODE, UNENROLLED_SLOT,
 };
 
 use crate::events::bump;
@@ -100,6 +100,9 @@ pub fn admit(service: &ServiceEntry, cgroup_id: u64) -> Admission {
             return Admission::Refuse(RESULT_LIMITED);
         }
         stamp_flags |= STAMP_CALLER_COUNTED;
+    }
+    if service.flags & SERVICE_SAME_NODE != 0 {
+        stamp_flags |= STAMP_SAME_NODE;
     }
     Admission::Admit {
         workload: caller.workload,

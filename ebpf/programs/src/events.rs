@@ -25,8 +25,13 @@ pub fn emit(event: &ConnEvent) {
 
 #[inline(always)]
 pub fn bump(slot: u32) {
+    add(slot, 1);
+}
+
+#[inline(always)]
+pub fn add(slot: u32, n: u64) {
     if let Some(c) = KERNEL_COUNTERS.get_ptr_mut(slot) {
         // SAFETY: per-CPU slot, only this CPU writes it while we run (no preemption in BPF).
-        unsafe { *c += 1 };
+        unsafe { *c += n };
     }
 }

@@ -14,10 +14,11 @@ mod events;
 mod maps;
 mod observe;
 mod route;
+mod same_node;
 
 use aya_ebpf::{
-    macros::{cgroup_sock_addr, sock_ops, tracepoint},
-    programs::{SockAddrContext, SockOpsContext, TracePointContext},
+    macros::{cgroup_sock_addr, sk_msg, sock_ops, tracepoint},
+    programs::{SkMsgContext, SockAddrContext, SockOpsContext, TracePointContext},
 };
 
 /// cgroup/connect* return codes: 1 lets the connect proceed, 0 fails it with EPERM at once.
@@ -71,6 +72,12 @@ pub fn sockmesh_getpeername6(ctx: SockAddrContext) -> i32 {
 pub fn sockmesh_sock_ops(ctx: SockOpsContext) -> u32 {
     observe::sock_ops(&ctx);
     1
+}
+
+/// Runs on writes of sockets in the same-node hash; always passes (redirected or not).
+#[sk_msg]
+pub fn sockmesh_same_node_msg(ctx: SkMsgContext) -> u32 {
+    same_node::msg(&ctx)
 }
 
 #[tracepoint(category = "tcp", name = "tcp_receive_reset")]

@@ -76,3 +76,19 @@ pub static SERVICE_COUNTERS: Array<ServiceCounters> = Array::pinned(MAX_SERVICES
 /// LRU: a (service, caller) pair that stops calling ages out instead of filling the map.
 #[map(name = "SM_CALLER_CONNS")]
 pub static CALLER_CONNS: LruHashMap<ServiceCaller, u64> = LruHashMap::pinned(MAX_ACL, 0);
+
+// ---- same-node fast path (see same_node.rs) ----
+
+use aya_ebpf::maps::SockHash;
+use sockmesh_common::{SockPair, MAX_SAME_NODE_SOCKS};
+
+#[map(name = "SM_SAME_NODE")]
+pub static SAME_NODE_SOCKS: SockHash<SockPair> = SockHash::pinned(MAX_SAME_NODE_SOCKS, 0);
+
+/// LRU: a client whose server end never shows up (it is not under the cgroup) ages out.
+#[map(name = "SM_SAME_NODE_WAIT")]
+pub static SAME_NODE_PENDING: LruHashMap<SockPair, u32> =
+    LruHashMap::pinned(MAX_SAME_NODE_SOCKS, 0);
+
+#[map(name = "SM_SAME_NODE_TCP")]
+pub static SAME_NODE_TCP: LruHashMap<SockPair, u32> = LruHashMap::pinned(MAX_SAME_NODE_SOCKS, 0);

@@ -19,7 +19,7 @@ use aya_ebpf::{
 use sockmesh_common::{
     app_bytes, classify_failed_connect, log2_bucket, BackendKey, ConnEvent, SockStamp,
     EVENT_CLOSED, EVENT_ESTABLISHED, EVENT_FAILED, EVENT_INBOUND, FAMILY_INET6, RESULT_OK,
-    RESULT_RESET, STAMP_ESTABLISHED, STAMP_RESET_RECEIVED, STAMP_SYN_RTO,
+    RESULT_RESET, STAMP_ESTABLISHED, STAMP_RESET_RECEIVED, STAMP_SAME_NODE, STAMP_SYN_RTO,
 };
 
 use crate::{
@@ -27,6 +27,7 @@ use crate::{
     bound::masked,
     events::emit,
     maps::{BACKEND_STATS, SOCK_STAMPS},
+    same_node,
 };
 
 const TCP_SYN_SENT: u32 = 2;
@@ -67,6 +68,9 @@ pub fn sock_ops(ctx: &SockOpsContext) {
             let mut ev = event(stamp, EVENT_ESTABLISHED, RESULT_OK);
             ev.srtt_us = srtt_us(ctx);
             emit(&ev);
+            if stamp.flags & STAMP_SAME_NODE != 0 {
+                same_node::client_established(ctx);
+            }
         }
         BPF_SOCK_OPS_RTT_CB => rtt_sample(stamp, srtt_us(ctx)),
         BPF_SOCK_OPS_RETRANS_CB => {
@@ -126,11 +130,15 @@ fn closed(ctx: &SockOpsContext, stamp: &SockStamp, old_state: u32, cookie: u64) 
     };
     ev.srtt_us = srtt_us(ctx);
     emit(&ev);
+    if stamp.flags & STAMP_SAME_NODE != 0 {
+        same_node::client_closed(ctx);
+    }
     release(stamp.service_id, stamp.workload, stamp.flags);
     let _ = SOCK_STAMPS.remove(&cookie);
 }
 
 fn inbound(ctx: &SockOpsContext) {
+    same_node::server_established(ctx);
     let ops = ctx.ops;
     // SAFETY: ctx reads, one 4-byte load at a constant offset each (the verifier rejects
     // loads through a moved ctx pointer, which an array copy compiles to).

@@ -15,6 +15,9 @@ pub struct Counters {
     /// Sum of `sockmesh_connections_total` over every result but `reset` (a reset connection
     /// was already counted `ok`): connect attempts the agent saw.
     pub connects: f64,
+    /// `sockmesh_same_node_bytes_total`: bytes the same-node fast path handed socket to
+    /// socket (read once a second, like `lost`).
+    pub same_node_bytes: f64,
 }
 
 impl Counters {
@@ -23,6 +26,7 @@ impl Counters {
             drained: self.drained - earlier.drained,
             lost: self.lost - earlier.lost,
             connects: self.connects - earlier.connects,
+            same_node_bytes: self.same_node_bytes - earlier.same_node_bytes,
         }
     }
 }
@@ -39,6 +43,7 @@ fn parse(text: &str) -> Result<Counters> {
         match sample.name.as_str() {
             "sockmesh_events_drained_total" => c.drained += sample.value,
             "sockmesh_events_lost_total" => c.lost += sample.value,
+            "sockmesh_same_node_bytes_total" => c.same_node_bytes += sample.value,
             "sockmesh_connections_total"
                 if sample.labels.get("result").map(String::as_str) != Some("reset") =>
             {
@@ -64,13 +69,15 @@ mod tests {
             sockmesh_connections_total{service=\"b\",backend=\"x\",caller=\"d\",result=\"ok\"} 9\n\
             sockmesh_connections_total{service=\"b\",backend=\"x\",caller=\"c\",result=\"reset\"} 4\n\
             sockmesh_connections_total{service=\"b\",backend=\"x\",caller=\"c\",result=\"refused\"} 1\n\
-            sockmesh_connections_total_created 1\n";
+            sockmesh_connections_total_created 1\n\
+            sockmesh_same_node_bytes_total 4096\n";
         assert_eq!(
             parse(text).unwrap(),
             Counters {
                 drained: 120.0,
                 lost: 3.0,
-                connects: 60.0
+                connects: 60.0,
+                same_node_bytes: 4096.0,
             }
         );
     }

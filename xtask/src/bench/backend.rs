@@ -41,6 +41,16 @@ impl Backend {
     /// Listens on `ip`, on a port the kernel picks, so parallel runs never collide.
     pub fn start(ip: &str) -> Result<Self> {
         let listener = TcpListener::bind((ip, 0)).with_context(|| format!("bind {ip}:0"))?;
+        Self::serve_on(listener)
+    }
+
+    /// Listens on `addr` (the same-node comparison, which needs a known backend address).
+    pub fn start_at(addr: SocketAddr) -> Result<Self> {
+        let listener = TcpListener::bind(addr).with_context(|| format!("bind {addr}"))?;
+        Self::serve_on(listener)
+    }
+
+    fn serve_on(listener: TcpListener) -> Result<Self> {
         let addr = listener.local_addr()?;
         let listener = Arc::new(listener);
         let stop = Arc::new(AtomicBool::new(false));

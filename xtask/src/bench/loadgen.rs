@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 
-use super::backend::{BULK, CLOSE, KEEP, MSG_LEN};
+use super::backend::{Backend, BULK, CLOSE, KEEP, MSG_LEN};
 
 #[derive(Args, Debug)]
 pub struct LoadgenArgs {
@@ -27,6 +27,10 @@ pub struct LoadgenArgs {
     /// Client threads, each with its own connection.
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
+    /// Also run the bench backend in this process, on this address (127.0.0.0/8): the
+    /// same-node comparison needs both ends under the agent's cgroup.
+    #[arg(long)]
+    pub serve: Option<SocketAddr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -65,6 +69,10 @@ pub fn run(args: &LoadgenArgs) -> Result<()> {
     if !args.target.ip().is_loopback() {
         bail!("loadgen only targets 127.0.0.0/8, not {}", args.target);
     }
+    if let Some(serve) = args.serve.filter(|a| !a.ip().is_loopback()) {
+        bail!("loadgen only serves on 127.0.0.0/8, not {serve}");
+    }
+    let _backend = args.serve.map(Backend::start_at).transpose()?;
     let start = Instant::now();
     let measure_from = start + WARMUP;
     let until = measure_from + Duration::from_millis(args.duration_ms);

@@ -26,6 +26,7 @@ mod haproxy;
 pub mod loadgen;
 mod proc_stats;
 mod report;
+mod same_node;
 
 use std::fs;
 use std::net::SocketAddr;
@@ -226,6 +227,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     args.duration_ms,
                     concurrency,
                     cgroup_for(route),
+                    None,
                 )
                 .with_context(|| format!("{} {}", route.label(), mode.as_str()))?;
                 let wall_s = started.elapsed().as_secs_f64();
@@ -267,6 +269,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let rounds_wall_s = rounds_started.elapsed().as_secs_f64();
     let sched_after = sched_stats(&progs)?;
     interrupt::check()?;
+    let same_node = same_node::measure(args, &agent, &cgroup)?;
     let bench_yaml = fs::read_to_string(&config)?;
     let applies = config_apply::measure(&mut agent, agent_pid, &config, &bench_yaml)?;
 
@@ -323,6 +326,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     println!();
     print!("{}", report::drain_table(&drains, metrics));
     println!();
+    print!("{same_node}");
+    println!();
     print!("{}", config_apply::table(&applies, memory_start));
     if connect4_total.run_cnt == 0 {
         bail!("the connect4 program never ran during (b): the VIP was not routed by sockmesh");
@@ -371,11 +376,12 @@ fn sched_stats(progs: &Programs) -> Result<Vec<ProgStats>> {
 }
 
 fn write_config(path: &std::path::Path, vip: SocketAddr, backend: SocketAddr) -> Result<()> {
-    let yaml = format!(
+    let mut yaml = format!(
         "version: 1\nservices:\n  - name: bench\n    vip: {}\n    port: {}\n    lb: weighted_random\n    backends:\n      - addr: {backend}\n        weight: 1\n",
         vip.ip(),
         vip.port()
     );
+    yaml.push_str(&same_node::service_yaml());
     // Checked here so a mistake shows as a config error, not as an agent that never gets ready.
     sockmesh_control::parse_config(&yaml).context("bench config")?;
     fs::write(path, yaml).with_context(|| format!("write {}", path.display()))
@@ -388,10 +394,15 @@ fn loadgen(
     duration_ms: u64,
     concurrency: usize,
     cgroup: Option<&ChildCgroup>,
+    serve: Option<SocketAddr>,
 ) -> Result<Sample> {
     let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.arg("loadgen")
-        .args(["--target", &target.to_string(), "--mode", mode.as_str()])
+    if let Some(serve) = serve {
+        cmd.args(["loadgen", "--serve", &serve.to_string()]);
+    } else {
+        cmd.arg("loadgen");
+    }
+    cmd.args(["--target", &target.to_string(), "--mode", mode.as_str()])
         .args(["--duration-ms", &duration_ms.to_string()])
         .args(["--concurrency", &concurrency.to_string()])
         .stdin(Stdio::null())

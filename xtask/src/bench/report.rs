@@ -286,7 +286,7 @@ pub fn drain_table(samples: &[DrainSample], metrics: std::net::SocketAddr) -> St
     out
 }
 
-fn median(values: impl Iterator<Item = f64>) -> f64 {
+pub fn median(values: impl Iterator<Item = f64>) -> f64 {
     let mut v: Vec<f64> = values.filter(|x| x.is_finite()).collect();
     if v.is_empty() {
         return f64::NAN;
