@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
+use sockmesh_common::maps::SAME_NODE_SOCKS_MAP;
+
+use crate::map_attach::{attached_programs, BPF_SK_MSG_VERDICT};
 
 /// One kernel object as bpftool lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -336,7 +339,7 @@ impl LeakCheck {
 }
 
 /// Checks that the pins under `dir` form one consistent attachment: every pinned program is
-/// the program of a pinned link and the reverse, and no unpinned sockmesh program uses the
+/// the program of a pinned link (or the one attached to the pinned socket hash) and the reverse, and no unpinned sockmesh program uses the
 /// pinned maps (an orphan of an interrupted start). Returns the owned counts.
 pub fn check_pins_consistent(dir: &Path) -> Result<Counts> {
     let snap = Snapshot::scan()?;
@@ -353,10 +356,28 @@ pub fn check_pins_consistent(dir: &Path) -> Result<Counts> {
         .filter(|l| l.pinned.iter().any(|x| Path::new(x).starts_with(dir)))
         .flat_map(|l| l.refs.clone())
         .collect();
-    if pinned_progs != linked {
+    // The sk_msg program has no link: it is attached to the pinned socket hash, and the
+    // kernel says which program that is.
+    let mut attached = linked.clone();
+    for m in owned
+        .maps
+        .values()
+        .filter(|m| m.name == SAME_NODE_SOCKS_MAP)
+    {
+        for pin in m
+            .pinned
+            .iter()
+            .map(Path::new)
+            .filter(|p| p.starts_with(dir))
+        {
+            let ids = attached_programs(pin, BPF_SK_MSG_VERDICT)?;
+            attached.extend(ids.into_iter().map(u64::from));
+        }
+    }
+    if pinned_progs != attached {
         bail!(
-            "pinned programs {pinned_progs:?} are not the programs of the pinned links \
-             {linked:?} under {}:\n{}",
+            "pinned programs {pinned_progs:?} are not the programs attached by the pinned \
+             links and socket hash {attached:?} under {}:\n{}",
             dir.display(),
             owned.describe()
         );

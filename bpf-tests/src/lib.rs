@@ -197,6 +197,7 @@ pub mod diag_yaml;
 // 18760-18769 and 127.100.76.x.
 pub mod chaos_objects;
 pub mod chaos_run;
+pub mod map_attach;
 pub mod pressure_fill;
 
 // Issue 6 (caller routes, locality) harness pieces; used by tests/route_*.rs and
