@@ -106,7 +106,7 @@ struct ObjGetAttr {
     _pad: u32,
 }
 
-fn bpf(cmd: libc::c_long, attr: *mut u8, size: usize) -> std::io::Result<i64> {
+pub(crate) fn bpf(cmd: libc::c_long, attr: *mut u8, size: usize) -> std::io::Result<i64> {
     // SAFETY: `attr` points to a live bpf_attr variant of at least `size` bytes; the kernel
     // reads it and writes back only within it.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size) };
@@ -118,7 +118,7 @@ fn bpf(cmd: libc::c_long, attr: *mut u8, size: usize) -> std::io::Result<i64> {
 }
 
 /// Opens the pinned map at `pin`.
-fn open_pinned(pin: &Path) -> Result<OwnedFd> {
+pub(crate) fn open_pinned(pin: &Path) -> Result<OwnedFd> {
     let path = CString::new(pin.as_os_str().as_bytes())?;
     let mut attr = ObjGetAttr {
         pathname: path.as_ptr() as u64,

@@ -16,7 +16,11 @@
 //!    user space (what 262,144 open sockets or 65,536 (service, caller) pairs would do): the
 //!    gauges show them full and capped, one warning line each (not one per second),
 //!    connects through the VIPs and the per-caller-limited VIP still succeed, getpeername
-//!    still answers the VIP, and long-lived connections opened before still echo.
+//!    still answers the VIP, and long-lived connections opened before still echo. The
+//!    held connections are to a `same_node` service whose backends are outside the cgroup:
+//!    first the three same-node gauges count exactly their 100 sockets (the socket hash
+//!    key by key), then the two same-node LRU notes are filled beyond capacity too and the
+//!    held connections keep echoing over TCP.
 //!
 //! Ports 18720-18729, VIPs 127.100.71.x (services) and 127.100.72-73.x (the rejected config).
 
@@ -33,7 +37,7 @@ use sockmesh_bpf_tests::{
     loopback_addrs, Agent, BackendMode, ConnectClient, ServiceYaml, TcpBackendSet, TestBed,
 };
 
-const WATCHED: [&str; 9] = [
+const WATCHED: [&str; 12] = [
     "SM_SERVICES",
     "SM_SLOT_TABLES",
     "SM_BACKENDS",
@@ -43,16 +47,38 @@ const WATCHED: [&str; 9] = [
     "SM_WL_TIDS",
     "SM_SOCK_STAMPS",
     "SM_CALLER_CONNS",
+    "SM_SAME_NODE_WAIT",
+    "SM_SAME_NODE_TCP",
+    "SM_SAME_NODE",
 ];
+
+/// The kernel-filled maps that must evict rather than fail.
+const LRU: [&str; 4] = [
+    "SM_SOCK_STAMPS",
+    "SM_CALLER_CONNS",
+    "SM_SAME_NODE_WAIT",
+    "SM_SAME_NODE_TCP",
+];
+
+/// A same-node note key no socket has (family 0).
+fn fake_pair(i: u64) -> Vec<u8> {
+    let mut k = vec![0u8; 40];
+    k[..8].copy_from_slice(&(FAKE_COOKIE_BASE + i).to_ne_bytes());
+    k
+}
 
 fn services(web: &[SocketAddr], echo: &[SocketAddr]) -> Vec<HealthService> {
     vec![
         HealthService::new(
             ServiceYaml::new("p-web", vip(1), "weighted_random").backends(web, &[1, 1]),
         ),
+        // Same-node, but its backends (this process) are not under the cgroup: the held
+        // clients join the socket hash, leave a note for a server end that never comes, and
+        // fall back to TCP on their first write, one entry each in the three same-node maps.
         HealthService::new(
             ServiceYaml::new("p-echo", vip(2), "round_robin").backends(echo, &[1, 1]),
-        ),
+        )
+        .with("same_node", "true"),
         HealthService::new(
             ServiceYaml::new("p-limited", vip(3), "round_robin").backends(web, &[1, 1]),
         )
@@ -129,7 +155,7 @@ fn full_maps_reject_or_evict_and_existing_flows_keep_working() {
     assert_eq!(entries("SM_BACKENDS"), 4, "{gauges:?}");
     assert_eq!(entries("SM_BACKEND_TCP"), 6, "{gauges:?}");
     assert_eq!(entries("SM_ACL"), 0, "{gauges:?}");
-    for lru in ["SM_SOCK_STAMPS", "SM_CALLER_CONNS"] {
+    for lru in LRU {
         let info = map_info(&map_pin(&pins, lru).unwrap()).unwrap();
         assert_eq!(
             info.kind, "lru_hash",
@@ -209,6 +235,24 @@ fn full_maps_reject_or_evict_and_existing_flows_keep_working() {
             |t| map_gauges(t).is_ok_and(|g| g["SM_SOCK_STAMPS"].0 >= 100),
         )
         .unwrap();
+    let text = bed
+        .agent()
+        .wait_metrics(
+            "one entry per held socket in each same-node map",
+            Duration::from_secs(10),
+            |t| {
+                map_gauges(t).is_ok_and(|g| {
+                    ["SM_SAME_NODE", "SM_SAME_NODE_WAIT", "SM_SAME_NODE_TCP"]
+                        .iter()
+                        .all(|m| g[*m].0 == 100)
+                })
+            },
+        )
+        .unwrap();
+    println!(
+        "pressure: 100 held same-node sockets without a peer: {:?}",
+        map_gauges(&text).unwrap()
+    );
     let stamps = map_pin(&pins, "SM_SOCK_STAMPS").unwrap();
     let cap = map_info(&stamps).unwrap().max_entries;
     let started = Instant::now();
@@ -225,18 +269,30 @@ fn full_maps_reject_or_evict_and_existing_flows_keep_working() {
         k
     })
     .unwrap();
+    let mut same_node_caps = Vec::new();
+    for name in ["SM_SAME_NODE_WAIT", "SM_SAME_NODE_TCP"] {
+        let pin = map_pin(&pins, name).unwrap();
+        let cap = map_info(&pin).unwrap().max_entries;
+        fill(&pin, cap + cap / 10, fake_pair).unwrap();
+        same_node_caps.push((name, cap));
+    }
     let text = bed
         .agent()
-        .wait_metrics("both LRU maps over 90%", Duration::from_secs(30), |t| {
+        .wait_metrics("the LRU maps over 90%", Duration::from_secs(30), |t| {
             map_gauges(t).is_ok_and(|g| {
                 g["SM_SOCK_STAMPS"].0 * 10 >= cap * 9
                     && g["SM_CALLER_CONNS"].0 * 10 >= conns_cap * 9
+                    && same_node_caps.iter().all(|(m, c)| g[*m].0 * 10 >= c * 9)
             })
         })
         .unwrap();
     let gauges = map_gauges(&text).unwrap();
     assert!(gauges["SM_SOCK_STAMPS"].0 <= cap, "{gauges:?}");
     assert!(gauges["SM_CALLER_CONNS"].0 <= conns_cap, "{gauges:?}");
+    for (m, c) in &same_node_caps {
+        assert!(gauges[*m].0 <= *c, "{gauges:?}");
+    }
+    assert_eq!(gauges["SM_SAME_NODE"].0, 100, "{gauges:?}");
     println!(
         "pressure: wrote {n} socket stamps in {fill_time:?} and {m} caller counters; gauges \
          SM_SOCK_STAMPS {} / {cap}, SM_CALLER_CONNS {} / {conns_cap}",
@@ -264,7 +320,7 @@ fn full_maps_reject_or_evict_and_existing_flows_keep_working() {
     // One warning per map that crossed 90%, however many refreshes saw it full.
     std::thread::sleep(Duration::from_secs(3));
     let log = bed.agent().log();
-    for map in ["SM_SOCK_STAMPS", "SM_CALLER_CONNS"] {
+    for map in LRU {
         let lines: Vec<&str> = log
             .lines()
             .filter(|l| l.contains(&format!("map {map} is ")) && l.contains("% full"))

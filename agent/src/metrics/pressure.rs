@@ -5,8 +5,8 @@
 //!
 //! Where the counts come from (see `Signals::refresh`): the agent's own mirror for the
 //! tables it writes (services, slot tables, backends, ACL, backend TCP stats, callers,
-//! workload threads), and a bounded batch count for the two maps the kernel fills
-//! (`SM_SOCK_STAMPS`, `SM_CALLER_CONNS`, both LRU).
+//! workload threads), and a bounded count for the maps the kernel fills (`SM_SOCK_STAMPS`,
+//! `SM_CALLER_CONNS` and the same-node notes, all LRU, and the same-node socket hash).
 
 use std::{
     collections::BTreeMap,
@@ -21,8 +21,8 @@ use prometheus_client::{
 use sockmesh_common::{
     ACL_MAP, BACKENDS_MAP, BACKEND_STATS_MAP, CALLERS_MAP, CALLER_CONNS_MAP, MAX_ACL, MAX_BACKENDS,
     MAX_BACKEND_STATS, MAX_CALLERS, MAX_SAME_NODE_SOCKS, MAX_SERVICES, MAX_SLOT_TABLES,
-    MAX_SOCK_STAMPS, MAX_WORKLOAD_TIDS, SAME_NODE_PENDING_MAP, SAME_NODE_TCP_MAP, SERVICES_MAP,
-    SLOT_TABLES_MAP, SOCK_STAMPS_MAP, WORKLOAD_TIDS_MAP,
+    MAX_SOCK_STAMPS, MAX_WORKLOAD_TIDS, SAME_NODE_PENDING_MAP, SAME_NODE_SOCKS_MAP,
+    SAME_NODE_TCP_MAP, SERVICES_MAP, SLOT_TABLES_MAP, SOCK_STAMPS_MAP, WORKLOAD_TIDS_MAP,
 };
 use tracing::{info, warn};
 
@@ -39,7 +39,7 @@ pub struct WatchedMap {
 }
 
 /// Every map with a pressure gauge, in exposition order.
-pub const WATCHED: [WatchedMap; 11] = [
+pub const WATCHED: [WatchedMap; 12] = [
     WatchedMap {
         name: SERVICES_MAP,
         capacity: MAX_SERVICES,
@@ -92,6 +92,12 @@ pub const WATCHED: [WatchedMap; 11] = [
         capacity: MAX_SAME_NODE_SOCKS,
         when_full: "LRU: the oldest same-node clients still waiting for their server end are \
                     forgotten and stay on TCP; connections never fail",
+    },
+    WatchedMap {
+        name: SAME_NODE_SOCKS_MAP,
+        capacity: MAX_SAME_NODE_SOCKS,
+        when_full: "new same-node connections stay on loopback TCP (their sockets do not fit in \
+                    the socket hash); joined pairs and all connections are untouched",
     },
     WatchedMap {
         name: SAME_NODE_TCP_MAP,

@@ -9,7 +9,7 @@ use sockmesh_common::{
     BackendKey, BackendTcpStats, CallerEntry, RunqHist, BACKEND_STATS_MAP, CALLERS_MAP,
     CALLER_CONNS_MAP, HIST_BUCKETS, KERNEL_COUNTERS_MAP, LOST_EVENTS_SLOT, RUNQ_HIST_MAP,
     SAME_NODE_BYTES_SLOT, SAME_NODE_FALLBACKS_SLOT, SAME_NODE_PAIRS_SLOT, SAME_NODE_PENDING_MAP,
-    SAME_NODE_TCP_MAP, SOCK_STAMPS_MAP, UNENROLLED_SLOT, WORKLOAD_TIDS_MAP,
+    SAME_NODE_SOCKS_MAP, SAME_NODE_TCP_MAP, SOCK_STAMPS_MAP, UNENROLLED_SLOT, WORKLOAD_TIDS_MAP,
 };
 
 use super::map_count::{CountedMap, CountedMaps};
@@ -59,6 +59,8 @@ impl SignalMaps {
                     .context("reading SM_SAME_NODE_WAIT's info")?,
                 same_node_tcp: CountedMap::new(pinned(map_dir, SAME_NODE_TCP_MAP)?)
                     .context("reading SM_SAME_NODE_TCP's info")?,
+                same_node_socks: CountedMap::new(pinned(map_dir, SAME_NODE_SOCKS_MAP)?)
+                    .context("reading SM_SAME_NODE's info")?,
             }),
             backend_stats_entries: 0,
             missing_backend_keys: BTreeSet::new(),

@@ -14,6 +14,7 @@ use std::{
 
 use aya::maps::MapData;
 
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 /// Entries asked for per call: 4,096 keys and values (256 KiB for a 64-byte value).
 const CHUNK: u32 = 4096;
@@ -34,12 +35,22 @@ struct BatchAttr {
     flags: u64,
 }
 
+/// `union bpf_attr` for `BPF_MAP_GET_NEXT_KEY`.
+#[repr(C)]
+struct NextKeyAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    next_key: u64,
+}
+
 /// The maps the kernel fills that get a pressure gauge.
 pub struct CountedMaps {
     pub stamps: CountedMap,
     pub caller_conns: CountedMap,
     pub same_node_pending: CountedMap,
     pub same_node_tcp: CountedMap,
+    pub same_node_socks: CountedMap,
 }
 
 /// A kernel-written (non per-CPU) hash map whose entries are counted.
@@ -48,6 +59,8 @@ pub struct CountedMap {
     key_size: usize,
     value_size: usize,
     max_entries: u64,
+    /// Socket hashes have no batch lookup: their keys are walked one call per key.
+    key_walk: bool,
 }
 
 impl CountedMap {
@@ -57,12 +70,16 @@ impl CountedMap {
             key_size: info.key_size() as usize,
             value_size: info.value_size() as usize,
             max_entries: u64::from(info.max_entries()),
+            key_walk: matches!(info.map_type(), Ok(aya::maps::MapType::SockHash)),
             map,
         })
     }
 
     /// Entries in the map now (at most `max_entries`).
     pub fn count(&self) -> io::Result<u64> {
+        if self.key_walk {
+            return self.count_keys();
+        }
         let mut chunk = CHUNK;
         let mut keys = vec![0u8; chunk as usize * self.key_size];
         let mut values = vec![0u8; chunk as usize * self.value_size];
@@ -121,5 +138,42 @@ impl CountedMap {
             }
         }
         Ok(total.min(self.max_entries))
+    }
+
+    /// [`Self::count`] by `BPF_MAP_GET_NEXT_KEY`, one key per call, at most `max_entries`
+    /// calls. A key deleted while it is the cursor restarts the walk at the first key, so
+    /// under churn the count can be high; it is capped at the capacity.
+    fn count_keys(&self) -> io::Result<u64> {
+        let mut key = vec![0u8; self.key_size];
+        let mut next = vec![0u8; self.key_size];
+        let mut total = 0u64;
+        while total < self.max_entries {
+            let mut attr = NextKeyAttr {
+                map_fd: self.map.fd().as_fd().as_raw_fd() as u32,
+                _pad: 0,
+                key: if total == 0 { 0 } else { key.as_ptr() as u64 },
+                next_key: next.as_mut_ptr() as u64,
+            };
+            // SAFETY: BPF_MAP_GET_NEXT_KEY reads one key from `key` (or none: null) and
+            // writes one into `next`, both sized like this map's keys and alive for the call.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_MAP_GET_NEXT_KEY,
+                    &mut attr as *mut NextKeyAttr,
+                    std::mem::size_of::<NextKeyAttr>(),
+                )
+            };
+            if rc != 0 {
+                let err = io::Error::last_os_error();
+                return match err.raw_os_error() {
+                    Some(libc::ENOENT) => Ok(total),
+                    _ => Err(err),
+                };
+            }
+            total += 1;
+            std::mem::swap(&mut key, &mut next);
+        }
+        Ok(total)
     }
 }

@@ -4,8 +4,8 @@
 //!   mirror of them ([`MIRROR_COUNTS`]), no kernel access.
 //! - Tables this module's refresh writes (callers, workload threads) and the backend stats
 //!   entries created per config: the counts the syncs end with.
-//! - The LRU maps the kernel fills (`SM_SOCK_STAMPS`, `SM_CALLER_CONNS`): counted with batch
-//!   lookups ([`super::map_count`]), within a CPU budget: a count that took `t` is repeated
+//! - The maps the kernel fills (`SM_SOCK_STAMPS`, `SM_CALLER_CONNS`, the same-node maps):
+//!   counted with batch lookups, the socket hash key by key ([`super::map_count`]), within a CPU budget: a count that took `t` is repeated
 //!   no sooner than `t / COUNT_CPU_SHARE` later (and never more than once a second).
 
 use std::{
@@ -15,7 +15,8 @@ use std::{
 
 use sockmesh_common::{
     ACL_MAP, BACKENDS_MAP, BACKEND_STATS_MAP, CALLERS_MAP, CALLER_CONNS_MAP, SAME_NODE_PENDING_MAP,
-    SAME_NODE_TCP_MAP, SERVICES_MAP, SLOT_TABLES_MAP, SOCK_STAMPS_MAP, WORKLOAD_TIDS_MAP,
+    SAME_NODE_SOCKS_MAP, SAME_NODE_TCP_MAP, SERVICES_MAP, SLOT_TABLES_MAP, SOCK_STAMPS_MAP,
+    WORKLOAD_TIDS_MAP,
 };
 use tracing::{debug, info, warn};
 
@@ -99,6 +100,7 @@ impl Signals {
             (CALLER_CONNS_MAP, &maps.caller_conns),
             (SAME_NODE_PENDING_MAP, &maps.same_node_pending),
             (SAME_NODE_TCP_MAP, &maps.same_node_tcp),
+            (SAME_NODE_SOCKS_MAP, &maps.same_node_socks),
         ] {
             match map.count() {
                 Ok(n) => p.record(name, n),
