@@ -21,7 +21,7 @@ use tracing::{debug, warn};
 
 use crate::{
     diagnose::api as diagnose,
-    engine::task::{Command, EngineHandle},
+    engine::task::{Command, EngineHandle, EngineViews},
     signals::Signals,
     status::SharedStatus,
 };
@@ -81,7 +81,16 @@ fn spawn_conn<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S, sta
                 if req.method() == Method::POST && authorized(&req, state.token.as_deref()) {
                     return Ok::<_, Infallible>(post(req, &state).await);
                 }
-                Ok::<_, Infallible>(handle(&req, &state))
+                // The engine's views are built by the engine task, on request.
+                let views = if req.method() == Method::GET
+                    && ENGINE_PATHS.contains(&req.uri().path())
+                    && authorized(&req, state.token.as_deref())
+                {
+                    state.engine.views().await
+                } else {
+                    None
+                };
+                Ok::<_, Infallible>(handle(&req, &state, views.as_ref()))
             }
         });
         if let Err(e) = hyper::server::conn::http1::Builder::new()
@@ -105,6 +114,13 @@ fn json_reply(code: StatusCode, value: &serde_json::Value) -> Response<Full<Byte
     let body =
         serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
     reply(code, "application/json", body + "\n")
+}
+
+fn engine_gone() -> Response<Full<Bytes>> {
+    json_reply(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &json!({"error": "the health engine is not running"}),
+    )
 }
 
 fn unknown_service(name: &str) -> Response<Full<Bytes>> {
@@ -133,7 +149,14 @@ pub fn authorized(req: &Request<Incoming>, token: Option<&str>) -> bool {
         .is_some_and(|given| token_matches(given.trim().as_bytes(), expected.as_bytes()))
 }
 
-fn handle(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+/// The paths answered from the engine's views.
+const ENGINE_PATHS: [&str; 3] = ["/v1/bans", "/v1/circuits", "/v1/diagnose"];
+
+fn handle(
+    req: &Request<Incoming>,
+    state: &AdminState,
+    engine: Option<&EngineViews>,
+) -> Response<Full<Bytes>> {
     if !authorized(req, state.token.as_deref()) {
         return json_reply(
             StatusCode::UNAUTHORIZED,
@@ -172,19 +195,15 @@ fn handle(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> 
             StatusCode::OK,
             &serde_json::to_value(state.signals.slos()).unwrap_or_default(),
         ),
-        "/v1/bans" => json_reply(
-            StatusCode::OK,
-            &state.engine.views.lock().expect("views").bans,
-        ),
-        "/v1/circuits" => json_reply(
-            StatusCode::OK,
-            &state.engine.views.lock().expect("views").circuits,
-        ),
+        "/v1/bans" | "/v1/circuits" | "/v1/diagnose" if engine.is_none() => engine_gone(),
+        "/v1/bans" => json_reply(StatusCode::OK, &engine.expect("checked above").bans),
+        "/v1/circuits" => json_reply(StatusCode::OK, &engine.expect("checked above").circuits),
         "/v1/lines" => json_reply(StatusCode::OK, &diagnose::lines_json(&state.signals)),
         "/v1/top" => json_reply(StatusCode::OK, &diagnose::top_json(&state.signals)),
         "/v1/diagnose" => {
             let name = query_param(req.uri().query().unwrap_or(""), "service").unwrap_or_default();
-            match diagnose::diagnose_json(&state.signals, &state.engine.views, &name) {
+            let engine = engine.expect("checked above");
+            match diagnose::diagnose_json(&state.signals, engine, &name) {
                 Some(v) => json_reply(StatusCode::OK, &v),
                 None => unknown_service(&name),
             }

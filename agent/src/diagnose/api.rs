@@ -4,8 +4,6 @@
 //! Locks are taken one after another, never together: the SLO tracker's, the engine's
 //! views, then the signals' (which holds the recorder).
 
-use std::sync::Mutex;
-
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -32,24 +30,17 @@ pub fn top_json(signals: &Signals) -> Value {
 }
 
 /// `None` for a service the applied config does not have.
-pub fn diagnose_json(
-    signals: &Signals,
-    engine: &Mutex<EngineViews>,
-    service: &str,
-) -> Option<Value> {
+pub fn diagnose_json(signals: &Signals, engine: &EngineViews, service: &str) -> Option<Value> {
     let slos = signals.slos();
-    let (bans, circuits) = {
-        let views = engine.lock().expect("views");
-        (views.bans.clone(), views.circuits.clone())
-    };
+    let (bans, circuits) = (&engine.bans, &engine.circuits);
     let now = Instant::now();
     let diagnosis = signals.with_recorder(|rec, views, workloads| {
         let view = views.iter().find(|v| v.name == service)?;
         let ctx = input::Context {
             workloads,
             backend_workloads: rec.backend_workloads(),
-            bans: &bans,
-            circuits: &circuits,
+            bans,
+            circuits,
             slos: &slos,
         };
         Some(score::diagnose(&input::gather(rec, now, view, &ctx)))

@@ -162,8 +162,9 @@ impl Engine {
             .collect()
     }
 
-    pub fn services(&self) -> impl Iterator<Item = &ServiceHealth> {
-        self.services.values()
+    /// The services with their ids.
+    pub fn services_by_id(&self) -> impl Iterator<Item = (&u32, &ServiceHealth)> {
+        self.services.iter()
     }
 
     /// `/v1/bans`: every excluded backend with why and until when.

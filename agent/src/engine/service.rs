@@ -59,6 +59,23 @@ struct TcpSample {
     srtt_count: u64,
 }
 
+impl TcpSample {
+    /// The same counters (at any time): rates over samples that all agree are none.
+    fn same_counters(&self, other: &TcpSample) -> bool {
+        (
+            self.established,
+            self.retransmits,
+            self.srtt_sum_us,
+            self.srtt_count,
+        ) == (
+            other.established,
+            other.retransmits,
+            other.srtt_sum_us,
+            other.srtt_count,
+        )
+    }
+}
+
 #[derive(Debug)]
 pub struct BackendHealth {
     pub addr: SocketAddr,
@@ -104,6 +121,11 @@ pub struct ServiceHealth {
     /// When each backend left the slot table (banned or removed), for draining.
     pub excluded_since: BTreeMap<SocketAddr, Instant>,
     pub drain_grace: Duration,
+    /// Until when inputs recorded so far can still change what detection sees (outcomes
+    /// and changed TCP counters stay in the windows this long).
+    busy_until: Instant,
+    /// When detection last ran and found nothing, with nothing excluded and no panic.
+    clean_at: Option<Instant>,
 }
 
 impl ServiceHealth {
@@ -119,7 +141,23 @@ impl ServiceHealth {
             fault_refuse_ppm: 0,
             excluded_since: BTreeMap::new(),
             drain_grace: spec.drain_grace.0,
+            busy_until: now,
+            clean_at: None,
         }
+    }
+
+    /// An input detection reads changed at `now`: it may matter until it left the windows.
+    fn touched(&mut self, now: Instant) {
+        self.busy_until = self.busy_until.max(now + self.policy.window * 2);
+    }
+
+    /// True when detection would find what it found at `clean_at` (nothing): no input
+    /// changed since it settled, nothing is excluded and panic mode is off. An idle service
+    /// of a large mesh then costs nothing per tick.
+    pub(crate) fn settled(&self) -> bool {
+        self.clean_at.is_some_and(|t| t >= self.busy_until)
+            && !self.bans.any_excluded()
+            && !self.bans.panic_mode()
     }
 
     /// The config changed: keep state for backends that stay, forget the others.
@@ -139,6 +177,7 @@ impl ServiceHealth {
             self.circuit = Circuit::new(now, circuit);
         }
         self.drain_grace = spec.drain_grace.0;
+        self.clean_at = None;
         let keep: BTreeSet<u32> = backends.iter().map(|(id, _)| *id).collect();
         for gone in self
             .backends
@@ -162,6 +201,7 @@ impl ServiceHealth {
     }
 
     pub fn on_success(&mut self, now: Instant, backend: u32, handshake: Duration) {
+        self.touched(now);
         if let Some(b) = self.backends.get_mut(&backend) {
             b.window.record_success(now, Some(handshake));
             b.consecutive_failures = 0;
@@ -170,6 +210,7 @@ impl ServiceHealth {
     }
 
     pub fn on_failure(&mut self, now: Instant, backend: u32) {
+        self.touched(now);
         if let Some(b) = self.backends.get_mut(&backend) {
             b.window.record_failure(now);
             b.consecutive_failures = b.consecutive_failures.saturating_add(1);
@@ -179,14 +220,21 @@ impl ServiceHealth {
 
     pub fn on_tcp(&mut self, now: Instant, backend: u32, s: &BackendTcpStats) {
         let window = self.policy.window;
+        let mut changed = false;
         if let Some(b) = self.backends.get_mut(&backend) {
-            b.tcp.push_back(TcpSample {
+            let sample = TcpSample {
                 at: now,
                 established: s.established,
                 retransmits: s.retransmits,
                 srtt_sum_us: s.srtt_sum_us,
                 srtt_count: s.srtt_count,
-            });
+            };
+            // A first sample, or one equal to the last, leaves every rate as it was.
+            changed = b
+                .tcp
+                .back()
+                .is_some_and(|last| !last.same_counters(&sample));
+            b.tcp.push_back(sample);
             while b
                 .tcp
                 .front()
@@ -195,10 +243,14 @@ impl ServiceHealth {
                 b.tcp.pop_front();
             }
         }
+        if changed {
+            self.touched(now);
+        }
     }
 
     /// Starts a backend's outcome history afresh (it was let back in).
     pub fn forget_history(&mut self, backend: u32) {
+        self.clean_at = None;
         if let Some(b) = self.backends.get_mut(&backend) {
             b.window.clear();
             b.consecutive_failures = 0;
@@ -207,6 +259,9 @@ impl ServiceHealth {
 
     /// Runs detection and bans; returns backends newly banned (id, reason label).
     pub fn evaluate(&mut self, now: Instant) -> Vec<(u32, &'static str)> {
+        if self.settled() {
+            return Vec::new();
+        }
         let signals: Vec<BackendSignals> = self
             .backends
             .iter()
@@ -227,6 +282,9 @@ impl ServiceHealth {
             .collect();
         let outliers = detect(&self.policy, &signals);
         let outcomes = self.bans.evaluate(now, &outliers, self.backends.len());
+        self.clean_at =
+            (outliers.is_empty() && !self.bans.any_excluded() && !self.bans.panic_mode())
+                .then_some(now);
         let mut banned = Vec::new();
         for ((id, reason), (_, outcome)) in outliers.iter().zip(&outcomes) {
             if matches!(outcome, crate::health::ban::BanOutcome::Banned { .. }) {
@@ -265,6 +323,9 @@ impl ServiceHealth {
 
     /// Backends whose drain grace ran out while they stayed out of the slot table.
     pub fn due_drains(&mut self, now: Instant) -> Vec<SocketAddr> {
+        if self.excluded_since.is_empty() {
+            return Vec::new();
+        }
         let excluded: BTreeSet<SocketAddr> = self
             .bans
             .excluded()

@@ -2,8 +2,9 @@
 //! and drains, exports health metrics, and publishes the overlay the dataplane applies.
 
 use std::{
+    collections::{BTreeSet, HashMap},
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
 
@@ -39,9 +40,13 @@ pub enum Command {
         refuse_ppm: u32,
         reply: oneshot::Sender<bool>,
     },
+    /// The admin API's view of the engine as of now.
+    Views { reply: oneshot::Sender<EngineViews> },
 }
 
-/// The admin API's view of the engine, refreshed every tick.
+/// The admin API's view of the engine (`/v1/bans`, `/v1/circuits`), built when asked for:
+/// exact at the moment of the request, and nothing to build while nobody asks (at 10,000
+/// services, building them every tick was a tenth of the agent's CPU).
 #[derive(Default)]
 pub struct EngineViews {
     pub bans: Value,
@@ -52,7 +57,15 @@ pub struct EngineViews {
 pub struct EngineHandle {
     pub events: mpsc::UnboundedSender<ConnEvent>,
     pub commands: mpsc::UnboundedSender<Command>,
-    pub views: Arc<Mutex<EngineViews>>,
+}
+
+impl EngineHandle {
+    /// The engine's views now; `None` if the engine task is gone.
+    pub async fn views(&self) -> Option<EngineViews> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Views { reply }).ok()?;
+        answer.await.ok()
+    }
 }
 
 pub fn spawn(map_dir: PathBuf, signals: Arc<Signals>) -> (EngineHandle, watch::Receiver<Overlay>) {
@@ -60,18 +73,13 @@ pub fn spawn(map_dir: PathBuf, signals: Arc<Signals>) -> (EngineHandle, watch::R
     let (commands, mut command_rx) = mpsc::unbounded_channel::<Command>();
     let (probe_tx, mut probe_rx) = mpsc::unbounded_channel::<(u32, u32, bool)>();
     let (overlay_tx, overlay_rx) = watch::channel(Overlay::new());
-    let views = Arc::new(Mutex::new(EngineViews::default()));
-    let handle = EngineHandle {
-        events,
-        commands,
-        views: views.clone(),
-    };
-    let ctx = Ctx {
+    let handle = EngineHandle { events, commands };
+    let mut ctx = Ctx {
         map_dir,
         signals,
         probe_tx,
         overlay_tx,
-        views,
+        exported: HealthExport::default(),
     };
     tokio::spawn(async move {
         let mut engine = Engine::default();
@@ -84,18 +92,31 @@ pub fn spawn(map_dir: PathBuf, signals: Arc<Signals>) -> (EngineHandle, watch::R
                     // A backend failure may complete a ban: decide now, not at the next tick,
                     // because the caller keeps connecting meanwhile.
                     if ev.kind == EVENT_FAILED && !is_mesh_refusal(ev.result) {
-                        step(&mut engine, &ctx);
+                        step(&mut engine, &mut ctx);
                     }
                 }
                 Some((svc, backend, ok)) = probe_rx.recv() => {
                     engine.probe_result(Instant::now(), svc, backend, ok);
                     // A passed probe returns the backend now, not at the next tick.
-                    step(&mut engine, &ctx);
+                    step(&mut engine, &mut ctx);
                 }
                 Some(cmd) = command_rx.recv() => match cmd {
-                    Command::Config { config, views } => engine.on_config(Instant::now(), &config, &views),
+                    Command::Config { config, views } => {
+                        engine.on_config(Instant::now(), &config, &views);
+                        ctx.exported.reset(&ctx.signals);
+                    }
                     Command::Fault { service, refuse_ppm, reply } => {
                         let _ = reply.send(engine.set_fault(&service, refuse_ppm));
+                    }
+                    Command::Views { reply } => {
+                        let now = Instant::now();
+                        // The gauges as of the same moment: a reader of a view never sees
+                        // older metrics after it (a circuit half-open here but open there).
+                        ctx.exported.export(&engine, now, &ctx.signals);
+                        let _ = reply.send(EngineViews {
+                            bans: engine.bans_json(now),
+                            circuits: engine.circuits_json(now),
+                        });
                     }
                 },
                 _ = tick.tick() => {
@@ -104,7 +125,7 @@ pub fn spawn(map_dir: PathBuf, signals: Arc<Signals>) -> (EngineHandle, watch::R
                         engine.on_tcp(now, &ctx.signals.tcp_stats());
                         last_tcp = now;
                     }
-                    step(&mut engine, &ctx);
+                    step(&mut engine, &mut ctx);
                 }
             }
         }
@@ -118,11 +139,11 @@ struct Ctx {
     signals: Arc<Signals>,
     probe_tx: mpsc::UnboundedSender<(u32, u32, bool)>,
     overlay_tx: watch::Sender<Overlay>,
-    views: Arc<Mutex<EngineViews>>,
+    exported: HealthExport,
 }
 
 /// One evaluation: bans, probes, drains, metrics, admin views, and the overlay if it changed.
-fn step(engine: &mut Engine, ctx: &Ctx) {
+fn step(engine: &mut Engine, ctx: &mut Ctx) {
     let now = Instant::now();
     let signals = &ctx.signals;
     let out = engine.tick(now);
@@ -163,11 +184,7 @@ fn step(engine: &mut Engine, ctx: &Ctx) {
             }
         });
     }
-    export(engine, now, signals);
-    *ctx.views.lock().expect("views lock") = EngineViews {
-        bans: engine.bans_json(now),
-        circuits: engine.circuits_json(now),
-    };
+    ctx.exported.export(engine, now, signals);
     let overlay = engine.overlay(now);
     ctx.overlay_tx.send_if_modified(|current| {
         let changed = *current != overlay;
@@ -178,28 +195,71 @@ fn step(engine: &mut Engine, ctx: &Ctx) {
     });
 }
 
-/// Health gauges: banned backends, circuit state, panic mode.
-fn export(engine: &Engine, now: Instant, signals: &Signals) {
-    let m = &signals.metrics;
-    for svc in engine.services() {
-        let service = ServiceLabels {
-            service: svc.name.clone(),
-        };
-        m.circuit_state
-            .get_or_create(&service)
-            .set(svc.circuit.state(now).as_gauge());
-        m.panic_mode
-            .get_or_create(&service)
-            .set(i64::from(svc.bans.panic_mode()));
-        let excluded = svc.bans.excluded();
-        for (id, b) in &svc.backends {
-            let labels = BackendLabels {
+/// Health gauges (banned backends, circuit state, panic mode), written only where a value
+/// changed since the last step: at 10,000 services x 10 backends, setting all 100,000
+/// backend gauges every 50 ms tick (label formatting and family lookups) was about a third
+/// of the agent's CPU while nothing changed.
+#[derive(Default)]
+struct HealthExport {
+    services: HashMap<u32, ServiceExport>,
+}
+
+/// What was last exported for one service.
+struct ServiceExport {
+    circuit: i64,
+    panic: bool,
+    excluded: BTreeSet<u32>,
+}
+
+impl HealthExport {
+    /// A new config: the families start empty, so removed services and backends lose their
+    /// series, and every gauge is written again at the next step.
+    fn reset(&mut self, signals: &Signals) {
+        let m = &signals.metrics;
+        m.circuit_state.clear();
+        m.panic_mode.clear();
+        m.backend_banned.clear();
+        self.services.clear();
+    }
+
+    fn export(&mut self, engine: &Engine, now: Instant, signals: &Signals) {
+        let m = &signals.metrics;
+        for (id, svc) in engine.services_by_id() {
+            let circuit = svc.circuit.state(now).as_gauge();
+            let panic = svc.bans.panic_mode();
+            let excluded = svc.bans.excluded();
+            let last = self.services.get(id);
+            if last
+                .is_some_and(|l| l.circuit == circuit && l.panic == panic && l.excluded == excluded)
+            {
+                continue;
+            }
+            let service = ServiceLabels {
                 service: svc.name.clone(),
-                backend: b.addr.to_string(),
             };
-            m.backend_banned
-                .get_or_create(&labels)
-                .set(i64::from(excluded.contains(id)));
+            m.circuit_state.get_or_create(&service).set(circuit);
+            m.panic_mode.get_or_create(&service).set(i64::from(panic));
+            for (bid, b) in &svc.backends {
+                let banned = excluded.contains(bid);
+                if last.is_some_and(|l| l.excluded.contains(bid) == banned) {
+                    continue;
+                }
+                let labels = BackendLabels {
+                    service: svc.name.clone(),
+                    backend: b.addr.to_string(),
+                };
+                m.backend_banned
+                    .get_or_create(&labels)
+                    .set(i64::from(banned));
+            }
+            self.services.insert(
+                *id,
+                ServiceExport {
+                    circuit,
+                    panic,
+                    excluded,
+                },
+            );
         }
     }
 }

@@ -91,7 +91,7 @@ async fn the_cap_bans_one_of_three_and_raises_panic_mode() {
     let out = e.tick(Instant::now());
     assert_eq!(out.bans.len(), 1, "50% of 3 backends is one");
     assert_eq!(e.overlay(Instant::now())["web"].excluded.len(), 1);
-    assert!(e.services().next().unwrap().bans.panic_mode());
+    assert!(e.services_by_id().next().unwrap().1.bans.panic_mode());
 }
 
 #[tokio::test(start_paused = true)]
@@ -196,4 +196,49 @@ async fn late_failures_do_not_reban_a_backend_whose_probe_passed() {
         "one failure after return is not five"
     );
     assert!(e.overlay(Instant::now())["web"].excluded.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_services_settle_and_wake_on_any_input() {
+    use sockmesh_common::{BackendKey, BackendTcpStats};
+    let settled = |e: &Engine| e.services_by_id().next().unwrap().1.settled();
+    let mut e = engine(&config(3));
+    assert!(!settled(&e), "nothing evaluated yet");
+    e.tick(Instant::now());
+    assert!(
+        settled(&e),
+        "a service without inputs settles after one clean evaluation"
+    );
+
+    // Unchanged TCP counters keep it settled; changed ones wake it.
+    let key = BackendKey {
+        service_id: 1,
+        backend_id: 2,
+    };
+    let mut stats = BackendTcpStats::ZERO;
+    e.on_tcp(Instant::now(), &[(key, stats)]);
+    e.tick(Instant::now());
+    e.on_tcp(Instant::now(), &[(key, stats)]);
+    assert!(settled(&e), "the same counters again change nothing");
+    stats.established = 4;
+    e.on_tcp(Instant::now(), &[(key, stats)]);
+    assert!(!settled(&e), "new TCP counters wake it");
+
+    // One failure: awake while it is in the window, settled again once it left.
+    e.on_event(Instant::now(), &ev(2, EVENT_FAILED, RESULT_REFUSED));
+    assert!(!settled(&e));
+    e.tick(Instant::now());
+    assert!(!settled(&e), "the failure is still in the window");
+    advance(Duration::from_secs(600)).await;
+    e.on_tcp(Instant::now(), &[(key, stats)]);
+    e.tick(Instant::now());
+    assert!(settled(&e), "inputs left the windows: settled again");
+
+    // After a long quiet spell detection is as quick as ever.
+    for _ in 0..5 {
+        e.on_event(Instant::now(), &ev(2, EVENT_FAILED, RESULT_REFUSED));
+    }
+    let out = e.tick(Instant::now());
+    assert_eq!(out.bans.len(), 1, "banned after 5 failures in a row");
+    assert!(!settled(&e), "a ban keeps it evaluated");
 }

@@ -283,6 +283,11 @@ impl BanBook {
         self.panic
     }
 
+    /// True when some backend is banned or being probed.
+    pub fn any_excluded(&self) -> bool {
+        self.excluded_count() > 0
+    }
+
     /// The backend left the config: drop everything known about it.
     pub fn forget(&mut self, id: u32) {
         self.entries.remove(&id);

@@ -1,18 +1,19 @@
 //! Reading (and keying) the per-CPU signal maps. Values are summed across CPUs here; the
 //! kernel side never shares a counter between CPUs.
 
-use std::{collections::BTreeSet, path::Path};
+use std::{collections::BTreeSet, os::fd::AsFd, path::Path};
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{HashMap, IterableMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use sockmesh_common::{
     BackendKey, BackendTcpStats, CallerEntry, RunqHist, BACKEND_STATS_MAP, CALLERS_MAP,
-    CALLER_CONNS_MAP, HIST_BUCKETS, KERNEL_COUNTERS_MAP, LOST_EVENTS_SLOT, RUNQ_HIST_MAP,
-    SAME_NODE_BYTES_SLOT, SAME_NODE_FALLBACKS_SLOT, SAME_NODE_PAIRS_SLOT, SAME_NODE_PENDING_MAP,
-    SAME_NODE_SOCKS_MAP, SAME_NODE_TCP_MAP, SOCK_STAMPS_MAP, UNENROLLED_SLOT, WORKLOAD_TIDS_MAP,
+    CALLER_CONNS_MAP, HIST_BUCKETS, KERNEL_COUNTERS_MAP, LOST_EVENTS_SLOT, MAX_BACKEND_STATS,
+    RUNQ_HIST_MAP, SAME_NODE_BYTES_SLOT, SAME_NODE_FALLBACKS_SLOT, SAME_NODE_PAIRS_SLOT,
+    SAME_NODE_PENDING_MAP, SAME_NODE_SOCKS_MAP, SAME_NODE_TCP_MAP, SOCK_STAMPS_MAP,
+    UNENROLLED_SLOT, WORKLOAD_TIDS_MAP,
 };
 
-use super::map_count::{CountedMap, CountedMaps};
+use super::map_count::{walk_batch, CountedMap, CountedMaps};
 use crate::metrics::SameNodeCounters;
 
 pub struct SignalMaps {
@@ -111,12 +112,41 @@ impl SignalMaps {
         self.missing_backend_keys.len()
     }
 
+    /// Every (service, backend)'s counters summed over CPUs, read in batches (a chunk of
+    /// entries per system call: at 100,000 backends, one lookup per key was a third of the
+    /// agent's CPU).
     pub fn backend_stats(&self) -> Vec<(BackendKey, BackendTcpStats)> {
-        self.backend_stats
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(k, per_cpu)| (k, sum_tcp(per_cpu.iter())))
-            .collect()
+        const KEY: usize = size_of::<BackendKey>();
+        // Per-CPU values come back as one 8-byte-aligned slot per possible CPU.
+        const SLOT: usize = size_of::<BackendTcpStats>().next_multiple_of(8);
+        let mut out = Vec::with_capacity(self.backend_stats_entries);
+        let fd = self.backend_stats.map().fd().as_fd();
+        let mut cpus: Vec<BackendTcpStats> = Vec::with_capacity(self.nr_cpus);
+        let walked = walk_batch(
+            fd,
+            KEY,
+            SLOT * self.nr_cpus,
+            u64::from(MAX_BACKEND_STATS),
+            |keys, values, n| {
+                for i in 0..n {
+                    // SAFETY: the kernel wrote `n` keys of KEY bytes and `n` values of
+                    // `nr_cpus` SLOT-byte per-CPU slots; both types are plain old data.
+                    let key: BackendKey =
+                        unsafe { std::ptr::read_unaligned(keys[i * KEY..].as_ptr().cast()) };
+                    let per_cpu = &values[i * SLOT * self.nr_cpus..(i + 1) * SLOT * self.nr_cpus];
+                    cpus.clear();
+                    cpus.extend(per_cpu.chunks_exact(SLOT).map(|c| {
+                        // SAFETY: as above, one CPU's slot.
+                        unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<BackendTcpStats>()) }
+                    }));
+                    out.push((key, sum_tcp(cpus.iter())));
+                }
+            },
+        );
+        if let Err(e) = walked {
+            tracing::warn!(error = %e, "reading the per-backend TCP stats failed");
+        }
+        out
     }
 
     pub fn events_lost(&self) -> u64 {

@@ -9,7 +9,7 @@
 
 use std::{
     io,
-    os::fd::{AsFd, AsRawFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
 };
 
 use aya::maps::MapData;
@@ -80,64 +80,13 @@ impl CountedMap {
         if self.key_walk {
             return self.count_keys();
         }
-        let mut chunk = CHUNK;
-        let mut keys = vec![0u8; chunk as usize * self.key_size];
-        let mut values = vec![0u8; chunk as usize * self.value_size];
-        // The resume token: a bucket index (u32) for hash maps; sized like a key to be safe.
-        let token_len = self.key_size.max(8);
-        let mut token_in = vec![0u8; token_len];
-        let mut token_out = vec![0u8; token_len];
-        let mut first = true;
-        let mut total = 0u64;
-        // Every successful call returns at least one entry or ends the walk; bound it anyway.
-        let max_calls = self.max_entries / u64::from(CHUNK) + 64;
-        for _ in 0..max_calls {
-            let mut attr = BatchAttr {
-                in_batch: if first { 0 } else { token_in.as_ptr() as u64 },
-                out_batch: token_out.as_mut_ptr() as u64,
-                keys: keys.as_mut_ptr() as u64,
-                values: values.as_mut_ptr() as u64,
-                count: chunk,
-                map_fd: self.map.fd().as_fd().as_raw_fd() as u32,
-                ..BatchAttr::default()
-            };
-            // SAFETY: BPF_MAP_LOOKUP_BATCH writes at most `count` keys and values into the
-            // buffers, sized for `chunk` entries of this map's key and value sizes, and one
-            // token into `token_out`, sized at least like a key; all outlive the call.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_MAP_LOOKUP_BATCH,
-                    &mut attr as *mut BatchAttr,
-                    std::mem::size_of::<BatchAttr>(),
-                )
-            };
-            if rc == 0 {
-                total += u64::from(attr.count);
-                token_in.copy_from_slice(&token_out);
-                first = false;
-                if total >= self.max_entries {
-                    break;
-                }
-                continue;
-            }
-            let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                // The walk is over; the last call may still have returned entries.
-                Some(libc::ENOENT) => {
-                    total += u64::from(attr.count);
-                    break;
-                }
-                // One bucket holds more than a chunk: retry the same position with more room.
-                Some(libc::ENOSPC) if chunk < MAX_CHUNK => {
-                    chunk *= 2;
-                    keys.resize(chunk as usize * self.key_size, 0);
-                    values.resize(chunk as usize * self.value_size, 0);
-                }
-                _ => return Err(err),
-            }
-        }
-        Ok(total.min(self.max_entries))
+        walk_batch(
+            self.map.fd().as_fd(),
+            self.key_size,
+            self.value_size,
+            self.max_entries,
+            |_, _, _| {},
+        )
     }
 
     /// [`Self::count`] by `BPF_MAP_GET_NEXT_KEY`, one key per call, at most `max_entries`
@@ -176,4 +125,79 @@ impl CountedMap {
         }
         Ok(total)
     }
+}
+
+/// Walks the (non per-CPU, or per-CPU with `value_size` = the rounded value size times the
+/// possible CPUs) hash map `fd` with `BPF_MAP_LOOKUP_BATCH`, a chunk of buckets per system
+/// call, handing each chunk to `f` as `(keys, values, n)`: `n` entries of `key_size` and
+/// `value_size` bytes. Stops after `max_entries` entries or a bounded number of calls;
+/// returns the entries seen (at most `max_entries`).
+pub fn walk_batch(
+    fd: BorrowedFd<'_>,
+    key_size: usize,
+    value_size: usize,
+    max_entries: u64,
+    mut f: impl FnMut(&[u8], &[u8], usize),
+) -> io::Result<u64> {
+    let mut chunk = CHUNK;
+    let mut keys = vec![0u8; chunk as usize * key_size];
+    let mut values = vec![0u8; chunk as usize * value_size];
+    // The resume token: a bucket index (u32) for hash maps; sized like a key to be safe.
+    let token_len = key_size.max(8);
+    let mut token_in = vec![0u8; token_len];
+    let mut token_out = vec![0u8; token_len];
+    let mut first = true;
+    let mut total = 0u64;
+    // Every successful call returns at least one entry or ends the walk; bound it anyway.
+    let max_calls = max_entries / u64::from(CHUNK) + 64;
+    for _ in 0..max_calls {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { token_in.as_ptr() as u64 },
+            out_batch: token_out.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk,
+            map_fd: fd.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: BPF_MAP_LOOKUP_BATCH writes at most `count` keys and values into the
+        // buffers, sized for `chunk` entries of this map's key and value sizes, and one
+        // token into `token_out`, sized at least like a key; all outlive the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        let got = (attr.count as usize).min(chunk as usize);
+        if rc == 0 {
+            f(&keys[..got * key_size], &values[..got * value_size], got);
+            total += got as u64;
+            token_in.copy_from_slice(&token_out);
+            first = false;
+            if total >= max_entries {
+                break;
+            }
+            continue;
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            // The walk is over; the last call may still have returned entries.
+            Some(libc::ENOENT) => {
+                f(&keys[..got * key_size], &values[..got * value_size], got);
+                total += got as u64;
+                break;
+            }
+            // One bucket holds more than a chunk: retry the same position with more room.
+            Some(libc::ENOSPC) if chunk < MAX_CHUNK => {
+                chunk *= 2;
+                keys.resize(chunk as usize * key_size, 0);
+                values.resize(chunk as usize * value_size, 0);
+            }
+            _ => return Err(err),
+        }
+    }
+    Ok(total.min(max_entries))
 }
