@@ -362,7 +362,8 @@ fn a_policy_sets_the_service_fields() {
         json!({"service": "web", "lb": "maglev",
                "outlier": {"consecutive_failures": 3, "base_ban": "1s"},
                "routes": [{"match": {"lane": "canary"}, "to": {"track": "canary"}}],
-               "allowed_callers": ["shop-web-1", "shop-gone-0"]}),
+               "allowed_callers": ["shop-web-1", "shop-gone-0"],
+               "same_node": true}),
     ));
     let (cfg, rejected) = build_ok(&snap);
     assert!(rejected.is_empty(), "{rejected:?}");
@@ -377,6 +378,7 @@ fn a_policy_sets_the_service_fields() {
             "defaults fill the rest"
         );
         assert_eq!(s.routes.len(), 1);
+        assert!(s.same_node);
         // Callers that are not a workload now are dropped, not a rejection.
         assert_eq!(
             s.allowed_callers.as_deref(),
