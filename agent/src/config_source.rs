@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use sockmesh_control::server::{FileWatch, SourceEvent};
-use sockmesh_control::{parse_config, MeshConfig, DEFAULT_CONFIG_YAML};
+use sockmesh_model::{parse_config, MeshConfig, DEFAULT_CONFIG_YAML};
+use sockmesh_model::{FileWatch, SourceEvent};
 
 pub enum ConfigSource {
     File(PathBuf),

@@ -2,7 +2,7 @@
 //! and the one operation that matters, "make the kernel match this config".
 
 use anyhow::{Context, Result};
-use sockmesh_control::MeshConfig;
+use sockmesh_model::MeshConfig;
 use tracing::{info, warn};
 
 use crate::{

@@ -105,7 +105,7 @@ struct RunArgs {
 }
 
 fn parse_zone(zone: &str) -> Result<String, String> {
-    sockmesh_control::check_zone(zone).map(|()| zone.to_owned())
+    sockmesh_model::check_zone(zone).map(|()| zone.to_owned())
 }
 
 fn main() -> ExitCode {
@@ -137,7 +137,7 @@ fn main() -> ExitCode {
 fn check(path: &PathBuf) -> Result<()> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let cfg = sockmesh_control::parse_config(&text)?;
+    let cfg = sockmesh_model::parse_config(&text)?;
     // Also compile it: capacity limits of the kernel tables are checked here too.
     tables::plan(
         &cfg,
@@ -211,7 +211,7 @@ fn follow_options(
     node_name: Option<String>,
     state_dir: &std::path::Path,
 ) -> Result<follow::FollowOptions> {
-    use sockmesh_control::server::{agents::check_agent_name, ControlAddress, Token};
+    use sockmesh_model::{check_agent_name, ControlAddress, Token};
     let address = ControlAddress::parse(url)?;
     let token = match token_file {
         Some(f) => Some(Token::read_file(f)?),
@@ -236,8 +236,6 @@ fn follow_options(
         token: token.map(|t| t.as_str().to_owned()),
         node,
         state_dir: state_dir.to_owned(),
-        watch_timeout: Duration::from_secs(
-            sockmesh_control::server::protocol::DEFAULT_WATCH_TIMEOUT_SECS,
-        ),
+        watch_timeout: Duration::from_secs(sockmesh_model::protocol::DEFAULT_WATCH_TIMEOUT_SECS),
     })
 }

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use sockmesh_control::MeshConfig;
+use sockmesh_model::MeshConfig;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 

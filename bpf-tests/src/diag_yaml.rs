@@ -74,7 +74,7 @@ mod tests {
             &[DiagService::new(svc).with("outlier", "{max_banned_percent: 0}")],
             &[WorkloadYaml::new("client", "sockmesh-test-1-x/client")],
         );
-        let cfg = sockmesh_control::parse_config(&yaml).unwrap();
+        let cfg = sockmesh_model::parse_config(&yaml).unwrap();
         let s = &cfg.services[0];
         assert_eq!(s.outlier.max_banned_percent, 0);
         assert_eq!(s.slos.len(), 1);

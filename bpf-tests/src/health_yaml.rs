@@ -105,7 +105,7 @@ mod tests {
                 HealthWorkload::new("batch", "x/batch", Some("offline")),
             ],
         );
-        let cfg = sockmesh_control::parse_config(&yaml).unwrap();
+        let cfg = sockmesh_model::parse_config(&yaml).unwrap();
         let s = &cfg.services[0];
         assert_eq!(s.outlier.consecutive_failures, 7);
         assert_eq!(s.outlier.base_ban.0, std::time::Duration::from_secs(1));
@@ -116,9 +116,6 @@ mod tests {
             Some(&["front".to_string()][..])
         );
         assert_eq!(s.drain_grace.0, std::time::Duration::from_secs(1));
-        assert_eq!(
-            cfg.workloads[1].priority,
-            sockmesh_control::Priority::Offline
-        );
+        assert_eq!(cfg.workloads[1].priority, sockmesh_model::Priority::Offline);
     }
 }

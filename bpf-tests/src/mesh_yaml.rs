@@ -118,7 +118,7 @@ impl ServiceYaml {
 
 /// `MeshConfig::fingerprint()` of a config text: what `/status` reports once it is applied.
 pub fn fingerprint_of(yaml: &str) -> Result<String> {
-    let cfg = sockmesh_control::parse_config(yaml).context("test config does not parse")?;
+    let cfg = sockmesh_model::parse_config(yaml).context("test config does not parse")?;
     Ok(cfg.fingerprint())
 }
 
@@ -133,7 +133,7 @@ mod tests {
         let v6 = ServiceYaml::new("web6", "[fd00::100]:80".parse().unwrap(), "round_robin")
             .backends(&["[fd00::2]:8081".parse().unwrap()], &[1]);
         let yaml = ServiceYaml::mesh(&[v4, v6]);
-        let cfg = sockmesh_control::parse_config(&yaml).unwrap();
+        let cfg = sockmesh_model::parse_config(&yaml).unwrap();
         assert_eq!(cfg.services.len(), 2);
         assert_eq!(cfg.services[0].backends[0].weight, 3);
         assert_eq!(cfg.services[1].vip.to_string(), "fd00::100");
@@ -149,7 +149,7 @@ mod tests {
             WorkloadYaml::new("idle", "sockmesh-test-1-x/idle"),
         ];
         let cfg =
-            sockmesh_control::parse_config(&ServiceYaml::mesh_with_workloads(&[svc], &wl)).unwrap();
+            sockmesh_model::parse_config(&ServiceYaml::mesh_with_workloads(&[svc], &wl)).unwrap();
         assert_eq!(cfg.workloads.len(), 2);
         assert_eq!(cfg.workloads[0].cgroup, "sockmesh-test-1-x/frontend");
         assert_eq!(cfg.workloads[0].labels["team"], "web");

@@ -255,13 +255,13 @@ mod tests {
                 .label("lane", "canary")
                 .zone("a")],
         );
-        let cfg = sockmesh_control::parse_config(&yaml).unwrap();
+        let cfg = sockmesh_model::parse_config(&yaml).unwrap();
         let s = &cfg.services[0];
         assert_eq!(s.backends[0].labels["track"], "stable");
         assert_eq!(s.backends[0].zone.as_deref(), Some("a"));
         assert_eq!(s.backends[1].weight, 2);
         assert_eq!(s.routes.len(), 2);
-        assert_eq!(s.routes[0].fallback, sockmesh_control::Fallback::None);
+        assert_eq!(s.routes[0].fallback, sockmesh_model::Fallback::None);
         assert_eq!(s.routes[1].weight_split[1].percent, 10);
         assert_eq!(s.locality.as_ref().unwrap().min_healthy_percent, 60);
         assert_eq!(cfg.workloads[0].labels["lane"], "canary");

@@ -78,7 +78,7 @@ fn check_exits_zero_on_good_file_and_names_field_of_bad_one() {
         ("not YAML", "services: [\n".to_string(), None),
     ];
     for (what, yaml, field) in bad_cases {
-        let model = sockmesh_control::parse_config(&yaml).expect_err(what);
+        let model = sockmesh_model::parse_config(&yaml).expect_err(what);
         // The field path is the model's own; the CLI must report it (and at least the
         // fields the brief names literally).
         let expected = field

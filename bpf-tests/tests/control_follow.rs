@@ -112,9 +112,7 @@ fn control_file_edit_reaches_the_agents_kernel_tables() {
     let saved = std::fs::read_to_string(bed.last_applied()).unwrap();
     assert!(saved.contains("# control-version: 2\n"), "{saved}");
     assert_eq!(
-        sockmesh_control::parse_config(&saved)
-            .unwrap()
-            .fingerprint(),
+        sockmesh_model::parse_config(&saved).unwrap().fingerprint(),
         fingerprint_of(&v2).unwrap()
     );
 }
@@ -128,7 +126,7 @@ fn control_rejects_an_invalid_edit_and_it_never_reaches_the_agent() {
     let before = bed.start_agent(None).unwrap().status().unwrap();
 
     let bad = v1.replace("lb: weighted_random", "lb: fastest");
-    let err = sockmesh_control::parse_config(&bad).unwrap_err();
+    let err = sockmesh_model::parse_config(&bad).unwrap_err();
     assert_eq!(err.path(), Some("services[0].lb"), "test premise: {err}");
     bed.control().write_config(&bad).unwrap();
     let status = bed

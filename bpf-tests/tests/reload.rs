@@ -125,7 +125,7 @@ fn reload_broken_file_is_rejected_and_old_routing_continues() {
     .into_iter()
     .enumerate()
     {
-        let err = sockmesh_control::parse_config(&yaml).unwrap_err();
+        let err = sockmesh_model::parse_config(&yaml).unwrap_err();
         assert_eq!(err.path(), Some(field), "test premise: {err}");
         bed.write_config(&yaml).unwrap();
         let want = rejected + n as u64 + 1;

@@ -1,38 +1,165 @@
-//! The mesh's desired state: the one definition shared by the agent, the control plane and
-//! the `sockmesh` CLI.
+//! `sockmesh-control`: holds the mesh's desired state, versions it, and serves it to every
+//! node's agent. docs/control-plane.md is the operator and protocol reference.
 //!
-//! A mesh is a list of services. Each service is a virtual address (VIP and port) that
-//! callers connect to, a load-balancing policy, and the backends a connection to the VIP is
-//! routed to. The kernel rewrites the destination once, at `connect()`, so everything that
-//! must hold for that rewrite to be safe (same address family, no routing loop, at least one
-//! backend that can take traffic) is checked here, before a config ever reaches a node.
-//!
-//! ```
-//! let cfg = sockmesh_control::parse_config(
-//!     "services:\n  - name: web\n    vip: 127.100.0.1\n    port: 80\n    backends:\n      - addr: 127.0.0.2:8081\n",
-//! )?;
-//! assert_eq!(cfg.services[0].lb, sockmesh_control::LbPolicy::WeightedRandom);
-//! println!("config {}", cfg.fingerprint());
-//! # Ok::<(), sockmesh_control::ConfigError>(())
+//! ```text
+//! Source (file | Kubernetes) ──SourceEvent──> Hub ──watch channel──> API long-polls
+//!                                                   │ History: global version, per-service
+//!                                                   │ versions, last K revisions, rollback
+//!                                                   │ Agents: acks, applied version, sync age
+//!                                                   └──> Store (--state-dir), metrics
 //! ```
 //!
-//! See [`model`] for the schema and its rules; `docs/config.md` is the operator reference.
-//! [`cli`] is the library half of the `sockmesh` operator CLI (`docs/cli.md`), which reads
-//! the agent's admin API. [`server`] is the control plane (`sockmesh-control`) that serves
-//! the desired state to every node's agent, versioned (`docs/control-plane.md`).
+//! - [`source`]: the [`Source`] trait and [`FileSource`]. A source validates with the same
+//!   [`parse_config`](sockmesh_model::parse_config) as the agent; what does not validate is a
+//!   [`SourceEvent::Rejected`] with its field path, counted and never served.
+//! - `kube_source` (feature `kubernetes`): `KubeSource`, the same trait fed by the
+//!   Kubernetes API (Services, EndpointSlices, Pods, Namespaces, MeshPolicies).
+//! - [`history`]: [`History`] and [`Revision`], pure: versions, diffs
+//!   ([`diff`](diff::diff)), eviction, rollback.
+//! - [`agents`]: per-agent acks and sync age, pure.
+//! - [`hub`]: the shared state tying them together; [`store`]: revisions on disk.
+//! - [`api`], [`listen`]: HTTP on TCP (bearer token) and a unix socket (0600).
+//! - [`metrics`]: the `sockmesh_control_*` series.
+//!
+//! What travels on the wire (paths, bodies, the request decoder, the token, the exposition
+//! formats) is not here but in `sockmesh-model`, which the agent and the CLI share; the agent
+//! never depends on this crate.
 
-pub mod cli;
-pub mod model;
-pub mod server;
+pub mod agents;
+pub mod api;
+pub mod diff;
+pub mod history;
+pub mod hub;
+#[cfg(feature = "kubernetes")]
+pub mod kube_source;
+pub mod listen;
+pub mod metrics;
+pub mod source;
+pub mod store;
 
-mod default_config;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 
-pub use default_config::{default_config, DEFAULT_CONFIG_YAML};
-pub use model::{
-    check_node_name, check_zone, parse_config, BackendSpec, CircuitSpec, ConfigError, Enrollment,
-    Fallback, LbPolicy, LimitsSpec, LocalitySpec, Location, MeshConfig, OutlierSpec, Priority,
-    RouteSpec, ServiceSpec, SliKind, SloSpec, Span, SplitSpec, WorkloadSpec, CONFIG_VERSION,
-    MAX_BACKENDS_PER_SERVICE, MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN, MAX_MESH_WORKLOADS,
-    MAX_NODE_NAME_LEN, MAX_ROUTES_PER_SERVICE, MAX_SERVICES, MAX_SERVICE_NAME_LEN,
-    MAX_SLOS_PER_SERVICE, MAX_SPLITS_PER_ROUTE, MAX_WEIGHT, MAX_WORKLOADS, MAX_ZONE_LEN,
-};
+pub use history::{History, Revision, DEFAULT_KEEP};
+pub use hub::Hub;
+pub use source::{FileSource, FileWatch, Source, SourceError, SourceEvent};
+
+use sockmesh_model::Token;
+use tracing::info;
+
+/// Everything [`run`] needs; the binary fills it from flags.
+#[derive(Debug)]
+pub struct ServerOptions {
+    /// TCP API listeners; each requires `token`.
+    pub listen: Vec<SocketAddr>,
+    /// The unix socket API (mode 0600, no token).
+    pub listen_unix: Option<PathBuf>,
+    pub token: Option<Token>,
+    pub metrics_addr: SocketAddr,
+    /// Where revisions are stored; `None` keeps them in memory only.
+    pub state_dir: Option<PathBuf>,
+    pub keep: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("no API listener: give --listen ADDR (with --token-file) and/or --listen-unix PATH")]
+    NoListener,
+    #[error("--listen needs a token (--token-file or SOCKMESH_CONTROL_TOKEN): the TCP API never runs without one")]
+    NoToken,
+    #[error("binding {what}: {cause}")]
+    Bind { what: String, cause: std::io::Error },
+    #[error("state dir: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("the initial config from {source_name} is invalid and no stored revision exists to serve instead: {cause}")]
+    InitialInvalid {
+        source_name: String,
+        cause: SourceError,
+    },
+}
+
+/// Runs the control plane until the process is stopped: reads the source's first state
+/// (or serves the stored head when that one is invalid), binds every listener, then
+/// follows the source forever.
+pub async fn run(mut source: Box<dyn Source>, opts: ServerOptions) -> Result<(), ServerError> {
+    if opts.listen.is_empty() && opts.listen_unix.is_none() {
+        return Err(ServerError::NoListener);
+    }
+    if !opts.listen.is_empty() && opts.token.is_none() {
+        return Err(ServerError::NoToken);
+    }
+    let store = opts
+        .state_dir
+        .as_deref()
+        .map(store::Store::open)
+        .transpose()?;
+    let hub = Arc::new(Hub::new(source.describe(), opts.keep, store)?);
+
+    // The first state decides whether there is anything to serve.
+    let first = source.next_event().await;
+    if let SourceEvent::Rejected(cause) = &first {
+        if hub.head().is_none() {
+            return Err(ServerError::InitialInvalid {
+                source_name: source.describe(),
+                cause: cause.clone(),
+            });
+        }
+    }
+    hub.on_source(first);
+
+    let bind = |what: String| move |cause| ServerError::Bind { what, cause };
+    let metrics_listener = tokio::net::TcpListener::bind(opts.metrics_addr)
+        .await
+        .map_err(bind(format!("metrics on {}", opts.metrics_addr)))?;
+    let mut listening = api::Listening {
+        metrics: metrics_listener.local_addr().ok().map(|a| a.to_string()),
+        unix: opts.listen_unix.as_ref().map(|p| p.display().to_string()),
+        ..api::Listening::default()
+    };
+    let mut tcp = Vec::new();
+    for addr in &opts.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(bind(format!("the API on {addr}")))?;
+        listening.tcp.push(
+            listener
+                .local_addr()
+                .map_or(addr.to_string(), |a| a.to_string()),
+        );
+        tcp.push(listener);
+    }
+    let unix = match &opts.listen_unix {
+        Some(path) => Some(
+            listen::bind_unix(path).map_err(bind(format!("the API socket {}", path.display())))?,
+        ),
+        None => None,
+    };
+    let listening = Arc::new(listening);
+    let api = |token: Option<Token>| api::Api {
+        hub: hub.clone(),
+        token,
+        listening: listening.clone(),
+    };
+    for listener in tcp {
+        tokio::spawn(listen::serve_tcp(listener, api(opts.token.clone())));
+    }
+    if let Some(listener) = unix {
+        tokio::spawn(listen::serve_unix(listener, api(None)));
+    }
+    let registry = Arc::new(metrics::registry(&hub));
+    tokio::spawn(metrics::serve(metrics_listener, registry, hub.clone()));
+    info!(
+        source = %hub.source(),
+        listen = ?listening.tcp,
+        listen_unix = listening.unix.as_deref().unwrap_or("-"),
+        metrics = listening.metrics.as_deref().unwrap_or("-"),
+        state_dir = ?opts.state_dir,
+        keep = opts.keep,
+        version = hub.head().map(|h| h.version),
+        "sockmesh-control serving"
+    );
+    loop {
+        hub.on_source(source.next_event().await);
+    }
+}

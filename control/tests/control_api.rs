@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use control_process::{fingerprint, mesh, Control, TOKEN};
 use serde_json::json;
-use sockmesh_control::cli::control::ControlError;
-use sockmesh_control::server::protocol::Snapshot;
+use sockmesh_cli::control::ControlError;
+use sockmesh_model::protocol::Snapshot;
 
 const PATHS: [&str; 6] = [
     "/v1/snapshot",
@@ -42,11 +42,9 @@ fn tcp_requests_without_the_token_get_401_and_the_socket_is_private() {
     let r = control.raw_get("/v1/status", Some(&format!("Bearer {TOKEN}")));
     assert_eq!(r.status, 200);
     // POSTs too, and nothing they carry is acted on.
-    let client = sockmesh_control::cli::control::ControlClient::new(
-        sockmesh_control::server::ControlAddress::Tcp {
-            authority: control.tcp.clone().unwrap(),
-        },
-    );
+    let client = sockmesh_cli::control::ControlClient::new(sockmesh_model::ControlAddress::Tcp {
+        authority: control.tcp.clone().unwrap(),
+    });
     let err = client
         .post_json("/v1/rollback", &json!({"version": 1}))
         .unwrap_err();
@@ -82,7 +80,7 @@ fn file_edits_make_versions_and_wake_a_watch_at_once() {
     let snap: Snapshot = serde_json::from_value(control.get("/v1/snapshot")).unwrap();
     assert_eq!(snap.version, 1);
     assert_eq!(snap.fingerprint, fingerprint(&v1));
-    assert_eq!(snap.config, sockmesh_control::parse_config(&v1).unwrap());
+    assert_eq!(snap.config, sockmesh_model::parse_config(&v1).unwrap());
     assert_eq!(snap.service_versions["web"], 1);
 
     // A watch at the head waits; an edit answers it at once.
@@ -155,7 +153,7 @@ fn an_invalid_edit_is_rejected_with_its_field_path_and_never_served() {
     let v1 = mesh(&[("web", 1, 1)]);
     let control = Control::start(&v1);
     let bad = v1.replace("127.0.0.2:18800", "127.0.0.300:18800");
-    let err = sockmesh_control::parse_config(&bad).unwrap_err();
+    let err = sockmesh_model::parse_config(&bad).unwrap_err();
     assert_eq!(err.path(), Some("services[0].backends[0].addr"));
     control.write_config(&bad);
     let status = control.wait_json("/v1/status", "a rejection", |s| s["rejected"] == 1);
@@ -382,7 +380,7 @@ fn start_up_refuses_what_it_cannot_serve() {
 
     // /ready on the metrics address.
     let stream = std::net::TcpStream::connect(control.metrics.as_deref().unwrap()).unwrap();
-    let r = sockmesh_control::cli::http::get(stream, "x", "/ready", None).unwrap();
+    let r = sockmesh_cli::http::get(stream, "x", "/ready", None).unwrap();
     assert_eq!(
         (r.status, String::from_utf8_lossy(&r.body).trim()),
         (200, "ready: version 1")

@@ -8,7 +8,7 @@ use control_process::{fingerprint, mesh, Control};
 use serde_json::json;
 
 fn sockmesh(control: &Control, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sockmesh"))
+    Command::new(control_process::cli_bin())
         .args(args)
         .arg("--control-url")
         .arg(format!("http://{}", control.tcp.as_deref().unwrap()))
@@ -109,7 +109,7 @@ fn agents_table_and_errors() {
     );
 
     // The unix socket works without a token.
-    let out = Command::new(env!("CARGO_BIN_EXE_sockmesh"))
+    let out = Command::new(control_process::cli_bin())
         .args(["config", "agents", "-o", "json", "--control-url"])
         .arg(format!("unix:{}", control.socket().display()))
         .output()
@@ -119,7 +119,7 @@ fn agents_table_and_errors() {
 
     // A wrong token is the control plane's 401.
     std::fs::write(control.path("bad-token"), "nope\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sockmesh"))
+    let out = Command::new(control_process::cli_bin())
         .args(["config", "history", "--control-url"])
         .arg(format!("http://{}", control.tcp.as_deref().unwrap()))
         .arg("--token-file")
@@ -133,7 +133,7 @@ fn agents_table_and_errors() {
     );
 
     // An http:// URL without any token is a usage error, before connecting.
-    let out = Command::new(env!("CARGO_BIN_EXE_sockmesh"))
+    let out = Command::new(control_process::cli_bin())
         .args(["config", "history", "--control-url", "http://127.0.0.1:1"])
         .env_remove("SOCKMESH_CONTROL_TOKEN")
         .env_remove("SOCKMESH_TOKEN_FILE")
@@ -143,7 +143,7 @@ fn agents_table_and_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs --token-file"));
 
     // Nobody there: exit 1 with a hint.
-    let out = Command::new(env!("CARGO_BIN_EXE_sockmesh"))
+    let out = Command::new(control_process::cli_bin())
         .args(["config", "history", "--control-url"])
         .arg(format!("unix:{}", control.path("missing.sock").display()))
         .output()

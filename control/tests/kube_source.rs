@@ -22,10 +22,11 @@ use std::time::{Duration, Instant};
 
 use fake_kube::FakeKube;
 use serde_json::{json, Value};
-use sockmesh_control::cli::control::ControlClient;
-use sockmesh_control::server::kube_source::{KubeOptions, KubeSource};
-use sockmesh_control::server::{ControlAddress, Source, SourceEvent};
-use sockmesh_control::{LbPolicy, MeshConfig};
+use sockmesh_cli::control::ControlClient;
+use sockmesh_control::kube_source::{KubeOptions, KubeSource};
+use sockmesh_control::{Source, SourceEvent};
+use sockmesh_model::ControlAddress;
+use sockmesh_model::{LbPolicy, MeshConfig};
 
 const WAIT: Duration = Duration::from_secs(15);
 

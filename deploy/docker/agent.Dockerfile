@@ -47,7 +47,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     SOCKMESH_EBPF_OBJ=/ebpf cargo build --release --locked \
-      -p sockmesh-agent -p sockmesh-control --bin sockmesh-agent --bin sockmesh \
+      -p sockmesh-agent -p sockmesh-cli --bin sockmesh-agent --bin sockmesh \
  && install -D -m 0755 target/release/sockmesh-agent target/release/sockmesh /out/
 
 # ---- runtime ---------------------------------------------------------------------------------

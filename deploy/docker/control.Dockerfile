@@ -15,7 +15,7 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p sockmesh-control \
+    cargo build --release --locked -p sockmesh-control -p sockmesh-cli \
       --bin sockmesh-control --bin sockmesh \
  && install -D -m 0755 target/release/sockmesh-control target/release/sockmesh /out/
 

@@ -1,5 +1,5 @@
 //! The admin API decoder: the `sockmesh` CLI's HTTP/1.1 reply reader
-//! (`sockmesh_control::cli::http::read_response`) on arbitrary bytes from the server.
+//! (`sockmesh_cli::http::read_response`) on arbitrary bytes from the server.
 //!
 //! This is the decoder that reads whatever a socket sends back to the CLI (a wrong port, a
 //! dying agent, a hostile peer); the control plane's request decoder has its own target
@@ -22,7 +22,7 @@ use std::io::{self, BufReader, Read};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use libfuzzer_sys::fuzz_target;
-use sockmesh_control::cli::http::{read_response, MAX_BODY_BYTES};
+use sockmesh_cli::http::{read_response, MAX_BODY_BYTES};
 
 /// Counts the bytes Rust code has allocated and the peak since the last reset.
 struct Counting;

@@ -1,4 +1,4 @@
-//! The control plane's request decoder (`sockmesh_control::server::request::decode`) on
+//! The control plane's request decoder (`sockmesh_model::request::decode`) on
 //! arbitrary requests: whatever a client sends as method, path, query and body, the
 //! decoder answers with a request or a 4xx, never a panic, and what it accepts is within
 //! the API's rules (agent names, the watch timeout cap, the ack error cap) and survives a
@@ -11,11 +11,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sockmesh_control::server::agents::MAX_AGENT_NAME_LEN;
-use sockmesh_control::server::protocol::{
+use sockmesh_model::MAX_AGENT_NAME_LEN;
+use sockmesh_model::protocol::{
     ACK_PATH, MAX_WATCH_TIMEOUT_SECS, ROLLBACK_PATH, SNAPSHOT_PATH, WATCH_PATH,
 };
-use sockmesh_control::server::request::{decode, ApiRequest, MAX_ACK_ERROR_BYTES, PATHS};
+use sockmesh_model::request::{decode, ApiRequest, MAX_ACK_ERROR_BYTES, PATHS};
 
 const METHODS: [&str; 6] = ["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH"];
 

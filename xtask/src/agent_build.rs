@@ -16,6 +16,8 @@ pub fn run() -> Result<PathBuf> {
         "sockmesh-agent",
         "-p",
         "sockmesh-control",
+        "-p",
+        "sockmesh-cli",
         "--bins",
     ]))?;
     let bin = workspace::agent_bin();

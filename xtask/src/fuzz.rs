@@ -141,7 +141,7 @@ fn run_target(fuzz_dir: &Path, name: &str, seconds: u64) -> Result<Outcome> {
     fs::create_dir_all(&logs).with_context(|| format!("create {}", logs.display()))?;
     if name == "config_parse" {
         // The embedded default config is a seed too, read from its one source.
-        let default = workspace::root().join("control/src/default.yaml");
+        let default = workspace::root().join("control/model/src/default.yaml");
         fs::copy(&default, corpus.join("default.yaml"))
             .with_context(|| format!("copy {}", default.display()))?;
     }

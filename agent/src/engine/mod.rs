@@ -20,7 +20,7 @@ use sockmesh_common::{
     is_mesh_refusal, BackendKey, BackendTcpStats, ConnEvent, EVENT_ESTABLISHED, EVENT_FAILED,
     RESULT_LIMITED,
 };
-use sockmesh_control::{MeshConfig, Priority};
+use sockmesh_model::{MeshConfig, Priority};
 use tokio::time::Instant;
 
 pub use service::ServiceHealth;

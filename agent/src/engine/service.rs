@@ -8,7 +8,7 @@ use std::{
 };
 
 use sockmesh_common::BackendTcpStats;
-use sockmesh_control::{CircuitSpec, OutlierSpec, ServiceSpec};
+use sockmesh_model::{CircuitSpec, OutlierSpec, ServiceSpec};
 use tokio::time::Instant;
 
 use crate::{

@@ -10,7 +10,7 @@ use std::{
 
 use serde_json::Value;
 use sockmesh_common::{is_mesh_refusal, ConnEvent, EVENT_FAILED};
-use sockmesh_control::MeshConfig;
+use sockmesh_model::MeshConfig;
 use tokio::{
     sync::{mpsc, oneshot, watch},
     time::Instant,

@@ -7,7 +7,7 @@ use sockmesh_common::{
     ConnEvent, EVENT_ESTABLISHED, EVENT_FAILED, RESULT_CIRCUIT_OPEN, RESULT_LIMITED, RESULT_OK,
     RESULT_REFUSED,
 };
-use sockmesh_control::{BackendSpec, LbPolicy, MeshConfig, ServiceSpec};
+use sockmesh_model::{BackendSpec, LbPolicy, MeshConfig, ServiceSpec};
 use tokio::time::{advance, Instant};
 
 use super::Engine;
@@ -135,11 +135,11 @@ async fn circuit_opens_on_failures_and_recovers_through_half_open() {
 #[tokio::test(start_paused = true)]
 async fn limit_refusals_shed_lower_priorities_for_a_while() {
     let mut cfg = config(1);
-    cfg.workloads.push(sockmesh_control::WorkloadSpec {
+    cfg.workloads.push(sockmesh_model::WorkloadSpec {
         name: "batch".into(),
         cgroup: "x/batch".into(),
         labels: Default::default(),
-        priority: sockmesh_control::Priority::Offline,
+        priority: sockmesh_model::Priority::Offline,
         zone: None,
         node: None,
     });

@@ -22,11 +22,11 @@ mod start;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use sockmesh_control::server::protocol::{
+use sockmesh_model::protocol::{
     decode_config, Ack, ErrorBody, Snapshot, ACK_PATH, SNAPSHOT_PATH, WATCH_PATH,
 };
-use sockmesh_control::server::ControlAddress;
-use sockmesh_control::MeshConfig;
+use sockmesh_model::ControlAddress;
+use sockmesh_model::MeshConfig;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 

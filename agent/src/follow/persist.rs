@@ -13,7 +13,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use sockmesh_control::{parse_config, MeshConfig};
+use sockmesh_model::{parse_config, MeshConfig};
 
 pub const FILE_NAME: &str = "last-applied.yaml";
 const VERSION_KEY: &str = "# control-version: ";
@@ -92,8 +92,8 @@ mod tests {
         assert_eq!(load(&dir).unwrap(), None);
         let snap = Persisted {
             version: 7,
-            fingerprint: sockmesh_control::default_config().fingerprint(),
-            config: sockmesh_control::default_config(),
+            fingerprint: sockmesh_model::default_config().fingerprint(),
+            config: sockmesh_model::default_config(),
         };
         save(&dir, &snap, "http://127.0.0.1:9480").unwrap();
         assert_eq!(load(&dir).unwrap(), Some(snap.clone()));

@@ -1,7 +1,7 @@
 //! The agent's first config in `--control` mode: the control plane's, or what it last gave.
 
 use anyhow::{bail, Result};
-use sockmesh_control::server::protocol::{decode_config, SNAPSHOT_PATH};
+use sockmesh_model::protocol::{decode_config, SNAPSHOT_PATH};
 use tracing::warn;
 
 use super::backoff::Backoff;

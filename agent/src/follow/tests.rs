@@ -1,13 +1,16 @@
-//! The follower against the real control server, in-process on a unix socket, with a
-//! stand-in for the runtime that applies (or refuses) what it is offered. No kernel: the
-//! kernel side is bpf-tests/tests/control_follow.rs.
+//! The follower against the real control plane (the `sockmesh-control` binary, on a unix
+//! socket), with a stand-in for the runtime that applies (or refuses) what it is offered. No
+//! kernel: the kernel side is bpf-tests/tests/control_follow.rs.
+//!
+//! The agent does not depend on the control plane's crate, so the binary is found next to
+//! this test's own (`cargo test --workspace` builds it) or at `SOCKMESH_CONTROL_BIN`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 use std::time::Duration;
 
-use sockmesh_control::server::protocol::{AgentReport, AGENTS_PATH};
-use sockmesh_control::server::{self, FileSource, ServerOptions};
-use sockmesh_control::{parse_config, MeshConfig};
+use sockmesh_model::protocol::{AgentReport, AGENTS_PATH};
+use sockmesh_model::{parse_config, MeshConfig};
 use tokio::sync::mpsc;
 
 use super::*;
@@ -36,18 +39,51 @@ fn options(dir: &Path) -> FollowOptions {
     }
 }
 
-async fn start_control(dir: &Path) {
-    let source = FileSource::new(dir.join("mesh.yaml"), Duration::from_millis(20));
-    let opts = ServerOptions {
-        listen: Vec::new(),
-        listen_unix: Some(dir.join("control.sock")),
-        token: None,
-        metrics_addr: "127.0.0.1:0".parse().unwrap(),
-        state_dir: None,
-        keep: 20,
-    };
-    tokio::spawn(async move { server::run(Box::new(source), opts).await.unwrap() });
+/// The `sockmesh-control` binary: `SOCKMESH_CONTROL_BIN`, or the one cargo built beside this
+/// test binary (`target/<profile>/deps/<test>` -> `target/<profile>/sockmesh-control`).
+fn control_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("SOCKMESH_CONTROL_BIN") {
+        return bin.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|profile| profile.join("sockmesh-control"))
+        .unwrap();
+    assert!(
+        bin.exists(),
+        "{} is missing: these tests run the real control plane; build it first \
+         (`cargo build -p sockmesh-control`, or `cargo test --workspace`) or set \
+         SOCKMESH_CONTROL_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// The control plane process; killed when the test ends, also on panic.
+struct ControlProcess(Child);
+
+impl Drop for ControlProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn start_control(dir: &Path) -> ControlProcess {
     let socket = dir.join("control.sock");
+    let child = Command::new(control_bin())
+        .arg("--config")
+        .arg(dir.join("mesh.yaml"))
+        .arg("--listen-unix")
+        .arg(&socket)
+        .args(["--metrics-addr", "127.0.0.1:0", "--watch-interval-ms", "20"])
+        .env_remove("SOCKMESH_CONTROL_TOKEN")
+        .env_remove("SOCKMESH_CONTROL_TOKEN_FILE")
+        .spawn()
+        .expect("start sockmesh-control");
+    let control = ControlProcess(child);
     tokio::time::timeout(WAIT, async {
         while !socket.exists() {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -55,6 +91,7 @@ async fn start_control(dir: &Path) {
     })
     .await
     .expect("control socket");
+    control
 }
 
 async fn agents(dir: &Path) -> Vec<AgentReport> {
@@ -100,7 +137,7 @@ fn runtime(mut offers: mpsc::Receiver<Offer>) -> mpsc::UnboundedReceiver<MeshCon
 async fn follows_versions_acks_them_and_persists_what_it_applied() {
     let dir = tempfile::tempdir().unwrap();
     write(&dir.path().join("mesh.yaml"), &mesh(1, "web"));
-    start_control(dir.path()).await;
+    let _control = start_control(dir.path()).await;
     let opts = options(dir.path());
 
     let start = start(&opts).await.unwrap();

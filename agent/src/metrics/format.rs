@@ -1,6 +1,4 @@
 //! Exposition formats: the agent and the control plane answer scrapes alike, so the helpers
-//! live in `sockmesh_control::server::exposition` (tested there).
+//! live in `sockmesh_model::exposition` (tested there).
 
-pub use sockmesh_control::server::exposition::{
-    to_classic, wants_openmetrics, CLASSIC, OPENMETRICS,
-};
+pub use sockmesh_model::exposition::{to_classic, wants_openmetrics, CLASSIC, OPENMETRICS};

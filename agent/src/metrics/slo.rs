@@ -123,7 +123,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn exports_the_contract_series() {
-        let cfg = sockmesh_control::parse_config(
+        let cfg = sockmesh_model::parse_config(
             "services:\n  - name: web\n    vip: 127.100.0.1\n    port: 80\n    backends:\n      - addr: 127.0.0.2:8081\n    slos:\n      - {name: availability, sli: connect_success, objective: 0.5, window: 30d}\n",
         )
         .unwrap();

@@ -26,7 +26,7 @@ use sockmesh_common::{
     BackendKey, BackendTcpStats, CallerEntry, ConnEvent, EVENT_CLOSED, EVENT_ESTABLISHED,
     EVENT_FAILED, EVENT_INBOUND, RESULT_RESET,
 };
-use sockmesh_control::{MeshConfig, WorkloadSpec};
+use sockmesh_model::{MeshConfig, WorkloadSpec};
 use tracing::{debug, info, warn};
 
 use self::{

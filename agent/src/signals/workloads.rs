@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use sockmesh_control::WorkloadSpec;
+use sockmesh_model::WorkloadSpec;
 
 /// One workload as found on this node.
 #[derive(Clone, Debug)]

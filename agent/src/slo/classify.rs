@@ -7,7 +7,7 @@ use sockmesh_common::{
     RESULT_LIMITED, RESULT_NO_BACKEND, RESULT_OK, RESULT_REFUSED, RESULT_SHED, RESULT_TIMEOUT,
     RESULT_UNREACHABLE,
 };
-use sockmesh_control::SliKind;
+use sockmesh_model::SliKind;
 
 /// `Some(true)`: a good event, `Some(false)`: a bad one, `None`: the SLI does not count it.
 ///

@@ -15,7 +15,7 @@ use std::{collections::HashMap, time::Duration};
 
 use serde::{ser::SerializeMap, Serialize, Serializer};
 use sockmesh_common::ConnEvent;
-use sockmesh_control::{MeshConfig, SloSpec};
+use sockmesh_model::{MeshConfig, SloSpec};
 use tokio::time::Instant;
 
 pub use classify::classify;

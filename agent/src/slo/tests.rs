@@ -7,7 +7,7 @@ use sockmesh_common::{
     ConnEvent, EVENT_CLOSED, EVENT_ESTABLISHED, EVENT_FAILED, RESULT_CIRCUIT_OPEN, RESULT_DENIED,
     RESULT_OK, RESULT_REFUSED, RESULT_RESET,
 };
-use sockmesh_control::{parse_config, MeshConfig};
+use sockmesh_model::{parse_config, MeshConfig};
 use tokio::time::{advance, Instant};
 
 use super::*;

@@ -10,7 +10,7 @@ use std::{
 use sockmesh_common::{
     gcra::gcra_params, ServiceEntry, SERVICE_ACL, SERVICE_CIRCUIT_OPEN, SERVICE_HALF_OPEN,
 };
-use sockmesh_control::ServiceSpec;
+use sockmesh_model::ServiceSpec;
 
 pub const PPM: u32 = 1_000_000;
 
@@ -75,7 +75,7 @@ pub fn service_entry(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sockmesh_control::{BackendSpec, LbPolicy};
+    use sockmesh_model::{BackendSpec, LbPolicy};
 
     fn spec() -> ServiceSpec {
         let b = BackendSpec {

@@ -20,7 +20,7 @@ use sockmesh_common::{
     MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS, SERVICE_CLASS_TABLES,
     SERVICE_ENROLLED_ONLY, SERVICE_SAME_NODE,
 };
-use sockmesh_control::{Enrollment, LbPolicy, MeshConfig};
+use sockmesh_model::{Enrollment, LbPolicy, MeshConfig};
 
 use super::{
     addr::{backend_entry, service_key},

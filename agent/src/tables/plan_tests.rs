@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use proptest::prelude::*;
 use sockmesh_common::{SlotTableKey, CALLER_CLASS_DEFAULT, SERVICE_ENROLLED_ONLY};
-use sockmesh_control::{BackendSpec, Enrollment, LbPolicy, MeshConfig, ServiceSpec};
+use sockmesh_model::{BackendSpec, Enrollment, LbPolicy, MeshConfig, ServiceSpec};
 
 use super::{
     overlay::{Overlay, ServiceOverlay},
@@ -323,7 +323,7 @@ fn acl_entries_precede_enforcement_and_follow_its_removal() {
     );
     svc.allowed_callers = Some(vec!["front".into()]);
     let mut cfg = config(vec![svc]);
-    cfg.workloads.push(sockmesh_control::WorkloadSpec {
+    cfg.workloads.push(sockmesh_model::WorkloadSpec {
         name: "front".into(),
         cgroup: "x/front".into(),
         labels: Default::default(),

@@ -32,7 +32,7 @@ use std::{
     net::SocketAddr,
 };
 
-use sockmesh_control::{Fallback, ServiceSpec, WorkloadSpec};
+use sockmesh_model::{Fallback, ServiceSpec, WorkloadSpec};
 
 /// What the node knows that the config does not: its own zone (`--zone`), the zone of
 /// callers that are not a workload with a `zone:` of its own.

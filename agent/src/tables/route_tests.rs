@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use proptest::prelude::*;
 use sockmesh_common::{SlotTableKey, CALLER_CLASS_DEFAULT, SERVICE_CLASS_TABLES};
-use sockmesh_control::{
+use sockmesh_model::{
     parse_config, BackendSpec, Fallback, LbPolicy, LocalitySpec, MeshConfig, RouteSpec,
     ServiceSpec, SplitSpec, WorkloadSpec,
 };

@@ -2,7 +2,7 @@
 //! with history and rollback. Reference: docs/control-plane.md.
 //!
 //! This file parses flags, sets up logging and the runtime, and stops on SIGTERM/SIGINT;
-//! the server is `sockmesh_control::server`.
+//! the server is the `sockmesh_control` library.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
-use sockmesh_control::server::{self, FileSource, ServerOptions, Source, Token, DEFAULT_KEEP};
+use sockmesh_control::{FileSource, ServerOptions, Source, DEFAULT_KEEP};
+use sockmesh_model::Token;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::warn;
 
@@ -143,7 +144,7 @@ fn run(cli: Cli) -> Result<()> {
             None => kube_source(kube).await?,
         };
         tokio::select! {
-            r = server::run(source, opts) => r.map_err(anyhow::Error::from),
+            r = sockmesh_control::run(source, opts) => r.map_err(anyhow::Error::from),
             _ = term.recv() => { warn!("SIGTERM: shutting down"); Ok(()) }
             _ = int.recv() => { warn!("SIGINT: shutting down"); Ok(()) }
         }
@@ -157,14 +158,14 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 #[cfg(feature = "kubernetes")]
-type KubeOptions = sockmesh_control::server::kube_source::KubeOptions;
+type KubeOptions = sockmesh_control::kube_source::KubeOptions;
 /// Nothing to configure in a build without the Kubernetes source.
 #[cfg(not(feature = "kubernetes"))]
 struct KubeOptions;
 
 #[cfg(feature = "kubernetes")]
 fn kube_options(cli: &Cli) -> Result<KubeOptions> {
-    use sockmesh_control::server::kube_source::{CgroupDriver, MapOptions};
+    use sockmesh_control::kube_source::{CgroupDriver, MapOptions};
     let cgroup_driver: CgroupDriver = cli
         .kube_cgroup_driver
         .parse()
@@ -188,7 +189,7 @@ fn kube_options(_: &Cli) -> Result<KubeOptions> {
 /// The Kubernetes source with kube's default client configuration.
 #[cfg(feature = "kubernetes")]
 async fn kube_source(opts: KubeOptions) -> Result<Box<dyn Source>> {
-    use sockmesh_control::server::kube_source::KubeSource;
+    use sockmesh_control::kube_source::KubeSource;
     let source = KubeSource::from_default_config(opts)
         .await
         .context("connecting to Kubernetes (in-cluster service account, or KUBECONFIG)")?;

@@ -11,9 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sockmesh_control::cli::control::{ControlClient, ControlError};
-use sockmesh_control::cli::http::{self, HttpResponse};
-use sockmesh_control::server::{ControlAddress, Token};
+use sockmesh_cli::control::{ControlClient, ControlError};
+use sockmesh_cli::http::{self, HttpResponse};
+use sockmesh_model::{ControlAddress, Token};
 
 pub const TOKEN: &str = "test-token-0123456789";
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -237,9 +237,31 @@ pub fn mesh(services: &[(&str, u8, u32)]) -> String {
 }
 
 pub fn fingerprint(yaml: &str) -> String {
-    sockmesh_control::parse_config(yaml).unwrap().fingerprint()
+    sockmesh_model::parse_config(yaml).unwrap().fingerprint()
 }
 
 pub fn file_exists(path: &Path) -> bool {
     path.exists()
+}
+
+/// The `sockmesh` CLI binary (crate `sockmesh-cli`): `SOCKMESH_CLI_BIN`, or the one cargo
+/// built beside this test binary (`target/<profile>/deps/<test>` -> `target/<profile>/sockmesh`;
+/// `cargo test --workspace` builds it). Missing, the test fails saying how to get it.
+pub fn cli_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("SOCKMESH_CLI_BIN") {
+        return bin.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|profile| profile.join("sockmesh"))
+        .unwrap();
+    assert!(
+        bin.exists(),
+        "{} is missing: build the CLI first (`cargo build -p sockmesh-cli`, or run \
+         `cargo test --workspace`) or set SOCKMESH_CLI_BIN",
+        bin.display()
+    );
+    bin
 }

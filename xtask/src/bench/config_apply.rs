@@ -80,7 +80,7 @@ fn apply(
     yaml: &str,
     what: &str,
 ) -> Result<ApplyRun> {
-    let fingerprint = sockmesh_control::parse_config(yaml)
+    let fingerprint = sockmesh_model::parse_config(yaml)
         .with_context(|| format!("{what}: the bench's own config does not parse"))?
         .fingerprint();
     let tmp = config_path.with_extension("yaml.tmp");
@@ -236,7 +236,7 @@ mod tests {
 
     #[test]
     fn the_scale_config_is_valid_and_has_distinct_vips_in_the_bench_range() {
-        let cfg = sockmesh_control::parse_config(&many_services_yaml(SERVICES, None)).unwrap();
+        let cfg = sockmesh_model::parse_config(&many_services_yaml(SERVICES, None)).unwrap();
         assert_eq!(cfg.services.len(), SERVICES);
         let vips: std::collections::BTreeSet<_> =
             cfg.services.iter().map(|s| (s.vip, s.port)).collect();
@@ -254,7 +254,7 @@ mod tests {
 
     #[test]
     fn each_one_service_step_changes_exactly_that_service() {
-        let parse = |r| sockmesh_control::parse_config(&many_services_yaml(SERVICES, r)).unwrap();
+        let parse = |r| sockmesh_model::parse_config(&many_services_yaml(SERVICES, r)).unwrap();
         let mut before = parse(None);
         for k in 0..3 {
             let after = parse(Some((CHANGED_SERVICE, step_weight(k))));

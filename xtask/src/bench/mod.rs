@@ -383,7 +383,7 @@ fn write_config(path: &std::path::Path, vip: SocketAddr, backend: SocketAddr) ->
     );
     yaml.push_str(&same_node::service_yaml());
     // Checked here so a mistake shows as a config error, not as an agent that never gets ready.
-    sockmesh_control::parse_config(&yaml).context("bench config")?;
+    sockmesh_model::parse_config(&yaml).context("bench config")?;
     fs::write(path, yaml).with_context(|| format!("write {}", path.display()))
 }
 

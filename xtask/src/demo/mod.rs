@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::Args;
-use sockmesh_control::MeshConfig;
+use sockmesh_model::MeshConfig;
 
 use crate::attached_agent::{self, PinDir};
 use crate::cgroup::ChildCgroup;
@@ -61,7 +61,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     setup::run()?;
     let agent_bin = fs::canonicalize(agent_build::run()?)?;
     attached_agent::use_agent_bin(&agent_bin);
-    let config = sockmesh_control::default_config();
+    let config = sockmesh_model::default_config();
     check_loopback_only(&config)?;
     let demo_started = Instant::now();
 

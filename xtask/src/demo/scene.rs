@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use sockmesh_bpf_tests::Agent;
-use sockmesh_control::{MeshConfig, ServiceSpec};
+use sockmesh_model::{MeshConfig, ServiceSpec};
 
 use super::backends::DemoBackends;
 use super::callers::Caller;

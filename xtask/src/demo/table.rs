@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use sockmesh_control::MeshConfig;
+use sockmesh_model::MeshConfig;
 
 /// Renders the table for `config` from `accepts`: connections each backend accepted, one entry
 /// per backend of the config, in config order.
@@ -13,7 +13,7 @@ pub fn render(config: &MeshConfig, accepts: &[u64], header: &str) -> String {
     let mut counters = accepts.iter().copied();
     for service in &config.services {
         let total_weight: u64 = service.backends.iter().map(|b| u64::from(b.weight)).sum();
-        let rows: Vec<(&sockmesh_control::BackendSpec, u64)> = service
+        let rows: Vec<(&sockmesh_model::BackendSpec, u64)> = service
             .backends
             .iter()
             .map(|spec| (spec, counters.next().unwrap_or(0)))
@@ -85,7 +85,7 @@ mod tests {
 
     #[test]
     fn shares_and_deviation_follow_config_order() {
-        let config = sockmesh_control::default_config();
+        let config = sockmesh_model::default_config();
         // web: 1/1/2 weights; api: 1/1.
         let accepts = [250, 250, 500, 300, 700];
         let table = render(&config, &accepts, "t");

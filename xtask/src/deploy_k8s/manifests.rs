@@ -295,7 +295,7 @@ pub fn check_example_policy(crd: &Yaml, example: &Yaml) -> Result<()> {
         unset.join(", ")
     );
     let config = as_mesh_config(spec)?;
-    sockmesh_control::parse_config(&config)
+    sockmesh_model::parse_config(&config)
         .map_err(|e| anyhow::anyhow!("the spec is not a valid mesh service: {e}\n{config}"))?;
     Ok(())
 }

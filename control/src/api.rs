@@ -1,0 +1,198 @@
+//! The HTTP API agents and operators use (docs/control-plane.md has every request and
+//! reply): snapshot, long-poll watch, ack, agents, history, rollback, status.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::{body::Incoming, header, Method, Request, Response, StatusCode};
+use serde::Serialize;
+
+use crate::history::Revision;
+use crate::hub::Hub;
+use sockmesh_model::protocol::{ErrorBody, HISTORY_PATH};
+use sockmesh_model::request::{self, ApiRequest, MAX_BODY_BYTES};
+use sockmesh_model::Token;
+
+pub type Reply = Response<Full<Bytes>>;
+
+/// Where this control plane listens, for `/v1/status`.
+#[derive(Debug, Clone, Default)]
+pub struct Listening {
+    pub tcp: Vec<String>,
+    pub unix: Option<String>,
+    pub metrics: Option<String>,
+}
+
+/// One listener's view of the API: the hub, plus the token its clients must present
+/// (`None` on the unix socket).
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub hub: Arc<Hub>,
+    pub token: Option<Token>,
+    pub listening: Arc<Listening>,
+}
+
+impl Api {
+    pub async fn handle(&self, req: Request<Incoming>) -> Reply {
+        if let Some(token) = &self.token {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .map(|v| v.as_bytes());
+            if !token.matches_header(given) {
+                let mut reply = error(
+                    StatusCode::UNAUTHORIZED,
+                    "missing or wrong bearer token (Authorization: Bearer <token>)",
+                );
+                reply.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer realm=\"sockmesh-control\""),
+                );
+                return reply;
+            }
+        }
+        let method = req.method().as_str().to_owned();
+        let path = req.uri().path().to_owned();
+        let query = req.uri().query().unwrap_or("").to_owned();
+        let body = if req.method() == Method::POST {
+            match Limited::new(req.into_body(), MAX_BODY_BYTES)
+                .collect()
+                .await
+            {
+                Ok(b) => b.to_bytes(),
+                Err(e) if e.is::<LengthLimitError>() => {
+                    return error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &format!("the body may be at most {MAX_BODY_BYTES} bytes"),
+                    )
+                }
+                Err(e) => return error(StatusCode::BAD_REQUEST, &format!("reading the body: {e}")),
+            }
+        } else {
+            Bytes::new()
+        };
+        let request = match request::decode(&method, &path, &query, &body) {
+            Ok(r) => r,
+            Err(bad) => return error(bad.status, &bad.message),
+        };
+        match request {
+            ApiRequest::Snapshot { agent, version } => {
+                self.note_agent(agent.as_deref());
+                self.snapshot(version)
+            }
+            ApiRequest::Watch {
+                agent,
+                after,
+                timeout,
+            } => {
+                self.note_agent(agent.as_deref());
+                self.watch(after, timeout).await
+            }
+            ApiRequest::Ack(ack) => {
+                self.hub.ack(&ack);
+                json(StatusCode::OK, &serde_json::json!({"recorded": true}))
+            }
+            ApiRequest::Agents => json(StatusCode::OK, &self.hub.agents()),
+            ApiRequest::History => json(StatusCode::OK, &self.hub.history()),
+            ApiRequest::Rollback(r) => match self.hub.rollback(r.version) {
+                Ok(reply) => json(StatusCode::OK, &reply),
+                Err(e) => error(StatusCode::NOT_FOUND, &e.to_string()),
+            },
+            ApiRequest::Status => {
+                let mut status = self.hub.status();
+                status.listen = self.listening.tcp.clone();
+                status.listen_unix = self.listening.unix.clone();
+                status.metrics_addr = self.listening.metrics.clone();
+                json(StatusCode::OK, &status)
+            }
+        }
+    }
+
+    /// Notes the (already checked) `agent=` a snapshot or watch names.
+    fn note_agent(&self, agent: Option<&str>) {
+        if let Some(agent) = agent {
+            self.hub.seen(agent);
+        }
+    }
+
+    fn snapshot(&self, version: Option<u64>) -> Reply {
+        let revision = match version {
+            None => self.hub.head(),
+            Some(v) => match self.hub.revision(v) {
+                Some(r) => Some(r),
+                None => {
+                    return error(
+                        StatusCode::NOT_FOUND,
+                        &format!("version {v} is not kept; see {HISTORY_PATH}"),
+                    )
+                }
+            },
+        };
+        match revision {
+            Some(r) => snapshot_reply(&r),
+            None => no_head(),
+        }
+    }
+
+    /// Answers at once when the head is not version `after`, else waits for a new head
+    /// until the timeout and answers 204. "Not `after`" rather than "newer than `after`":
+    /// an agent that is ahead (this control plane lost its history) is brought back to
+    /// what is served now instead of waiting forever.
+    async fn watch(&self, after: u64, timeout: Duration) -> Reply {
+        let mut heads = self.hub.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(head) = heads.borrow_and_update().clone() {
+                if head.version != after {
+                    return snapshot_reply(&head);
+                }
+            }
+            match tokio::time::timeout_at(deadline, heads.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+                Err(_) => {
+                    return Response::builder()
+                        .status(StatusCode::NO_CONTENT)
+                        .body(Full::new(Bytes::new()))
+                        .expect("static response parts are valid")
+                }
+            }
+        }
+    }
+}
+
+fn snapshot_reply(revision: &Revision) -> Reply {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(revision.snapshot_json()))
+        .expect("static response parts are valid")
+}
+
+fn no_head() -> Reply {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no valid config yet: the source has produced nothing that validates",
+    )
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
+    let mut body = serde_json::to_vec_pretty(value).expect("replies always serialize");
+    body.push(b'\n');
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
+fn error(status: StatusCode, message: &str) -> Reply {
+    json(
+        status,
+        &ErrorBody {
+            error: message.to_owned(),
+        },
+    )
+}

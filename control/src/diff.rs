@@ -1,0 +1,148 @@
+//! How one desired state differs from the one before it, and the per-service versions that
+//! follow from that: a service keeps its version while its spec stays the same and takes
+//! the new global version when it changes (or first appears).
+
+use std::collections::{BTreeMap, HashMap};
+
+use sockmesh_model::protocol::Changes;
+use sockmesh_model::{MeshConfig, ServiceSpec};
+
+/// The changes from `old` to `new`, and the per-service versions of `new` made at global
+/// version `version`. `old` is the previous revision's config and service versions, `None`
+/// for the first revision (every service is then added, at `version`).
+pub fn diff(
+    old: Option<(&MeshConfig, &BTreeMap<String, u64>)>,
+    new: &MeshConfig,
+    version: u64,
+) -> (Changes, BTreeMap<String, u64>) {
+    let Some((old, old_versions)) = old else {
+        let changes = Changes {
+            added: new.services.iter().map(|s| s.name.clone()).collect(),
+            workloads: !new.workloads.is_empty(),
+            ..Changes::default()
+        };
+        let versions = new
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), version))
+            .collect();
+        return (changes, versions);
+    };
+    let before: HashMap<&str, &ServiceSpec> =
+        old.services.iter().map(|s| (s.name.as_str(), s)).collect();
+    let mut changes = Changes::default();
+    let mut versions = BTreeMap::new();
+    for service in &new.services {
+        let kept = match before.get(service.name.as_str()) {
+            None => {
+                changes.added.push(service.name.clone());
+                None
+            }
+            Some(&previous) if previous != service => {
+                changes.changed.push(service.name.clone());
+                None
+            }
+            Some(_) => old_versions.get(&service.name).copied(),
+        };
+        versions.insert(service.name.clone(), kept.unwrap_or(version));
+    }
+    let after: HashMap<&str, ()> = new.services.iter().map(|s| (s.name.as_str(), ())).collect();
+    changes.removed = old
+        .services
+        .iter()
+        .filter(|s| !after.contains_key(s.name.as_str()))
+        .map(|s| s.name.clone())
+        .collect();
+    changes.workloads = old.workloads != new.workloads;
+    let same_set = changes.added.is_empty() && changes.removed.is_empty();
+    let reordered = same_set
+        && old
+            .services
+            .iter()
+            .zip(&new.services)
+            .any(|(a, b)| a.name != b.name);
+    changes.other = reordered || top_level(old) != top_level(new);
+    (changes, versions)
+}
+
+/// Everything in a config but its services and workloads, as JSON: whatever top-level
+/// fields the model has now or grows later, without listing them here.
+fn top_level(cfg: &MeshConfig) -> serde_json::Value {
+    let mut value = serde_json::to_value(cfg).expect("MeshConfig always serializes to JSON");
+    if let Some(map) = value.as_object_mut() {
+        map.remove("services");
+        map.remove("workloads");
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sockmesh_model::parse_config;
+
+    fn mesh(services: &[(&str, u8, u32)]) -> MeshConfig {
+        let mut y = String::from("services:\n");
+        for (name, vip, weight) in services {
+            y.push_str(&format!(
+                "  - name: {name}\n    vip: 127.100.0.{vip}\n    port: 80\n    backends:\n      - addr: 127.0.0.2:8081\n        weight: {weight}\n"
+            ));
+        }
+        parse_config(&y).unwrap()
+    }
+
+    #[test]
+    fn first_revision_adds_everything_at_its_version() {
+        let cfg = mesh(&[("a", 1, 1), ("b", 2, 1)]);
+        let (changes, versions) = diff(None, &cfg, 1);
+        assert_eq!(changes.added, ["a", "b"]);
+        assert!(changes.removed.is_empty() && changes.changed.is_empty());
+        assert_eq!(versions, BTreeMap::from([("a".into(), 1), ("b".into(), 1)]));
+    }
+
+    #[test]
+    fn only_changed_and_added_services_take_the_new_version() {
+        let v1 = mesh(&[("a", 1, 1), ("b", 2, 1), ("c", 3, 1)]);
+        let (_, s1) = diff(None, &v1, 1);
+        let v2 = mesh(&[("a", 1, 1), ("b", 2, 5), ("d", 4, 1)]);
+        let (changes, s2) = diff(Some((&v1, &s1)), &v2, 2);
+        assert_eq!(changes.added, ["d"]);
+        assert_eq!(changes.changed, ["b"]);
+        assert_eq!(changes.removed, ["c"]);
+        assert!(!changes.workloads && !changes.other);
+        assert_eq!(
+            s2,
+            BTreeMap::from([("a".into(), 1), ("b".into(), 2), ("d".into(), 2)])
+        );
+        // Unchanged services keep their version across further revisions.
+        let v3 = mesh(&[("a", 1, 1), ("b", 2, 6), ("d", 4, 1)]);
+        let (_, s3) = diff(Some((&v2, &s2)), &v3, 3);
+        assert_eq!(s3["a"], 1);
+        assert_eq!(s3["b"], 3);
+        assert_eq!(s3["d"], 2);
+    }
+
+    #[test]
+    fn a_reorder_is_other_and_keeps_every_service_version() {
+        let v1 = mesh(&[("a", 1, 1), ("b", 2, 1)]);
+        let (_, s1) = diff(None, &v1, 1);
+        let v2 = mesh(&[("b", 2, 1), ("a", 1, 1)]);
+        let (changes, s2) = diff(Some((&v1, &s1)), &v2, 2);
+        assert!(changes.added.is_empty() && changes.changed.is_empty());
+        assert!(changes.other, "{changes:?}");
+        assert_eq!(s2, s1);
+    }
+
+    #[test]
+    fn workloads_are_reported() {
+        let v1 = mesh(&[("a", 1, 1)]);
+        let (_, s1) = diff(None, &v1, 1);
+        let mut v2 = v1.clone();
+        v2.workloads = parse_config("services: []\nworkloads:\n  - name: w\n    cgroup: x/w\n")
+            .unwrap()
+            .workloads;
+        let (changes, s2) = diff(Some((&v1, &s1)), &v2, 2);
+        assert!(changes.workloads && !changes.other);
+        assert_eq!(s2, s1);
+    }
+}

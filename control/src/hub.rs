@@ -1,0 +1,262 @@
+//! The control plane's state, shared by the source loop, the API and the metrics: the
+//! history (head included), the agents, and the last rejected edit. A new head is published
+//! on a `watch` channel, which is what wakes every long-polling agent at once.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::agents::Agents;
+use crate::history::{Commit, History, HistoryError, Revision};
+use crate::source::SourceEvent;
+use crate::store::{Store, StoreError};
+use sockmesh_model::protocol::{
+    Ack, AgentReport, HistoryReply, Origin, Rejection, RollbackReply, StatusReply,
+};
+use sockmesh_model::MeshConfig;
+
+/// The series the hub moves itself (the per-agent ones are computed at scrape time).
+#[derive(Debug, Clone, Default)]
+pub struct HubMetrics {
+    /// `sockmesh_control_config_version`: the head's version.
+    pub config_version: Gauge,
+    /// `sockmesh_control_rejected_total`: source edits refused.
+    pub rejected: Counter,
+}
+
+pub type Head = Option<Arc<Revision>>;
+
+#[derive(Debug)]
+struct State {
+    history: History,
+    agents: Agents,
+    /// The last state the source produced, so a repeat (or the same file after a restart)
+    /// is not a change, and a rollback holds until the source really changes.
+    source_fingerprint: Option<String>,
+    rejected: u64,
+    last_rejection: Option<Rejection>,
+}
+
+#[derive(Debug)]
+pub struct Hub {
+    source: String,
+    state: Mutex<State>,
+    head: watch::Sender<Head>,
+    store: Option<Store>,
+    pub metrics: HubMetrics,
+}
+
+impl Hub {
+    /// A hub for `source`, keeping `keep` revisions, restored from `store` when given.
+    pub fn new(source: String, keep: usize, store: Option<Store>) -> Result<Self, StoreError> {
+        let (history, source_fingerprint) = match &store {
+            Some(store) => {
+                let stored = store.load()?;
+                let history =
+                    History::restore(keep, stored.revisions).map_err(|e| StoreError::Io {
+                        path: "revisions".into(),
+                        cause: std::io::Error::other(e.to_string()),
+                    })?;
+                (history, stored.source_fingerprint)
+            }
+            None => (History::new(keep), None),
+        };
+        let head = history.head().cloned();
+        let metrics = HubMetrics::default();
+        if let Some(h) = &head {
+            info!(version = h.version, fingerprint = %h.fingerprint, "restored revisions");
+            metrics.config_version.set(h.version as i64);
+        }
+        Ok(Hub {
+            source,
+            state: Mutex::new(State {
+                history,
+                agents: Agents::default(),
+                source_fingerprint,
+                rejected: 0,
+                last_rejection: None,
+            }),
+            head: watch::Sender::new(head),
+            store,
+            metrics,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent data (every update is a few
+        // assignments after the fallible work), so keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Takes one event from the source: a new state becomes the next version (unless it
+    /// is the same as before), a rejection is counted and logged with its field path and
+    /// never served.
+    pub fn on_source(&self, event: SourceEvent) {
+        match event {
+            SourceEvent::Desired(config) => self.on_desired(config),
+            SourceEvent::Rejected(err) => {
+                let mut state = self.lock();
+                state.rejected += 1;
+                self.metrics.rejected.inc();
+                error!(
+                    source = %self.source,
+                    path = err.path.as_deref().unwrap_or("-"),
+                    error = %err.message,
+                    "config rejected; agents keep being served version {}",
+                    state.history.head().map_or("none".into(), |h| h.version.to_string())
+                );
+                state.last_rejection = Some(Rejection {
+                    error: err.message,
+                    path: err.path,
+                    unix_ms: unix_ms_now(),
+                });
+            }
+        }
+    }
+
+    fn on_desired(&self, config: MeshConfig) {
+        let fingerprint = config.fingerprint();
+        let mut state = self.lock();
+        if state.source_fingerprint.as_deref() == Some(fingerprint.as_str())
+            && state.history.head().is_some()
+        {
+            info!(
+                fingerprint,
+                "source unchanged since the last revision it made; nothing to do"
+            );
+            return;
+        }
+        state.source_fingerprint = Some(fingerprint.clone());
+        if let Some(store) = &self.store {
+            if let Err(e) = store.save_source_fingerprint(&fingerprint) {
+                warn!(error = %e, "could not store the source's fingerprint");
+            }
+        }
+        let origin = Origin::Source {
+            source: self.source.clone(),
+        };
+        let commit = state.history.commit(config, origin, unix_ms_now());
+        self.publish(&commit);
+    }
+
+    /// Logs, stores and announces a commit. Called with the state locked, so heads are
+    /// published in version order.
+    fn publish(&self, commit: &Commit) {
+        let Commit::New { revision, evicted } = commit else {
+            info!(
+                version = commit.revision().version,
+                "the head already has this config; no new version"
+            );
+            return;
+        };
+        let c = &revision.changes;
+        info!(
+            version = revision.version,
+            fingerprint = %revision.fingerprint,
+            services = revision.config.services.len(),
+            added = c.added.len(),
+            removed = c.removed.len(),
+            changed = c.changed.len(),
+            workloads_changed = c.workloads,
+            origin = %revision.origin,
+            "new version"
+        );
+        if let Some(store) = &self.store {
+            // The version is served from memory either way; on disk it only matters for
+            // the next start, which then begins from the last stored head.
+            if let Err(e) = store.save(revision, evicted) {
+                error!(error = %e, version = revision.version, "could not store the revision");
+            }
+        }
+        self.metrics.config_version.set(revision.version as i64);
+        self.head.send_replace(Some(revision.clone()));
+    }
+
+    pub fn head(&self) -> Head {
+        self.head.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Head> {
+        self.head.subscribe()
+    }
+
+    pub fn revision(&self, version: u64) -> Option<Arc<Revision>> {
+        self.lock().history.get(version).cloned()
+    }
+
+    pub fn rollback(&self, version: u64) -> Result<RollbackReply, HistoryError> {
+        let mut state = self.lock();
+        let commit = state.history.rollback(version, unix_ms_now())?;
+        warn!(to = version, "rollback requested");
+        self.publish(&commit);
+        let head = commit.revision();
+        Ok(RollbackReply {
+            version: head.version,
+            rolled_back_to: version,
+            fingerprint: head.fingerprint.clone(),
+            changed: matches!(commit, Commit::New { .. }),
+        })
+    }
+
+    pub fn ack(&self, ack: &Ack) {
+        if ack.ok {
+            info!(agent = %ack.agent, version = ack.version, "agent applied");
+        } else {
+            warn!(
+                agent = %ack.agent,
+                version = ack.version,
+                error = ack.error.as_deref().unwrap_or("-"),
+                "agent rejected"
+            );
+        }
+        self.lock().agents.ack(ack, unix_ms_now());
+    }
+
+    pub fn seen(&self, agent: &str) {
+        self.lock().agents.seen(agent, unix_ms_now());
+    }
+
+    pub fn agents(&self) -> Vec<AgentReport> {
+        let state = self.lock();
+        state.agents.reports(&state.history, unix_ms_now())
+    }
+
+    pub fn history(&self) -> HistoryReply {
+        let state = self.lock();
+        HistoryReply {
+            head: state.history.head().map(|h| h.version),
+            keep: state.history.keep(),
+            versions: state.history.entries(),
+        }
+    }
+
+    /// The status without the listener addresses (the API fills those in).
+    pub fn status(&self) -> StatusReply {
+        let state = self.lock();
+        let head = state.history.head();
+        StatusReply {
+            source: self.source.clone(),
+            version: head.map(|h| h.version),
+            fingerprint: head.map(|h| h.fingerprint.clone()),
+            rejected: state.rejected,
+            last_rejection: state.last_rejection.clone(),
+            agents: state.agents.len(),
+            listen: Vec::new(),
+            listen_unix: None,
+            metrics_addr: None,
+        }
+    }
+}
+
+pub fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

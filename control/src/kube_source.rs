@@ -1,0 +1,333 @@
+//! The Kubernetes source (`sockmesh-control --source kubernetes`, feature `kubernetes`):
+//! watches Namespaces, Services, EndpointSlices, Pods and MeshPolicies with kube-rs
+//! (`watcher` + `reflector`: list, then watch from the list's resourceVersion, relist on
+//! `410 Gone`, backoff on errors) and turns what they hold into a [`MeshConfig`] with the
+//! pure rules of [`map`] (docs/control-plane.md, "Kubernetes source").
+//!
+//! ```text
+//! 5 watch tasks ──> reflector stores ──(change counter)──> KubeSource::next_event
+//!                                                            debounce, snapshot the stores,
+//!                                                            map::build, validate
+//!                                                            -> Rejected (each new refusal)
+//!                                                            -> Desired (when the config changed)
+//! ```
+//!
+//! The first event waits until every watch has listed once, so the first config is the
+//! whole cluster, never a half-listed one. Later changes are debounced: a rollout that
+//! touches a hundred endpoints becomes one or two versions, not a hundred.
+
+pub mod crd;
+pub mod map;
+
+#[cfg(test)]
+mod map_tests;
+
+use std::collections::{HashSet, VecDeque};
+use std::fmt::Debug;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::source::{Source, SourceEvent};
+use sockmesh_model::MeshConfig;
+
+pub use crd::MeshPolicy;
+pub use map::{CgroupDriver, MapOptions};
+
+/// How the source behaves; the binary fills it from flags.
+#[derive(Debug, Clone)]
+pub struct KubeOptions {
+    /// Quiet time after a change before the config is rebuilt (further changes restart it).
+    pub debounce: Duration,
+    /// A rebuild happens at the latest this long after the first change of a burst, even if
+    /// changes keep coming.
+    pub max_delay: Duration,
+    pub map: MapOptions,
+}
+
+impl Default for KubeOptions {
+    fn default() -> Self {
+        KubeOptions {
+            debounce: Duration::from_millis(200),
+            max_delay: Duration::from_secs(2),
+            map: MapOptions::default(),
+        }
+    }
+}
+
+/// The reflector stores the watches fill.
+#[derive(Clone)]
+struct Stores {
+    namespaces: Store<Namespace>,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    pods: Store<Pod>,
+    policies: Store<MeshPolicy>,
+}
+
+impl Stores {
+    fn snapshot(&self) -> map::Snapshot {
+        map::Snapshot {
+            namespaces: self.namespaces.state(),
+            services: self.services.state(),
+            slices: self.slices.state(),
+            pods: self.pods.state(),
+            policies: self.policies.state(),
+        }
+    }
+
+    /// Waits until every watch has listed once. Errs when a watch task ended.
+    async fn ready(&self) -> Result<(), reflector::store::WriterDropped> {
+        self.namespaces.wait_until_ready().await?;
+        self.services.wait_until_ready().await?;
+        self.slices.wait_until_ready().await?;
+        self.pods.wait_until_ready().await?;
+        self.policies.wait_until_ready().await
+    }
+}
+
+/// A [`Source`] fed by the Kubernetes API.
+pub struct KubeSource {
+    name: String,
+    opts: KubeOptions,
+    stores: Stores,
+    /// Bumped by the watch tasks on every event.
+    changes: watch::Receiver<u64>,
+    tasks: Vec<JoinHandle<()>>,
+    memory: map::PolicyMemory,
+    pending: VecDeque<SourceEvent>,
+    /// The last config reported as desired.
+    last: Option<MeshConfig>,
+    /// The refusals of the last build: a refusal is reported when it appears, not again
+    /// while it stays.
+    refused: HashSet<String>,
+    started: bool,
+}
+
+impl Debug for KubeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeSource")
+            .field("name", &self.name)
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KubeSource {
+    /// Starts the watches (on the current tokio runtime) with `client`; `name` is what
+    /// [`Source::describe`] says (`kubernetes https://127.100.200.1:443`). Cheap: the first
+    /// [`Source::next_event`] waits for the first lists.
+    pub fn start(client: Client, name: String, opts: KubeOptions) -> Self {
+        let (tx, changes) = watch::channel(0u64);
+        let tx = Arc::new(tx);
+        let mut tasks = Vec::new();
+        let stores = Stores {
+            namespaces: spawn_watch(Api::all(client.clone()), "namespaces", &tx, &mut tasks),
+            services: spawn_watch(Api::all(client.clone()), "services", &tx, &mut tasks),
+            slices: spawn_watch(Api::all(client.clone()), "endpointslices", &tx, &mut tasks),
+            pods: spawn_watch(Api::all(client.clone()), "pods", &tx, &mut tasks),
+            policies: spawn_watch(Api::all(client), "meshpolicies", &tx, &mut tasks),
+        };
+        KubeSource {
+            name,
+            opts,
+            stores,
+            changes,
+            tasks,
+            memory: map::PolicyMemory::default(),
+            pending: VecDeque::new(),
+            last: None,
+            refused: HashSet::new(),
+            started: false,
+        }
+    }
+
+    /// [`KubeSource::start`] with kube's default configuration: in a pod, its service
+    /// account; elsewhere `KUBECONFIG` or `~/.kube/config` (what kubectl would use).
+    pub async fn from_default_config(opts: KubeOptions) -> Result<Self, kube::Error> {
+        let config = kube::Config::infer()
+            .await
+            .map_err(kube::Error::InferConfig)?;
+        let name = format!("kubernetes {}", config.cluster_url);
+        let client = Client::try_from(config)?;
+        Ok(Self::start(client, name, opts))
+    }
+
+    /// Waits for the first lists, then for a change and the debounce.
+    async fn wait_for_change(&mut self) {
+        if !self.started {
+            let waiting = tokio::time::Instant::now();
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    r = self.stores.ready() => {
+                        if r.is_err() {
+                            // Only when the tasks are gone (the runtime is shutting down).
+                            std::future::pending::<()>().await;
+                        }
+                        break;
+                    }
+                    _ = tick.tick() => warn!(
+                        waited_s = waiting.elapsed().as_secs(),
+                        "kubernetes source: still waiting for the first lists (see the watch \
+                         errors above: RBAC, the MeshPolicy CRD, the API server address)"
+                    ),
+                }
+            }
+            self.started = true;
+            info!(
+                namespaces = self.stores.namespaces.len(),
+                services = self.stores.services.len(),
+                endpointslices = self.stores.slices.len(),
+                pods = self.stores.pods.len(),
+                meshpolicies = self.stores.policies.len(),
+                "kubernetes source: listed"
+            );
+            self.changes.borrow_and_update();
+            return;
+        }
+        if self.changes.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        let latest = tokio::time::Instant::now() + self.opts.max_delay;
+        loop {
+            let quiet = tokio::time::sleep(self.opts.debounce);
+            tokio::select! {
+                r = self.changes.changed() => {
+                    if r.is_err() {
+                        break;
+                    }
+                }
+                _ = quiet => break,
+                _ = tokio::time::sleep_until(latest) => break,
+            }
+        }
+        self.changes.borrow_and_update();
+    }
+
+    /// Builds the config of the stores now; queues what is new.
+    fn rebuild(&mut self) {
+        let snap = self.stores.snapshot();
+        let built = map::build(&snap, &self.opts.map, &mut self.memory);
+        let (config, rejections) = match built {
+            Ok(b) => {
+                for w in &b.warnings {
+                    warn!("kubernetes source: {w}");
+                }
+                if !b.without_backends.is_empty() {
+                    debug!(services = ?b.without_backends, "kubernetes source: no ready endpoint yet");
+                }
+                (Some(b.config), b.rejections)
+            }
+            Err(e) => (None, vec![e]),
+        };
+        // The config first: a policy refused at start-up must not be the first event, which
+        // the server would take for an initial state that cannot be served.
+        if let Some(config) = config {
+            if self.last.as_ref() != Some(&config) {
+                self.last = Some(config.clone());
+                self.pending.push_back(SourceEvent::Desired(config));
+            }
+        }
+        let mut now_refused = HashSet::new();
+        for r in rejections {
+            if !self.refused.contains(&r.message) {
+                self.pending.push_back(SourceEvent::Rejected(r.clone()));
+            }
+            now_refused.insert(r.message);
+        }
+        self.refused = now_refused;
+    }
+}
+
+impl Drop for KubeSource {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Source for KubeSource {
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+
+    fn next_event(&mut self) -> Pin<Box<dyn Future<Output = SourceEvent> + Send + '_>> {
+        Box::pin(async move {
+            loop {
+                if let Some(event) = self.pending.pop_front() {
+                    return event;
+                }
+                self.wait_for_change().await;
+                self.rebuild();
+            }
+        })
+    }
+}
+
+/// Spawns a watch of `api` into a new store; every event bumps `changes`. Errors are logged
+/// and retried with kube's default backoff (the watcher relists when it must).
+fn spawn_watch<K>(
+    api: Api<K>,
+    what: &'static str,
+    changes: &Arc<watch::Sender<u64>>,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        // Nobody reads them, and on a busy cluster they are most of an object's bytes.
+        .modify(|o: &mut K| o.managed_fields_mut().clear());
+    let stream = reflector::reflector(writer, stream);
+    let changes = changes.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        let mut failing = false;
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(_) => {
+                    if failing {
+                        info!(resource = what, "kubernetes source: watch recovered");
+                        failing = false;
+                    }
+                    changes.send_modify(|n| *n = n.wrapping_add(1));
+                }
+                Err(e) => {
+                    warn!(resource = what, error = %e, "kubernetes source: watch failed, retrying");
+                    failing = true;
+                }
+            }
+        }
+    }));
+    reader
+}
+
+#[cfg(test)]
+mod tests {
+    /// In a cluster the API server is https: the rustls (ring) stack must build a client and
+    /// fail a connection cleanly (the fake API server of the tests is plain http).
+    #[tokio::test]
+    async fn an_https_client_builds_and_fails_cleanly() {
+        let config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
+        let client = kube::Client::try_from(config).expect("a TLS client");
+        let err = client.apiserver_version().await.unwrap_err();
+        assert!(!err.to_string().is_empty());
+    }
+}

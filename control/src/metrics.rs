@@ -1,0 +1,154 @@
+//! The control plane's Prometheus series, on `--metrics-addr` with `GET /ready` (no auth,
+//! like every exporter and probe endpoint: bind it where only Prometheus and the kubelet
+//! reach).
+//!
+//! - `sockmesh_control_config_version`: the head's version.
+//! - `sockmesh_control_rejected_total`: source edits refused (never served).
+//! - `sockmesh_control_agent_version{agent}`: the version each agent last applied (0: none).
+//! - `sockmesh_control_agent_sync_age_seconds{agent}`: 0 while the agent runs the head, else
+//!   how long since the first version it lacks was made; alert when it stays above a bound.
+//!
+//! The per-agent series are computed at scrape time from the hub, so the age grows between
+//! acks without anyone updating it.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{body::Incoming, service::service_fn, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{gauge::ConstGauge, MetricType},
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::hub::Hub;
+use sockmesh_model::exposition;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgentLabels {
+    agent: String,
+}
+
+#[derive(Debug)]
+struct AgentCollector {
+    hub: Arc<Hub>,
+}
+
+impl Collector for AgentCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let reports = self.hub.agents();
+        let mut m = enc.encode_descriptor(
+            "agent_version",
+            "The config version each agent last applied (0: none yet)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for r in &reports {
+            let labels = AgentLabels {
+                agent: r.agent.clone(),
+            };
+            ConstGauge::new(r.applied_version.unwrap_or(0) as i64)
+                .encode(m.encode_family(&labels)?)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "agent_sync_age_seconds",
+            "0 while an agent runs the head version, else seconds since the first version it lacks was made",
+            None,
+            MetricType::Gauge,
+        )?;
+        for r in &reports {
+            let labels = AgentLabels {
+                agent: r.agent.clone(),
+            };
+            ConstGauge::new(r.sync_age_seconds).encode(m.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The registry behind `/metrics`: `sockmesh_control_*`.
+pub fn registry(hub: &Arc<Hub>) -> Registry {
+    let mut registry = Registry::with_prefix("sockmesh_control");
+    registry.register(
+        "config_version",
+        "The version of the desired state served to agents (the head)",
+        hub.metrics.config_version.clone(),
+    );
+    registry.register(
+        "rejected",
+        "Edits of the source refused by validation (never served)",
+        hub.metrics.rejected.clone(),
+    );
+    registry.register_collector(Box::new(AgentCollector { hub: hub.clone() }));
+    registry
+}
+
+/// Serves `GET /metrics` and `GET /ready` (200 once there is a head to serve, else 503).
+pub async fn serve(listener: TcpListener, registry: Arc<Registry>, hub: Arc<Hub>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                warn!(error = %e, "metrics accept failed");
+                continue;
+            }
+        };
+        let (registry, hub) = (registry.clone(), hub.clone());
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let reply = answer(&req, &registry, &hub);
+                async move { Ok::<_, Infallible>(reply) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                debug!(error = %e, "metrics connection ended with an error");
+            }
+        });
+    }
+}
+
+fn answer(req: &Request<Incoming>, registry: &Registry, hub: &Hub) -> Response<Full<Bytes>> {
+    let (status, ctype, body) = match req.uri().path() {
+        "/metrics" => {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, registry)
+                .expect("writing to a String cannot fail");
+            let accept = req
+                .headers()
+                .get(hyper::header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            let (ctype, body) = exposition::negotiate(accept, text);
+            (StatusCode::OK, ctype, body)
+        }
+        "/ready" => match hub.head() {
+            Some(head) => (
+                StatusCode::OK,
+                "text/plain",
+                format!("ready: version {}\n", head.version),
+            ),
+            None => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "no valid config yet\n".into(),
+            ),
+        },
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "metrics are at /metrics, readiness at /ready\n".into(),
+        ),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", ctype)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
