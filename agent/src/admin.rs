@@ -1,6 +1,5 @@
-//! Admin API: `/ready`, `/status`, `/v1/services`, `/v1/backends?service=`, `/v1/workloads`,
-//! `/v1/failures`, `/v1/bans`, `/v1/circuits`, `/v1/slos`, `/v1/lines`, `/v1/top`,
-//! `/v1/diagnose?service=`, and `POST /v1/fault` (shapes in docs/agent-interface.md).
+//! Admin API: the endpoints of [`Endpoint`] (shapes in docs/agent-interface.md), every one a
+//! GET but `POST /v1/fault`.
 //!
 //! Served on a unix socket created with mode 0600 (only root or the owner can connect: no token
 //! to leak), and optionally on TCP, where every request must carry the operator's bearer token.
@@ -18,6 +17,10 @@ use tokio::{
     net::{TcpListener, UnixListener},
 };
 use tracing::{debug, warn};
+
+mod endpoint;
+
+use endpoint::Endpoint;
 
 use crate::{
     diagnose::api as diagnose,
@@ -83,7 +86,7 @@ fn spawn_conn<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S, sta
                 }
                 // The engine's views are built by the engine task, on request.
                 let views = if req.method() == Method::GET
-                    && ENGINE_PATHS.contains(&req.uri().path())
+                    && Endpoint::from_path(req.uri().path()).is_some_and(Endpoint::needs_engine)
                     && authorized(&req, state.token.as_deref())
                 {
                     state.engine.views().await
@@ -149,9 +152,6 @@ pub fn authorized(req: &Request<Incoming>, token: Option<&str>) -> bool {
         .is_some_and(|given| token_matches(given.trim().as_bytes(), expected.as_bytes()))
 }
 
-/// The paths answered from the engine's views.
-const ENGINE_PATHS: [&str; 3] = ["/v1/bans", "/v1/circuits", "/v1/diagnose"];
-
 fn handle(
     req: &Request<Incoming>,
     state: &AdminState,
@@ -170,47 +170,58 @@ fn handle(
         );
     }
     let snapshot = || state.status.read().expect("status lock").clone();
-    match req.uri().path() {
-        "/ready" if snapshot().ready => reply(StatusCode::OK, "text/plain", "ready\n".into()),
-        "/ready" => reply(
+    let query = req.uri().query().unwrap_or("");
+    let Some(endpoint) = Endpoint::from_path(req.uri().path()) else {
+        return json_reply(
+            StatusCode::NOT_FOUND,
+            &json!({"error": "unknown path; see docs/agent-interface.md"}),
+        );
+    };
+    if endpoint.needs_engine() && engine.is_none() {
+        return engine_gone();
+    }
+    let engine = || engine.expect("checked above");
+    match endpoint {
+        Endpoint::Ready if snapshot().ready => {
+            reply(StatusCode::OK, "text/plain", "ready\n".into())
+        }
+        Endpoint::Ready => reply(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
             "not ready\n".into(),
         ),
-        "/status" => json_reply(
+        Endpoint::Status => json_reply(
             StatusCode::OK,
             &serde_json::to_value(snapshot()).unwrap_or_default(),
         ),
-        "/v1/services" => json_reply(StatusCode::OK, &state.signals.services_json()),
-        "/v1/backends" => {
-            let name = query_param(req.uri().query().unwrap_or(""), "service").unwrap_or_default();
+        Endpoint::Services => json_reply(StatusCode::OK, &state.signals.services_json()),
+        Endpoint::Backends => {
+            let name = query_param(query, "service").unwrap_or_default();
             match state.signals.backends_json(&name) {
                 Some(v) => json_reply(StatusCode::OK, &v),
                 None => unknown_service(&name),
             }
         }
-        "/v1/workloads" => json_reply(StatusCode::OK, &state.signals.workloads_json()),
-        "/v1/failures" => json_reply(StatusCode::OK, &state.signals.failures_json()),
-        "/v1/slos" => json_reply(
+        Endpoint::Workloads => json_reply(StatusCode::OK, &state.signals.workloads_json()),
+        Endpoint::Failures => json_reply(StatusCode::OK, &state.signals.failures_json()),
+        Endpoint::Slos => json_reply(
             StatusCode::OK,
             &serde_json::to_value(state.signals.slos()).unwrap_or_default(),
         ),
-        "/v1/bans" | "/v1/circuits" | "/v1/diagnose" if engine.is_none() => engine_gone(),
-        "/v1/bans" => json_reply(StatusCode::OK, &engine.expect("checked above").bans),
-        "/v1/circuits" => json_reply(StatusCode::OK, &engine.expect("checked above").circuits),
-        "/v1/lines" => json_reply(StatusCode::OK, &diagnose::lines_json(&state.signals)),
-        "/v1/top" => json_reply(StatusCode::OK, &diagnose::top_json(&state.signals)),
-        "/v1/diagnose" => {
-            let name = query_param(req.uri().query().unwrap_or(""), "service").unwrap_or_default();
-            let engine = engine.expect("checked above");
-            match diagnose::diagnose_json(&state.signals, engine, &name) {
+        Endpoint::Bans => json_reply(StatusCode::OK, &engine().bans),
+        Endpoint::Circuits => json_reply(StatusCode::OK, &engine().circuits),
+        Endpoint::Lines => json_reply(StatusCode::OK, &diagnose::lines_json(&state.signals)),
+        Endpoint::Top => json_reply(StatusCode::OK, &diagnose::top_json(&state.signals)),
+        Endpoint::Diagnose => {
+            let name = query_param(query, "service").unwrap_or_default();
+            match diagnose::diagnose_json(&state.signals, engine(), &name) {
                 Some(v) => json_reply(StatusCode::OK, &v),
                 None => unknown_service(&name),
             }
         }
-        _ => json_reply(
-            StatusCode::NOT_FOUND,
-            &json!({"error": "unknown path; see docs/agent-interface.md"}),
+        Endpoint::Fault => json_reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({"error": "fault drills are POST /v1/fault"}),
         ),
     }
 }
@@ -219,7 +230,7 @@ fn handle(
 /// connects (chaos drills); `0` ends the drill. Only callers with admin access reach this.
 async fn post(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
     use http_body_util::BodyExt;
-    if req.uri().path() != "/v1/fault" {
+    if !Endpoint::from_path(req.uri().path()).is_some_and(Endpoint::is_post) {
         return json_reply(
             StatusCode::NOT_FOUND,
             &json!({"error": "POST goes to /v1/fault"}),

@@ -7,9 +7,9 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
-use crate::pressure_fill::{bpf, open_pinned};
+use sockmesh_common::syscall::{bpf, BPF_PROG_QUERY};
 
-const BPF_PROG_QUERY: libc::c_long = 16;
+use crate::pressure_fill::open_pinned;
 /// `enum bpf_attach_type`: `BPF_SK_MSG_VERDICT`.
 pub const BPF_SK_MSG_VERDICT: u32 = 7;
 
@@ -39,8 +39,8 @@ pub fn attached_programs(pin: &Path, attach_type: u32) -> Result<Vec<u32>> {
         prog_cnt: ids.len() as u32,
         _rest: [0; 21],
     };
-    let size = std::mem::size_of::<ProgQuery>();
-    if let Err(e) = bpf(BPF_PROG_QUERY, (&mut query as *mut ProgQuery).cast(), size) {
+    // SAFETY: BPF_PROG_QUERY writes at most `prog_cnt` ids into `ids`, alive for the call.
+    if let Err(e) = unsafe { bpf(BPF_PROG_QUERY, &mut query) } {
         bail!(
             "BPF_PROG_QUERY on the map {} failed: {e} (querying a socket map's programs \
              needs kernel >= 5.19)",

@@ -18,15 +18,14 @@ use std::process::Command;
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
+use sockmesh_common::syscall::{bpf, BatchAttr, ObjGetAttr, BPF_MAP_UPDATE_BATCH, BPF_OBJ_GET};
+
 use crate::exposition::parse_exposition;
 
 /// Socket cookies count up from 1 per boot; these are far above any real one.
 pub const FAKE_COOKIE_BASE: u64 = 0xfeed_0000_0000_0000;
 /// Service ids are below 65,536; these name no service.
 pub const FAKE_SERVICE_BASE: u32 = 0xfeed_0000;
-
-const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
 /// What `bpftool map show` says about a pinned map.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,42 +80,6 @@ pub fn map_pin(pins: &Path, name: &str) -> Result<PathBuf> {
     }
 }
 
-/// `union bpf_attr` for `BPF_MAP_*_BATCH`.
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-/// `union bpf_attr` for `BPF_OBJ_GET`.
-#[repr(C)]
-#[derive(Default)]
-struct ObjGetAttr {
-    pathname: u64,
-    bpf_fd: u32,
-    file_flags: u32,
-    path_fd: i32,
-    _pad: u32,
-}
-
-pub(crate) fn bpf(cmd: libc::c_long, attr: *mut u8, size: usize) -> std::io::Result<i64> {
-    // SAFETY: `attr` points to a live bpf_attr variant of at least `size` bytes; the kernel
-    // reads it and writes back only within it.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size) };
-    if rc < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
 /// Opens the pinned map at `pin`.
 pub(crate) fn open_pinned(pin: &Path) -> Result<OwnedFd> {
     let path = CString::new(pin.as_os_str().as_bytes())?;
@@ -124,12 +87,9 @@ pub(crate) fn open_pinned(pin: &Path) -> Result<OwnedFd> {
         pathname: path.as_ptr() as u64,
         ..ObjGetAttr::default()
     };
-    let fd = bpf(
-        BPF_OBJ_GET,
-        (&mut attr as *mut ObjGetAttr).cast(),
-        std::mem::size_of::<ObjGetAttr>(),
-    )
-    .with_context(|| format!("BPF_OBJ_GET {}", pin.display()))?;
+    // SAFETY: BPF_OBJ_GET reads the NUL-terminated path, alive for the call.
+    let fd = unsafe { bpf(BPF_OBJ_GET, &mut attr) }
+        .with_context(|| format!("BPF_OBJ_GET {}", pin.display()))?;
     // SAFETY: BPF_OBJ_GET returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -167,12 +127,9 @@ pub fn fill(pin: &Path, count: u64, key: impl Fn(u64) -> Vec<u8>) -> Result<u64>
             map_fd: fd.as_raw_fd() as u32,
             ..BatchAttr::default()
         };
-        bpf(
-            BPF_MAP_UPDATE_BATCH,
-            (&mut attr as *mut BatchAttr).cast(),
-            std::mem::size_of::<BatchAttr>(),
-        )
-        .with_context(|| {
+        // SAFETY: BPF_MAP_UPDATE_BATCH reads `count` keys and values from the buffers, sized
+        // for `n` entries of this map's key and value sizes and alive for the call.
+        unsafe { bpf(BPF_MAP_UPDATE_BATCH, &mut attr) }.with_context(|| {
             format!(
                 "BPF_MAP_UPDATE_BATCH on {} after {} entries ({} of this chunk)",
                 pin.display(),

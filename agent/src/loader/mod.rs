@@ -11,6 +11,8 @@
 //! ```
 
 mod cgroup;
+#[cfg(test)]
+mod object_names;
 mod tracefs;
 
 use std::{

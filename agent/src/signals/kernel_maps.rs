@@ -7,10 +7,9 @@ use anyhow::{Context, Result};
 use aya::maps::{HashMap, IterableMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use sockmesh_common::{
     BackendKey, BackendTcpStats, CallerEntry, RunqHist, BACKEND_STATS_MAP, CALLERS_MAP,
-    CALLER_CONNS_MAP, HIST_BUCKETS, KERNEL_COUNTERS_MAP, LOST_EVENTS_SLOT, MAX_BACKEND_STATS,
-    RUNQ_HIST_MAP, SAME_NODE_BYTES_SLOT, SAME_NODE_FALLBACKS_SLOT, SAME_NODE_PAIRS_SLOT,
-    SAME_NODE_PENDING_MAP, SAME_NODE_SOCKS_MAP, SAME_NODE_TCP_MAP, SOCK_STAMPS_MAP,
-    UNENROLLED_SLOT, WORKLOAD_TIDS_MAP,
+    CALLER_CONNS_MAP, KERNEL_COUNTERS_MAP, LOST_EVENTS_SLOT, MAX_BACKEND_STATS, RUNQ_HIST_MAP,
+    SAME_NODE_BYTES_SLOT, SAME_NODE_FALLBACKS_SLOT, SAME_NODE_PAIRS_SLOT, SAME_NODE_PENDING_MAP,
+    SAME_NODE_SOCKS_MAP, SAME_NODE_TCP_MAP, SOCK_STAMPS_MAP, UNENROLLED_SLOT, WORKLOAD_TIDS_MAP,
 };
 
 use super::map_count::{walk_batch, CountedMap, CountedMaps};
@@ -183,33 +182,17 @@ impl SignalMaps {
     }
 }
 
+/// The total of one key's per-CPU values.
 pub fn sum_tcp<'a>(values: impl Iterator<Item = &'a BackendTcpStats>) -> BackendTcpStats {
     values.fold(BackendTcpStats::ZERO, |mut acc, v| {
-        acc.established += v.established;
-        acc.closed += v.closed;
-        acc.retransmits += v.retransmits;
-        acc.rtos += v.rtos;
-        acc.srtt_count += v.srtt_count;
-        acc.srtt_sum_us += v.srtt_sum_us;
-        for i in 0..HIST_BUCKETS {
-            acc.srtt_hist[i] += v.srtt_hist[i];
-        }
+        acc.add(v);
         acc
     })
 }
 
 pub fn sum_runq<'a>(values: impl Iterator<Item = &'a RunqHist>) -> RunqHist {
-    let zero = RunqHist {
-        count: 0,
-        sum_us: 0,
-        buckets: [0; HIST_BUCKETS],
-    };
-    values.fold(zero, |mut acc, v| {
-        acc.count += v.count;
-        acc.sum_us += v.sum_us;
-        for i in 0..HIST_BUCKETS {
-            acc.buckets[i] += v.buckets[i];
-        }
+    values.fold(RunqHist::ZERO, |mut acc, v| {
+        acc.add(v);
         acc
     })
 }
@@ -217,6 +200,7 @@ pub fn sum_runq<'a>(values: impl Iterator<Item = &'a RunqHist>) -> RunqHist {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sockmesh_common::HIST_BUCKETS;
 
     #[test]
     fn sums_across_cpus() {

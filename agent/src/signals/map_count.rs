@@ -13,36 +13,14 @@ use std::{
 };
 
 use aya::maps::MapData;
+use sockmesh_common::syscall::{
+    bpf, BatchAttr, NextKeyAttr, BPF_MAP_GET_NEXT_KEY, BPF_MAP_LOOKUP_BATCH,
+};
 
-const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 /// Entries asked for per call: 4,096 keys and values (256 KiB for a 64-byte value).
 const CHUNK: u32 = 4096;
 /// Largest chunk tried when a hash bucket holds more entries than a chunk (`ENOSPC`).
 const MAX_CHUNK: u32 = 1 << 16;
-
-/// `union bpf_attr`'s `batch` member (include/uapi/linux/bpf.h).
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-/// `union bpf_attr` for `BPF_MAP_GET_NEXT_KEY`.
-#[repr(C)]
-struct NextKeyAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    next_key: u64,
-}
 
 /// The maps the kernel fills that get a pressure gauge.
 pub struct CountedMaps {
@@ -105,16 +83,7 @@ impl CountedMap {
             };
             // SAFETY: BPF_MAP_GET_NEXT_KEY reads one key from `key` (or none: null) and
             // writes one into `next`, both sized like this map's keys and alive for the call.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_MAP_GET_NEXT_KEY,
-                    &mut attr as *mut NextKeyAttr,
-                    std::mem::size_of::<NextKeyAttr>(),
-                )
-            };
-            if rc != 0 {
-                let err = io::Error::last_os_error();
+            if let Err(err) = unsafe { bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) } {
                 return match err.raw_os_error() {
                     Some(libc::ENOENT) => Ok(total),
                     _ => Err(err),
@@ -163,26 +132,21 @@ pub fn walk_batch(
         // SAFETY: BPF_MAP_LOOKUP_BATCH writes at most `count` keys and values into the
         // buffers, sized for `chunk` entries of this map's key and value sizes, and one
         // token into `token_out`, sized at least like a key; all outlive the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>(),
-            )
-        };
+        let rc = unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) };
         let got = (attr.count as usize).min(chunk as usize);
-        if rc == 0 {
-            f(&keys[..got * key_size], &values[..got * value_size], got);
-            total += got as u64;
-            token_in.copy_from_slice(&token_out);
-            first = false;
-            if total >= max_entries {
-                break;
+        let err = match rc {
+            Ok(_) => {
+                f(&keys[..got * key_size], &values[..got * value_size], got);
+                total += got as u64;
+                token_in.copy_from_slice(&token_out);
+                first = false;
+                if total >= max_entries {
+                    break;
+                }
+                continue;
             }
-            continue;
-        }
-        let err = io::Error::last_os_error();
+            Err(err) => err,
+        };
         match err.raw_os_error() {
             // The walk is over; the last call may still have returned entries.
             Some(libc::ENOENT) => {

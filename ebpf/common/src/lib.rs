@@ -15,6 +15,8 @@ pub mod gcra;
 pub mod maps;
 pub mod pick;
 pub mod signals;
+#[cfg(feature = "user")]
+pub mod syscall;
 
 pub use addr::{FAMILY_INET, FAMILY_INET6};
 pub use maps::*;

@@ -194,6 +194,20 @@ impl BackendTcpStats {
         srtt_sum_us: 0,
         srtt_hist: [0; HIST_BUCKETS],
     };
+
+    /// Adds another CPU's counters: the per-CPU values of one key sum to its total. The one
+    /// place that knows every field, so a new counter cannot be left out of the sum.
+    pub fn add(&mut self, o: &Self) {
+        self.established += o.established;
+        self.closed += o.closed;
+        self.retransmits += o.retransmits;
+        self.rtos += o.rtos;
+        self.srtt_count += o.srtt_count;
+        self.srtt_sum_us += o.srtt_sum_us;
+        for (a, b) in self.srtt_hist.iter_mut().zip(&o.srtt_hist) {
+            *a += b;
+        }
+    }
 }
 
 /// Per-CPU run-queue latency of one workload.
@@ -205,6 +219,23 @@ pub struct RunqHist {
     pub buckets: [u64; HIST_BUCKETS],
 }
 const _: () = assert!(size_of::<RunqHist>() == 16 + 8 * HIST_BUCKETS);
+
+impl RunqHist {
+    pub const ZERO: Self = Self {
+        count: 0,
+        sum_us: 0,
+        buckets: [0; HIST_BUCKETS],
+    };
+
+    /// Adds another CPU's histogram (see [`BackendTcpStats::add`]).
+    pub fn add(&mut self, o: &Self) {
+        self.count += o.count;
+        self.sum_us += o.sum_us;
+        for (a, b) in self.buckets.iter_mut().zip(&o.buckets) {
+            *a += b;
+        }
+    }
+}
 
 /// The log2 bucket of `v`: 0 for 0, else 1 + floor(log2 v), capped at the last bucket.
 #[inline(always)]
@@ -268,6 +299,46 @@ mod tests {
     extern crate std;
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn adding_per_cpu_values_sums_every_field() {
+        // Every field distinct and non-zero, so a field left out of `add` shows.
+        let mut one = BackendTcpStats {
+            established: 1,
+            closed: 2,
+            retransmits: 3,
+            rtos: 4,
+            srtt_count: 5,
+            srtt_sum_us: 6,
+            srtt_hist: [7; HIST_BUCKETS],
+        };
+        one.srtt_hist[HIST_BUCKETS - 1] = 8;
+        let mut sum = BackendTcpStats::ZERO;
+        sum.add(&one);
+        sum.add(&one);
+        let mut twice = one;
+        twice.established *= 2;
+        twice.closed *= 2;
+        twice.retransmits *= 2;
+        twice.rtos *= 2;
+        twice.srtt_count *= 2;
+        twice.srtt_sum_us *= 2;
+        twice.srtt_hist.iter_mut().for_each(|b| *b *= 2);
+        assert_eq!(sum, twice);
+
+        let h = RunqHist {
+            count: 1,
+            sum_us: 10,
+            buckets: [3; HIST_BUCKETS],
+        };
+        let mut total = RunqHist::ZERO;
+        total.add(&h);
+        total.add(&h);
+        assert_eq!(
+            (total.count, total.sum_us, total.buckets),
+            (2, 20, [6; HIST_BUCKETS])
+        );
+    }
 
     proptest! {
         #[test]

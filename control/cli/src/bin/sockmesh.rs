@@ -384,4 +384,50 @@ mod tests {
             .expect("a version must be a number");
         assert_eq!(err.kind(), ErrorKind::ValueValidation);
     }
+
+    /// Every command the CLI has, as typed: `sockmesh status`, `sockmesh fault set`, ...
+    fn commands(cmd: &clap::Command, prefix: &str, out: &mut Vec<String>) {
+        for sub in cmd.get_subcommands().filter(|c| c.get_name() != "help") {
+            let name = format!("{prefix} {}", sub.get_name());
+            if sub.has_subcommands() {
+                commands(sub, &name, out);
+            } else {
+                out.push(name);
+            }
+        }
+    }
+
+    fn doc(name: &str) -> String {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(name);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[test]
+    fn readme_lists_exactly_the_commands_clap_defines() {
+        let readme = doc("README.md");
+        let section = &readme[readme.find("\n## CLI\n").expect("README has a CLI section")..];
+        let listed: std::collections::BTreeSet<String> = section
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .filter_map(|l| l.split('`').nth(1).map(str::to_owned))
+            .filter(|c| c.starts_with("sockmesh "))
+            .collect();
+        let mut defined = Vec::new();
+        commands(&Cli::command(), "sockmesh", &mut defined);
+        let defined: std::collections::BTreeSet<String> = defined.into_iter().collect();
+        assert_eq!(
+            listed, defined,
+            "README.md's CLI table and the clap definition disagree"
+        );
+        let cli_doc = doc("docs/cli.md");
+        for c in &defined {
+            assert!(
+                cli_doc.contains(c.as_str()),
+                "docs/cli.md never names `{c}`"
+            );
+        }
+    }
 }
