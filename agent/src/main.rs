@@ -156,14 +156,9 @@ fn check(path: &PathBuf) -> Result<()> {
 fn run(args: RunArgs) -> Result<()> {
     let cgroup2_root = loader::cgroup2_mount()?;
     let cgroup = args.cgroup.unwrap_or_else(|| cgroup2_root.clone());
+    // The same rules as the control plane's token file: first line, trimmed, printable.
     let admin_token = match &args.admin_token_file {
-        Some(f) => {
-            let text =
-                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-            let token = text.lines().next().unwrap_or("").trim().to_owned();
-            anyhow::ensure!(!token.is_empty(), "{} holds no token", f.display());
-            Some(token)
-        }
+        Some(f) => Some(sockmesh_model::Token::read_file(f)?),
         None => None,
     };
     let admin_socket = args

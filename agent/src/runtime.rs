@@ -31,7 +31,7 @@ pub struct RunOptions {
     pub bpffs: PathBuf,
     pub admin_socket: PathBuf,
     pub admin_addr: Option<SocketAddr>,
-    pub admin_token: Option<String>,
+    pub admin_token: Option<sockmesh_model::Token>,
     pub metrics_addr: SocketAddr,
     pub watch_interval: Duration,
     pub max_callers: usize,
@@ -139,7 +139,7 @@ pub async fn run(mut opts: RunOptions) -> Result<()> {
         tokio::spawn(admin::serve_tcp(
             listener,
             AdminState {
-                token: Some(token.into()),
+                token: Some(token),
                 ..admin_state
             },
         ));
