@@ -1,4 +1,4 @@
-//! Restart under load (issue 7): a steady client load through VIPs plus long-lived
+//! Restart under load: a steady client load through VIPs plus long-lived
 //! connections, while the agent is SIGKILLed at random moments and restarted on the same
 //! pins. Shared by `tests/chaos_restart.rs` (a short run) and `cargo xtask chaos` (100 kills).
 //!
@@ -17,7 +17,7 @@
 //! be ready (during adoption itself). Every `reload_every`-th round rewrites the config
 //! (a weight change) just before the kill, so some kills land while a config is applied.
 //!
-//! Addresses (issue 7 rows): VIPs 127.100.70.1-3 port 18700, backends 127.0.0.2-4:18701
+//! Addresses (the chaos rows of the table in lib.rs): VIPs 127.100.70.1-3 port 18700, backends 127.0.0.2-4:18701
 //! (load) and 127.0.0.5-6:18702 (echo).
 
 use std::net::SocketAddr;

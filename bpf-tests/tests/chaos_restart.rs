@@ -1,4 +1,4 @@
-//! Issue 7, restart under load: the agent is SIGKILLed at random moments and restarted on
+//! Restart under load: the agent is SIGKILLed at random moments and restarted on
 //! the same pins while clients connect through VIPs and long-lived connections echo.
 //!
 //! - `sigkill_under_load_*`: 20 kills here, to keep CI short (`cargo xtask chaos` runs the

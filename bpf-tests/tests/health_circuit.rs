@@ -1,4 +1,4 @@
-//! Issue 4, the circuit breaker: every backend of a service stops answering (`sockmesh-agent
+//! The circuit breaker: every backend of a service stops answering (`sockmesh-agent
 //! netfault` drops all SYNs to them: connects time out after the caller's 150 ms).
 //!
 //! - Once the window holds `min_requests` attempts with a success share below the minimum,

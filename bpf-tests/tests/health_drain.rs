@@ -1,4 +1,4 @@
-//! Issue 4, draining: a caller holds one long-lived echo connection to each of three backends.
+//! Draining: a caller holds one long-lived echo connection to each of three backends.
 //! Then one backend stops accepting new connections (`sockmesh-agent netfault` drops the SYNs
 //! to it, so new connects time out; the established connection is untouched and still
 //! echoes). Five timed-out connects ban it, and `drain_grace: 1s` later the agent closes the

@@ -1,4 +1,4 @@
-//! Issue 4, fault injection: `POST /v1/fault` switches a share of a service's connects to an
+//! Fault injection: `POST /v1/fault` switches a share of a service's connects to an
 //! immediate refusal at runtime. 100% refuses every connect (ECONNREFUSED, counted
 //! `result="fault"`), 50% about half, 0% none again. Injected faults are the mesh's own
 //! refusals: no backend gets banned and the circuit stays closed, however many there are.

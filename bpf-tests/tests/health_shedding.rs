@@ -1,4 +1,4 @@
-//! Issue 4, priority shedding: two workloads call one service, `online` (priority online) and
+//! Priority shedding: two workloads call one service, `online` (priority online) and
 //! `batch` (priority offline). While the service is healthy both connect. Once it is overloaded
 //! (a connect was refused by its `max_connections` limit in the last 5 s), the offline caller
 //! is refused at connect() with `result="shed"`, while the online caller still connects

@@ -3,11 +3,13 @@
 //!
 //! Pins are the source of truth for "is sockmesh attached here": the kernel keeps a pinned
 //! link (and so the program and its maps) alive after the agent exits, which is what lets
-//! routing continue while the agent restarts. Layout (`v<LAYOUT_VERSION>` isolates map layouts):
+//! routing continue while the agent restarts. Layout, one directory per map layout version
+//! (`sockmesh_common::LAYOUT_VERSION`, so an agent never adopts maps of another layout):
 //! ```text
-//! <bpffs>/v1/maps/SM_*          pinned maps
-//! <bpffs>/v1/progs/<program>    pinned programs
-//! <bpffs>/v1/links/<program>    pinned links (the attachment itself)
+//! <bpffs>/v<LAYOUT_VERSION>/maps/SM_*          pinned maps
+//! <bpffs>/v<LAYOUT_VERSION>/progs/<program>    pinned programs
+//! <bpffs>/v<LAYOUT_VERSION>/links/<program>    pinned links (the attachment itself; sk_msg
+//!                                              has none: its pinned program proves it)
 //! ```
 
 mod cgroup;

@@ -11,9 +11,9 @@
 //!
 //! Besides the table: the kernel's run count and run time of the agents' programs
 //! (connect4, sock_ops, the global sched tracepoints), and, around each (b) connect-rate run,
-//! how many ring-buffer events the observing agent drained and lost (issue 3) and how much
+//! how many ring-buffer events the observing agent drained and lost and how much
 //! CPU the agent process used; after the rounds, the time the agent takes to apply a config
-//! of 10,000 services and to go back, and its memory (issue 7).
+//! of 10,000 services and to go back, and its memory.
 //!
 //! Numbers are printed, never asserted: a benchmark on a shared 2-core machine is a
 //! comparison, not a test.
