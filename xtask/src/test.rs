@@ -1,5 +1,7 @@
-//! `cargo xtask test`: the unit tests, then the privileged bpf-tests against the release
-//! agent, with cargo's own output (and its `test result:` lines) passed through unchanged.
+//! `cargo xtask test`: the lint gates (`cargo xtask lint`: rustfmt, clippy for the host
+//! crates and for the eBPF programs), the unit tests, then the privileged bpf-tests against
+//! the release agent, with the tools' own output (and the `test result:` lines) passed
+//! through unchanged.
 //!
 //! The bpf-tests load programs into the running kernel, so they run one at a time
 //! (`--test-threads=1`) and after the leftovers of crashed earlier runs are removed: a
@@ -12,7 +14,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use crate::{agent_build, cgroup, command, deploy_check, deploy_k8s, fuzz, setup, workspace};
+use crate::{agent_build, cgroup, command, deploy_check, deploy_k8s, fuzz, lint, setup, workspace};
 
 /// Name prefix of the bpf-tests' cgroups and pin directories; nothing else is ever removed.
 const TEST_PREFIX: &str = "sockmesh-test-";
@@ -20,6 +22,10 @@ const BPFFS: &str = "/sys/fs/bpf";
 
 pub fn run() -> Result<()> {
     setup::run()?;
+
+    // First, and fast: a red lint needs no test run to be found.
+    println!("test: lint gates");
+    lint::run()?;
 
     println!("test: unit tests");
     // The eBPF crate only builds for bpfel-unknown-none (the agent's build.rs builds it),
