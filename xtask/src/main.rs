@@ -4,7 +4,7 @@
 //! - `build`: builds the release agent (its build.rs builds the eBPF object).
 //! - `lint`:  rustfmt and clippy (host crates, and the eBPF programs on their target).
 //! - `test`:  the lint gates, unit tests, then the privileged bpf-tests against the release
-//!   agent.
+//!   agent, each test binary under a timeout.
 //! - `demo`:  routes a bounded client load through the default config's VIPs (live table),
 //!   then a scene where a backend dies, is banned, returns and is let back in after a probe.
 //! - `bench`: direct vs. sockmesh vs. one haproxy hop, connect rate and request latency.

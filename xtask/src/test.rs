@@ -6,7 +6,11 @@
 //! The bpf-tests load programs into the running kernel, so they run one at a time
 //! (`--test-threads=1`) and after the leftovers of crashed earlier runs are removed: a
 //! stale pin directory or cgroup named like a new test's would make that test fail for a
-//! reason that has nothing to do with the code under test.
+//! reason that has nothing to do with the code under test. Each test binary runs under a
+//! timeout of its own ([`bpf_tests`]): a hang fails that binary by name and the others
+//! still run.
+
+mod bpf_tests;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -56,19 +60,7 @@ pub fn run() -> Result<()> {
     remove_leftovers(&agent)?;
 
     println!("test: bpf-tests (privileged, one at a time)");
-    command::run(
-        workspace::cargo()
-            .args(["test", "--no-fail-fast", "-p", "sockmesh-bpf-tests"])
-            .args(["--", "--test-threads=1"])
-            .env("SOCKMESH_AGENT_BIN", &agent)
-            .env("SOCKMESH_CLI_BIN", agent.with_file_name("sockmesh"))
-            .env(
-                "SOCKMESH_CONTROL_BIN",
-                agent.with_file_name("sockmesh-control"),
-            )
-            // Free metrics ports for the agents under test, as for demo and bench.
-            .env("SOCKMESH_METRICS_ADDR", "127.0.0.1:0"),
-    )
+    bpf_tests::run(&agent)
 }
 
 /// Removes `sockmesh-test-*` pin directories and cgroups that no running test owns.
