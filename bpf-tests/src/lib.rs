@@ -206,6 +206,8 @@ pub mod health_admin;
 pub mod health_backend;
 pub mod health_client;
 pub mod health_yaml;
+/// What the connect hook reads (service entry, admitted connections), for waits on the kernel.
+pub mod kernel_tables;
 
 // SLO harness pieces; used by tests/slo_prometheus.rs (ports 18600-18699, VIPs
 // 127.100.60.x).
