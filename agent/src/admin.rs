@@ -27,7 +27,7 @@ use crate::{
 };
 
 #[derive(Clone)]
-pub struct AdminState {
+pub(crate) struct AdminState {
     pub status: SharedStatus,
     pub signals: Arc<Signals>,
     pub engine: EngineHandle,
@@ -36,7 +36,7 @@ pub struct AdminState {
 }
 
 /// Binds the socket (replacing a stale one from a previous agent), private from the start.
-pub fn bind_unix(path: &Path) -> Result<UnixListener> {
+pub(crate) fn bind_unix(path: &Path) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -55,7 +55,7 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn serve_unix(listener: UnixListener, state: AdminState) {
+pub(crate) async fn serve_unix(listener: UnixListener, state: AdminState) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => spawn_conn(stream, state.clone()),
@@ -64,7 +64,7 @@ pub async fn serve_unix(listener: UnixListener, state: AdminState) {
     }
 }
 
-pub async fn serve_tcp(listener: TcpListener, state: AdminState) {
+pub(crate) async fn serve_tcp(listener: TcpListener, state: AdminState) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => spawn_conn(stream, state.clone()),
@@ -140,7 +140,7 @@ fn token_matches(given: &[u8], expected: &[u8]) -> bool {
             == 0
 }
 
-pub fn authorized(req: &Request<Incoming>, token: Option<&str>) -> bool {
+pub(crate) fn authorized(req: &Request<Incoming>, token: Option<&str>) -> bool {
     let Some(expected) = token else { return true };
     req.headers()
         .get(hyper::header::AUTHORIZATION)
