@@ -88,19 +88,21 @@ pub fn run(agent: &Path) -> Result<()> {
 }
 
 fn timeout() -> Result<Duration> {
-    match env::var(TIMEOUT_ENV) {
-        Ok(v) => {
-            let secs: u64 = v
-                .trim()
-                .parse()
-                .with_context(|| format!("{TIMEOUT_ENV}={v:?}: not a number of seconds"))?;
-            if secs == 0 {
-                bail!("{TIMEOUT_ENV} must be at least 1");
-            }
-            Ok(Duration::from_secs(secs))
-        }
-        Err(_) => Ok(DEFAULT_TIMEOUT),
+    parse_timeout(env::var(TIMEOUT_ENV).ok().as_deref())
+}
+
+fn parse_timeout(value: Option<&str>) -> Result<Duration> {
+    let Some(v) = value else {
+        return Ok(DEFAULT_TIMEOUT);
+    };
+    let secs: u64 = v
+        .trim()
+        .parse()
+        .with_context(|| format!("{TIMEOUT_ENV}={v:?}: not a number of seconds"))?;
+    if secs == 0 {
+        bail!("{TIMEOUT_ENV} must be at least 1");
     }
+    Ok(Duration::from_secs(secs))
 }
 
 /// `cargo test --no-run`: builds every bpf-test binary once and names their executables.
@@ -189,5 +191,90 @@ fn kill_group(child: &mut Child) {
             // Kills every process in the cgroup and below it (kernel >= 5.14).
             let _ = fs::write(entry.path().join("cgroup.kill"), "1");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
+
+    use super::*;
+
+    /// A stand-in test binary: a shell script that ignores its arguments.
+    fn script(name: &str, body: &str) -> TestBinary {
+        let dir = env::temp_dir().join(format!("xtask-bpf-runner-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let exe = dir.join(name);
+        fs::write(&exe, format!("#!/bin/sh\n{body}\n")).unwrap();
+        fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+        TestBinary {
+            name: name.into(),
+            exe,
+        }
+    }
+
+    fn agent() -> PathBuf {
+        PathBuf::from("/nonexistent/sockmesh-agent")
+    }
+
+    #[test]
+    fn exit_status_decides_pass_or_fail() {
+        let pass = script("pass", "exit 0");
+        let fail = script("fail", "exit 101");
+        let limit = Duration::from_secs(60);
+        assert!(matches!(
+            run_one(&pass, &agent(), limit).unwrap(),
+            Outcome::Passed
+        ));
+        match run_one(&fail, &agent(), limit).unwrap() {
+            Outcome::Failed(status) => assert_eq!(status.code(), Some(101)),
+            _ => panic!("exit 101 is a failure"),
+        }
+    }
+
+    #[test]
+    fn a_hang_is_killed_with_its_process_group() {
+        // The script's child (a second sleep) is in the same group and must die too: it
+        // writes its pid, and the test checks that pid is gone afterwards.
+        let dir = env::temp_dir().join(format!("xtask-bpf-runner-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let pidfile = dir.join("grandchild.pid");
+        let hang = script(
+            "hang",
+            &format!("sleep 300 & echo $! > {}\nwait", pidfile.display()),
+        );
+        let started = Instant::now();
+        let outcome = run_one(&hang, &agent(), Duration::from_secs(1)).unwrap();
+        assert!(matches!(outcome, Outcome::TimedOut(t) if t == Duration::from_secs(1)));
+        assert!(started.elapsed() < Duration::from_secs(30));
+        let grandchild = fs::read_to_string(&pidfile).unwrap();
+        let proc_dir = Path::new("/proc").join(grandchild.trim());
+        // SIGKILLed; init reaps it shortly after (it was reparented when the script died).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while proc_dir.exists() && !is_zombie(&proc_dir) {
+            assert!(Instant::now() < deadline, "{} survived", proc_dir.display());
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn is_zombie(proc_dir: &Path) -> bool {
+        fs::read_to_string(proc_dir.join("stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(true)
+    }
+
+    #[test]
+    fn timeout_from_env_or_default() {
+        assert_eq!(parse_timeout(None).unwrap(), DEFAULT_TIMEOUT);
+        assert_eq!(parse_timeout(Some("42")).unwrap(), Duration::from_secs(42));
+        assert!(parse_timeout(Some("0")).is_err());
+        assert!(parse_timeout(Some("soon")).is_err());
     }
 }
