@@ -42,6 +42,9 @@ pub enum Mode {
     /// One-way bulk transfer on one connection per thread: bytes per second, counted by the
     /// server (`ops` are bytes).
     Throughput,
+    /// connect() to a VIP whose connects the mesh refuses: how long a refusal takes. A
+    /// refusal (ECONNREFUSED) is an op; a connect that succeeds is an error.
+    Refused,
 }
 
 impl Mode {
@@ -50,6 +53,7 @@ impl Mode {
             Mode::ConnRate => "conn-rate",
             Mode::Latency => "latency",
             Mode::Throughput => "throughput",
+            Mode::Refused => "refused",
         }
     }
 }
@@ -83,6 +87,7 @@ pub fn run(args: &LoadgenArgs) -> Result<()> {
                 Mode::ConnRate => conn_rate(target, measure_from, until),
                 Mode::Latency => latency(target, measure_from, until),
                 Mode::Throughput => throughput(target, measure_from, until),
+                Mode::Refused => refused(target, measure_from, until),
             })
         })
         .collect();
@@ -161,6 +166,32 @@ fn conn_rate(target: SocketAddr, measure_from: Instant, until: Instant) -> Resul
 }
 
 /// connect, one request, read the answer, then wait for the server's close (it closes first).
+fn refused(target: SocketAddr, measure_from: Instant, until: Instant) -> Result<Tally> {
+    let mut tally = new_tally()?;
+    loop {
+        let started = Instant::now();
+        if started >= until {
+            return Ok(tally);
+        }
+        let outcome = TcpStream::connect_timeout(&target, IO_TIMEOUT);
+        let took = started.elapsed();
+        if started < measure_from {
+            continue;
+        }
+        match outcome {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                tally.ops += 1;
+                tally.latency_ns.record(took.as_nanos() as u64)?;
+            }
+            Err(e) => tally.error("connect", e),
+            Ok(_) => tally.error(
+                "connect",
+                std::io::Error::other("connected: the mesh did not refuse"),
+            ),
+        }
+    }
+}
+
 fn one_connection(target: SocketAddr, request: &[u8; MSG_LEN]) -> std::io::Result<()> {
     let mut conn = TcpStream::connect_timeout(&target, IO_TIMEOUT)?;
     conn.set_nodelay(true)?;
