@@ -313,4 +313,27 @@ mod tests {
         assert!(bulk.errors == 0, "{:?}", bulk.first_error);
         assert!(bulk.ops >= BULK_CHUNK as u64, "{} bytes", bulk.ops);
     }
+
+    #[test]
+    fn refused_mode_counts_refusals_and_calls_a_connect_an_error() {
+        // A loopback port nothing listens on answers with RST: ECONNREFUSED, as the mesh's
+        // refusals look to the caller.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let from = Instant::now();
+        let refusals = refused(closed, from, from + Duration::from_millis(100)).unwrap();
+        assert!(
+            refusals.ops > 0 && refusals.errors == 0,
+            "{:?}",
+            refusals.first_error
+        );
+        assert_eq!(refusals.latency_ns.len(), refusals.ops);
+        let backend = Backend::start("127.0.0.1").unwrap();
+        let from = Instant::now();
+        let open = refused(backend.addr(), from, from + Duration::from_millis(100)).unwrap();
+        assert_eq!(open.ops, 0);
+        assert!(open.errors > 0, "a connect that succeeds is an error");
+    }
 }
