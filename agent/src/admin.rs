@@ -31,7 +31,7 @@ use crate::{
 };
 
 #[derive(Clone)]
-pub struct AdminState {
+pub(crate) struct AdminState {
     pub status: SharedStatus,
     pub signals: Arc<Signals>,
     pub engine: EngineHandle,
@@ -40,7 +40,7 @@ pub struct AdminState {
 }
 
 /// Binds the socket (replacing a stale one from a previous agent), private from the start.
-pub fn bind_unix(path: &Path) -> Result<UnixListener> {
+pub(crate) fn bind_unix(path: &Path) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -59,7 +59,7 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn serve_unix(listener: UnixListener, state: AdminState) {
+pub(crate) async fn serve_unix(listener: UnixListener, state: AdminState) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => spawn_conn(stream, state.clone()),
@@ -68,7 +68,7 @@ pub async fn serve_unix(listener: UnixListener, state: AdminState) {
     }
 }
 
-pub async fn serve_tcp(listener: TcpListener, state: AdminState) {
+pub(crate) async fn serve_tcp(listener: TcpListener, state: AdminState) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => spawn_conn(stream, state.clone()),
@@ -135,7 +135,7 @@ fn unknown_service(name: &str) -> Response<Full<Bytes>> {
 }
 
 /// No token (the unix socket), or the request carries it (compared in constant time).
-pub fn authorized(req: &Request<Incoming>, token: Option<&Token>) -> bool {
+pub(crate) fn authorized(req: &Request<Incoming>, token: Option<&Token>) -> bool {
     token.is_none_or(|t| {
         t.matches_header(
             req.headers()

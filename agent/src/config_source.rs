@@ -6,19 +6,19 @@ use std::path::PathBuf;
 use sockmesh_model::{parse_config, MeshConfig, DEFAULT_CONFIG_YAML};
 use sockmesh_model::{FileWatch, SourceEvent};
 
-pub enum ConfigSource {
+pub(crate) enum ConfigSource {
     File(PathBuf),
     Embedded,
 }
 
 /// One observed change of the source.
-pub enum Change {
+pub(crate) enum Change {
     Valid(MeshConfig),
     /// The new content is invalid (or unreadable); the applied config must stay.
     Invalid(String),
 }
 
-pub struct Watcher {
+pub(crate) struct Watcher {
     source: ConfigSource,
     /// The file's polling, shared with the control plane's file source (same semantics:
     /// each distinct content, or read error, is reported once).
@@ -28,7 +28,7 @@ pub struct Watcher {
 }
 
 impl ConfigSource {
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             ConfigSource::File(p) => p.display().to_string(),
             ConfigSource::Embedded => "embedded-default".into(),
@@ -37,7 +37,7 @@ impl ConfigSource {
 }
 
 impl Watcher {
-    pub fn new(source: ConfigSource) -> Self {
+    pub(crate) fn new(source: ConfigSource) -> Self {
         let file = match &source {
             ConfigSource::File(p) => Some(FileWatch::new(p.clone())),
             ConfigSource::Embedded => None,
@@ -49,12 +49,12 @@ impl Watcher {
         }
     }
 
-    pub fn source(&self) -> &ConfigSource {
+    pub(crate) fn source(&self) -> &ConfigSource {
         &self.source
     }
 
     /// Reads the source; returns a change only when its content differs from the last read.
-    pub fn poll(&mut self) -> Option<Change> {
+    pub(crate) fn poll(&mut self) -> Option<Change> {
         let Some(file) = &mut self.file else {
             if std::mem::replace(&mut self.embedded_reported, true) {
                 return None;

@@ -10,7 +10,7 @@ use crate::{
     tables::{kernel::KernelMaps, plan_for, KernelState, Node, Overlay, ServiceView},
 };
 
-pub struct Dataplane {
+pub(crate) struct Dataplane {
     maps: KernelMaps,
     mirror: KernelState,
     /// This node's zone (`--zone`), for services with `locality:`.
@@ -18,7 +18,7 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    pub fn open(layout: &PinLayout) -> Result<Self> {
+    pub(crate) fn open(layout: &PinLayout) -> Result<Self> {
         let maps = KernelMaps::open_pinned(&layout.maps)?;
         let mirror = maps.read_state().context("reading pinned state")?;
         info!(
@@ -34,7 +34,7 @@ impl Dataplane {
     }
 
     /// Sets the node's zone: the zone of callers that are not a workload with a zone.
-    pub fn with_zone(mut self, zone: Option<String>) -> Self {
+    pub(crate) fn with_zone(mut self, zone: Option<String>) -> Self {
         self.node.zone = zone;
         self
     }
@@ -42,7 +42,7 @@ impl Dataplane {
     /// Makes the kernel maps match `config`. On a failed write the kernel holds a consistent
     /// prefix of the plan; `previous` (the last good config) is then re-applied so the
     /// mesh keeps routing as before, and the error is returned.
-    pub fn apply(
+    pub(crate) fn apply(
         &mut self,
         config: &MeshConfig,
         overlay: &Overlay,

@@ -1,6 +1,10 @@
 //! `sockmesh-agent`: the per-node daemon. Loads and attaches the kernel programs (or adopts a
 //! previous agent's), compiles the mesh config into the kernel's tables and keeps them in sync.
 
+// A binary: nothing here is an API, so `pub` only ever means `pub(crate)`; the lint keeps
+// it that way (a `pub` item reads as if other crates used it).
+#![warn(unreachable_pub)]
+
 mod admin;
 mod config_source;
 mod dataplane;

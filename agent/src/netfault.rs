@@ -21,7 +21,7 @@ static NETFAULT_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockmesh-netfault.o"));
 
 #[derive(clap::Args)]
-pub struct NetfaultArgs {
+pub(crate) struct NetfaultArgs {
     /// cgroup v2 directory whose outgoing packets are affected.
     #[arg(long)]
     cgroup: PathBuf,
@@ -47,7 +47,7 @@ fn ppm(percent: f64) -> Result<u32> {
     Ok((percent / 100.0 * PPM as f64).round() as u32)
 }
 
-pub fn run(args: NetfaultArgs) -> Result<()> {
+pub(crate) fn run(args: NetfaultArgs) -> Result<()> {
     let rule = FaultRule {
         drop_syn_ppm: ppm(args.drop_syn)?,
         drop_data_ppm: ppm(args.drop_data)?,

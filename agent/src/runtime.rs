@@ -24,7 +24,7 @@ use crate::{
     status::{unix_ms_now, SharedStatus, Status},
 };
 
-pub struct RunOptions {
+pub(crate) struct RunOptions {
     pub config: Option<PathBuf>,
     pub cgroup: PathBuf,
     pub cgroup2_root: PathBuf,
@@ -50,7 +50,7 @@ const DRAIN_TICK: Duration = Duration::from_millis(20);
 /// How often per-CPU maps, workload threads and cgroup CPU stats are re-read.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
 
-pub async fn run(mut opts: RunOptions) -> Result<()> {
+pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
     let following = opts.control.take();
     let source = match &opts.config {
         Some(p) => ConfigSource::File(p.clone()),

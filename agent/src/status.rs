@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::tables::ServiceView;
 
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct ConfigStatus {
+pub(crate) struct ConfigStatus {
     /// The config file path, or `embedded-default`.
     pub source: String,
     pub fingerprint: String,
@@ -22,7 +22,7 @@ pub struct ConfigStatus {
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct Status {
+pub(crate) struct Status {
     pub ready: bool,
     pub adopted: bool,
     pub cgroup: String,
@@ -35,9 +35,9 @@ pub struct Status {
 
 /// Shared between the reconcile loop (writer) and the admin server (readers). A plain lock:
 /// writes happen on config changes only, reads on admin requests.
-pub type SharedStatus = Arc<RwLock<Status>>;
+pub(crate) type SharedStatus = Arc<RwLock<Status>>;
 
-pub fn unix_ms_now() -> u64 {
+pub(crate) fn unix_ms_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -1,4 +1,4 @@
-//! One control-plane test's world (issue 6): its cgroup, pin directory and temp dir, a
+//! One control-plane test's world: its cgroup, pin directory and temp dir, a
 //! `sockmesh-control` serving the temp dir's `mesh.yaml` on a fixed 127.0.0.1 port, and an
 //! agent attached to the cgroup that follows it (`--control`). Dropping it stops the agent
 //! (and runs `cleanup`), then the control plane, then removes the pins, the cgroup and the

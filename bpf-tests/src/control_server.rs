@@ -1,4 +1,4 @@
-//! One `sockmesh-control` process under test (issue 6, the control plane): spawn on a fixed
+//! One `sockmesh-control` process under test: spawn on a fixed
 //! 127.0.0.1 port with a token and a unix socket, stop and start again on the same port and
 //! state dir, read its API, and kill it on drop.
 //!

@@ -1,4 +1,4 @@
-//! Asking the agent what is wrong (issue 5): `GET /v1/diagnose?service=`, `/v1/lines` and
+//! Asking the agent what is wrong: `GET /v1/diagnose?service=`, `/v1/lines` and
 //! `/v1/top`, and waiting until a diagnosis is clear, i.e. its top cause scores at least
 //! [`CLEAR`] (the agent's own threshold for naming a cause). The wait does not look at WHICH
 //! cause is on top: a test asserts that on the first clear diagnosis, so a wrong cause that

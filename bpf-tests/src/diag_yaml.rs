@@ -1,4 +1,4 @@
-//! Config files for the diagnosis tests (issue 5): services with extra policy lines
+//! Config files for the diagnosis tests: services with extra policy lines
 //! (`outlier:`, `circuit:`, `slos:` as YAML flow values) and plain workloads, written as YAML
 //! text the way an operator would.
 

@@ -1,4 +1,4 @@
-//! The health side of the agent's admin API (issue 4): `GET /v1/bans`, `GET /v1/circuits`,
+//! The health side of the agent's admin API: `GET /v1/bans`, `GET /v1/circuits`,
 //! `POST /v1/fault`, and polling them until a state shows up.
 //!
 //! The harness's [`crate::http_get`] only GETs; fault injection is the one POST, so it gets a

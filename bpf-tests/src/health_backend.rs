@@ -1,4 +1,4 @@
-//! Echo backends whose listeners a health test can kill and restart one by one (issue 4).
+//! Echo backends whose listeners a health test can kill and restart one by one.
 //!
 //! A backend "dies" the way a crashed server does: its listening socket goes away, so the
 //! kernel answers new SYNs with RST (the caller sees ECONNREFUSED, the mesh counts `refused`).

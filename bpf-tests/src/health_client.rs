@@ -1,4 +1,4 @@
-//! A caller a health test can steer (issue 4): one stock python3 process, started inside a
+//! A caller a health test can steer: one stock python3 process, started inside a
 //! cgroup (a workload), that takes JSON commands on stdin and answers each with one JSON line.
 //! Unlike the one-shot [`crate::ConnectClient`] it keeps state between commands, so a test can
 //! hold connections open, try more, close some, and ask which are still alive.

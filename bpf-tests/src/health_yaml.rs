@@ -1,4 +1,4 @@
-//! Config files for the health tests (issue 4): services with a health policy (`outlier:`,
+//! Config files for the health tests: services with a health policy (`outlier:`,
 //! `circuit:`, `limits:`, `allowed_callers:`, `drain_grace:`) and workloads with a `priority:`,
 //! written as YAML text the way an operator would.
 //!

@@ -30,26 +30,51 @@
 //! --test-threads=1`. Each test has its own VIP (127.100.N.x) and backend port range, so a
 //! leftover from one can never answer for another; a new test takes the next free row.
 //!
-//! | file | what it shows (issue 2) | ports |
-//! | --- | --- | --- |
-//! | `harness.rs` | the harness itself (no agent) | 18100-18109 |
-//! | `routing.rs` | getpeername = VIP, outside cgroup not routed, non-VIP untouched | 18120-18128 |
-//! | `weighted.rs` | weights 1:1:2 over 4,000 connects | 18130-18131 |
-//! | `round_robin.rs` | exact cycles, 1:1:1 and 1:2 | 18140-18151 |
-//! | `maglev.rs` | sticky callers, minimal disruption on removal | 18160-18171 |
-//! | `reload.rs` | weight change, backend removal, broken file | 18180-18201 |
-//! | `restart.rs` | SIGTERM, routing while down, adoption | 18210-18211 |
-//! | `cli.rs` | `check`, `cleanup` | 18220-18221 |
-//! | `ipv6.rs` | `fd00::100` in a netns of its own | 80-81, 8081 in the netns |
-//!
-//! | file (issue 3) | what it shows | ports |
-//! | --- | --- | --- |
-//! | `signals_connect.rs` | ok counts exact, handshake count, caller = workload or `unknown`, CLI | 18300-18301 |
-//! | `signals_failures.rs` | refused and timeout counted per backend, `/v1/failures`, CLI | 18310-18311 |
-//! | `signals_retransmits.rs` | loss on one backend: its retransmits > 0, the others 0 | 18320-18321 |
-//! | `signals_cpu.rs` | throttled seconds and run-queue mass > 1 ms: busy yes, idle no | 18330-18331 |
-//! | `signals_prometheus.rs` | PromQL over scraped series = agent's counts; promtool clean | 18340-18341 |
-//! | `signals_cardinality.rs` | 12 callers, `--max-callers 4`: bounded `caller` values | 18350-18351 |
+//! | file | what it shows | ports | VIPs |
+//! | --- | --- | --- | --- |
+//! | **routing** | | | |
+//! | `harness.rs` | the harness itself (no agent): cgroup guard, backends, python client, netns, admin HTTP | 18100-18109 | 127.100.99.1 |
+//! | `routing.rs` | getpeername = VIP, outside cgroup not routed, non-VIP untouched | 18120-18128 | 127.100.2.1-3 |
+//! | `weighted.rs` | weights 1:1:2 over 4,000 connects | 18130-18131 | 127.100.3.1 |
+//! | `round_robin.rs` | exact cycles, 1:1:1 and 1:2 | 18140-18151 | 127.100.4.1, 127.100.5.1 |
+//! | `maglev.rs` | sticky callers, minimal disruption on removal | 18160-18171 | 127.100.6.1, 127.100.7.1 |
+//! | `reload.rs` | weight change, backend removal, broken file | 18180-18201 | 127.100.8-10.1 |
+//! | `restart.rs` | SIGTERM, routing while down, adoption | 18210-18211 | 127.100.11.1 |
+//! | `cli.rs` | `check`, `cleanup` | 18220-18221 | 127.100.12.1 |
+//! | `ipv6.rs` | `fd00::100` in a netns of its own | 80-81, 8081 in the netns | `fd00::100` in the netns |
+//! | **kernel signals** | | | |
+//! | `signals_connect.rs` | ok counts exact, handshake count, caller = workload or `unknown`, CLI | 18300-18301 | 127.100.30.1 |
+//! | `signals_failures.rs` | refused and timeout counted per backend, `/v1/failures`, CLI | 18310-18311 | 127.100.31.1 |
+//! | `signals_retransmits.rs` | loss on one backend: its retransmits > 0, the others 0 | 18320-18321 | 127.100.32.1 |
+//! | `signals_cpu.rs` | throttled seconds and run-queue mass > 1 ms: busy yes, idle no | 18330-18331 | 127.100.33.1 |
+//! | `signals_prometheus.rs` | PromQL over scraped series = agent's counts; promtool clean | 18340-18341 | 127.100.34.1 |
+//! | `signals_cardinality.rs` | 12 callers, `--max-callers 4`: bounded `caller` values | 18350-18351 | 127.100.35.1 |
+//! | **health** | | | |
+//! | `health_ban.rs` | 5 refused connects ban a dead backend; failed probe doubles the ban; a passing probe lets it back | 18400-18401 | 127.100.40.1 |
+//! | `health_deviation.rs` | one lossy backend's retransmits stand out from the others': `deviation_*` ban, only it | 18410-18411 | 127.100.41.1 |
+//! | `health_cap.rs` | `max_banned_percent`: one of two dead backends banned, panic mode | 18420-18421 | 127.100.42.1 |
+//! | `health_circuit.rs` | all backends time out: circuit opens (fast `circuit_open` refusals), half-open, closes | 18430-18431 | 127.100.43.1 |
+//! | `health_limits.rs` | `max_connections` and GCRA `connect_rate`/`connect_burst` in the kernel | 18440-18443 | 127.100.44.1-2 |
+//! | `health_shedding.rs` | overload sheds the offline caller (`result="shed"`), online still connects; recovery | 18450-18451 | 127.100.45.1 |
+//! | `health_acl.rs` | `allowed_callers`: other workloads and unknown callers `denied`, open service unaffected | 18460-18461 | 127.100.46.1-2 |
+//! | `health_fault.rs` | `POST /v1/fault` 100/50/0 %: `result="fault"`, no ban, circuit closed | 18470-18471 | 127.100.47.1 |
+//! | `health_drain.rs` | a banned backend's long-lived connection destroyed after `drain_grace`, not before | 18480-18481 | 127.100.48.1 |
+//! | **diagnosis** | | | |
+//! | `diagnose_dead_backend.rs` | `/v1/diagnose` ranks `backends_failing`; `/v1/lines`, `/v1/top`, CLI | 18500-18509 | 127.100.50.1-3 |
+//! | `diagnose_network.rs` | 20 % segment loss on all backends: `network` ranked first | 18510-18519 | 127.100.50.10 |
+//! | `diagnose_cpu.rs` | CFS-throttled caller: `cpu_starvation` ranked first, naming it | 18520-18529 | 127.100.50.20 |
+//! | **SLOs** | | | |
+//! | `slo_prometheus.rs` | shipped rules' burn rates = agent's; page alert fires, ticket does not; metric families = `deploy/metrics.txt` | 18600-18699 | 127.100.60.x |
+//! | **restart under load, map pressure, upgrade, same node** | | | |
+//! | `chaos_restart.rs` | SIGKILLs under load: no failed connect, no broken connection, same kernel objects; interrupted first starts leave one consistent set | 18700-18709 | 127.100.70.1-9 |
+//! | `pressure_maps.rs` | map gauges exact, over-capacity config rejected whole, full LRU maps never stop routing | 18720-18729 | 127.100.71.x (127.100.72-73.x in the rejected config) |
+//! | `upgrade.rs` | an old layout's pins are not adopted; new set attached beside it, old retired, no failed connect | 18760-18769 | 127.100.76.1 |
+//! | `enrollment.rs` | `enrollment: workloads`: only workload cgroups routed, others dial the VIP itself; `all` live | 18770-18771 | 127.100.77.1 |
+//! | `same_node.rs` | sk_msg redirect byte-exact both ways, close and reset; fallback to TCP once for an outside server | 18960-18963 | 127.100.96.1-2 |
+//! | **control plane, caller routes, locality** | | | |
+//! | `control_follow.rs` | an agent follows `sockmesh-control`: edits, invalid edits, persisted snapshot, watch reconnect, 401, rollback | test N: 188N0-188N9 | 127.100.8N.1 |
+//! | `route_callers.rs` | label rules: canary-only, 90/10 split, catch-all; `fallback: all` / `none` live | 18900-18909 | 127.100.90.1 |
+//! | `locality_failover.rs` | callers stay in their zone while >= `min_healthy_percent` of it is healthy, fail over below, return | 18910-18919 | 127.100.91.1 |
 //!
 //! Errors are `anyhow` with context: this crate is a test edge, where a readable chain of
 //! "what was being done" matters more than matching on error kinds.
@@ -175,24 +200,26 @@ pub fn sweep_stale() {
     cpu_quota::sweep_stale(&is_stale);
 }
 
-// Issue 4 (health) harness pieces; used by tests/health_*.rs (ports 18400-18499, VIPs
+// Health (bans, circuit, shedding, limits, ACL, faults, drain) harness pieces; used by tests/health_*.rs (ports 18400-18499, VIPs
 // 127.100.40-48.x).
 pub mod health_admin;
 pub mod health_backend;
 pub mod health_client;
 pub mod health_yaml;
+/// What the connect hook reads (service entry, admitted connections), for waits on the kernel.
+pub mod kernel_tables;
 
-// Issue 5 (SLOs) harness pieces; used by tests/slo_prometheus.rs (ports 18600-18699, VIPs
+// SLO harness pieces; used by tests/slo_prometheus.rs (ports 18600-18699, VIPs
 // 127.100.60.x).
 pub mod slo_prometheus;
 
-// Issue 5 (diagnosis) harness pieces; used by tests/diagnose_*.rs (ports 18500-18599, VIPs
+// Diagnosis harness pieces; used by tests/diagnose_*.rs (ports 18500-18599, VIPs
 // 127.100.50.x): dead backend 18500-18509, packet loss 18510-18519, CPU-starved caller
 // 18520-18529.
 pub mod diag_admin;
 pub mod diag_yaml;
 
-// Issue 7 (proving it) harness pieces; used by tests/chaos_*.rs, tests/pressure_*.rs and
+// Restart-under-load, map-pressure and upgrade harness pieces; used by tests/chaos_*.rs, tests/pressure_*.rs and
 // `cargo xtask chaos` (ports 18700-18799, VIPs 127.100.70-79.x); tests/upgrade.rs owns
 // 18760-18769 and 127.100.76.x.
 pub mod chaos_objects;
@@ -200,14 +227,14 @@ pub mod chaos_run;
 pub mod map_attach;
 pub mod pressure_fill;
 
-// Issue 6 (caller routes, locality) harness pieces; used by tests/route_*.rs and
+// Caller-route and locality harness pieces; used by tests/route_*.rs and
 // tests/locality_*.rs (ports 18900-18999, VIPs 127.100.90-99.x): route_callers 18900-18909
 // (127.100.90.x), locality_failover 18910-18919 (127.100.91.x).
 pub mod route_mesh;
 /// The same-node fast path's stock python3 peers.
 pub mod same_node_py;
 
-// Issue 6 (control plane) harness pieces; used by tests/control_*.rs (ports 18800-18899,
+// Control-plane harness pieces; used by tests/control_*.rs (ports 18800-18899,
 // VIPs 127.100.80-89.x): test N of control_follow.rs owns ports 188N0-188N9 (the control
 // plane's API on 188N0) and VIP 127.100.8N.1.
 pub mod control_bed;

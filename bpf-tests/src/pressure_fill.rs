@@ -1,4 +1,4 @@
-//! Map pressure (issue 7): reading the agent's `sockmesh_map_entries` /
+//! Map pressure: reading the agent's `sockmesh_map_entries` /
 //! `sockmesh_map_capacity` gauges, and filling a pinned LRU map beyond its capacity from
 //! user space, the way a flood of sockets or callers would fill it, but in a second instead
 //! of opening 262,144 sockets.

@@ -1,4 +1,4 @@
-//! Issue 5: a real Prometheus that loads rule files, for the SLO tests.
+//! A real Prometheus that loads rule files, for the SLO tests.
 //!
 //! The harness's [`crate::Prometheus`] guard, started with rule files
 //! ([`crate::Prometheus::start_with_rules`]), gains here the queries rule tests need: every

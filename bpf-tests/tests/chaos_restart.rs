@@ -1,9 +1,10 @@
-//! Issue 7, restart under load: the agent is SIGKILLed at random moments and restarted on
+//! Restart under load: the agent is SIGKILLed at random moments and restarted on
 //! the same pins while clients connect through VIPs and long-lived connections echo.
 //!
 //! - `sigkill_under_load_*`: 20 kills here, to keep CI short (`cargo xtask chaos` runs the
 //!   same scenario with 100, see `sockmesh_bpf_tests::chaos_run`): zero failed connects,
-//!   zero broken long-lived connections, every restart ready within 1 s, and the very same
+//!   zero broken long-lived connections, every restart ready (its time printed, not
+//!   asserted: `cargo xtask chaos` reports it), and the very same
 //!   programs, maps and links before and after (bpftool), none left after cleanup.
 //! - `interrupted_first_starts_*`: kills during the agent's *first* start (loading,
 //!   verifying, pinning, attaching), then a start interrupted exactly between pinning a

@@ -1,4 +1,4 @@
-//! Issue 2, the agent's offline commands: `check` validates a file and names the bad field;
+//! The agent's offline commands: `check` validates a file and names the bad field;
 //! `cleanup` detaches from the cgroup and leaves no pins.
 
 use std::net::SocketAddr;

@@ -1,4 +1,4 @@
-//! Issue 6, the control plane with real processes on 127.0.0.1 and the real kernel: an
+//! The control plane with real processes on 127.0.0.1 and the real kernel: an
 //! agent follows `sockmesh-control` (`--control`), and what the control plane serves is
 //! what a client in the test cgroup gets routed by.
 //!

@@ -1,4 +1,4 @@
-//! Issue 5, diagnosis of a CPU-starved caller: the caller workload `client` runs two busy
+//! Diagnosis of a CPU-starved caller: the caller workload `client` runs two busy
 //! loops under a CFS quota of 10 ms per 100 ms while it keeps connecting through the VIP.
 //! Its threads wait in the run queue for most of every period and the cgroup is throttled;
 //! the backends (in the test process, unthrottled) are fine and no connect fails. So

@@ -1,4 +1,4 @@
-//! Issue 5, diagnosis of a dead backend: one of three backends has no listener, so the kernel
+//! Diagnosis of a dead backend: one of three backends has no listener, so the kernel
 //! refuses every connect routed to it. `/v1/diagnose` ranks `backends_failing` first with
 //! evidence naming that backend, whether the health engine may not ban it
 //! (`max_banned_percent: 0`: it keeps getting a third of the connects) or bans it after five

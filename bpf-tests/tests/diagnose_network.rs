@@ -1,4 +1,4 @@
-//! Issue 5, diagnosis of network trouble: `sockmesh-agent netfault` (our own eBPF, this
+//! Diagnosis of network trouble: `sockmesh-agent netfault` (our own eBPF, this
 //! kernel has no netem) drops 20 % of the segments ALL three backends send to the test
 //! cgroup, while request/response echo traffic runs through the VIP. Every backend's path
 //! retransmits well above one segment per connection, no connect fails, so `/v1/diagnose`

@@ -1,4 +1,4 @@
-//! Issue 6, "non-enrolled pods are never routed; the connect hook checks enrollment in the
+//! Enrollment, "non-enrolled pods are never routed; the connect hook checks enrollment in the
 //! kernel": with `enrollment: workloads`, a caller in a workload's cgroup (or a cgroup below
 //! it, as a container's cgroup is below its pod's) is routed to the backends, and a caller
 //! elsewhere under the agent's cgroup dials the VIP address itself. Here a stand-in listener

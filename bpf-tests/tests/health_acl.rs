@@ -1,4 +1,4 @@
-//! Issue 4, access control: a service that lists `allowed_callers: [front]` is reachable from
+//! Access control: a service that lists `allowed_callers: [front]` is reachable from
 //! the `front` workload's cgroup only. A process in another workload's cgroup (`back`), and one
 //! in no workload at all, get ECONNREFUSED from connect() at once, counted `result="denied"`
 //! under their caller label; no backend ever sees them. Another service without a list stays

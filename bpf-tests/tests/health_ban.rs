@@ -1,4 +1,4 @@
-//! Issue 4, banning a dead backend and letting it back: three echo backends behind a
+//! Banning a dead backend and letting it back: three echo backends behind a
 //! round-robin VIP, a client making 1,000 connects at a steady 1,000/s, and one backend's
 //! listener killed a third of the way in (its port then answers SYNs with RST).
 //!

@@ -1,4 +1,4 @@
-//! Issue 4, the ban cap: three backends, two of them dead (nothing listens: RST), and
+//! The ban cap: three backends, two of them dead (nothing listens: RST), and
 //! `max_banned_percent: 50` (one of three). Traffic keeps flowing for 3 s, across the first
 //! ban's end and failed probes: exactly one dead backend is ever banned, the other stays
 //! routed (so the caller keeps seeing its failures: banning it too would leave one backend

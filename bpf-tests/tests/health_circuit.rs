@@ -1,9 +1,10 @@
-//! Issue 4, the circuit breaker: every backend of a service stops answering (`sockmesh-agent
+//! The circuit breaker: every backend of a service stops answering (`sockmesh-agent
 //! netfault` drops all SYNs to them: connects time out after the caller's 150 ms).
 //!
 //! - Once the window holds `min_requests` attempts with a success share below the minimum,
-//!   the circuit opens: connects to the VIP then fail with ECONNREFUSED in under 1 ms each,
-//!   in the kernel, counted `result="circuit_open"` (and never as backend failures).
+//!   the circuit opens: connects to the VIP then fail with ECONNREFUSED at once, in the
+//!   kernel, counted `result="circuit_open"` (and never as backend failures). Their latency
+//!   is printed, not asserted.
 //! - The backends come back; after the cooldown the circuit is half-open (`/v1/circuits`,
 //!   `sockmesh_circuit_state` 1) and admits a share of connects; enough successes close it,
 //!   and every connect succeeds again.
@@ -11,7 +12,6 @@
 //! Bans are off (`max_banned_percent: 0`) so the circuit alone acts.
 
 use std::net::SocketAddr;
-use std::thread;
 use std::time::Duration;
 
 use serde_json::json;
@@ -19,10 +19,12 @@ use sockmesh_bpf_tests::health_admin::{bans_of, circuit, wait_circuit_field};
 use sockmesh_bpf_tests::health_backend::SwitchBackends;
 use sockmesh_bpf_tests::health_client::{median, percentile, Caller, Connects};
 use sockmesh_bpf_tests::health_yaml::{health_mesh, HealthService};
+use sockmesh_bpf_tests::kernel_tables::{wait_service_entry, KERNEL_WAIT};
 use sockmesh_bpf_tests::{
     loopback_addrs, metric_value, sum_metric, wait_counter_settled, Faults, Netfault, ServiceYaml,
     TestBed,
 };
+use sockmesh_common::{SERVICE_CIRCUIT_OPEN, SERVICE_HALF_OPEN};
 
 const SERVICE: &str = "fragile";
 const CONNECTIONS: &str = "sockmesh_connections_total";
@@ -63,6 +65,7 @@ fn all_backends_failing_opens_the_circuit_and_it_recovers_through_half_open() {
     let _set = SwitchBackends::start(&backends).unwrap();
     let mut bed = TestBed::start("health-circuit", &health_mesh(&[service], &[])).unwrap();
     let mut caller = Caller::spawn("caller", bed.cgroup(), vip).unwrap();
+    let pins = bed.bpffs().path().to_path_buf();
 
     let healthy = caller.connect(&Connects::new(HEALTHY)).unwrap();
     assert_eq!(healthy.ok_count(), HEALTHY, "{:#?}", healthy.failures());
@@ -94,18 +97,18 @@ fn all_backends_failing_opens_the_circuit_and_it_recovers_through_half_open() {
         failing.results
     );
     assert_eq!(timeouts + failing.refused_count(), TO_OPEN + 5);
-    let opened = wait_circuit_field(
-        bed.agent(),
-        SERVICE,
-        "state",
-        &json!("open"),
-        Duration::from_secs(3),
-    )
-    .unwrap();
+    let opened =
+        wait_circuit_field(bed.agent(), SERVICE, "state", &json!("open"), KERNEL_WAIT).unwrap();
     eprintln!("open: {opened}");
+    // The engine has decided; the agent's main loop writes it into the kernel a moment later.
+    wait_service_entry(&pins, vip, "circuit open", |e| {
+        e.flags & SERVICE_CIRCUIT_OPEN != 0
+    })
+    .unwrap();
     assert_eq!(state_gauge(&bed.agent().metrics_text().unwrap()), Some(2.0));
 
-    // Open: refused in the kernel, fast.
+    // Open: refused in the kernel, at once (a refusal, not the client's 150 ms timeout).
+    // How fast is printed, not asserted: `cargo xtask bench` is where latency is measured.
     let open = caller
         .connect(&Connects::new(OPEN_CONNECTS).timeout(CLIENT_TIMEOUT))
         .unwrap();
@@ -123,7 +126,6 @@ fn all_backends_failing_opens_the_circuit_and_it_recovers_through_half_open() {
         "{:#?}",
         open.failures()
     );
-    assert!(p50 < 1_000.0, "median refusal {p50:.0} us, not under 1 ms");
     assert!(
         circuit(bed.agent(), SERVICE).unwrap()["state"] == "open",
         "still open after the fast refusals (the cooldown is 3 s)"
@@ -156,10 +158,14 @@ fn all_backends_failing_opens_the_circuit_and_it_recovers_through_half_open() {
         SERVICE,
         "state",
         &json!("half_open"),
-        Duration::from_secs(6),
+        KERNEL_WAIT,
     )
     .unwrap();
     eprintln!("half-open: {half}");
+    wait_service_entry(&pins, vip, "half-open", |e| {
+        e.flags & SERVICE_HALF_OPEN != 0 && e.flags & SERVICE_CIRCUIT_OPEN == 0
+    })
+    .unwrap();
     assert_eq!(half["admit_percent"], 25.0, "{half}");
     assert_eq!(state_gauge(&bed.agent().metrics_text().unwrap()), Some(1.0));
 
@@ -170,7 +176,13 @@ fn all_backends_failing_opens_the_circuit_and_it_recovers_through_half_open() {
                 .timeout(Duration::from_secs(1)),
         )
         .unwrap();
-    let closed = circuit(bed.agent(), SERVICE).unwrap();
+    // Enough half-open successes close it (the engine decides, then the kernel follows).
+    let closed =
+        wait_circuit_field(bed.agent(), SERVICE, "state", &json!("closed"), KERNEL_WAIT).unwrap();
+    wait_service_entry(&pins, vip, "closed", |e| {
+        e.flags & (SERVICE_CIRCUIT_OPEN | SERVICE_HALF_OPEN) == 0
+    })
+    .unwrap();
     // Where the refusals stop: everything after the last one succeeded.
     let last_refusal = recovery.results.iter().rposition(|a| !a.ok());
     let admitted_half_open = recovery.results[..last_refusal.map_or(0, |i| i + 1)]
@@ -194,14 +206,18 @@ fn all_backends_failing_opens_the_circuit_and_it_recovers_through_half_open() {
         recovery.refused_count() > 0,
         "half-open admits only a share: some connects were refused"
     );
-    let tail = &recovery.results[100..];
-    assert!(
-        tail.iter().all(|a| a.ok()),
-        "closed again: the last 100 all succeed"
+    let after = caller.connect(&Connects::new(50)).unwrap();
+    assert_eq!(
+        after.ok_count(),
+        50,
+        "closed again: every connect succeeds: {:#?}",
+        after.failures()
     );
-    thread::sleep(Duration::from_millis(200));
-    let text = bed.agent().metrics_text().unwrap();
-    assert_eq!(state_gauge(&text), Some(0.0));
+    bed.agent()
+        .wait_metrics("sockmesh_circuit_state 0", KERNEL_WAIT, |t| {
+            state_gauge(t) == Some(0.0)
+        })
+        .unwrap();
     assert!(
         bans_of(bed.agent(), SERVICE).unwrap().is_empty(),
         "bans are off"

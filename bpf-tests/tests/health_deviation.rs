@@ -1,4 +1,4 @@
-//! Issue 4, deviation ("compare with the average excluding itself", UFC): three echo backends
+//! Deviation ("compare with the average excluding itself", UFC): three echo backends
 //! behind a round-robin VIP, request/response traffic through them, and `sockmesh-agent
 //! netfault` dropping 30% of the segments one of them sends to the caller. Every connect still
 //! succeeds, so the failure rules have nothing to see (they are set out of reach here); what

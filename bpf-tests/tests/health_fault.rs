@@ -1,24 +1,24 @@
-//! Issue 4, fault injection: `POST /v1/fault` switches a share of a service's connects to an
+//! Fault injection: `POST /v1/fault` switches a share of a service's connects to an
 //! immediate refusal at runtime. 100% refuses every connect (ECONNREFUSED, counted
 //! `result="fault"`), 50% about half, 0% none again. Injected faults are the mesh's own
 //! refusals: no backend gets banned and the circuit stays closed, however many there are.
 
 use std::net::SocketAddr;
-use std::thread;
-use std::time::Duration;
 
 use serde_json::json;
 use sockmesh_bpf_tests::health_admin::{bans, circuit, post_fault, wait_circuit_field};
 use sockmesh_bpf_tests::health_backend::SwitchBackends;
 use sockmesh_bpf_tests::health_client::{Caller, Connects};
 use sockmesh_bpf_tests::health_yaml::{health_mesh, HealthService};
+use sockmesh_bpf_tests::kernel_tables::{wait_service_entry, KERNEL_WAIT};
 use sockmesh_bpf_tests::{loopback_addrs, sum_metric, wait_counter_settled, ServiceYaml, TestBed};
 
 const SERVICE: &str = "chaos";
 const CONNECTIONS: &str = "sockmesh_connections_total";
-/// The overlay reaches the kernel on the agent's main loop right after the engine publishes
-/// it (which is when `/v1/circuits` shows it); this covers that hop.
-const APPLY: Duration = Duration::from_millis(300);
+/// `fault_refuse_ppm` of a share in percent.
+fn ppm(percent: u32) -> u32 {
+    percent * 10_000
+}
 
 #[test]
 fn injected_faults_refuse_the_configured_share_and_are_never_backend_failures() {
@@ -32,6 +32,7 @@ fn injected_faults_refuse_the_configured_share_and_are_never_backend_failures() 
     )
     .unwrap();
     let mut caller = Caller::spawn("caller", bed.cgroup(), vip).unwrap();
+    let pins = bed.bpffs().path().to_path_buf();
 
     let before = caller.connect(&Connects::new(30)).unwrap();
     assert_eq!(before.ok_count(), 30, "{:#?}", before.failures());
@@ -51,10 +52,11 @@ fn injected_faults_refuse_the_configured_share_and_are_never_backend_failures() 
         SERVICE,
         "fault_refuse_percent",
         &json!(100.0),
-        Duration::from_secs(5),
+        KERNEL_WAIT,
     )
     .unwrap();
-    thread::sleep(APPLY);
+    // The engine has decided; the agent's main loop writes it into the kernel a moment later.
+    wait_service_entry(&pins, vip, "fault 100%", |e| e.fault_refuse_ppm == ppm(100)).unwrap();
     let accepts_before = set.accepts(0) + set.accepts(1) + set.accepts(2);
     let all = caller.connect(&Connects::new(50)).unwrap();
     let accepts_after = set.accepts(0) + set.accepts(1) + set.accepts(2);
@@ -81,10 +83,11 @@ fn injected_faults_refuse_the_configured_share_and_are_never_backend_failures() 
         SERVICE,
         "fault_refuse_percent",
         &json!(50.0),
-        Duration::from_secs(5),
+        KERNEL_WAIT,
     )
     .unwrap();
-    thread::sleep(APPLY);
+    // The engine has decided; the agent's main loop writes it into the kernel a moment later.
+    wait_service_entry(&pins, vip, "fault 50%", |e| e.fault_refuse_ppm == ppm(50)).unwrap();
     let half = caller.connect(&Connects::new(400)).unwrap();
     eprintln!(
         "fault 50%: {} of 400 refused, {} ok",
@@ -117,10 +120,11 @@ fn injected_faults_refuse_the_configured_share_and_are_never_backend_failures() 
         SERVICE,
         "fault_refuse_percent",
         &json!(0.0),
-        Duration::from_secs(5),
+        KERNEL_WAIT,
     )
     .unwrap();
-    thread::sleep(APPLY);
+    // The engine has decided; the agent's main loop writes it into the kernel a moment later.
+    wait_service_entry(&pins, vip, "fault 0%", |e| e.fault_refuse_ppm == ppm(0)).unwrap();
     let after = caller.connect(&Connects::new(50)).unwrap();
     assert_eq!(after.ok_count(), 50, "{:#?}", after.failures());
 

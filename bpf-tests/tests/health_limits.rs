@@ -1,4 +1,4 @@
-//! Issue 4, limits enforced in the kernel at connect():
+//! Limits enforced in the kernel at connect():
 //! - `max_connections: 5`: with five connections held open the sixth is refused at once
 //!   (ECONNREFUSED, `result="limited"`), no backend sees it; closing one makes room again.
 //! - `connect_rate: 20, connect_burst: 5` (a token bucket, GCRA): 50 back-to-back connects

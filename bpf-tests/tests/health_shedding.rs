@@ -1,4 +1,4 @@
-//! Issue 4, priority shedding: two workloads call one service, `online` (priority online) and
+//! Priority shedding: two workloads call one service, `online` (priority online) and
 //! `batch` (priority offline). While the service is healthy both connect. Once it is overloaded
 //! (a connect was refused by its `max_connections` limit in the last 5 s), the offline caller
 //! is refused at connect() with `result="shed"`, while the online caller still connects
@@ -6,7 +6,6 @@
 //! admitted again.
 
 use std::net::SocketAddr;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -14,6 +13,7 @@ use sockmesh_bpf_tests::health_admin::{circuit, wait_circuit_field};
 use sockmesh_bpf_tests::health_backend::SwitchBackends;
 use sockmesh_bpf_tests::health_client::{Caller, Connects};
 use sockmesh_bpf_tests::health_yaml::{health_mesh, HealthService, HealthWorkload};
+use sockmesh_bpf_tests::kernel_tables::{wait_active_connections, wait_service_entry, KERNEL_WAIT};
 use sockmesh_bpf_tests::{
     loopback_addrs, sum_metric, wait_counter_settled, wait_workloads, ServiceYaml, TestBed,
     SIGNAL_TIMEOUT,
@@ -23,10 +23,6 @@ const SERVICE: &str = "busy";
 const CONNECTIONS: &str = "sockmesh_connections_total";
 /// `min_priority` while shedding: the online level (offline is 1).
 const ONLINE_LEVEL: u64 = 2;
-/// The overlay reaches the kernel on the agent's main loop right after `/v1/circuits` shows it.
-const APPLY: Duration = Duration::from_millis(300);
-/// A closed connection's unit comes back once its socket reaches CLOSE.
-const RELEASE: Duration = Duration::from_millis(600);
 
 #[test]
 fn overload_sheds_the_offline_caller_first_and_keeps_the_online_one() {
@@ -50,6 +46,7 @@ fn overload_sheds_the_offline_caller_first_and_keeps_the_online_one() {
     wait_workloads(bed.agent(), &["online", "batch"], SIGNAL_TIMEOUT).unwrap();
     let mut front = Caller::spawn("online", &online, vip).unwrap();
     let mut offline = Caller::spawn("batch", &batch, vip).unwrap();
+    let pins = bed.bpffs().path().to_path_buf();
 
     // Healthy: both get through.
     let calm = offline.connect(&Connects::new(5)).unwrap();
@@ -76,11 +73,15 @@ fn overload_sheds_the_offline_caller_first_and_keeps_the_online_one() {
         SERVICE,
         "min_priority",
         &json!(ONLINE_LEVEL),
-        Duration::from_secs(3),
+        KERNEL_WAIT,
     )
     .unwrap();
     eprintln!("overloaded: {row}");
-    thread::sleep(APPLY);
+    // The engine has decided; the agent's main loop writes it into the kernel a moment later.
+    wait_service_entry(&pins, vip, "shedding", |e| {
+        u64::from(e.min_priority) == ONLINE_LEVEL
+    })
+    .unwrap();
 
     // The offline caller is shed (not merely limited: shedding is checked first).
     let shed = offline.connect(&Connects::new(5)).unwrap();
@@ -93,7 +94,7 @@ fn overload_sheds_the_offline_caller_first_and_keeps_the_online_one() {
 
     // The online caller gets through as soon as there is room.
     assert_eq!(front.close(1).unwrap(), 2);
-    thread::sleep(RELEASE);
+    wait_active_connections(&pins, vip, 2).unwrap();
     let room = front.connect(&Connects::new(1).hold()).unwrap();
     assert!(
         room.results[0].ok(),
@@ -102,7 +103,7 @@ fn overload_sheds_the_offline_caller_first_and_keeps_the_online_one() {
     );
     // ... while the offline caller, even with room, is still shed.
     assert_eq!(front.close(1).unwrap(), 2);
-    thread::sleep(RELEASE);
+    wait_active_connections(&pins, vip, 2).unwrap();
     let still = offline.connect(&Connects::new(1)).unwrap();
     assert!(
         still.results[0].refused(),
@@ -112,24 +113,19 @@ fn overload_sheds_the_offline_caller_first_and_keeps_the_online_one() {
     let shed_phase = overloaded_at.elapsed();
     assert!(
         shed_phase < Duration::from_secs(5),
-        "the shedding checks took {shed_phase:?}, longer than the 5 s overload hold"
+        "the shedding checks took {shed_phase:?}, longer than the agent's 5 s overload hold: \
+         the checks above no longer saw an overloaded service"
     );
 
     // Overload over (no limit refusal for 5 s): everyone is admitted again.
     assert_eq!(front.close(2).unwrap(), 0);
-    let row = wait_circuit_field(
-        bed.agent(),
-        SERVICE,
-        "min_priority",
-        &json!(0),
-        Duration::from_secs(10),
-    )
-    .unwrap();
+    let row =
+        wait_circuit_field(bed.agent(), SERVICE, "min_priority", &json!(0), KERNEL_WAIT).unwrap();
     eprintln!(
         "overload ended {:.1} s after the last limit refusal: {row}",
         overloaded_at.elapsed().as_secs_f64()
     );
-    thread::sleep(APPLY);
+    wait_service_entry(&pins, vip, "admitting everyone", |e| e.min_priority == 0).unwrap();
     let recovered = offline.connect(&Connects::new(5)).unwrap();
     assert_eq!(recovered.ok_count(), 5, "{:#?}", recovered.failures());
 

@@ -1,4 +1,4 @@
-//! Issue 2: IPv6 VIP `fd00::100` and backends `[fd00::2]:8081`, `[fd00::3]:8081`, all inside
+//! IPv6 VIP `fd00::100` and backends `[fd00::2]:8081`, `[fd00::3]:8081`, all inside
 //! a network namespace the test creates (addresses on its `lo`), the client in that netns and
 //! in the test cgroup. No fd00:: address ever exists on the host.
 

@@ -1,4 +1,4 @@
-//! Issue 6, "Locality" in the kernel: a round-robin service with three backends in zone `a`
+//! Locality in the kernel: a round-robin service with three backends in zone `a`
 //! and two in zone `b`, `locality: {min_healthy_percent: 60}`, an agent started with
 //! `--zone b` (the node's zone), and a caller in workload `near` (zone `a`).
 //!

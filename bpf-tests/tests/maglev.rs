@@ -1,4 +1,4 @@
-//! Issue 2, Maglev: one caller keeps its backend; removing one of 5 backends moves only the
+//! Maglev: one caller keeps its backend; removing one of 5 backends moves only the
 //! callers that were on it. A caller is the cgroup plus the source address it bound.
 
 use std::collections::BTreeMap;

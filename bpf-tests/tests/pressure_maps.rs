@@ -1,4 +1,4 @@
-//! Issue 7, map pressure: full maps never take the agent or existing flows down.
+//! Map pressure: full maps never take the agent or existing flows down.
 //!
 //! One agent, three small services (routing, echo, a per-caller limit) and a caller
 //! workload, then:

@@ -1,4 +1,4 @@
-//! Issue 2, live reload: the agent re-applies an edited config file; a broken edit is
+//! Live reload: the agent re-applies an edited config file; a broken edit is
 //! rejected with the field path, and routing carries on untouched while it happens.
 
 use std::net::SocketAddr;

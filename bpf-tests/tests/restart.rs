@@ -1,4 +1,4 @@
-//! Issue 2, restart: SIGTERM leaves the pins, so connects keep being routed while the agent
+//! Restart: SIGTERM leaves the pins, so connects keep being routed while the agent
 //! is down; a new agent on the same --bpffs adopts them (`adopted: true`), routing unchanged,
 //! and still applies config changes afterwards.
 

@@ -1,4 +1,4 @@
-//! Issue 2, "round_robin cycles exactly": a sequential client walks the slot table in order,
+//! Round robin cycles exactly: a sequential client walks the slot table in order,
 //! so the backend sequence is periodic with the table's length and each period holds every
 //! backend exactly as often as its weight says.
 

@@ -1,4 +1,4 @@
-//! Issue 6, "Caller-based routes" in the kernel: one weighted-random service with two stable
+//! Caller-based routes in the kernel: one weighted-random service with two stable
 //! backends and one canary, and callers in four places:
 //!
 //! - workload `canary` (labels `lane: canary`): rule 1 sends it to the canary subset only;

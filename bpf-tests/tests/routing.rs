@@ -1,4 +1,4 @@
-//! Issue 2: a routed socket's getpeername() is the VIP; a process outside the attached
+//! A routed socket's getpeername() is the VIP; a process outside the attached
 //! cgroup is not routed (ECONNREFUSED: nothing listens on a VIP); destinations that are not
 //! a VIP:port pass untouched.
 

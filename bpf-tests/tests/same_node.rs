@@ -1,4 +1,4 @@
-//! Issue 7, "same-node fast path": with `same_node: true`, a connection whose two ends are
+//! Same-node fast path: with `same_node: true`, a connection whose two ends are
 //! sockets under the agent's cgroup moves its bytes socket to socket (sk_msg redirect on the
 //! SM_SAME_NODE socket hash) instead of through loopback TCP. A stock python3 peer (client
 //! and server in the test cgroup) sends a large randomized transfer in both directions at

@@ -1,4 +1,4 @@
-//! Issue 3, bounded label cardinality: twelve workloads connect through one VIP to an agent
+//! Bounded label cardinality: twelve workloads connect through one VIP to an agent
 //! started with `--max-callers 4`. The `caller` label of `sockmesh_connections_total` takes
 //! at most four workload names plus `other` (and `unknown`, had a cgroup no workload names
 //! connected), every connect is still counted, and the folding is counted in

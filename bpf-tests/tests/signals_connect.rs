@@ -1,4 +1,4 @@
-//! Issue 3, successful connects as Prometheus counts: N connects through a VIP move
+//! Successful connects as Prometheus counts: N connects through a VIP move
 //! `sockmesh_connections_total{result="ok"}` (summed over backends) and the handshake
 //! histogram's `_count` by exactly N; per backend they match what the backends accepted; the
 //! `caller` label is the workload whose cgroup connected, or `unknown` for a cgroup no

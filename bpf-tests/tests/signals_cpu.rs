@@ -1,4 +1,4 @@
-//! Issue 3, CPU starvation of workloads: `busy`, two busy loops under a CFS quota of 10 ms
+//! CPU starvation of workloads: `busy`, two busy loops under a CFS quota of 10 ms
 //! per 100 ms, is throttled and waits in the run queue for most of every period; `idle`, one
 //! sleeping process in an unthrottled cpu cgroup, shows neither. Measured by the agent from
 //! the sched tracepoints (run-queue histogram) and cpu.stat (v2, or the v1 cpu controller on

@@ -1,4 +1,4 @@
-//! Issue 3, failed connects counted on the backend that failed: one service, round robin
+//! Failed connects counted on the backend that failed: one service, round robin
 //! over a listening backend, an address nothing listens on (RST: `refused`) and a listening
 //! backend whose SYNs `sockmesh-agent netfault` drops (no answer: `timeout` once the client
 //! gives up after 1.5 s). Each count equals what the client saw; `/v1/failures` and the CLI

@@ -1,4 +1,4 @@
-//! Issue 3, a real Prometheus: Debian's server, started on 127.0.0.1 with a 1 s scrape
+//! A real Prometheus: Debian's server, started on 127.0.0.1 with a 1 s scrape
 //! interval against the agent's `/metrics`, stores series whose PromQL sums equal the agent's
 //! own counts after traffic; and `promtool check metrics` finds nothing to report in the
 //! agent's exposition.

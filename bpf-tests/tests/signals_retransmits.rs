@@ -1,4 +1,4 @@
-//! Issue 3, retransmits per backend: echo traffic through a round-robin VIP to three backends
+//! Retransmits per backend: echo traffic through a round-robin VIP to three backends
 //! while `sockmesh-agent netfault` drops 20% of the segments one of them sends to the test
 //! cgroup. The kernel's retransmit counter for that backend rises; for the two lossless ones
 //! it stays exactly zero.

@@ -1,4 +1,4 @@
-//! Issue 5, the SLO rules against a real Prometheus (Debian's server, 1 s scrape and
+//! The SLO rules against a real Prometheus (Debian's server, 1 s scrape and
 //! evaluation interval, on 127.0.0.1) scraping a real agent:
 //!
 //! - one of a service's two backends refuses every connect, so half the connects fail: the

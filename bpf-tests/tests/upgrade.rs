@@ -1,10 +1,11 @@
-//! Issue 7, upgrade across a map-layout change: an agent of another layout version left its
+//! Upgrade across a map-layout change: an agent of another layout version left its
 //! pins (here: this build's pins moved to `v<LAYOUT_VERSION - 1>`, which is what a previous
 //! build leaves behind: a complete, attached set the new agent must not adopt). The new agent
 //! attaches its own set beside it, routes from its own tables, then retires the old set:
 //! no connect fails at any point, and afterwards exactly one set is attached.
 //!
-//! Ports 18760-18769, VIP 127.100.76.1 (issue 7 rows: 18700-18799, 127.100.70-79.x).
+//! Ports 18760-18769, VIP 127.100.76.1 (inside the restart/pressure/upgrade block: 18700-18799,
+//! 127.100.70-79.x).
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -1,4 +1,4 @@
-//! Issue 2, "Weighted distribution": 3 backends weighted 1:1:2, 4,000 connects through the
+//! Weighted distribution: 3 backends weighted 1:1:2, 4,000 connects through the
 //! VIP from a stock client in the test cgroup; each share within 3 points of its weight's.
 
 use sockmesh_bpf_tests::{

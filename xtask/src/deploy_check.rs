@@ -1,4 +1,5 @@
-//! `cargo xtask test`'s check of the monitoring artifacts in deploy/ (issue 5):
+//! `cargo xtask test`'s check of the monitoring artifacts in deploy/ (SLO rules,
+//! alerts, dashboard):
 //!
 //! - `promtool check rules` on the Prometheus rules and `promtool test rules` on their unit
 //!   tests (deploy/prometheus/tests/*.yaml);

@@ -1,4 +1,4 @@
-//! `cargo xtask test`'s check of the Kubernetes manifests in deploy/ (issue 6):
+//! `cargo xtask test`'s check of the Kubernetes manifests in deploy/:
 //!
 //! 1. `kubectl kustomize deploy/` renders (kubectl must be installed: Debian's
 //!    `kubernetes-client` or any newer kubectl);

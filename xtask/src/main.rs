@@ -2,7 +2,9 @@
 //!
 //! - `setup`: installs the eBPF toolchain and mounts bpffs/tracefs (idempotent).
 //! - `build`: builds the release agent (its build.rs builds the eBPF object).
-//! - `test`:  unit tests, then the privileged bpf-tests against the release agent.
+//! - `lint`:  rustfmt and clippy (host crates, and the eBPF programs on their target).
+//! - `test`:  the lint gates, unit tests, then the privileged bpf-tests against the release
+//!   agent, each test binary under a timeout.
 //! - `demo`:  routes a bounded client load through the default config's VIPs (live table),
 //!   then a scene where a backend dies, is banned, returns and is let back in after a probe.
 //! - `bench`: direct vs. sockmesh vs. one haproxy hop, connect rate and request latency.
@@ -25,6 +27,7 @@ mod deploy_check;
 mod deploy_k8s;
 mod fuzz;
 mod interrupt;
+mod lint;
 mod scratch;
 mod setup;
 mod test;
@@ -50,7 +53,9 @@ enum Cmd {
     Setup,
     /// Build the release agent (and with it the eBPF programs).
     Build,
-    /// Unit tests, then the privileged bpf-tests (needs root).
+    /// rustfmt and clippy (-D warnings) on every crate, the eBPF programs included.
+    Lint,
+    /// Lint gates, unit tests, then the privileged bpf-tests (needs root).
     Test,
     /// Route a bounded client load through the default config's VIPs and show the split.
     Demo(demo::DemoArgs),
@@ -76,6 +81,7 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Setup => setup::run(),
         Cmd::Build => agent_build::run().map(|_| ()),
+        Cmd::Lint => lint::run(),
         Cmd::Test => test::run(),
         Cmd::Demo(args) => demo::run(&args),
         Cmd::Bench(args) => bench::run(&args),

@@ -1,10 +1,16 @@
-//! `cargo xtask test`: the unit tests, then the privileged bpf-tests against the release
-//! agent, with cargo's own output (and its `test result:` lines) passed through unchanged.
+//! `cargo xtask test`: the lint gates (`cargo xtask lint`: rustfmt, clippy for the host
+//! crates and for the eBPF programs), the unit tests, then the privileged bpf-tests against
+//! the release agent, with the tools' own output (and the `test result:` lines) passed
+//! through unchanged.
 //!
 //! The bpf-tests load programs into the running kernel, so they run one at a time
 //! (`--test-threads=1`) and after the leftovers of crashed earlier runs are removed: a
 //! stale pin directory or cgroup named like a new test's would make that test fail for a
-//! reason that has nothing to do with the code under test.
+//! reason that has nothing to do with the code under test. Each test binary runs under a
+//! timeout of its own ([`bpf_tests`]): a hang fails that binary by name and the others
+//! still run.
+
+mod bpf_tests;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -12,7 +18,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use crate::{agent_build, cgroup, command, deploy_check, deploy_k8s, fuzz, setup, workspace};
+use crate::{agent_build, cgroup, command, deploy_check, deploy_k8s, fuzz, lint, setup, workspace};
 
 /// Name prefix of the bpf-tests' cgroups and pin directories; nothing else is ever removed.
 const TEST_PREFIX: &str = "sockmesh-test-";
@@ -20,6 +26,10 @@ const BPFFS: &str = "/sys/fs/bpf";
 
 pub fn run() -> Result<()> {
     setup::run()?;
+
+    // First, and fast: a red lint needs no test run to be found.
+    println!("test: lint gates");
+    lint::run()?;
 
     println!("test: unit tests");
     // The eBPF crate only builds for bpfel-unknown-none (the agent's build.rs builds it),
@@ -50,19 +60,7 @@ pub fn run() -> Result<()> {
     remove_leftovers(&agent)?;
 
     println!("test: bpf-tests (privileged, one at a time)");
-    command::run(
-        workspace::cargo()
-            .args(["test", "--no-fail-fast", "-p", "sockmesh-bpf-tests"])
-            .args(["--", "--test-threads=1"])
-            .env("SOCKMESH_AGENT_BIN", &agent)
-            .env("SOCKMESH_CLI_BIN", agent.with_file_name("sockmesh"))
-            .env(
-                "SOCKMESH_CONTROL_BIN",
-                agent.with_file_name("sockmesh-control"),
-            )
-            // Free metrics ports for the agents under test, as for demo and bench.
-            .env("SOCKMESH_METRICS_ADDR", "127.0.0.1:0"),
-    )
+    bpf_tests::run(&agent)
 }
 
 /// Removes `sockmesh-test-*` pin directories and cgroups that no running test owns.

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::{input, lines, score};
 use crate::{engine::task::EngineViews, signals::Signals};
 
-pub fn lines_json(signals: &Signals) -> Value {
+pub(crate) fn lines_json(signals: &Signals) -> Value {
     let now = Instant::now();
     let rows = signals.with_recorder(|rec, views, _| {
         let services: Vec<String> = views.iter().map(|v| v.name.clone()).collect();
@@ -19,7 +19,7 @@ pub fn lines_json(signals: &Signals) -> Value {
     serde_json::to_value(rows).unwrap_or(Value::Null)
 }
 
-pub fn top_json(signals: &Signals) -> Value {
+pub(crate) fn top_json(signals: &Signals) -> Value {
     let slos = signals.slos();
     let now = Instant::now();
     let rows = signals.with_recorder(|rec, views, _| {
@@ -30,7 +30,11 @@ pub fn top_json(signals: &Signals) -> Value {
 }
 
 /// `None` for a service the applied config does not have.
-pub fn diagnose_json(signals: &Signals, engine: &EngineViews, service: &str) -> Option<Value> {
+pub(crate) fn diagnose_json(
+    signals: &Signals,
+    engine: &EngineViews,
+    service: &str,
+) -> Option<Value> {
     let slos = signals.slos();
     let (bans, circuits) = (&engine.bans, &engine.circuits);
     let now = Instant::now();

@@ -14,7 +14,7 @@ fn pct(part: u64, whole: u64) -> f64 {
 /// times how few they are (1 of n: 1.0, all n: 0.5), times severity (the service's failure
 /// share, full at 5 %). A ban for failures alone scores 0.8 times the fewness; a ban for
 /// latency, srtt or retransmits 0.5.
-pub fn backends_failing(input: &DiagnoseInput) -> Cause {
+pub(super) fn backends_failing(input: &DiagnoseInput) -> Cause {
     let window = input.recent_secs;
     let n = input.backends.len();
     let total_failed: u64 = input.backends.iter().map(|b| b.recent.failed()).sum();
@@ -142,7 +142,7 @@ fn kinds(w: &BackendWindow) -> String {
 /// "the network loses packets": the share of the backends with traffic whose retransmits
 /// per connection are above the floor (or whose SYNs time out), in full only when that is at
 /// least two backends and half of them; one lossy backend alone scores 0.4 times its share.
-pub fn network(input: &DiagnoseInput) -> Cause {
+pub(super) fn network(input: &DiagnoseInput) -> Cause {
     let window = input.recent_secs;
     let considered: Vec<&BackendSignals> = input
         .backends
@@ -226,7 +226,7 @@ pub fn network(input: &DiagnoseInput) -> Cause {
 
 /// "callers or backends are starved of CPU": the worst workload's starvation
 /// ([`super::score::CpuWindow::starvation`]).
-pub fn cpu_starvation(input: &DiagnoseInput) -> Cause {
+pub(super) fn cpu_starvation(input: &DiagnoseInput) -> Cause {
     let window = input.recent_secs;
     let mut rated: Vec<(f64, &super::score::WorkloadSignals)> = input
         .workloads
@@ -297,7 +297,7 @@ pub fn cpu_starvation(input: &DiagnoseInput) -> Cause {
 /// "the service is overloaded": the share of connects refused by limits or shedding (full at
 /// 10 %). An open circuit's refusals count at most 0.5: circuits open because connects fail,
 /// so they are more often a consequence than the cause.
-pub fn overload(input: &DiagnoseInput) -> Cause {
+pub(super) fn overload(input: &DiagnoseInput) -> Cause {
     let window = input.recent_secs;
     let r = &input.refusals;
     let share = |n: u64| (n as f64 / r.attempts.max(1) as f64 / FULL_REFUSAL_SHARE).min(1.0);

@@ -16,7 +16,7 @@ use super::{
 use crate::{signals::topology, slo::SloSample, tables::ServiceView};
 
 /// What besides the recorder diagnosis reads, as the admin API holds it.
-pub struct Context<'a> {
+pub(crate) struct Context<'a> {
     /// Configured workloads found on this node, by name.
     pub workloads: &'a [String],
     /// Backend address -> the workload whose process listens on it, where known.
@@ -27,7 +27,12 @@ pub struct Context<'a> {
     pub slos: &'a [SloSample],
 }
 
-pub fn gather(rec: &Recorder, now: Instant, view: &ServiceView, ctx: &Context) -> DiagnoseInput {
+pub(crate) fn gather(
+    rec: &Recorder,
+    now: Instant,
+    view: &ServiceView,
+    ctx: &Context,
+) -> DiagnoseInput {
     let service = view.name.as_str();
     let bans: BTreeMap<&str, BanNow> = rows_of(ctx.bans, service)
         .filter_map(|row| {

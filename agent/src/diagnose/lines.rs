@@ -8,7 +8,7 @@ use crate::slo::SloSample;
 
 /// One period of one line, as `/v1/lines` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Period {
+pub(crate) struct Period {
     pub ok: u64,
     pub failed: u64,
     pub refused_by_mesh: u64,
@@ -27,7 +27,7 @@ impl From<&ConnTally> for Period {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Line {
+pub(crate) struct Line {
     pub service: String,
     pub caller: String,
     pub last: Period,
@@ -36,7 +36,7 @@ pub struct Line {
 
 /// Every (service, caller) pair with connects in the last 10 min, for the configured
 /// `services` only, sorted by service then caller.
-pub fn lines(rec: &Recorder, now: tokio::time::Instant, services: &[String]) -> Vec<Line> {
+pub(crate) fn lines(rec: &Recorder, now: tokio::time::Instant, services: &[String]) -> Vec<Line> {
     let mut pairs: Vec<(String, String)> = rec
         .lines(now, LAST)
         .chain(rec.lines(now, PREVIOUS))
@@ -58,14 +58,14 @@ pub fn lines(rec: &Recorder, now: tokio::time::Instant, services: &[String]) -> 
 
 /// `{"last": .., "previous": ..}`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Pair<T> {
+pub(crate) struct Pair<T> {
     pub last: T,
     pub previous: T,
 }
 
 /// One service in `top`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TopRow {
+pub(crate) struct TopRow {
     pub rank: usize,
     pub service: String,
     /// The SLO burning fastest over 1h, and that burn rate (`None` without SLOs).
@@ -83,7 +83,7 @@ pub struct TopRow {
 /// Every configured service, worst first: by 1h burn of its worst SLO, then failure growth,
 /// then latency growth (a service without SLOs burns 0; no latency figure counts as 1, no
 /// change); equal rows by name.
-pub fn top(
+pub(crate) fn top(
     rec: &Recorder,
     now: tokio::time::Instant,
     services: &[String],
@@ -137,7 +137,7 @@ fn burn_1h(s: &SloSample) -> f64 {
 }
 
 /// Sorts worst first and numbers the rows from 1.
-pub fn rank(rows: &mut [TopRow]) {
+pub(crate) fn rank(rows: &mut [TopRow]) {
     rows.sort_by(|a, b| {
         let burn = |r: &TopRow| r.burn_1h.unwrap_or(0.0);
         let growth = |r: &TopRow| r.latency_growth.unwrap_or(1.0);

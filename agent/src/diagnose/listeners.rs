@@ -14,14 +14,14 @@ use std::{
     time::Duration,
 };
 
-pub const SCAN_EVERY: Duration = Duration::from_secs(10);
-pub const MAX_PIDS: usize = 256;
+pub(crate) const SCAN_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const MAX_PIDS: usize = 256;
 /// `st` of a listening socket in /proc/net/tcp.
 const TCP_LISTEN: &str = "0A";
 
 /// Backend address -> the first workload (in `workloads` order) with a process listening on
 /// it. `workloads` are (name, cgroup directory).
-pub fn find(
+pub(crate) fn find(
     backends: &BTreeSet<SocketAddr>,
     workloads: &[(String, &Path)],
 ) -> BTreeMap<String, String> {
@@ -117,7 +117,7 @@ fn socket_inodes(pid: u32) -> Vec<u64> {
 }
 
 /// The listening sockets of a /proc/net/tcp or tcp6 table: (local address, inode).
-pub fn listeners(table: &str) -> Vec<(SocketAddr, u64)> {
+pub(crate) fn listeners(table: &str) -> Vec<(SocketAddr, u64)> {
     table
         .lines()
         .skip(1)

@@ -8,14 +8,14 @@
 //! function of a plain [`score::DiagnoseInput`], so each cause is tested on hand-made numbers.
 //! [`api`] is what the admin API serves.
 
-pub mod api;
+pub(crate) mod api;
 mod causes;
-pub mod input;
-pub mod lines;
-pub mod listeners;
-pub mod periods;
-pub mod record;
-pub mod score;
+pub(crate) mod input;
+pub(crate) mod lines;
+pub(crate) mod listeners;
+pub(crate) mod periods;
+pub(crate) mod record;
+pub(crate) mod score;
 mod tally;
 
-pub use record::Recorder;
+pub(crate) use record::Recorder;

@@ -12,30 +12,30 @@ use std::{collections::VecDeque, time::Duration};
 use tokio::time::Instant;
 
 /// Width of one bucket.
-pub const BUCKET: Duration = Duration::from_secs(10);
+pub(crate) const BUCKET: Duration = Duration::from_secs(10);
 /// Buckets kept: two 5-minute periods (the line view's "last" and "previous"), which also
 /// covers diagnosis (the last minute and the five before it).
-pub const RETAINED: u64 = 60;
+pub(crate) const RETAINED: u64 = 60;
 
 /// Something that adds up: counts, sums of durations.
-pub trait Tally: Default + Clone {
+pub(crate) trait Tally: Default + Clone {
     fn add(&mut self, other: &Self);
 }
 
 /// Bucket numbers since a fixed origin, shared by every [`Periods`] of one recorder so their
 /// boundaries line up.
 #[derive(Debug, Clone, Copy)]
-pub struct Clock {
+pub(crate) struct Clock {
     origin: Instant,
 }
 
 impl Clock {
-    pub fn new(origin: Instant) -> Self {
+    pub(crate) fn new(origin: Instant) -> Self {
         Self { origin }
     }
 
     /// The bucket holding `now`.
-    pub fn epoch(&self, now: Instant) -> u64 {
+    pub(crate) fn epoch(&self, now: Instant) -> u64 {
         let since = now.saturating_duration_since(self.origin);
         (since.as_nanos() / BUCKET.as_nanos()).min(u128::from(u64::MAX)) as u64
     }
@@ -43,7 +43,7 @@ impl Clock {
 
 /// Buckets of one tally, oldest first, only those with something in them.
 #[derive(Debug, Clone)]
-pub struct Periods<T> {
+pub(crate) struct Periods<T> {
     buckets: VecDeque<(u64, T)>,
 }
 
@@ -58,7 +58,7 @@ impl<T> Default for Periods<T> {
 impl<T: Tally> Periods<T> {
     /// Adds to the bucket `epoch` (an epoch older than the newest bucket joins the newest:
     /// a monotonic clock never goes back), and forgets buckets older than [`RETAINED`].
-    pub fn record(&mut self, epoch: u64, f: impl FnOnce(&mut T)) {
+    pub(crate) fn record(&mut self, epoch: u64, f: impl FnOnce(&mut T)) {
         match self.buckets.back_mut() {
             Some((last, tally)) if *last >= epoch => f(tally),
             _ => {
@@ -81,7 +81,7 @@ impl<T: Tally> Periods<T> {
 
     /// The sum of the `n` buckets that end `skip` buckets before the one holding `current`:
     /// `sum(e, 0, 30)` is the last 5 min, `sum(e, 30, 30)` the 5 min before.
-    pub fn sum(&self, current: u64, skip: u64, n: u64) -> T {
+    pub(crate) fn sum(&self, current: u64, skip: u64, n: u64) -> T {
         let mut out = T::default();
         for (epoch, tally) in self.buckets.iter().rev() {
             let age = match current.checked_sub(*epoch) {
@@ -100,14 +100,14 @@ impl<T: Tally> Periods<T> {
     }
 
     /// Nothing left within the retention at `current`: the entry can go.
-    pub fn is_stale(&self, current: u64) -> bool {
+    pub(crate) fn is_stale(&self, current: u64) -> bool {
         self.buckets
             .back()
             .is_none_or(|(last, _)| current.saturating_sub(*last) >= RETAINED)
     }
 
     #[cfg(test)]
-    pub fn stored(&self) -> usize {
+    pub(crate) fn stored(&self) -> usize {
         self.buckets.len()
     }
 }

@@ -15,28 +15,28 @@ use sockmesh_common::{
 use tokio::time::Instant;
 
 use super::periods::{Clock, Periods, Tally};
-pub use super::tally::{BackendTally, ConnTally, CpuTally, RefusalTally};
+pub(crate) use super::tally::{BackendTally, ConnTally, CpuTally, RefusalTally};
 use crate::metrics::KernelSnapshot;
 
 /// Which buckets a question reads: `n` buckets ending `skip` buckets before the current one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Span {
+pub(crate) struct Span {
     pub skip: u64,
     pub n: u64,
 }
 
 impl Span {
-    pub fn secs(&self) -> f64 {
+    pub(crate) fn secs(&self) -> f64 {
         (self.n * super::periods::BUCKET.as_secs()) as f64
     }
 }
 
 /// The line view's periods: the last 5 min and the 5 min before.
-pub const LAST: Span = Span { skip: 0, n: 30 };
-pub const PREVIOUS: Span = Span { skip: 30, n: 30 };
+pub(crate) const LAST: Span = Span { skip: 0, n: 30 };
+pub(crate) const PREVIOUS: Span = Span { skip: 30, n: 30 };
 /// Diagnosis: the last minute, against the 5 min before it.
-pub const RECENT: Span = Span { skip: 0, n: 6 };
-pub const BASELINE: Span = Span { skip: 6, n: 30 };
+pub(crate) const RECENT: Span = Span { skip: 0, n: 6 };
+pub(crate) const BASELINE: Span = Span { skip: 6, n: 30 };
 
 /// Cumulative kernel TCP counters of one backend at the last read.
 #[derive(Debug, Clone, Copy, Default)]
@@ -64,7 +64,7 @@ const OVER_1MS_BUCKET: usize = 11;
 /// See the module docs. Keys are names (service, backend address, caller, workload), which
 /// stay meaningful across config changes, unlike the kernel's ids.
 #[derive(Debug)]
-pub struct Recorder {
+pub(crate) struct Recorder {
     clock: Clock,
     lines: BTreeMap<(String, String), Periods<ConnTally>>,
     backends: BTreeMap<(String, String), Periods<BackendTally>>,
@@ -78,7 +78,7 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn new(origin: Instant) -> Self {
+    pub(crate) fn new(origin: Instant) -> Self {
         Self {
             clock: Clock::new(origin),
             lines: BTreeMap::new(),
@@ -93,7 +93,7 @@ impl Recorder {
     }
 
     /// True once every [`super::listeners::SCAN_EVERY`] (the first call included).
-    pub fn listener_scan_due(&mut self, now: Instant) -> bool {
+    pub(crate) fn listener_scan_due(&mut self, now: Instant) -> bool {
         if self.next_listener_scan.is_some_and(|next| now < next) {
             return false;
         }
@@ -101,16 +101,16 @@ impl Recorder {
         true
     }
 
-    pub fn set_backend_workloads(&mut self, found: BTreeMap<String, String>) {
+    pub(crate) fn set_backend_workloads(&mut self, found: BTreeMap<String, String>) {
         self.backend_workloads = found;
     }
 
-    pub fn backend_workloads(&self) -> &BTreeMap<String, String> {
+    pub(crate) fn backend_workloads(&self) -> &BTreeMap<String, String> {
         &self.backend_workloads
     }
 
     /// One connect outcome (established or failed) of `caller` to `service` via `backend`.
-    pub fn on_connect(
+    pub(crate) fn on_connect(
         &mut self,
         now: Instant,
         service: &str,
@@ -172,7 +172,7 @@ impl Recorder {
     /// The kernel's counters as of `now` (the agent reads them once a second). The increments
     /// since the previous read are recorded; the first read of a backend or workload only sets
     /// the starting point (its counters may hold hours of history, or a previous agent's).
-    pub fn on_kernel(&mut self, now: Instant, snapshot: &KernelSnapshot) {
+    pub(crate) fn on_kernel(&mut self, now: Instant, snapshot: &KernelSnapshot) {
         let epoch = self.clock.epoch(now);
         let mut seen_tcp = BTreeMap::new();
         for (labels, s) in &snapshot.backends {
@@ -250,7 +250,11 @@ impl Recorder {
     }
 
     /// Every (service, caller) line with connects in `span`, sorted by service, then caller.
-    pub fn lines(&self, now: Instant, span: Span) -> impl Iterator<Item = (&str, &str)> + '_ {
+    pub(crate) fn lines(
+        &self,
+        now: Instant,
+        span: Span,
+    ) -> impl Iterator<Item = (&str, &str)> + '_ {
         let epoch = self.clock.epoch(now);
         self.lines.iter().filter_map(move |((s, c), p)| {
             let t = p.sum(epoch, span.skip, span.n);
@@ -258,7 +262,7 @@ impl Recorder {
         })
     }
 
-    pub fn line(&self, now: Instant, service: &str, caller: &str, span: Span) -> ConnTally {
+    pub(crate) fn line(&self, now: Instant, service: &str, caller: &str, span: Span) -> ConnTally {
         let epoch = self.clock.epoch(now);
         self.lines
             .get(&(service.to_owned(), caller.to_owned()))
@@ -267,7 +271,7 @@ impl Recorder {
     }
 
     /// All callers of `service` together.
-    pub fn service(&self, now: Instant, service: &str, span: Span) -> ConnTally {
+    pub(crate) fn service(&self, now: Instant, service: &str, span: Span) -> ConnTally {
         let epoch = self.clock.epoch(now);
         let mut out = ConnTally::default();
         for ((s, _), p) in &self.lines {
@@ -278,7 +282,13 @@ impl Recorder {
         out
     }
 
-    pub fn backend(&self, now: Instant, service: &str, backend: &str, span: Span) -> BackendTally {
+    pub(crate) fn backend(
+        &self,
+        now: Instant,
+        service: &str,
+        backend: &str,
+        span: Span,
+    ) -> BackendTally {
         let epoch = self.clock.epoch(now);
         self.backends
             .get(&(service.to_owned(), backend.to_owned()))
@@ -287,13 +297,13 @@ impl Recorder {
     }
 
     /// Connections to `backend` open at the last kernel read.
-    pub fn open_now(&self, service: &str, backend: &str) -> u64 {
+    pub(crate) fn open_now(&self, service: &str, backend: &str) -> u64 {
         self.last_tcp
             .get(&(service.to_owned(), backend.to_owned()))
             .map_or(0, |p| p.established.saturating_sub(p.closed))
     }
 
-    pub fn refusals(&self, now: Instant, service: &str, span: Span) -> RefusalTally {
+    pub(crate) fn refusals(&self, now: Instant, service: &str, span: Span) -> RefusalTally {
         let epoch = self.clock.epoch(now);
         self.refusals
             .get(service)
@@ -302,7 +312,7 @@ impl Recorder {
     }
 
     /// `None` for a workload the agent has not read twice yet.
-    pub fn workload(&self, now: Instant, workload: &str, span: Span) -> Option<CpuTally> {
+    pub(crate) fn workload(&self, now: Instant, workload: &str, span: Span) -> Option<CpuTally> {
         let epoch = self.clock.epoch(now);
         self.workloads
             .get(workload)

@@ -13,31 +13,31 @@
 use serde::Serialize;
 
 /// Below this many backend failures in the window, failure shares are noise.
-pub const MIN_FAILURES: u64 = 5;
+pub(crate) const MIN_FAILURES: u64 = 5;
 /// A backend failing at least this share of its connects is failing.
-pub const FAILING_RATIO: f64 = 0.5;
+pub(crate) const FAILING_RATIO: f64 = 0.5;
 /// The service's failure share at which `backends_failing` reaches full severity.
-pub const FULL_FAILURE_SHARE: f64 = 0.05;
+pub(crate) const FULL_FAILURE_SHARE: f64 = 0.05;
 /// Retransmits per connection above which a backend's path is lossy...
-pub const RETRANSMIT_FLOOR: f64 = 1.0;
+pub(crate) const RETRANSMIT_FLOOR: f64 = 1.0;
 /// ... given at least this many retransmits in the window.
-pub const MIN_RETRANSMITS: u64 = 3;
+pub(crate) const MIN_RETRANSMITS: u64 = 3;
 /// SYN timeouts or ICMP errors on at least this share of a backend's connects are also loss.
-pub const SYN_TROUBLE_RATIO: f64 = 0.2;
+pub(crate) const SYN_TROUBLE_RATIO: f64 = 0.2;
 /// Run-queue waits a workload needs in the window before its latency is judged.
-pub const MIN_WAITS: u64 = 20;
+pub(crate) const MIN_WAITS: u64 = 20;
 /// Overload refusals needed before `overload` scores.
-pub const MIN_REFUSALS: u64 = 5;
+pub(crate) const MIN_REFUSALS: u64 = 5;
 /// The share of refused connects at which `overload` reaches full score.
-pub const FULL_REFUSAL_SHARE: f64 = 0.10;
+pub(crate) const FULL_REFUSAL_SHARE: f64 = 0.10;
 /// A signal that was as strong in the baseline is not what changed: its score is scaled.
-pub const CHRONIC: f64 = 0.8;
+pub(crate) const CHRONIC: f64 = 0.8;
 /// Below this, no cause is named in the summary.
-pub const CLEAR: f64 = 0.2;
+pub(crate) const CLEAR: f64 = 0.2;
 
 /// Connect outcomes and TCP counters of one backend over one window.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct BackendWindow {
+pub(crate) struct BackendWindow {
     pub ok: u64,
     pub refused: u64,
     pub timeout: u64,
@@ -49,23 +49,23 @@ pub struct BackendWindow {
 }
 
 impl BackendWindow {
-    pub fn failed(&self) -> u64 {
+    pub(crate) fn failed(&self) -> u64 {
         self.refused + self.timeout + self.unreachable
     }
 
-    pub fn attempts(&self) -> u64 {
+    pub(crate) fn attempts(&self) -> u64 {
         self.ok + self.failed()
     }
 
-    pub fn retransmits_per_connection(&self) -> f64 {
+    pub(crate) fn retransmits_per_connection(&self) -> f64 {
         self.retransmits as f64 / self.connections.max(1) as f64
     }
 
-    pub fn lossy(&self) -> bool {
+    pub(crate) fn lossy(&self) -> bool {
         self.retransmits >= MIN_RETRANSMITS && self.retransmits_per_connection() >= RETRANSMIT_FLOOR
     }
 
-    pub fn syn_trouble(&self) -> bool {
+    pub(crate) fn syn_trouble(&self) -> bool {
         let lost = self.timeout + self.unreachable;
         lost >= 3 && lost as f64 >= SYN_TROUBLE_RATIO * self.attempts() as f64
     }
@@ -73,7 +73,7 @@ impl BackendWindow {
 
 /// A backend the health engine keeps out of its slot table.
 #[derive(Debug, Clone, PartialEq)]
-pub struct BanNow {
+pub(crate) struct BanNow {
     /// `banned` or `probing`.
     pub state: String,
     /// `/v1/bans` reasons: `consecutive_failures`, `failure_ratio`, `deviation_*`.
@@ -81,7 +81,7 @@ pub struct BanNow {
 }
 
 impl BanNow {
-    pub fn for_failures(&self) -> bool {
+    pub(crate) fn for_failures(&self) -> bool {
         matches!(
             self.reason.as_str(),
             "consecutive_failures" | "failure_ratio" | "deviation_failures"
@@ -90,7 +90,7 @@ impl BanNow {
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct BackendSignals {
+pub(crate) struct BackendSignals {
     pub addr: String,
     pub recent: BackendWindow,
     pub baseline: BackendWindow,
@@ -99,14 +99,14 @@ pub struct BackendSignals {
 
 /// Whose CPU it is: a caller of the service, or a workload serving one of its backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Role {
+pub(crate) enum Role {
     Caller,
     Backend,
 }
 
 /// One workload's CPU starvation over one window.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct CpuWindow {
+pub(crate) struct CpuWindow {
     /// How much of the window the agent observed.
     pub seconds: f64,
     pub waits: u64,
@@ -117,15 +117,15 @@ pub struct CpuWindow {
 }
 
 impl CpuWindow {
-    pub fn mean_wait_ms(&self) -> f64 {
+    pub(crate) fn mean_wait_ms(&self) -> f64 {
         self.wait_sum_us as f64 / self.waits.max(1) as f64 / 1e3
     }
 
-    pub fn over_1ms_share(&self) -> f64 {
+    pub(crate) fn over_1ms_share(&self) -> f64 {
         self.waits_over_1ms as f64 / self.waits.max(1) as f64
     }
 
-    pub fn throttled_share(&self) -> f64 {
+    pub(crate) fn throttled_share(&self) -> f64 {
         if self.seconds <= 0.0 || self.nr_throttled == 0 {
             return 0.0;
         }
@@ -134,7 +134,7 @@ impl CpuWindow {
 
     /// 0 (fine) to 1 (starved): run-queue latency (30 % of waits over 1 ms, or a mean of
     /// 2.5 ms, is full) or throttling (a quarter of the time throttled is full).
-    pub fn starvation(&self) -> f64 {
+    pub(crate) fn starvation(&self) -> f64 {
         let runq = if self.waits >= MIN_WAITS {
             let mass = (self.over_1ms_share() - 0.05) / 0.25;
             let mean = (self.mean_wait_ms() - 0.5) / 2.0;
@@ -148,7 +148,7 @@ impl CpuWindow {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct WorkloadSignals {
+pub(crate) struct WorkloadSignals {
     pub name: String,
     pub role: Role,
     pub recent: CpuWindow,
@@ -157,7 +157,7 @@ pub struct WorkloadSignals {
 
 /// The service's connect attempts (every decision) and its overload refusals in a window.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Refusals {
+pub(crate) struct Refusals {
     pub attempts: u64,
     pub limited: u64,
     pub shed: u64,
@@ -165,14 +165,14 @@ pub struct Refusals {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct CircuitNow {
+pub(crate) struct CircuitNow {
     /// `closed`, `half_open` or `open`.
     pub state: String,
     pub panic_mode: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SloBurn {
+pub(crate) struct SloBurn {
     pub slo: String,
     #[serde(rename = "5m")]
     pub burn_5m: f64,
@@ -182,7 +182,7 @@ pub struct SloBurn {
 
 /// Everything diagnosis looks at, for one service.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DiagnoseInput {
+pub(crate) struct DiagnoseInput {
     pub service: String,
     pub recent_secs: f64,
     pub baseline_secs: f64,
@@ -194,14 +194,14 @@ pub struct DiagnoseInput {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Cause {
+pub(crate) struct Cause {
     pub cause: &'static str,
     pub score: f64,
     pub evidence: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Diagnosis {
+pub(crate) struct Diagnosis {
     pub service: String,
     pub window_secs: f64,
     pub baseline_secs: f64,
@@ -212,7 +212,7 @@ pub struct Diagnosis {
 }
 
 /// Scores every cause and ranks them.
-pub fn diagnose(input: &DiagnoseInput) -> Diagnosis {
+pub(crate) fn diagnose(input: &DiagnoseInput) -> Diagnosis {
     let mut causes = vec![
         super::causes::backends_failing(input),
         super::causes::network(input),

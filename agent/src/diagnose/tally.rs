@@ -5,7 +5,7 @@ use super::periods::Tally;
 
 /// Connects of one caller to one service.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct ConnTally {
+pub(crate) struct ConnTally {
     pub ok: u64,
     /// Every failed connect the caller saw, the mesh's own refusals included.
     pub failed: u64,
@@ -16,7 +16,7 @@ pub struct ConnTally {
 }
 
 impl ConnTally {
-    pub fn handshake_mean_ms(&self) -> Option<f64> {
+    pub(crate) fn handshake_mean_ms(&self) -> Option<f64> {
         (self.handshake_count > 0)
             .then(|| self.handshake_sum_ns as f64 / self.handshake_count as f64 / 1e6)
     }
@@ -34,7 +34,7 @@ impl Tally for ConnTally {
 
 /// One backend of one service: connect outcomes from events, TCP counters from the kernel.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct BackendTally {
+pub(crate) struct BackendTally {
     pub ok: u64,
     pub refused: u64,
     pub timeout: u64,
@@ -64,7 +64,7 @@ impl Tally for BackendTally {
 
 /// The mesh's refusals of one service that say "overloaded".
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct RefusalTally {
+pub(crate) struct RefusalTally {
     pub limited: u64,
     pub shed: u64,
     pub circuit_open: u64,
@@ -80,7 +80,7 @@ impl Tally for RefusalTally {
 
 /// One workload's CPU starvation over some stretch (`seconds` of it observed).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct CpuTally {
+pub(crate) struct CpuTally {
     pub seconds: f64,
     pub waits: u64,
     pub wait_sum_us: u64,

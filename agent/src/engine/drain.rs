@@ -64,7 +64,11 @@ struct DiagMsg {
 }
 
 /// Cookies of the sockets routed to `backend_id` of `service_id`, from the stamp map.
-pub fn routed_cookies(map_dir: &Path, service_id: u32, backend_id: u32) -> Result<BTreeSet<u64>> {
+pub(crate) fn routed_cookies(
+    map_dir: &Path,
+    service_id: u32,
+    backend_id: u32,
+) -> Result<BTreeSet<u64>> {
     let data = MapData::from_pin(map_dir.join(SOCK_STAMPS_MAP)).context("opening socket stamps")?;
     let stamps: HashMap<MapData, u64, SockStamp> = HashMap::try_from(Map::LruHashMap(data))?;
     Ok(stamps
@@ -77,7 +81,7 @@ pub fn routed_cookies(map_dir: &Path, service_id: u32, backend_id: u32) -> Resul
 
 /// Closes every live TCP socket connected to `dst` whose cookie is in `cookies`; returns how
 /// many were closed.
-pub fn destroy(dst: SocketAddr, cookies: &BTreeSet<u64>) -> io::Result<usize> {
+pub(crate) fn destroy(dst: SocketAddr, cookies: &BTreeSet<u64>) -> io::Result<usize> {
     if cookies.is_empty() {
         return Ok(0);
     }

@@ -7,9 +7,9 @@
 //! dataplane applies. The mesh's own refusals (circuit, shedding, limits, ACL, faults) are
 //! never fed in as backend failures.
 
-pub mod drain;
+pub(crate) mod drain;
 mod service;
-pub mod task;
+pub(crate) mod task;
 #[cfg(test)]
 mod tests;
 
@@ -23,7 +23,7 @@ use sockmesh_common::{
 use sockmesh_model::{MeshConfig, Priority};
 use tokio::time::Instant;
 
-pub use service::ServiceHealth;
+pub(crate) use service::ServiceHealth;
 
 use crate::{
     health::{
@@ -35,10 +35,10 @@ use crate::{
 };
 
 /// A limit refusal within this long marks a service overloaded (it sheds low priorities).
-pub const OVERLOAD_HOLD: Duration = Duration::from_secs(5);
+pub(crate) const OVERLOAD_HOLD: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Default, PartialEq)]
-pub struct TickOutput {
+pub(crate) struct TickOutput {
     /// (service id, backend id, address, timeout): TCP-connect probes to run.
     pub probes: Vec<(u32, u32, SocketAddr, Duration)>,
     /// (service id, backend address): close routed connections to it now.
@@ -48,7 +48,7 @@ pub struct TickOutput {
 }
 
 #[derive(Debug, Default)]
-pub struct Engine {
+pub(crate) struct Engine {
     services: BTreeMap<u32, ServiceHealth>,
     last_limited: BTreeMap<u32, Instant>,
     /// Highest caller priority level in the config: the one that keeps its access longest.
@@ -56,7 +56,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn on_config(&mut self, now: Instant, config: &MeshConfig, views: &[ServiceView]) {
+    pub(crate) fn on_config(&mut self, now: Instant, config: &MeshConfig, views: &[ServiceView]) {
         // Callers that are not a configured workload run at the default level, so it counts.
         self.top_priority = config
             .workloads
@@ -85,7 +85,7 @@ impl Engine {
     }
 
     /// Folds one lifecycle event (only connect outcomes matter here).
-    pub fn on_event(&mut self, now: Instant, ev: &ConnEvent) {
+    pub(crate) fn on_event(&mut self, now: Instant, ev: &ConnEvent) {
         if ev.kind == EVENT_FAILED && ev.result == RESULT_LIMITED {
             self.last_limited.insert(ev.service_id, now);
         }
@@ -101,7 +101,7 @@ impl Engine {
         }
     }
 
-    pub fn on_tcp(&mut self, now: Instant, stats: &[(BackendKey, BackendTcpStats)]) {
+    pub(crate) fn on_tcp(&mut self, now: Instant, stats: &[(BackendKey, BackendTcpStats)]) {
         for (k, s) in stats {
             if let Some(svc) = self.services.get_mut(&k.service_id) {
                 svc.on_tcp(now, k.backend_id, s);
@@ -109,7 +109,7 @@ impl Engine {
         }
     }
 
-    pub fn tick(&mut self, now: Instant) -> TickOutput {
+    pub(crate) fn tick(&mut self, now: Instant) -> TickOutput {
         let mut out = TickOutput::default();
         for (id, svc) in &mut self.services {
             for (backend, reason) in svc.evaluate(now) {
@@ -129,7 +129,7 @@ impl Engine {
         out
     }
 
-    pub fn probe_result(&mut self, now: Instant, service: u32, backend: u32, ok: bool) {
+    pub(crate) fn probe_result(&mut self, now: Instant, service: u32, backend: u32, ok: bool) {
         if let Some(svc) = self.services.get_mut(&service) {
             if svc.bans.probe_result(now, backend, ok) == ProbeOutcome::Unbanned {
                 // Failures of connects still in flight at ban time must not re-ban it.
@@ -139,7 +139,7 @@ impl Engine {
     }
 
     /// Fault injection from the operator: refuse this share of connects (ppm).
-    pub fn set_fault(&mut self, service: &str, refuse_ppm: u32) -> bool {
+    pub(crate) fn set_fault(&mut self, service: &str, refuse_ppm: u32) -> bool {
         let Some(svc) = self.services.values_mut().find(|s| s.name == service) else {
             return false;
         };
@@ -147,7 +147,7 @@ impl Engine {
         true
     }
 
-    pub fn overlay(&self, now: Instant) -> Overlay {
+    pub(crate) fn overlay(&self, now: Instant) -> Overlay {
         self.services
             .values()
             .map(|svc| {
@@ -163,12 +163,12 @@ impl Engine {
     }
 
     /// The services with their ids.
-    pub fn services_by_id(&self) -> impl Iterator<Item = (&u32, &ServiceHealth)> {
+    pub(crate) fn services_by_id(&self) -> impl Iterator<Item = (&u32, &ServiceHealth)> {
         self.services.iter()
     }
 
     /// `/v1/bans`: every excluded backend with why and until when.
-    pub fn bans_json(&self, now: Instant) -> Value {
+    pub(crate) fn bans_json(&self, now: Instant) -> Value {
         let rows: Vec<Value> = self
             .services
             .values()
@@ -193,7 +193,7 @@ impl Engine {
     }
 
     /// `/v1/circuits`: circuit state, panic mode, shedding and faults per service.
-    pub fn circuits_json(&self, now: Instant) -> Value {
+    pub(crate) fn circuits_json(&self, now: Instant) -> Value {
         let overlay = self.overlay(now);
         let rows: Vec<Value> = self
             .services

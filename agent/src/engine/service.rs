@@ -21,7 +21,7 @@ use crate::{
     tables::{CircuitFlag, ServiceOverlay},
 };
 
-pub fn outlier_policy(s: &OutlierSpec) -> OutlierPolicy {
+pub(super) fn outlier_policy(s: &OutlierSpec) -> OutlierPolicy {
     OutlierPolicy {
         consecutive_failures: s.consecutive_failures,
         failure_ratio: s.failure_ratio,
@@ -37,7 +37,7 @@ pub fn outlier_policy(s: &OutlierSpec) -> OutlierPolicy {
     }
 }
 
-pub fn circuit_policy(s: &CircuitSpec) -> CircuitPolicy {
+pub(super) fn circuit_policy(s: &CircuitSpec) -> CircuitPolicy {
     CircuitPolicy {
         min_success_ratio: s.min_success_ratio,
         window: s.window.0,
@@ -77,7 +77,7 @@ impl TcpSample {
 }
 
 #[derive(Debug)]
-pub struct BackendHealth {
+pub(crate) struct BackendHealth {
     pub addr: SocketAddr,
     window: OutcomeWindow,
     consecutive_failures: u32,
@@ -110,7 +110,7 @@ impl BackendHealth {
 }
 
 #[derive(Debug)]
-pub struct ServiceHealth {
+pub(crate) struct ServiceHealth {
     pub name: String,
     pub id: u32,
     policy: OutlierPolicy,
@@ -129,7 +129,7 @@ pub struct ServiceHealth {
 }
 
 impl ServiceHealth {
-    pub fn new(now: Instant, id: u32, spec: &ServiceSpec) -> Self {
+    pub(crate) fn new(now: Instant, id: u32, spec: &ServiceSpec) -> Self {
         let policy = outlier_policy(&spec.outlier);
         Self {
             name: spec.name.clone(),
@@ -161,7 +161,7 @@ impl ServiceHealth {
     }
 
     /// The config changed: keep state for backends that stay, forget the others.
-    pub fn reconfigure(
+    pub(crate) fn reconfigure(
         &mut self,
         now: Instant,
         spec: &ServiceSpec,
@@ -200,7 +200,7 @@ impl ServiceHealth {
         }
     }
 
-    pub fn on_success(&mut self, now: Instant, backend: u32, handshake: Duration) {
+    pub(crate) fn on_success(&mut self, now: Instant, backend: u32, handshake: Duration) {
         self.touched(now);
         if let Some(b) = self.backends.get_mut(&backend) {
             b.window.record_success(now, Some(handshake));
@@ -209,7 +209,7 @@ impl ServiceHealth {
         self.circuit.record(now, 1, 0);
     }
 
-    pub fn on_failure(&mut self, now: Instant, backend: u32) {
+    pub(crate) fn on_failure(&mut self, now: Instant, backend: u32) {
         self.touched(now);
         if let Some(b) = self.backends.get_mut(&backend) {
             b.window.record_failure(now);
@@ -218,7 +218,7 @@ impl ServiceHealth {
         self.circuit.record(now, 0, 1);
     }
 
-    pub fn on_tcp(&mut self, now: Instant, backend: u32, s: &BackendTcpStats) {
+    pub(crate) fn on_tcp(&mut self, now: Instant, backend: u32, s: &BackendTcpStats) {
         let window = self.policy.window;
         let mut changed = false;
         if let Some(b) = self.backends.get_mut(&backend) {
@@ -249,7 +249,7 @@ impl ServiceHealth {
     }
 
     /// Starts a backend's outcome history afresh (it was let back in).
-    pub fn forget_history(&mut self, backend: u32) {
+    pub(crate) fn forget_history(&mut self, backend: u32) {
         self.clean_at = None;
         if let Some(b) = self.backends.get_mut(&backend) {
             b.window.clear();
@@ -258,7 +258,7 @@ impl ServiceHealth {
     }
 
     /// Runs detection and bans; returns backends newly banned (id, reason label).
-    pub fn evaluate(&mut self, now: Instant) -> Vec<(u32, &'static str)> {
+    pub(crate) fn evaluate(&mut self, now: Instant) -> Vec<(u32, &'static str)> {
         if self.settled() {
             return Vec::new();
         }
@@ -301,7 +301,7 @@ impl ServiceHealth {
     }
 
     /// The overlay the kernel should run for this service now.
-    pub fn overlay(&self, now: Instant, min_priority: u32) -> ServiceOverlay {
+    pub(crate) fn overlay(&self, now: Instant, min_priority: u32) -> ServiceOverlay {
         let circuit = match self.circuit.state(now) {
             CircuitState::Closed => CircuitFlag::Closed,
             CircuitState::HalfOpen => CircuitFlag::HalfOpen(self.circuit.admit_ppm(now)),
@@ -322,7 +322,7 @@ impl ServiceHealth {
     }
 
     /// Backends whose drain grace ran out while they stayed out of the slot table.
-    pub fn due_drains(&mut self, now: Instant) -> Vec<SocketAddr> {
+    pub(crate) fn due_drains(&mut self, now: Instant) -> Vec<SocketAddr> {
         if self.excluded_since.is_empty() {
             return Vec::new();
         }

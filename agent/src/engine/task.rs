@@ -25,11 +25,11 @@ use crate::{
 };
 
 /// How often the engine evaluates (detection latency is at most this plus the drain tick).
-pub const TICK: Duration = Duration::from_millis(50);
+pub(crate) const TICK: Duration = Duration::from_millis(50);
 /// How often kernel TCP counters are folded in.
 const TCP_EVERY: Duration = Duration::from_secs(1);
 
-pub enum Command {
+pub(crate) enum Command {
     Config {
         config: MeshConfig,
         views: Vec<ServiceView>,
@@ -48,27 +48,30 @@ pub enum Command {
 /// exact at the moment of the request, and nothing to build while nobody asks (at 10,000
 /// services, building them every tick was a tenth of the agent's CPU).
 #[derive(Default)]
-pub struct EngineViews {
+pub(crate) struct EngineViews {
     pub bans: Value,
     pub circuits: Value,
 }
 
 #[derive(Clone)]
-pub struct EngineHandle {
+pub(crate) struct EngineHandle {
     pub events: mpsc::UnboundedSender<ConnEvent>,
     pub commands: mpsc::UnboundedSender<Command>,
 }
 
 impl EngineHandle {
     /// The engine's views now; `None` if the engine task is gone.
-    pub async fn views(&self) -> Option<EngineViews> {
+    pub(crate) async fn views(&self) -> Option<EngineViews> {
         let (reply, answer) = oneshot::channel();
         self.commands.send(Command::Views { reply }).ok()?;
         answer.await.ok()
     }
 }
 
-pub fn spawn(map_dir: PathBuf, signals: Arc<Signals>) -> (EngineHandle, watch::Receiver<Overlay>) {
+pub(crate) fn spawn(
+    map_dir: PathBuf,
+    signals: Arc<Signals>,
+) -> (EngineHandle, watch::Receiver<Overlay>) {
     let (events, mut event_rx) = mpsc::unbounded_channel::<ConnEvent>();
     let (commands, mut command_rx) = mpsc::unbounded_channel::<Command>();
     let (probe_tx, mut probe_rx) = mpsc::unbounded_channel::<(u32, u32, bool)>();

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(super) struct Backoff {
     base: Duration,
     cap: Duration,
     attempt: u32,
@@ -13,7 +13,7 @@ pub struct Backoff {
 
 impl Backoff {
     /// `seed` only picks the jitter sequence (any value but 0 works; 0 is replaced).
-    pub fn new(base: Duration, cap: Duration, seed: u64) -> Self {
+    pub(super) fn new(base: Duration, cap: Duration, seed: u64) -> Self {
         Backoff {
             base,
             cap: cap.max(base),
@@ -23,7 +23,7 @@ impl Backoff {
     }
 
     /// A seed that differs between processes and starts.
-    pub fn seed() -> u64 {
+    pub(super) fn seed() -> u64 {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -32,7 +32,7 @@ impl Backoff {
 
     /// The next delay: half of `min(cap, base * 2^attempt)` fixed, the other half random
     /// ("equal jitter"), so the wait still grows while no two agents wait alike.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(super) fn next_delay(&mut self) -> Duration {
         let exp = self
             .base
             .saturating_mul(1u32.checked_shl(self.attempt).unwrap_or(u32::MAX))
@@ -49,7 +49,7 @@ impl Backoff {
     }
 
     /// After a success: the next failure waits `base` again.
-    pub fn reset(&mut self) {
+    pub(super) fn reset(&mut self) {
         self.attempt = 0;
     }
 

@@ -16,7 +16,7 @@ use tokio::net::{TcpStream, UnixStream};
 const MAX_REPLY_BYTES: usize = 512 << 20;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub(super) enum ClientError {
     #[error("cannot connect: {0}")]
     Connect(std::io::Error),
     #[error("{0}")]
@@ -28,27 +28,27 @@ pub enum ClientError {
 }
 
 #[derive(Debug)]
-pub struct Reply {
+pub(super) struct Reply {
     pub status: StatusCode,
     pub body: Bytes,
 }
 
 #[derive(Debug, Clone)]
-pub struct Client {
+pub(super) struct Client {
     address: ControlAddress,
     token: Option<String>,
 }
 
 impl Client {
-    pub fn new(address: ControlAddress, token: Option<String>) -> Self {
+    pub(super) fn new(address: ControlAddress, token: Option<String>) -> Self {
         Client { address, token }
     }
 
-    pub async fn get(&self, path: &str, timeout: Duration) -> Result<Reply, ClientError> {
+    pub(super) async fn get(&self, path: &str, timeout: Duration) -> Result<Reply, ClientError> {
         self.send(Method::GET, path, None, timeout).await
     }
 
-    pub async fn post_json(
+    pub(super) async fn post_json(
         &self,
         path: &str,
         body: Vec<u8>,

@@ -32,8 +32,8 @@ use tracing::{debug, error, info, warn};
 
 use backoff::Backoff;
 use client::Client;
-pub use persist::Persisted;
-pub use start::{default_node_name, start};
+pub(crate) use persist::Persisted;
+pub(crate) use start::{default_node_name, start};
 
 /// How long the first snapshot may take at start before the persisted one is used.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(3);
@@ -45,7 +45,7 @@ const BACKOFF_BASE: Duration = Duration::from_millis(200);
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
-pub struct FollowOptions {
+pub(crate) struct FollowOptions {
     pub address: ControlAddress,
     /// Required for `http://`; the unix socket needs none.
     pub token: Option<String>,
@@ -59,14 +59,14 @@ pub struct FollowOptions {
 
 impl FollowOptions {
     /// The config source as the agent reports it (`/status`, logs).
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!("control {}", self.address)
     }
 }
 
 /// The config the agent starts with.
 #[derive(Debug, Clone)]
-pub struct Start {
+pub(crate) struct Start {
     pub snapshot: Persisted,
     /// It came from `last-applied.yaml` (the control plane did not answer in time).
     pub from_disk: bool,
@@ -74,7 +74,7 @@ pub struct Start {
 
 /// A version for the runtime to apply. It answers on `reply`: `Ok` once the version is
 /// live in the kernel, or why it was refused (the previous config then stays active).
-pub struct Offer {
+pub(crate) struct Offer {
     /// `Err`: the snapshot could not even be read into the model (a field this agent does
     /// not know); the runtime counts and reports it like any rejected config.
     pub config: Result<MeshConfig, String>,
@@ -83,7 +83,7 @@ pub struct Offer {
 
 /// Follows the control plane from `start` (already applied by the runtime) on a task of
 /// its own; versions come out of the returned channel. The task ends when it is dropped.
-pub fn spawn(opts: FollowOptions, start: Start) -> mpsc::Receiver<Offer> {
+pub(crate) fn spawn(opts: FollowOptions, start: Start) -> mpsc::Receiver<Offer> {
     let (offers, rx) = mpsc::channel(1);
     let follower = Follower {
         client: Client::new(opts.address.clone(), opts.token.clone()),

@@ -15,23 +15,23 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use sockmesh_model::{parse_config, MeshConfig};
 
-pub const FILE_NAME: &str = "last-applied.yaml";
+pub(super) const FILE_NAME: &str = "last-applied.yaml";
 const VERSION_KEY: &str = "# control-version: ";
 const FINGERPRINT_KEY: &str = "# fingerprint: ";
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Persisted {
+pub(crate) struct Persisted {
     pub version: u64,
     /// The control plane's fingerprint of this version.
     pub fingerprint: String,
     pub config: MeshConfig,
 }
 
-pub fn path(state_dir: &Path) -> PathBuf {
+pub(super) fn path(state_dir: &Path) -> PathBuf {
     state_dir.join(FILE_NAME)
 }
 
-pub fn save(state_dir: &Path, snapshot: &Persisted, control: &str) -> Result<()> {
+pub(super) fn save(state_dir: &Path, snapshot: &Persisted, control: &str) -> Result<()> {
     let yaml = serde_yaml::to_string(&snapshot.config).context("serializing the config")?;
     let text = format!(
         "# sockmesh-agent: the last config applied from the control plane {control}.\n\
@@ -57,7 +57,7 @@ pub fn save(state_dir: &Path, snapshot: &Persisted, control: &str) -> Result<()>
 }
 
 /// `Ok(None)` when there is no file; an error when there is one that cannot be used.
-pub fn load(state_dir: &Path) -> Result<Option<Persisted>> {
+pub(super) fn load(state_dir: &Path) -> Result<Option<Persisted>> {
     let file = path(state_dir);
     let text = match fs::read_to_string(&file) {
         Ok(text) => text,

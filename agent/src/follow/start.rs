@@ -13,7 +13,7 @@ use super::{
 
 /// The first config: the control plane's head when it answers within a few seconds, else
 /// the persisted snapshot; with neither, waits (with backoff) for the control plane.
-pub async fn start(opts: &FollowOptions) -> Result<Start> {
+pub(crate) async fn start(opts: &FollowOptions) -> Result<Start> {
     let persisted = match persist::load(&opts.state_dir) {
         Ok(p) => p,
         Err(e) => {
@@ -77,7 +77,7 @@ pub async fn start(opts: &FollowOptions) -> Result<Start> {
 
 /// `--node-name` when not given: the host name (a Kubernetes node name in a DaemonSet
 /// that sets it from the downward API, else the kernel's).
-pub fn default_node_name() -> Result<String> {
+pub(crate) fn default_node_name() -> Result<String> {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|n| n.trim().to_owned())
         .unwrap_or_default();

@@ -25,7 +25,7 @@ use super::outlier::{BanReason, OutlierPolicy};
 
 /// The ban half of [`OutlierPolicy`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BanPolicy {
+pub(crate) struct BanPolicy {
     pub base_ban: Duration,
     pub max_ban: Duration,
     pub reset_after: Duration,
@@ -56,7 +56,7 @@ impl Default for BanPolicy {
 
 impl BanPolicy {
     /// Length of the `streak`-th consecutive ban (1-based): doubling, never above `max_ban`.
-    pub fn ban_duration(&self, streak: u32) -> Duration {
+    pub(crate) fn ban_duration(&self, streak: u32) -> Duration {
         let factor = 1u128 << streak.saturating_sub(1).min(64);
         let nanos = self.base_ban.as_nanos().saturating_mul(factor);
         let capped = nanos.min(self.max_ban.as_nanos()).min(u128::from(u64::MAX));
@@ -64,7 +64,7 @@ impl BanPolicy {
     }
 
     /// How many of `total_backends` may be excluded at once.
-    pub fn cap(&self, total_backends: usize) -> usize {
+    pub(crate) fn cap(&self, total_backends: usize) -> usize {
         let percent = self.max_banned_percent.min(100) as usize;
         percent.saturating_mul(total_backends) / 100
     }
@@ -78,7 +78,7 @@ impl BanPolicy {
 
 /// Answer to a ban request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BanOutcome {
+pub(crate) enum BanOutcome {
     /// Excluded until `until`, then probed.
     Banned { until: Instant },
     /// Already banned or being probed; nothing changed.
@@ -89,7 +89,7 @@ pub enum BanOutcome {
 
 /// Answer to a probe result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProbeOutcome {
+pub(crate) enum ProbeOutcome {
     /// The backend goes back into the slot table.
     Unbanned,
     /// The probe failed: banned again until `until`.
@@ -100,13 +100,13 @@ pub enum ProbeOutcome {
 
 /// Where an excluded backend stands, for the admin API and `sockmesh bans`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exclusion {
+pub(crate) enum Exclusion {
     Banned { until: Instant },
     Probing { since: Instant },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BanView {
+pub(crate) struct BanView {
     pub id: u32,
     pub exclusion: Exclusion,
     pub reason: BanReason,
@@ -130,7 +130,7 @@ struct Entry {
 
 /// Ban state of one service's backends. Backends never banned have no entry.
 #[derive(Debug, Clone)]
-pub struct BanBook {
+pub(crate) struct BanBook {
     policy: BanPolicy,
     entries: BTreeMap<u32, Entry>,
     panic: bool,
@@ -139,7 +139,7 @@ pub struct BanBook {
 }
 
 impl BanBook {
-    pub fn new(policy: BanPolicy) -> Self {
+    pub(crate) fn new(policy: BanPolicy) -> Self {
         Self {
             policy,
             entries: BTreeMap::new(),
@@ -149,14 +149,14 @@ impl BanBook {
         }
     }
 
-    pub fn policy(&self) -> &BanPolicy {
+    pub(crate) fn policy(&self) -> &BanPolicy {
         &self.policy
     }
 
     /// One evaluation round: asks to ban every outlier of [`super::outlier::detect`], then sets
     /// panic mode exactly when one of them was refused — so a round without outliers (or with
     /// only already-excluded ones) clears it.
-    pub fn evaluate(
+    pub(crate) fn evaluate(
         &mut self,
         now: Instant,
         outliers: &[(u32, BanReason)],
@@ -173,7 +173,7 @@ impl BanBook {
     /// Bans `id` unless it is already excluded or the cap for `total_backends` is reached.
     /// A refusal turns panic mode on; a ban that fits turns it off. If the service shrank
     /// below its excluded count, existing bans stand and new ones are refused.
-    pub fn request_ban(
+    pub(crate) fn request_ban(
         &mut self,
         now: Instant,
         id: u32,
@@ -216,7 +216,7 @@ impl BanBook {
 
     /// Backends to probe now: those whose ban just ended (they turn into probing and stay
     /// excluded), plus those whose probe result is overdue. Each is returned once per issue.
-    pub fn due_probes(&mut self, now: Instant) -> Vec<u32> {
+    pub(crate) fn due_probes(&mut self, now: Instant) -> Vec<u32> {
         let reissue = self.policy.probe_reissue();
         let mut due = Vec::new();
         for (id, e) in &mut self.entries {
@@ -244,7 +244,7 @@ impl BanBook {
     }
 
     /// The result of a probe issued by [`Self::due_probes`].
-    pub fn probe_result(&mut self, now: Instant, id: u32, ok: bool) -> ProbeOutcome {
+    pub(crate) fn probe_result(&mut self, now: Instant, id: u32, ok: bool) -> ProbeOutcome {
         let Some(e) = self.entries.get_mut(&id) else {
             return ProbeOutcome::Ignored;
         };
@@ -264,7 +264,7 @@ impl BanBook {
 
     /// Backends to leave out of the slot table: banned or probing. Time alone never shrinks
     /// this set; only a passing probe or [`Self::forget`] does.
-    pub fn excluded(&self) -> BTreeSet<u32> {
+    pub(crate) fn excluded(&self) -> BTreeSet<u32> {
         self.entries
             .iter()
             .filter(|(_, e)| !matches!(e.standing, Standing::Routed { .. }))
@@ -272,43 +272,43 @@ impl BanBook {
             .collect()
     }
 
-    pub fn is_excluded(&self, id: u32) -> bool {
+    pub(crate) fn is_excluded(&self, id: u32) -> bool {
         self.entries
             .get(&id)
             .is_some_and(|e| !matches!(e.standing, Standing::Routed { .. }))
     }
 
     /// `sockmesh_panic_mode{service}`: an outlier is still routed because of the cap.
-    pub fn panic_mode(&self) -> bool {
+    pub(crate) fn panic_mode(&self) -> bool {
         self.panic
     }
 
     /// True when some backend is banned or being probed.
-    pub fn any_excluded(&self) -> bool {
+    pub(crate) fn any_excluded(&self) -> bool {
         self.excluded_count() > 0
     }
 
     /// The backend left the config: drop everything known about it.
-    pub fn forget(&mut self, id: u32) {
+    pub(crate) fn forget(&mut self, id: u32) {
         self.entries.remove(&id);
     }
 
     #[cfg(test)]
     /// `sockmesh_backend_bans_total{reason}`, every reason present. Counts bans granted by
     /// [`Self::request_ban`]; re-bans after a failed probe are [`Self::probe_failures_total`].
-    pub fn bans_total_by_reason(&self) -> BTreeMap<BanReason, u64> {
+    pub(crate) fn bans_total_by_reason(&self) -> BTreeMap<BanReason, u64> {
         self.bans_total.clone()
     }
 
     #[cfg(test)]
-    pub fn probe_failures_total(&self) -> u64 {
+    pub(crate) fn probe_failures_total(&self) -> u64 {
         self.probe_failures_total
     }
 
     #[cfg(test)]
     /// When the engine should next call [`Self::due_probes`] (the earliest ban end or probe
     /// re-issue), if anything is excluded.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         let reissue = self.policy.probe_reissue();
         self.entries
             .values()
@@ -321,7 +321,7 @@ impl BanBook {
     }
 
     /// Excluded backends with their state, by id.
-    pub fn views(&self) -> Vec<BanView> {
+    pub(crate) fn views(&self) -> Vec<BanView> {
         self.entries
             .iter()
             .filter_map(|(id, e)| {

@@ -25,11 +25,11 @@ use tokio::time::Instant;
 use super::window::{OutcomeWindow, Tally};
 
 /// Parts per million: the unit of `admit_ppm` in the kernel's service entry.
-pub const PPM: u32 = 1_000_000;
+pub(crate) const PPM: u32 = 1_000_000;
 
 /// The `circuit:` block of a service's config.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CircuitPolicy {
+pub(crate) struct CircuitPolicy {
     /// Open when the success share over `window` falls below this; 0 disables the breaker.
     pub min_success_ratio: f64,
     pub window: Duration,
@@ -59,7 +59,7 @@ impl Default for CircuitPolicy {
 impl CircuitPolicy {
     /// Cooldown of the `opens`-th open in a streak (0-based): doubling, within
     /// `cooldown..=max(cooldown, max_cooldown)`.
-    pub fn cooldown_for(&self, opens: u32) -> Duration {
+    pub(crate) fn cooldown_for(&self, opens: u32) -> Duration {
         let factor = 1u128 << opens.min(64);
         let nanos = self.cooldown.as_nanos().saturating_mul(factor);
         let max = self.max_cooldown.max(self.cooldown).as_nanos();
@@ -69,7 +69,7 @@ impl CircuitPolicy {
 
 /// `sockmesh_circuit_state{service}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CircuitState {
+pub(crate) enum CircuitState {
     Closed,
     HalfOpen,
     Open,
@@ -77,7 +77,7 @@ pub enum CircuitState {
 
 impl CircuitState {
     /// The gauge value: 0 closed, 1 half-open, 2 open.
-    pub fn as_gauge(&self) -> i64 {
+    pub(crate) fn as_gauge(&self) -> i64 {
         match self {
             CircuitState::Closed => 0,
             CircuitState::HalfOpen => 1,
@@ -85,7 +85,7 @@ impl CircuitState {
         }
     }
 
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             CircuitState::Closed => "closed",
             CircuitState::HalfOpen => "half_open",
@@ -103,7 +103,7 @@ enum Phase {
 
 /// One service's circuit.
 #[derive(Debug, Clone)]
-pub struct Circuit {
+pub(crate) struct Circuit {
     policy: CircuitPolicy,
     window: OutcomeWindow,
     phase: Phase,
@@ -112,7 +112,7 @@ pub struct Circuit {
 }
 
 impl Circuit {
-    pub fn new(now: Instant, policy: CircuitPolicy) -> Self {
+    pub(crate) fn new(now: Instant, policy: CircuitPolicy) -> Self {
         Self {
             window: OutcomeWindow::new(now, policy.window),
             policy,
@@ -121,23 +121,23 @@ impl Circuit {
         }
     }
 
-    pub fn policy(&self) -> &CircuitPolicy {
+    pub(crate) fn policy(&self) -> &CircuitPolicy {
         &self.policy
     }
 
     #[cfg(test)]
-    pub fn record_success(&mut self, now: Instant) {
+    pub(crate) fn record_success(&mut self, now: Instant) {
         self.record(now, 1, 0);
     }
 
     #[cfg(test)]
-    pub fn record_failure(&mut self, now: Instant) {
+    pub(crate) fn record_failure(&mut self, now: Instant) {
         self.record(now, 0, 1);
     }
 
     /// Outcomes of connects that reached a backend (never the mesh's own refusals). In a batch
     /// the order is unknown, so while half-open any failure in it re-opens the circuit.
-    pub fn record(&mut self, now: Instant, successes: u64, failures: u64) {
+    pub(crate) fn record(&mut self, now: Instant, successes: u64, failures: u64) {
         self.advance(now);
         match self.phase {
             Phase::Open { .. } => {}
@@ -173,7 +173,7 @@ impl Circuit {
         }
     }
 
-    pub fn state(&self, now: Instant) -> CircuitState {
+    pub(crate) fn state(&self, now: Instant) -> CircuitState {
         match self.phase {
             Phase::Closed { .. } => CircuitState::Closed,
             Phase::Open { until } if now < until => CircuitState::Open,
@@ -183,7 +183,7 @@ impl Circuit {
 
     /// Share of connects the kernel admits, in ppm: all when closed, the half-open share,
     /// none when open.
-    pub fn admit_ppm(&self, now: Instant) -> u32 {
+    pub(crate) fn admit_ppm(&self, now: Instant) -> u32 {
         match self.state(now) {
             CircuitState::Closed => PPM,
             CircuitState::HalfOpen => self.policy.half_open_admit_percent.min(100) * (PPM / 100),
@@ -192,7 +192,7 @@ impl Circuit {
     }
 
     /// When an open circuit turns half-open (the engine's next wake-up), if it is open.
-    pub fn open_until(&self) -> Option<Instant> {
+    pub(crate) fn open_until(&self) -> Option<Instant> {
         match self.phase {
             Phase::Open { until } => Some(until),
             _ => None,
@@ -201,7 +201,7 @@ impl Circuit {
 
     #[cfg(test)]
     /// The cooldown the next open would get.
-    pub fn next_cooldown(&self, now: Instant) -> Duration {
+    pub(crate) fn next_cooldown(&self, now: Instant) -> Duration {
         self.policy.cooldown_for(self.opens_at(now))
     }
 

@@ -14,8 +14,8 @@
 //! runs exactly the tested code. The engine that feeds these from the signals and writes their
 //! outputs into the kernel's tables is `crate::engine`.
 
-pub mod ban;
-pub mod circuit;
-pub mod outlier;
-pub mod shed;
-pub mod window;
+pub(crate) mod ban;
+pub(crate) mod circuit;
+pub(crate) mod outlier;
+pub(crate) mod shed;
+pub(crate) mod window;

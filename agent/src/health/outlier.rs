@@ -20,21 +20,21 @@
 use std::time::Duration;
 
 /// Failure ratios at or below this never deviate: one failure in 20 is noise, not an outlier.
-pub const FLOOR_FAILURE_RATIO: f64 = 0.05;
+pub(crate) const FLOOR_FAILURE_RATIO: f64 = 0.05;
 /// Deviation on failures also needs this many failures in the window: with healthy peers at
 /// zero, a ratio of 2 in 20 would otherwise "deviate" infinitely (Envoy asks for 100
 /// requests for the same reason); a dead backend is caught by the consecutive rule anyway.
-pub const MIN_DEVIATION_FAILURES: u64 = 5;
+pub(crate) const MIN_DEVIATION_FAILURES: u64 = 5;
 /// Handshake latency (ms) at or below this never deviates.
-pub const FLOOR_HANDSHAKE_MS: f64 = 1.0;
+pub(crate) const FLOOR_HANDSHAKE_MS: f64 = 1.0;
 /// Smoothed RTT (µs) at or below this never deviates.
-pub const FLOOR_SRTT_US: f64 = 1_000.0;
+pub(crate) const FLOOR_SRTT_US: f64 = 1_000.0;
 /// Retransmits per connection at or below this never deviate.
-pub const FLOOR_RETRANSMIT_RATE: f64 = 0.05;
+pub(crate) const FLOOR_RETRANSMIT_RATE: f64 = 0.05;
 
 /// Detection and ban policy of one service (the `outlier:` block of the config).
 #[derive(Debug, Clone, PartialEq)]
-pub struct OutlierPolicy {
+pub(crate) struct OutlierPolicy {
     /// Ban after this many connect failures in a row; 0 disables the rule.
     pub consecutive_failures: u32,
     /// ... or when this share of the window's attempts failed.
@@ -73,7 +73,7 @@ impl Default for OutlierPolicy {
 
 /// What the kernel saw of one backend; window counts are over [`OutlierPolicy::window`].
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct BackendSignals {
+pub(crate) struct BackendSignals {
     pub id: u32,
     pub consecutive_failures: u32,
     pub attempts: u64,
@@ -86,7 +86,7 @@ pub struct BackendSignals {
 
 /// Why a backend was banned; the `reason` label of `sockmesh_backend_bans_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum BanReason {
+pub(crate) enum BanReason {
     ConsecutiveFailures,
     FailureRatio,
     DeviationFailures,
@@ -96,7 +96,7 @@ pub enum BanReason {
 }
 
 impl BanReason {
-    pub const ALL: [BanReason; 6] = [
+    pub(crate) const ALL: [BanReason; 6] = [
         BanReason::ConsecutiveFailures,
         BanReason::FailureRatio,
         BanReason::DeviationFailures,
@@ -105,7 +105,7 @@ impl BanReason {
         BanReason::DeviationRetransmits,
     ];
 
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             BanReason::ConsecutiveFailures => "consecutive_failures",
             BanReason::FailureRatio => "failure_ratio",
@@ -175,7 +175,7 @@ fn failure_ratio(s: &BackendSignals) -> Option<f64> {
 
 /// The backends to ban and why, in input order, one reason each. Backends already banned
 /// may be passed (their signals simply go stale); [`super::ban::BanBook`] ignores repeats.
-pub fn detect(policy: &OutlierPolicy, backends: &[BackendSignals]) -> Vec<(u32, BanReason)> {
+pub(crate) fn detect(policy: &OutlierPolicy, backends: &[BackendSignals]) -> Vec<(u32, BanReason)> {
     let enough = |s: &BackendSignals| s.attempts > 0 && s.attempts >= policy.min_requests;
     let columns: Vec<Column> = DEVIATION_SIGNALS
         .iter()

@@ -8,7 +8,7 @@
 use super::circuit::CircuitState;
 
 /// `min_priority` that admits every caller.
-pub const ADMIT_ALL: u8 = 0;
+pub(crate) const ADMIT_ALL: u8 = 0;
 
 /// Lowest priority callers still admitted for a service.
 ///
@@ -17,7 +17,7 @@ pub const ADMIT_ALL: u8 = 0;
 /// the lower classes are shed first and the scarce capacity (the half-open trickle, or what an
 /// overloaded service still serves) goes to the callers that matter most. Open: the same bar —
 /// the circuit flag already refuses everyone, and the bar is ready when it turns half-open.
-pub fn min_priority(state: CircuitState, overloaded: bool, top_level: u8) -> u8 {
+pub(crate) fn min_priority(state: CircuitState, overloaded: bool, top_level: u8) -> u8 {
     if state == CircuitState::Closed && !overloaded {
         ADMIT_ALL
     } else {
@@ -27,13 +27,13 @@ pub fn min_priority(state: CircuitState, overloaded: bool, top_level: u8) -> u8 
 
 #[cfg(test)]
 /// Whether the service sheds anyone (its SHEDDING flag), given the callers' levels.
-pub fn shedding(min_priority: u8, caller_levels: impl IntoIterator<Item = u8>) -> bool {
+pub(crate) fn shedding(min_priority: u8, caller_levels: impl IntoIterator<Item = u8>) -> bool {
     caller_levels.into_iter().any(|l| !admits(min_priority, l))
 }
 
 #[cfg(test)]
 /// The kernel's check, mirrored for tests and the admin view.
-pub fn admits(min_priority: u8, caller_level: u8) -> bool {
+pub(crate) fn admits(min_priority: u8, caller_level: u8) -> bool {
     caller_level >= min_priority
 }
 

@@ -14,11 +14,11 @@ use tokio::time::Instant;
 
 /// Buckets per window unless the caller asks otherwise: a tenth of the window is the
 /// largest error, good enough for ban and circuit decisions over seconds.
-pub const DEFAULT_BUCKETS: u32 = 10;
+pub(crate) const DEFAULT_BUCKETS: u32 = 10;
 
 /// Counts over some stretch of time; also what one batch of kernel counters adds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Tally {
+pub(crate) struct Tally {
     /// Connects that reached a backend (mesh-own refusals never count).
     pub attempts: u64,
     /// Of those, the ones that failed (refused, timed out, reset before established).
@@ -30,7 +30,7 @@ pub struct Tally {
 
 impl Tally {
     /// One successful connect, with its handshake latency when the kernel measured it.
-    pub fn success(handshake: Option<Duration>) -> Self {
+    pub(crate) fn success(handshake: Option<Duration>) -> Self {
         Self {
             attempts: 1,
             failures: 0,
@@ -40,7 +40,7 @@ impl Tally {
     }
 
     /// One failed connect.
-    pub fn failure() -> Self {
+    pub(crate) fn failure() -> Self {
         Self {
             attempts: 1,
             failures: 1,
@@ -49,22 +49,22 @@ impl Tally {
     }
 
     #[cfg(test)]
-    pub fn successes(&self) -> u64 {
+    pub(crate) fn successes(&self) -> u64 {
         self.attempts.saturating_sub(self.failures)
     }
 
     /// Share of attempts that failed; `None` without attempts.
-    pub fn failure_ratio(&self) -> Option<f64> {
+    pub(crate) fn failure_ratio(&self) -> Option<f64> {
         (self.attempts > 0).then(|| self.failures.min(self.attempts) as f64 / self.attempts as f64)
     }
 
     /// Share of attempts that succeeded; `None` without attempts.
-    pub fn success_ratio(&self) -> Option<f64> {
+    pub(crate) fn success_ratio(&self) -> Option<f64> {
         self.failure_ratio().map(|f| 1.0 - f)
     }
 
     /// Mean handshake latency; `None` without samples.
-    pub fn mean_latency(&self) -> Option<Duration> {
+    pub(crate) fn mean_latency(&self) -> Option<Duration> {
         let n = u32::try_from(self.latency_samples).unwrap_or(u32::MAX);
         (n > 0).then(|| self.latency_sum / n)
     }
@@ -86,7 +86,7 @@ struct Bucket {
 
 /// Connect outcomes over the last `window`.
 #[derive(Debug, Clone)]
-pub struct OutcomeWindow {
+pub(crate) struct OutcomeWindow {
     origin: Instant,
     width_ns: u64,
     buckets: Vec<Bucket>,
@@ -94,12 +94,12 @@ pub struct OutcomeWindow {
 
 impl OutcomeWindow {
     /// A window of `window` split into [`DEFAULT_BUCKETS`] buckets, starting empty at `now`.
-    pub fn new(now: Instant, window: Duration) -> Self {
+    pub(crate) fn new(now: Instant, window: Duration) -> Self {
         Self::with_buckets(now, window, DEFAULT_BUCKETS)
     }
 
     /// `buckets` is clamped to at least 1; a zero-length window behaves as 1 ns per bucket.
-    pub fn with_buckets(now: Instant, window: Duration, buckets: u32) -> Self {
+    pub(crate) fn with_buckets(now: Instant, window: Duration, buckets: u32) -> Self {
         let buckets = buckets.max(1);
         let width_ns = (window.as_nanos() / u128::from(buckets)).clamp(1, u128::from(u64::MAX));
         Self {
@@ -111,21 +111,21 @@ impl OutcomeWindow {
 
     #[cfg(test)]
     /// The stretch actually covered: `buckets × width` (≤ the requested window).
-    pub fn window(&self) -> Duration {
+    pub(crate) fn window(&self) -> Duration {
         Duration::from_nanos(self.width_ns.saturating_mul(self.buckets.len() as u64))
     }
 
-    pub fn record_success(&mut self, now: Instant, handshake: Option<Duration>) {
+    pub(crate) fn record_success(&mut self, now: Instant, handshake: Option<Duration>) {
         self.record(now, &Tally::success(handshake));
     }
 
-    pub fn record_failure(&mut self, now: Instant) {
+    pub(crate) fn record_failure(&mut self, now: Instant) {
         self.record(now, &Tally::failure());
     }
 
     /// Adds a batch (e.g. one read of the kernel's counters) at `now`. A batch older than
     /// the window relative to what is already recorded is dropped: it would count for no time.
-    pub fn record(&mut self, now: Instant, tally: &Tally) {
+    pub(crate) fn record(&mut self, now: Instant, tally: &Tally) {
         let epoch = self.epoch(now);
         let n = self.buckets.len() as u64;
         let bucket = &mut self.buckets[(epoch % n) as usize];
@@ -141,7 +141,7 @@ impl OutcomeWindow {
     }
 
     /// Totals of the buckets inside the window ending at `now`.
-    pub fn totals(&self, now: Instant) -> Tally {
+    pub(crate) fn totals(&self, now: Instant) -> Tally {
         let current = self.epoch(now);
         let n = self.buckets.len() as u64;
         let mut sum = Tally::default();
@@ -154,7 +154,7 @@ impl OutcomeWindow {
     }
 
     /// Forgets everything (a circuit that closes starts from a clean slate).
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.buckets.iter_mut().for_each(|b| *b = Bucket::default());
     }
 

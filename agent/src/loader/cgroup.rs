@@ -8,7 +8,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// The mount point of the cgroup v2 hierarchy (e.g. /sys/fs/cgroup, or
 /// /sys/fs/cgroup/unified on hybrid hosts), from /proc/mounts. Never assumed.
-pub fn cgroup2_mount() -> Result<PathBuf> {
+pub(crate) fn cgroup2_mount() -> Result<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
     find_cgroup2(&mounts).context("no cgroup2 filesystem in /proc/mounts")
 }
@@ -23,7 +23,7 @@ fn find_cgroup2(mounts: &str) -> Option<PathBuf> {
 
 /// Whether `path` is on a bpf filesystem. A missing path is not an error: it is just not
 /// bpffs (yet).
-pub fn is_bpffs(path: &Path) -> Result<bool> {
+pub(crate) fn is_bpffs(path: &Path) -> Result<bool> {
     if !path.exists() {
         return Ok(false);
     }

@@ -3,11 +3,13 @@
 //!
 //! Pins are the source of truth for "is sockmesh attached here": the kernel keeps a pinned
 //! link (and so the program and its maps) alive after the agent exits, which is what lets
-//! routing continue while the agent restarts. Layout (`v<LAYOUT_VERSION>` isolates map layouts):
+//! routing continue while the agent restarts. Layout, one directory per map layout version
+//! (`sockmesh_common::LAYOUT_VERSION`, so an agent never adopts maps of another layout):
 //! ```text
-//! <bpffs>/v1/maps/SM_*          pinned maps
-//! <bpffs>/v1/progs/<program>    pinned programs
-//! <bpffs>/v1/links/<program>    pinned links (the attachment itself)
+//! <bpffs>/v<LAYOUT_VERSION>/maps/SM_*          pinned maps
+//! <bpffs>/v<LAYOUT_VERSION>/progs/<program>    pinned programs
+//! <bpffs>/v<LAYOUT_VERSION>/links/<program>    pinned links (the attachment itself; sk_msg
+//!                                              has none: its pinned program proves it)
 //! ```
 
 mod cgroup;
@@ -36,7 +38,7 @@ use sockmesh_common::{
 };
 use tracing::info;
 
-pub use cgroup::{cgroup2_mount, is_bpffs};
+pub(crate) use cgroup::{cgroup2_mount, is_bpffs};
 
 /// The eBPF object built by build.rs.
 static EBPF_OBJECT: &[u8] =
@@ -71,7 +73,7 @@ const PROGRAMS: [(&str, Hook); 10] = [
     (PROG_SAME_NODE, Hook::SockHashMsg),
 ];
 
-pub const MAPS: [&str; 18] = [
+pub(crate) const MAPS: [&str; 18] = [
     SERVICES_MAP,
     SLOT_TABLES_MAP,
     BACKENDS_MAP,
@@ -102,7 +104,7 @@ fn programs(observe: bool) -> impl Iterator<Item = &'static (&'static str, Hook)
 
 /// Paths of everything sockmesh pins under one `--bpffs` directory.
 #[derive(Clone, Debug)]
-pub struct PinLayout {
+pub(crate) struct PinLayout {
     pub version_dir: PathBuf,
     pub maps: PathBuf,
     pub progs: PathBuf,
@@ -110,7 +112,7 @@ pub struct PinLayout {
 }
 
 impl PinLayout {
-    pub fn new(root: &Path) -> Self {
+    pub(crate) fn new(root: &Path) -> Self {
         Self::for_version(root, LAYOUT_VERSION)
     }
 
@@ -140,14 +142,14 @@ impl PinLayout {
 }
 
 /// Outcome of [`attach`].
-pub struct Attached {
+pub(crate) struct Attached {
     pub layout: PinLayout,
     /// True when a previous agent's pins were adopted without loading anything.
     pub adopted: bool,
 }
 
 /// Loads and attaches to `cgroup`, or adopts an existing complete set of pins.
-pub fn attach(bpffs: &Path, cgroup: &Path, observe: bool) -> Result<Attached> {
+pub(crate) fn attach(bpffs: &Path, cgroup: &Path, observe: bool) -> Result<Attached> {
     let layout = PinLayout::new(bpffs);
     let bpffs_parent = bpffs.parent().unwrap_or(Path::new("/"));
     if !is_bpffs(bpffs_parent)? && !is_bpffs(bpffs)? {
@@ -364,7 +366,7 @@ fn pinned_versions(bpffs: &Path) -> Result<Vec<u32>> {
 /// detached by removing their pins. Until then both sets route, each from its own up-to-date
 /// tables, so no connect is ever left without routing. Counters and health state of the old
 /// layout are not carried over (they are re-learned); docs/upgrade.md has the procedure.
-pub fn retire_other_versions(bpffs: &Path) -> Result<Vec<u32>> {
+pub(crate) fn retire_other_versions(bpffs: &Path) -> Result<Vec<u32>> {
     let mut retired = Vec::new();
     for v in pinned_versions(bpffs)? {
         if v != LAYOUT_VERSION {
@@ -383,7 +385,7 @@ pub fn retire_other_versions(bpffs: &Path) -> Result<Vec<u32>> {
 /// Detaches and removes everything pinned under `bpffs`, every layout version. Removing a
 /// link pin drops the last reference to the link, which detaches the program; maps go with
 /// their last reference.
-pub fn cleanup(bpffs: &Path) -> Result<usize> {
+pub(crate) fn cleanup(bpffs: &Path) -> Result<usize> {
     let mut removed = 0;
     for v in pinned_versions(bpffs)? {
         removed += remove_version(&PinLayout::for_version(bpffs, v))?;

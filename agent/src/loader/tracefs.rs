@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 /// The tracefs mount: /sys/kernel/tracing, or the debugfs path on older setups.
-pub fn tracefs_root() -> Result<PathBuf> {
+pub(super) fn tracefs_root() -> Result<PathBuf> {
     for p in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
         if Path::new(p).join("events").is_dir() {
             return Ok(PathBuf::from(p));
@@ -19,7 +19,7 @@ pub fn tracefs_root() -> Result<PathBuf> {
 }
 
 /// Offset of `field` in the record of tracepoint `category/name`.
-pub fn field_offset(root: &Path, category: &str, name: &str, field: &str) -> Result<u32> {
+pub(super) fn field_offset(root: &Path, category: &str, name: &str, field: &str) -> Result<u32> {
     let path = root.join("events").join(category).join(name).join("format");
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;

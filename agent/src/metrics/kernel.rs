@@ -17,7 +17,7 @@ struct WorkloadLabels {
 }
 
 #[derive(Clone, Debug, Default)]
-pub struct WorkloadSample {
+pub(crate) struct WorkloadSample {
     pub name: String,
     pub runq: Option<RunqHist>,
     pub throttled_seconds: f64,
@@ -26,7 +26,7 @@ pub struct WorkloadSample {
 
 /// The kernel-side numbers as of the last read (summed over CPUs).
 #[derive(Clone, Debug, Default)]
-pub struct KernelSnapshot {
+pub(crate) struct KernelSnapshot {
     pub backends: Vec<(BackendLabels, BackendTcpStats)>,
     pub workloads: Vec<WorkloadSample>,
     pub events_lost: u64,
@@ -37,7 +37,7 @@ pub struct KernelSnapshot {
 
 /// The same-node fast path's kernel counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SameNodeCounters {
+pub(crate) struct SameNodeCounters {
     /// Connections whose two ends were joined (both sockets under the agent's cgroup).
     pub pairs: u64,
     /// Senders that found no peer socket and stay on TCP.
@@ -51,7 +51,7 @@ type CounterSpec = (&'static str, &'static str, fn(&BackendTcpStats) -> u64);
 
 /// Encodes the latest [`KernelSnapshot`] on each scrape.
 #[derive(Debug, Clone, Default)]
-pub struct KernelCollector {
+pub(crate) struct KernelCollector {
     pub snapshot: Arc<Mutex<KernelSnapshot>>,
 }
 

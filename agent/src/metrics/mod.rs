@@ -8,7 +8,7 @@
 
 mod format;
 mod kernel;
-pub mod pressure;
+pub(crate) mod pressure;
 mod server;
 mod slo;
 
@@ -18,13 +18,13 @@ use prometheus_client::{
     registry::Registry,
 };
 
-pub use kernel::{KernelCollector, KernelSnapshot, SameNodeCounters, WorkloadSample};
-pub use pressure::MapPressure;
-pub use server::serve;
-pub use slo::SloCollector;
+pub(crate) use kernel::{KernelCollector, KernelSnapshot, SameNodeCounters, WorkloadSample};
+pub(crate) use pressure::MapPressure;
+pub(crate) use server::serve;
+pub(crate) use slo::SloCollector;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ConnLabels {
+pub(crate) struct ConnLabels {
     pub service: String,
     pub backend: String,
     pub caller: String,
@@ -32,38 +32,38 @@ pub struct ConnLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
-pub struct BackendLabels {
+pub(crate) struct BackendLabels {
     pub service: String,
     pub backend: String,
 }
 
 /// `sent` (application bytes the backend acknowledged) or `received`.
-pub type Direction = &'static str;
+pub(crate) type Direction = &'static str;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct BytesLabels {
+pub(crate) struct BytesLabels {
     pub service: String,
     pub backend: String,
     pub direction: Direction,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct InboundLabels {
+pub(crate) struct InboundLabels {
     pub backend: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ServiceLabels {
+pub(crate) struct ServiceLabels {
     pub service: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
+pub(crate) struct ReasonLabels {
     pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OverflowLabels {
+pub(crate) struct OverflowLabels {
     pub label: &'static str,
 }
 
@@ -85,7 +85,7 @@ fn lifetime_histogram() -> Histogram {
     Histogram::new(LIFETIME_BUCKETS)
 }
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     pub registry: Registry,
     pub connections: Family<ConnLabels, Counter>,
     pub connect_duration: Family<BackendLabels, Histogram>,
@@ -106,7 +106,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(collector: KernelCollector, slos: SloCollector) -> Self {
+    pub(crate) fn new(collector: KernelCollector, slos: SloCollector) -> Self {
         let mut registry = Registry::with_prefix("sockmesh");
         let connections = Family::default();
         registry.register(
@@ -218,7 +218,7 @@ impl Metrics {
         }
     }
 
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

@@ -27,19 +27,19 @@ use sockmesh_common::{
 use tracing::{info, warn};
 
 /// A map at or above this share of its capacity is reported (once).
-pub const WARN_RATIO: f64 = 0.9;
+pub(crate) const WARN_RATIO: f64 = 0.9;
 /// ... and reported again only after it fell below this share.
-pub const REARM_RATIO: f64 = 0.85;
+pub(crate) const REARM_RATIO: f64 = 0.85;
 
 /// One watched map: its name, `max_entries`, and what happens when it is full.
-pub struct WatchedMap {
+pub(crate) struct WatchedMap {
     pub name: &'static str,
     pub capacity: u32,
     pub when_full: &'static str,
 }
 
 /// Every map with a pressure gauge, in exposition order.
-pub const WATCHED: [WatchedMap; 12] = [
+pub(crate) const WATCHED: [WatchedMap; 12] = [
     WatchedMap {
         name: SERVICES_MAP,
         capacity: MAX_SERVICES,
@@ -109,7 +109,7 @@ pub const WATCHED: [WatchedMap; 12] = [
 
 /// A crossing of the warning threshold, in either direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Crossing {
+pub(crate) enum Crossing {
     Above,
     Below,
 }
@@ -117,12 +117,12 @@ pub enum Crossing {
 /// Hysteresis for one map: reports [`Crossing::Above`] when entries reach [`WARN_RATIO`] of
 /// capacity, then nothing until they fall under [`REARM_RATIO`] ([`Crossing::Below`]).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Watermark {
+pub(crate) struct Watermark {
     above: bool,
 }
 
 impl Watermark {
-    pub fn update(&mut self, entries: u64, capacity: u64) -> Option<Crossing> {
+    pub(crate) fn update(&mut self, entries: u64, capacity: u64) -> Option<Crossing> {
         if capacity == 0 {
             return None;
         }
@@ -148,14 +148,14 @@ struct Level {
 /// The latest entry count of every watched map. Shared by the refresh that records counts
 /// and the collector that exports them.
 #[derive(Debug, Default)]
-pub struct MapPressure {
+pub(crate) struct MapPressure {
     levels: Mutex<BTreeMap<&'static str, Level>>,
 }
 
 impl MapPressure {
     /// Records `entries` for the watched map `name` (unknown names are ignored) and logs a
     /// threshold crossing.
-    pub fn record(&self, name: &'static str, entries: u64) {
+    pub(crate) fn record(&self, name: &'static str, entries: u64) {
         let Some(map) = WATCHED.iter().find(|m| m.name == name) else {
             return;
         };
@@ -188,7 +188,7 @@ impl MapPressure {
 
     /// The latest count of `name`, if one was recorded.
     #[cfg(test)]
-    pub fn entries(&self, name: &str) -> Option<u64> {
+    pub(crate) fn entries(&self, name: &str) -> Option<u64> {
         let levels = self.levels.lock().expect("pressure lock");
         levels.get(name).map(|l| l.entries)
     }
@@ -201,7 +201,7 @@ struct MapLabels {
 
 /// Encodes the two gauge families at scrape time.
 #[derive(Debug, Clone)]
-pub struct PressureCollector(pub Arc<MapPressure>);
+pub(crate) struct PressureCollector(pub Arc<MapPressure>);
 
 impl Collector for PressureCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {

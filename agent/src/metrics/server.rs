@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 
 use super::{format, Metrics};
 
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+pub(crate) async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,

@@ -33,12 +33,12 @@ type CounterSpec = (&'static str, &'static str, fn(&SloSample) -> u64);
 
 /// Encodes a [`SloTracker`] snapshot taken at each scrape.
 #[derive(Debug, Clone)]
-pub struct SloCollector {
+pub(crate) struct SloCollector {
     tracker: Arc<Mutex<SloTracker>>,
 }
 
 impl SloCollector {
-    pub fn new(tracker: Arc<Mutex<SloTracker>>) -> Self {
+    pub(crate) fn new(tracker: Arc<Mutex<SloTracker>>) -> Self {
         Self { tracker }
     }
 }

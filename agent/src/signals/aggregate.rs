@@ -10,10 +10,10 @@ use sockmesh_common::{
     RESULT_RESET, RESULT_SHED, RESULT_TIMEOUT, RESULT_UNREACHABLE,
 };
 
-pub const RECENT_FAILURES: usize = 100;
+pub(crate) const RECENT_FAILURES: usize = 100;
 
 /// Label value of a kernel result code.
-pub fn result_name(result: u32) -> &'static str {
+pub(crate) fn result_name(result: u32) -> &'static str {
     match result {
         RESULT_OK => "ok",
         RESULT_REFUSED => "refused",
@@ -31,7 +31,7 @@ pub fn result_name(result: u32) -> &'static str {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct ConnectCounts {
+pub(crate) struct ConnectCounts {
     pub ok: u64,
     pub refused: u64,
     pub timeout: u64,
@@ -41,7 +41,7 @@ pub struct ConnectCounts {
 
 /// What events say about one (service id, backend id).
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct BackendTally {
+pub(crate) struct BackendTally {
     pub connects: ConnectCounts,
     pub handshake_count: u64,
     pub handshake_sum_ns: u64,
@@ -50,14 +50,14 @@ pub struct BackendTally {
 }
 
 impl BackendTally {
-    pub fn handshake_mean_ms(&self) -> Option<f64> {
+    pub(crate) fn handshake_mean_ms(&self) -> Option<f64> {
         (self.handshake_count > 0)
             .then(|| self.handshake_sum_ns as f64 / self.handshake_count as f64 / 1e6)
     }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Failure {
+pub(crate) struct Failure {
     pub unix_ms: u64,
     pub service: String,
     pub backend: String,
@@ -67,7 +67,7 @@ pub struct Failure {
 }
 
 #[derive(Debug, Default)]
-pub struct Aggregates {
+pub(crate) struct Aggregates {
     pub backends: BTreeMap<(u32, u32), BackendTally>,
     /// The mesh's own refusals per (service id, result): no backend to attribute them to.
     pub refused: BTreeMap<(u32, u32), u64>,
@@ -78,7 +78,7 @@ pub struct Aggregates {
 impl Aggregates {
     /// Folds one event. `failure` builds the human record for failed connects (names are
     /// resolved by the caller, which owns the topology).
-    pub fn fold(&mut self, ev: &ConnEvent, failure: impl FnOnce() -> Failure) {
+    pub(crate) fn fold(&mut self, ev: &ConnEvent, failure: impl FnOnce() -> Failure) {
         self.events += 1;
         match ev.kind {
             EVENT_ESTABLISHED => {

@@ -15,7 +15,10 @@ use crate::{
 impl Signals {
     /// Runs `f` on the recorder, the applied services and the names of the workloads found
     /// on this node, under the signals lock (keep `f` short: events wait meanwhile).
-    pub fn with_recorder<R>(&self, f: impl FnOnce(&Recorder, &[ServiceView], &[String]) -> R) -> R {
+    pub(crate) fn with_recorder<R>(
+        &self,
+        f: impl FnOnce(&Recorder, &[ServiceView], &[String]) -> R,
+    ) -> R {
         let inner = self.inner.lock().expect("signals lock");
         let names: Vec<String> = inner.workloads.iter().map(|w| w.name.clone()).collect();
         f(&inner.diag, &inner.views, &names)

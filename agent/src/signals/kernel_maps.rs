@@ -15,7 +15,7 @@ use sockmesh_common::{
 use super::map_count::{walk_batch, CountedMap, CountedMaps};
 use crate::metrics::SameNodeCounters;
 
-pub struct SignalMaps {
+pub(crate) struct SignalMaps {
     backend_stats: PerCpuHashMap<MapData, BackendKey, BackendTcpStats>,
     counters: PerCpuArray<MapData, u64>,
     runq: PerCpuArray<MapData, RunqHist>,
@@ -36,7 +36,7 @@ fn pinned(dir: &Path, name: &str) -> Result<MapData> {
 }
 
 impl SignalMaps {
-    pub fn open(map_dir: &Path) -> Result<Self> {
+    pub(crate) fn open(map_dir: &Path) -> Result<Self> {
         let nr_cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
         Ok(Self {
             backend_stats: PerCpuHashMap::try_from(Map::PerCpuHashMap(pinned(
@@ -72,7 +72,7 @@ impl SignalMaps {
     /// get zeroed counters (so the kernel never allocates on the ACK path), removed pairs go.
     /// Removed pairs go first, so the map never holds more than the larger of the old and the
     /// new config (which the plan checked against its capacity).
-    pub fn sync_backend_keys(&mut self, wanted: &BTreeSet<BackendKey>) -> Result<()> {
+    pub(crate) fn sync_backend_keys(&mut self, wanted: &BTreeSet<BackendKey>) -> Result<()> {
         let existing: BTreeSet<BackendKey> =
             self.backend_stats.keys().filter_map(Result::ok).collect();
         let mut entries = existing.len();
@@ -91,7 +91,7 @@ impl SignalMaps {
     /// background, so a burst of thousands of inserts (a config with thousands of services,
     /// or adopting one) fails with ENOMEM part-way; the rest is retried on every refresh
     /// until done ([`SignalMaps::missing_backend_keys`]).
-    pub fn create_missing_backend_keys(&mut self) -> Result<()> {
+    pub(crate) fn create_missing_backend_keys(&mut self) -> Result<()> {
         while let Some(key) = self.missing_backend_keys.first().copied() {
             let zeros = PerCpuValues::try_from(vec![BackendTcpStats::ZERO; self.nr_cpus])?;
             self.backend_stats.insert(key, zeros, 0).with_context(|| {
@@ -107,14 +107,14 @@ impl SignalMaps {
     }
 
     /// Stats entries of the configured (service, backend) pairs not created yet.
-    pub fn missing_backend_keys(&self) -> usize {
+    pub(crate) fn missing_backend_keys(&self) -> usize {
         self.missing_backend_keys.len()
     }
 
     /// Every (service, backend)'s counters summed over CPUs, read in batches (a chunk of
     /// entries per system call: at 100,000 backends, one lookup per key was a third of the
     /// agent's CPU).
-    pub fn backend_stats(&self) -> Vec<(BackendKey, BackendTcpStats)> {
+    pub(crate) fn backend_stats(&self) -> Vec<(BackendKey, BackendTcpStats)> {
         const KEY: usize = size_of::<BackendKey>();
         // Per-CPU values come back as one 8-byte-aligned slot per possible CPU.
         const SLOT: usize = size_of::<BackendTcpStats>().next_multiple_of(8);
@@ -148,17 +148,17 @@ impl SignalMaps {
         out
     }
 
-    pub fn events_lost(&self) -> u64 {
+    pub(crate) fn events_lost(&self) -> u64 {
         self.counter(LOST_EVENTS_SLOT)
     }
 
     /// Connects to a VIP the kernel left untouched: the caller is not enrolled.
-    pub fn unenrolled_connects(&self) -> u64 {
+    pub(crate) fn unenrolled_connects(&self) -> u64 {
         self.counter(UNENROLLED_SLOT)
     }
 
     /// Same-node fast path counters (kernel slots), summed over CPUs.
-    pub fn same_node(&self) -> SameNodeCounters {
+    pub(crate) fn same_node(&self) -> SameNodeCounters {
         SameNodeCounters {
             pairs: self.counter(SAME_NODE_PAIRS_SLOT),
             fallbacks: self.counter(SAME_NODE_FALLBACKS_SLOT),
@@ -174,7 +174,7 @@ impl SignalMaps {
             .unwrap_or(0)
     }
 
-    pub fn runq(&self, workload_index: u32) -> Option<RunqHist> {
+    pub(crate) fn runq(&self, workload_index: u32) -> Option<RunqHist> {
         self.runq
             .get(&workload_index, 0)
             .ok()
@@ -183,14 +183,14 @@ impl SignalMaps {
 }
 
 /// The total of one key's per-CPU values.
-pub fn sum_tcp<'a>(values: impl Iterator<Item = &'a BackendTcpStats>) -> BackendTcpStats {
+pub(crate) fn sum_tcp<'a>(values: impl Iterator<Item = &'a BackendTcpStats>) -> BackendTcpStats {
     values.fold(BackendTcpStats::ZERO, |mut acc, v| {
         acc.add(v);
         acc
     })
 }
 
-pub fn sum_runq<'a>(values: impl Iterator<Item = &'a RunqHist>) -> RunqHist {
+pub(crate) fn sum_runq<'a>(values: impl Iterator<Item = &'a RunqHist>) -> RunqHist {
     values.fold(RunqHist::ZERO, |mut acc, v| {
         acc.add(v);
         acc

@@ -23,7 +23,7 @@ const CHUNK: u32 = 4096;
 const MAX_CHUNK: u32 = 1 << 16;
 
 /// The maps the kernel fills that get a pressure gauge.
-pub struct CountedMaps {
+pub(crate) struct CountedMaps {
     pub stamps: CountedMap,
     pub caller_conns: CountedMap,
     pub same_node_pending: CountedMap,
@@ -32,7 +32,7 @@ pub struct CountedMaps {
 }
 
 /// A kernel-written (non per-CPU) hash map whose entries are counted.
-pub struct CountedMap {
+pub(crate) struct CountedMap {
     map: MapData,
     key_size: usize,
     value_size: usize,
@@ -42,7 +42,7 @@ pub struct CountedMap {
 }
 
 impl CountedMap {
-    pub fn new(map: MapData) -> io::Result<Self> {
+    pub(crate) fn new(map: MapData) -> io::Result<Self> {
         let info = map.info().map_err(io::Error::other)?;
         Ok(Self {
             key_size: info.key_size() as usize,
@@ -54,7 +54,7 @@ impl CountedMap {
     }
 
     /// Entries in the map now (at most `max_entries`).
-    pub fn count(&self) -> io::Result<u64> {
+    pub(crate) fn count(&self) -> io::Result<u64> {
         if self.key_walk {
             return self.count_keys();
         }
@@ -101,7 +101,7 @@ impl CountedMap {
 /// call, handing each chunk to `f` as `(keys, values, n)`: `n` entries of `key_size` and
 /// `value_size` bytes. Stops after `max_entries` entries or a bounded number of calls;
 /// returns the entries seen (at most `max_entries`).
-pub fn walk_batch(
+pub(crate) fn walk_batch(
     fd: BorrowedFd<'_>,
     key_size: usize,
     value_size: usize,

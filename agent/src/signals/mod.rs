@@ -6,15 +6,15 @@
 //! ([`crate::slo`]), which the metrics collector and `/v1/slos` read; connect outcomes and
 //! kernel reads feed the diagnosis recorder ([`crate::diagnose`]).
 
-pub mod aggregate;
+pub(crate) mod aggregate;
 mod diagnosis;
-pub mod kernel_maps;
-pub mod map_count;
+pub(crate) mod kernel_maps;
+pub(crate) mod map_count;
 mod pressure;
-pub mod ring;
-pub mod topology;
+pub(crate) mod ring;
+pub(crate) mod topology;
 mod views;
-pub mod workloads;
+pub(crate) mod workloads;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -59,7 +59,7 @@ struct Inner {
     diag: Recorder,
 }
 
-pub struct Signals {
+pub(crate) struct Signals {
     inner: Mutex<Inner>,
     /// Connect outcomes are also fed to the health engine (set once it runs).
     engine: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<ConnEvent>>,
@@ -75,7 +75,7 @@ pub struct Signals {
 }
 
 impl Signals {
-    pub fn new(mut maps: SignalMaps, max_callers: usize, cgroup2: PathBuf) -> Arc<Self> {
+    pub(crate) fn new(mut maps: SignalMaps, max_callers: usize, cgroup2: PathBuf) -> Arc<Self> {
         let counted = maps.counted.take();
         let collector = crate::metrics::KernelCollector::default();
         let snapshot = collector.snapshot.clone();
@@ -104,7 +104,7 @@ impl Signals {
 
     /// A new config was applied: rename ids, create stats entries for new backends,
     /// re-resolve workloads, and track the services' SLOs.
-    pub fn set_config(&self, views: &[ServiceView], config: &MeshConfig) {
+    pub(crate) fn set_config(&self, views: &[ServiceView], config: &MeshConfig) {
         let topology = Topology::from_views(views);
         let keys: BTreeSet<BackendKey> = views
             .iter()
@@ -140,22 +140,22 @@ impl Signals {
         self.refresh();
     }
 
-    pub fn config_rejected(&self) {
+    pub(crate) fn config_rejected(&self) {
         self.metrics.config_rejected.inc();
     }
 
-    pub fn feed_engine(&self, tx: tokio::sync::mpsc::UnboundedSender<ConnEvent>) {
+    pub(crate) fn feed_engine(&self, tx: tokio::sync::mpsc::UnboundedSender<ConnEvent>) {
         let _ = self.engine.set(tx);
     }
 
     /// The latest per-backend kernel TCP counters.
-    pub fn tcp_stats(&self) -> Vec<(BackendKey, BackendTcpStats)> {
+    pub(crate) fn tcp_stats(&self) -> Vec<(BackendKey, BackendTcpStats)> {
         let inner = self.inner.lock().expect("signals lock");
         inner.tcp.iter().map(|(k, v)| (*k, *v)).collect()
     }
 
     /// The backend id of `addr` in service `service_id`, as configured now.
-    pub fn backend_id(&self, service_id: u32, addr: std::net::SocketAddr) -> Option<u32> {
+    pub(crate) fn backend_id(&self, service_id: u32, addr: std::net::SocketAddr) -> Option<u32> {
         let inner = self.inner.lock().expect("signals lock");
         let view = inner.views.iter().find(|v| v.id == service_id)?;
         let addr = addr.to_string();
@@ -163,17 +163,17 @@ impl Signals {
     }
 
     /// Slot tables changed without a config change (a ban, a probe passed): new views only.
-    pub fn set_views(&self, views: &[ServiceView]) {
+    pub(crate) fn set_views(&self, views: &[ServiceView]) {
         self.inner.lock().expect("signals lock").views = views.to_vec();
     }
 
     /// Every SLO's numbers now (`GET /v1/slos`).
-    pub fn slos(&self) -> Vec<SloSample> {
+    pub(crate) fn slos(&self) -> Vec<SloSample> {
         let tracker = self.slos.lock().expect("slo lock");
         tracker.snapshot(tokio::time::Instant::now())
     }
 
-    pub fn on_event(&self, ev: ConnEvent) {
+    pub(crate) fn on_event(&self, ev: ConnEvent) {
         if matches!(ev.kind, EVENT_ESTABLISHED | EVENT_FAILED) {
             if let Some(tx) = self.engine.get() {
                 let _ = tx.send(ev);
@@ -280,7 +280,7 @@ impl Signals {
     }
 
     /// Re-reads workloads (cgroup ids, threads, throttling) and the per-CPU maps.
-    pub fn refresh(&self) {
+    pub(crate) fn refresh(&self) {
         let specs = self
             .inner
             .lock()

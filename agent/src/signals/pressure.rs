@@ -26,17 +26,17 @@ use crate::tables::kernel::MIRROR_COUNTS;
 /// Share of one CPU counting the kernel-written maps may take. Measured: a full
 /// `SM_SOCK_STAMPS` (262,144 entries) takes tens of milliseconds, so it is then counted
 /// every few seconds; a map of a few thousand sockets well under a millisecond (every second).
-pub const COUNT_CPU_SHARE: f64 = 0.01;
+pub(super) const COUNT_CPU_SHARE: f64 = 0.01;
 
 /// The kernel-written maps and when they are counted next.
-pub struct CountSchedule {
+pub(super) struct CountSchedule {
     maps: Option<CountedMaps>,
     next: Instant,
     reported_slow: bool,
 }
 
 impl CountSchedule {
-    pub fn new(maps: Option<CountedMaps>) -> Self {
+    pub(super) fn new(maps: Option<CountedMaps>) -> Self {
         Self {
             maps,
             next: Instant::now(),
@@ -46,18 +46,18 @@ impl CountSchedule {
 }
 
 /// The pause after a count that took `took`: `took / COUNT_CPU_SHARE`.
-pub fn pause_after(took: Duration) -> Duration {
+pub(super) fn pause_after(took: Duration) -> Duration {
     took.div_f64(COUNT_CPU_SHARE)
 }
 
 /// Set while the caller map is full (so that is logged once, not every second).
-pub static CALLERS_FULL: AtomicBool = AtomicBool::new(false);
+pub(super) static CALLERS_FULL: AtomicBool = AtomicBool::new(false);
 /// Set while the workload thread map is full.
-pub static TIDS_FULL: AtomicBool = AtomicBool::new(false);
+pub(super) static TIDS_FULL: AtomicBool = AtomicBool::new(false);
 
 /// Logs `what` when an insert failed (`error`) and the map was not already known to be full;
 /// re-arms once a sync completes without a failure.
-pub fn report_full(flag: &AtomicBool, error: Option<aya::maps::MapError>, what: &str) {
+pub(super) fn report_full(flag: &AtomicBool, error: Option<aya::maps::MapError>, what: &str) {
     match error {
         Some(e) => {
             if !flag.swap(true, Ordering::Relaxed) {

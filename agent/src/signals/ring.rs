@@ -8,12 +8,12 @@ use aya::maps::{Map, MapData, RingBuf};
 use sockmesh_common::{decode_conn_event, ConnEvent, EVENTS_MAP};
 use tokio::io::unix::AsyncFd;
 
-pub struct EventReader {
+pub(crate) struct EventReader {
     ring: AsyncFd<RingBuf<MapData>>,
 }
 
 impl EventReader {
-    pub fn open(map_dir: &Path) -> Result<Self> {
+    pub(crate) fn open(map_dir: &Path) -> Result<Self> {
         let data = MapData::from_pin(map_dir.join(EVENTS_MAP)).context("opening the event ring")?;
         let ring = RingBuf::try_from(Map::RingBuf(data))?;
         // SAFETY: the ring owns its fd for as long as the AsyncFd lives, and as_raw_fd always
@@ -24,7 +24,7 @@ impl EventReader {
     }
 
     /// Waits for a wake-up or `tick`, then hands every queued event to `f`. Returns how many.
-    pub async fn drain(&mut self, tick: Duration, mut f: impl FnMut(ConnEvent)) -> usize {
+    pub(crate) async fn drain(&mut self, tick: Duration, mut f: impl FnMut(ConnEvent)) -> usize {
         if let Ok(Ok(mut guard)) = tokio::time::timeout(tick, self.ring.readable_mut()).await {
             guard.clear_ready();
         }

@@ -7,11 +7,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::tables::ServiceView;
 
-pub const UNKNOWN: &str = "unknown";
-pub const OTHER: &str = "other";
+pub(crate) const UNKNOWN: &str = "unknown";
+pub(crate) const OTHER: &str = "other";
 
 #[derive(Clone, Debug, Default)]
-pub struct Topology {
+pub(crate) struct Topology {
     pub services: HashMap<u32, String>,
     pub backends: HashMap<u32, String>,
     /// Backend "ip:port" -> its id, for attributing inbound connections.
@@ -19,7 +19,7 @@ pub struct Topology {
 }
 
 impl Topology {
-    pub fn from_views(views: &[ServiceView]) -> Self {
+    pub(crate) fn from_views(views: &[ServiceView]) -> Self {
         let mut t = Topology::default();
         for v in views {
             t.services.insert(v.id, v.name.clone());
@@ -31,11 +31,11 @@ impl Topology {
         t
     }
 
-    pub fn service(&self, id: u32) -> &str {
+    pub(crate) fn service(&self, id: u32) -> &str {
         self.services.get(&id).map_or(UNKNOWN, String::as_str)
     }
 
-    pub fn backend(&self, id: u32) -> &str {
+    pub(crate) fn backend(&self, id: u32) -> &str {
         if id == 0 {
             return "none";
         }
@@ -47,7 +47,7 @@ impl Topology {
 /// values. Admission is first come, first served and sticky, so a label never changes
 /// meaning while the agent runs.
 #[derive(Debug)]
-pub struct CallerLabels {
+pub(crate) struct CallerLabels {
     max: usize,
     by_cgroup: HashMap<u64, String>,
     admitted: BTreeSet<String>,
@@ -55,7 +55,7 @@ pub struct CallerLabels {
 }
 
 impl CallerLabels {
-    pub fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         Self {
             max,
             by_cgroup: HashMap::new(),
@@ -65,12 +65,12 @@ impl CallerLabels {
     }
 
     /// Replaces the cgroup id -> workload mapping (workloads are re-resolved periodically).
-    pub fn set_workloads(&mut self, by_cgroup: BTreeMap<u64, String>) {
+    pub(crate) fn set_workloads(&mut self, by_cgroup: BTreeMap<u64, String>) {
         self.by_cgroup = by_cgroup.into_iter().collect();
     }
 
     /// The label value for a caller cgroup.
-    pub fn label(&mut self, cgroup_id: u64) -> String {
+    pub(crate) fn label(&mut self, cgroup_id: u64) -> String {
         let Some(name) = self.by_cgroup.get(&cgroup_id) else {
             return UNKNOWN.to_string();
         };

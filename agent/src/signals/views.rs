@@ -6,7 +6,7 @@ use sockmesh_common::BackendKey;
 use super::Signals;
 
 impl Signals {
-    pub fn services_json(&self) -> Value {
+    pub(crate) fn services_json(&self) -> Value {
         let inner = self.inner.lock().expect("signals lock");
         Value::Array(
             inner
@@ -18,7 +18,7 @@ impl Signals {
     }
 
     /// `None` when the service is unknown.
-    pub fn backends_json(&self, service: &str) -> Option<Value> {
+    pub(crate) fn backends_json(&self, service: &str) -> Option<Value> {
         let inner = self.inner.lock().expect("signals lock");
         let view = inner.views.iter().find(|v| v.name == service)?;
         let rows = view
@@ -44,7 +44,7 @@ impl Signals {
         Some(Value::Array(rows))
     }
 
-    pub fn workloads_json(&self) -> Value {
+    pub(crate) fn workloads_json(&self) -> Value {
         let inner = self.inner.lock().expect("signals lock");
         let snap = self.snapshot.lock().expect("snapshot lock");
         let rows = inner
@@ -73,7 +73,7 @@ impl Signals {
         Value::Array(rows)
     }
 
-    pub fn failures_json(&self) -> Value {
+    pub(crate) fn failures_json(&self) -> Value {
         let inner = self.inner.lock().expect("signals lock");
         serde_json::to_value(&inner.aggregates.recent_failures).unwrap_or(Value::Null)
     }

@@ -11,7 +11,7 @@ use sockmesh_model::WorkloadSpec;
 
 /// One workload as found on this node.
 #[derive(Clone, Debug)]
-pub struct ResolvedWorkload {
+pub(crate) struct ResolvedWorkload {
     pub index: u32,
     pub name: String,
     pub cgroup: PathBuf,
@@ -24,7 +24,7 @@ pub struct ResolvedWorkload {
 }
 
 /// Resolves the workloads that exist now; missing cgroups are skipped (and retried later).
-pub fn resolve(specs: &[WorkloadSpec], cgroup2: &Path) -> Vec<ResolvedWorkload> {
+pub(crate) fn resolve(specs: &[WorkloadSpec], cgroup2: &Path) -> Vec<ResolvedWorkload> {
     specs
         .iter()
         .enumerate()
@@ -55,7 +55,7 @@ pub fn resolve(specs: &[WorkloadSpec], cgroup2: &Path) -> Vec<ResolvedWorkload> 
         .collect()
 }
 
-pub fn cgroup_path(cgroup2: &Path, configured: &str) -> PathBuf {
+pub(crate) fn cgroup_path(cgroup2: &Path, configured: &str) -> PathBuf {
     let p = Path::new(configured);
     if p.is_absolute() {
         p.to_owned()
@@ -81,7 +81,7 @@ fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) {
 /// CPU throttling of a workload: (nr_throttled, throttled seconds). cgroup v2 reports it in
 /// the cgroup's own cpu.stat when the cpu controller is enabled there; on hybrid hosts (the cpu
 /// controller on v1) we follow a member process to its v1 cpu cgroup.
-pub fn throttling(cgroup: &Path) -> Option<(u64, f64)> {
+pub(crate) fn throttling(cgroup: &Path) -> Option<(u64, f64)> {
     if let Ok(text) = std::fs::read_to_string(cgroup.join("cpu.stat")) {
         if let Some(t) = parse_cpu_stat(&text) {
             return Some(t);
@@ -99,7 +99,7 @@ pub fn throttling(cgroup: &Path) -> Option<(u64, f64)> {
 }
 
 /// v2: `nr_throttled` + `throttled_usec`; v1: `nr_throttled` + `throttled_time` (ns).
-pub fn parse_cpu_stat(text: &str) -> Option<(u64, f64)> {
+pub(crate) fn parse_cpu_stat(text: &str) -> Option<(u64, f64)> {
     let get = |key: &str| {
         text.lines().find_map(|l| {
             let (k, v) = l.split_once(' ')?;

@@ -13,7 +13,7 @@ use sockmesh_model::SliKind;
 ///
 /// `threshold` is the SLO's latency bound; a latency SLI without one (a config that skipped
 /// validation) counts nothing rather than guessing a bound.
-pub fn classify(sli: SliKind, threshold: Option<Duration>, ev: &ConnEvent) -> Option<bool> {
+pub(crate) fn classify(sli: SliKind, threshold: Option<Duration>, ev: &ConnEvent) -> Option<bool> {
     match sli {
         SliKind::ConnectSuccess => connect_success(ev),
         SliKind::ConnectLatency => {

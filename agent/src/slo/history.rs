@@ -19,26 +19,26 @@ use std::{collections::VecDeque, time::Duration};
 use tokio::time::Instant;
 
 /// Width of the buckets behind the short burn windows (5m, 30m, 1h).
-pub const FINE_WIDTH: Duration = Duration::from_secs(10);
+pub(crate) const FINE_WIDTH: Duration = Duration::from_secs(10);
 /// Width of the buckets behind the 6h burn window.
-pub const MEDIUM_WIDTH: Duration = Duration::from_secs(60);
+pub(crate) const MEDIUM_WIDTH: Duration = Duration::from_secs(60);
 /// Width of the buckets behind the error budget: an hour in a 30-day window is 0.14 %.
-pub const COARSE_WIDTH: Duration = Duration::from_secs(3600);
+pub(crate) const COARSE_WIDTH: Duration = Duration::from_secs(3600);
 const FINE_SPAN: Duration = Duration::from_secs(3600);
 const MEDIUM_SPAN: Duration = Duration::from_secs(6 * 3600);
 /// Longest stretch the error budget looks back: 90 days covers monthly and quarterly SLO
 /// windows. A longer window is computed over its last 90 days (memory stays bounded).
-pub const MAX_BUDGET_SPAN: Duration = Duration::from_secs(90 * 86_400);
+pub(crate) const MAX_BUDGET_SPAN: Duration = Duration::from_secs(90 * 86_400);
 
 /// Good and total events over some stretch of time.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counts {
+pub(crate) struct Counts {
     pub good: u64,
     pub total: u64,
 }
 
 impl Counts {
-    pub fn bad(&self) -> u64 {
+    pub(crate) fn bad(&self) -> u64 {
         self.total.saturating_sub(self.good)
     }
 
@@ -50,7 +50,7 @@ impl Counts {
 
 /// (bad/total) / (1 - objective): how fast the budget burns, 1.0 being "exactly spent at the
 /// end of the SLO window". 0 without traffic: no events burn nothing.
-pub fn burn_rate(counts: Counts, objective: f64) -> f64 {
+pub(crate) fn burn_rate(counts: Counts, objective: f64) -> f64 {
     if counts.total == 0 {
         return 0.0;
     }
@@ -59,7 +59,7 @@ pub fn burn_rate(counts: Counts, objective: f64) -> f64 {
 
 /// 1 - burn rate over the SLO window: the share of the error budget left, 1 without traffic,
 /// negative once overspent.
-pub fn budget_remaining(counts: Counts, objective: f64) -> f64 {
+pub(crate) fn budget_remaining(counts: Counts, objective: f64) -> f64 {
     1.0 - burn_rate(counts, objective)
 }
 
@@ -131,7 +131,7 @@ impl Ring {
 
 /// The event history of one SLO.
 #[derive(Debug, Clone)]
-pub struct History {
+pub(crate) struct History {
     origin: Instant,
     rings: [Ring; 3],
     /// Everything ever recorded, for the `_total` counters.
@@ -140,7 +140,7 @@ pub struct History {
 
 impl History {
     /// An empty history starting at `now`, keeping enough coarse buckets for `slo_window`.
-    pub fn new(now: Instant, slo_window: Duration) -> Self {
+    pub(crate) fn new(now: Instant, slo_window: Duration) -> Self {
         let retention = |span: Duration, width: Duration| span.as_nanos() / width.as_nanos();
         let mut history = Self {
             origin: now,
@@ -156,13 +156,13 @@ impl History {
     }
 
     /// The SLO's window changed: keep what is recorded, retain as much as the new one needs.
-    pub fn set_slo_window(&mut self, slo_window: Duration) {
+    pub(crate) fn set_slo_window(&mut self, slo_window: Duration) {
         let span = slo_window.min(MAX_BUDGET_SPAN);
         self.rings[2].retention = span.as_nanos().div_ceil(COARSE_WIDTH.as_nanos()).max(1) as u64;
     }
 
     /// Adds `good` of `total` events at `now`.
-    pub fn record(&mut self, now: Instant, good: u64, total: u64) {
+    pub(crate) fn record(&mut self, now: Instant, good: u64, total: u64) {
         let counts = Counts {
             good: good.min(total),
             total,
@@ -175,12 +175,12 @@ impl History {
     }
 
     /// Everything recorded since the history began.
-    pub fn cumulative(&self) -> Counts {
+    pub(crate) fn cumulative(&self) -> Counts {
         self.cumulative
     }
 
     /// Counts over the window of `window` ending at `now` (see the module docs for edges).
-    pub fn counts(&self, now: Instant, window: Duration) -> Counts {
+    pub(crate) fn counts(&self, now: Instant, window: Duration) -> Counts {
         let ring = self
             .rings
             .iter()
@@ -194,18 +194,23 @@ impl History {
     }
 
     /// Burn rate over the `window` ending at `now`.
-    pub fn burn_rate(&self, now: Instant, window: Duration, objective: f64) -> f64 {
+    pub(crate) fn burn_rate(&self, now: Instant, window: Duration, objective: f64) -> f64 {
         burn_rate(self.counts(now, window), objective)
     }
 
     /// Error budget left over the SLO window ending at `now` (or since the history began,
     /// when that is shorter).
-    pub fn budget_remaining(&self, now: Instant, objective: f64, slo_window: Duration) -> f64 {
+    pub(crate) fn budget_remaining(
+        &self,
+        now: Instant,
+        objective: f64,
+        slo_window: Duration,
+    ) -> f64 {
         budget_remaining(self.counts(now, slo_window), objective)
     }
 
     #[cfg(test)]
-    pub fn stored_buckets(&self) -> usize {
+    pub(crate) fn stored_buckets(&self) -> usize {
         self.rings.iter().map(|r| r.buckets.len()).sum()
     }
 }

@@ -9,7 +9,7 @@
 //! and for setups without recording rules.
 
 mod classify;
-pub mod history;
+pub(crate) mod history;
 
 use std::{collections::HashMap, time::Duration};
 
@@ -18,14 +18,14 @@ use sockmesh_common::ConnEvent;
 use sockmesh_model::{MeshConfig, SloSpec};
 use tokio::time::Instant;
 
-pub use classify::classify;
+pub(crate) use classify::classify;
 use history::History;
 
 use crate::tables::ServiceView;
 
 /// The burn-rate windows of the SRE workbook's multiwindow, multi-burn-rate alerts (page on
 /// 1h and 5m, ticket on 6h and 30m), with the label value each is exported under.
-pub const BURN_WINDOWS: [(&str, Duration); 4] = [
+pub(crate) const BURN_WINDOWS: [(&str, Duration); 4] = [
     ("5m", Duration::from_secs(300)),
     ("30m", Duration::from_secs(1800)),
     ("1h", Duration::from_secs(3600)),
@@ -34,7 +34,7 @@ pub const BURN_WINDOWS: [(&str, Duration); 4] = [
 
 /// One SLO's numbers at one instant.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SloSample {
+pub(crate) struct SloSample {
     pub service: String,
     pub slo: String,
     pub sli: &'static str,
@@ -73,7 +73,7 @@ struct ServiceSlos {
 
 /// The SLOs of every service, in config order, found by the kernel's service id.
 #[derive(Debug, Default)]
-pub struct SloTracker {
+pub(crate) struct SloTracker {
     services: Vec<ServiceSlos>,
     by_id: HashMap<u32, usize>,
 }
@@ -82,7 +82,7 @@ impl SloTracker {
     /// A tracker for `config`, whose services got the ids in `views`. The agent starts from
     /// `default()` and reconfigures on its first config; tests do both at once.
     #[cfg(test)]
-    pub fn new(now: Instant, config: &MeshConfig, views: &[ServiceView]) -> Self {
+    pub(crate) fn new(now: Instant, config: &MeshConfig, views: &[ServiceView]) -> Self {
         let mut tracker = Self::default();
         tracker.reconfigure(now, config, views);
         tracker
@@ -91,7 +91,7 @@ impl SloTracker {
     /// A new config was applied. An SLO that keeps its service, name, SLI and threshold keeps
     /// its history and counters (a new objective or window re-reads the same events); any
     /// other SLO starts empty, as its events would mean something else.
-    pub fn reconfigure(&mut self, now: Instant, config: &MeshConfig, views: &[ServiceView]) {
+    pub(crate) fn reconfigure(&mut self, now: Instant, config: &MeshConfig, views: &[ServiceView]) {
         let mut previous: HashMap<(String, String), TrackedSlo> = HashMap::new();
         for service in std::mem::take(&mut self.services) {
             for slo in service.slos {
@@ -136,7 +136,7 @@ impl SloTracker {
     }
 
     /// Counts one lifecycle event for every SLO of its service that judges it.
-    pub fn on_event(&mut self, now: Instant, ev: &ConnEvent) {
+    pub(crate) fn on_event(&mut self, now: Instant, ev: &ConnEvent) {
         let Some(&index) = self.by_id.get(&ev.service_id) else {
             return;
         };
@@ -148,7 +148,7 @@ impl SloTracker {
     }
 
     /// Every SLO's numbers as of `now`, services and SLOs in config order.
-    pub fn snapshot(&self, now: Instant) -> Vec<SloSample> {
+    pub(crate) fn snapshot(&self, now: Instant) -> Vec<SloSample> {
         let mut out = Vec::new();
         for service in &self.services {
             for slo in &service.slos {

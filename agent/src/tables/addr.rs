@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use sockmesh_common::{BackendEntry, ServiceKey, FAMILY_INET, FAMILY_INET6};
 
 /// (family, four network-order words). IPv4 sits in word 0, as the kernel's `user_ip4` does.
-pub fn ip_words(ip: IpAddr) -> (u16, [u32; 4]) {
+pub(crate) fn ip_words(ip: IpAddr) -> (u16, [u32; 4]) {
     match ip {
         IpAddr::V4(v4) => (FAMILY_INET, [u32::from_ne_bytes(v4.octets()), 0, 0, 0]),
         IpAddr::V6(v6) => {
@@ -16,12 +16,12 @@ pub fn ip_words(ip: IpAddr) -> (u16, [u32; 4]) {
     }
 }
 
-pub fn service_key(vip: IpAddr, port: u16) -> ServiceKey {
+pub(crate) fn service_key(vip: IpAddr, port: u16) -> ServiceKey {
     let (family, addr) = ip_words(vip);
     ServiceKey { addr, port, family }
 }
 
-pub fn backend_entry(addr: SocketAddr) -> BackendEntry {
+pub(crate) fn backend_entry(addr: SocketAddr) -> BackendEntry {
     let (family, words) = ip_words(addr.ip());
     BackendEntry {
         addr: words,
@@ -32,7 +32,7 @@ pub fn backend_entry(addr: SocketAddr) -> BackendEntry {
 }
 
 /// The kernel's (family, words, host-order port) back to a socket address.
-pub fn words_to_socket_addr(family: u16, words: &[u32; 4], port: u16) -> SocketAddr {
+pub(crate) fn words_to_socket_addr(family: u16, words: &[u32; 4], port: u16) -> SocketAddr {
     let ip = if family == FAMILY_INET6 {
         let mut o = [0u8; 16];
         for (i, w) in words.iter().enumerate() {

@@ -15,7 +15,7 @@ use sockmesh_common::{
 use super::plan::{KernelState, TableState, Write};
 
 #[derive(Debug, thiserror::Error)]
-pub enum KernelError {
+pub(crate) enum KernelError {
     #[error("opening pinned map {path}: {source}")]
     Open { path: String, source: MapError },
     #[error("reading map {map}: {source}")]
@@ -27,14 +27,14 @@ pub enum KernelError {
 /// How many entries the agent-written tables hold, as the agent's own mirror of them says
 /// (updated with every write it makes and every re-read): the map pressure gauges read these
 /// instead of iterating the kernel maps. One dataplane per process, hence a static.
-pub struct MirrorCounts {
+pub(crate) struct MirrorCounts {
     pub services: AtomicUsize,
     pub slot_tables: AtomicUsize,
     pub backends: AtomicUsize,
     pub acl: AtomicUsize,
 }
 
-pub static MIRROR_COUNTS: MirrorCounts = MirrorCounts {
+pub(crate) static MIRROR_COUNTS: MirrorCounts = MirrorCounts {
     services: AtomicUsize::new(0),
     slot_tables: AtomicUsize::new(0),
     backends: AtomicUsize::new(0),
@@ -49,7 +49,7 @@ fn publish(state: &KernelState) {
     c.acl.store(state.acl.len(), Ordering::Relaxed);
 }
 
-pub struct KernelMaps {
+pub(crate) struct KernelMaps {
     services: HashMap<MapData, ServiceKey, ServiceEntry>,
     tables: HashMap<MapData, SlotTableKey, SlotTable>,
     backends: HashMap<MapData, u32, BackendEntry>,
@@ -71,7 +71,7 @@ fn open<K: aya::Pod, V: aya::Pod>(
 
 impl KernelMaps {
     /// Opens the maps pinned in `map_dir`.
-    pub fn open_pinned(map_dir: &Path) -> Result<Self, KernelError> {
+    pub(crate) fn open_pinned(map_dir: &Path) -> Result<Self, KernelError> {
         Ok(Self {
             services: open(map_dir, SERVICES_MAP)?,
             tables: open(map_dir, SLOT_TABLES_MAP)?,
@@ -81,7 +81,7 @@ impl KernelMaps {
     }
 
     /// Reads everything the maps hold; used once at start (adoption) and after a failed apply.
-    pub fn read_state(&self) -> Result<KernelState, KernelError> {
+    pub(crate) fn read_state(&self) -> Result<KernelState, KernelError> {
         let mut state = KernelState::default();
         for item in self.services.iter() {
             let (k, v) = item.map_err(|source| KernelError::Read {
@@ -124,7 +124,11 @@ impl KernelMaps {
 
     /// Applies `writes` in order, mirroring each accepted one into `mirror`. Stops at the first
     /// failure: the writes are ordered so any prefix is a consistent kernel state.
-    pub fn apply(&mut self, writes: &[Write], mirror: &mut KernelState) -> Result<(), KernelError> {
+    pub(crate) fn apply(
+        &mut self,
+        writes: &[Write],
+        mirror: &mut KernelState,
+    ) -> Result<(), KernelError> {
         for w in writes {
             if let Err(e) = self.write(w) {
                 publish(mirror);

@@ -8,7 +8,7 @@
 
 /// Builds a table of `size` (prime) positions; entries are indexes into `backends`.
 /// `backends` are (stable identity bytes, weight). Zero-weight backends get no position.
-pub fn maglev_table(backends: &[(Vec<u8>, u32)], size: u32) -> Vec<usize> {
+pub(crate) fn maglev_table(backends: &[(Vec<u8>, u32)], size: u32) -> Vec<usize> {
     let mut live: Vec<usize> = (0..backends.len()).filter(|i| backends[*i].1 > 0).collect();
     // Turn order decides contested positions, so fix it by identity, not by config order.
     live.sort_by(|a, b| backends[*a].0.cmp(&backends[*b].0));

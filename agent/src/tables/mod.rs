@@ -5,19 +5,19 @@
 //! of map writes ([`plan`]); [`kernel::KernelMaps`] applies them to the pinned maps. Everything
 //! but `kernel` is pure and tested natively.
 
-pub mod addr;
-pub mod kernel;
-pub mod maglev;
-pub mod overlay;
-pub mod plan;
-pub mod route;
-pub mod slots;
+pub(crate) mod addr;
+pub(crate) mod kernel;
+pub(crate) mod maglev;
+pub(crate) mod overlay;
+pub(crate) mod plan;
+pub(crate) mod route;
+pub(crate) mod slots;
 
 #[cfg(test)]
 mod plan_tests;
 #[cfg(test)]
 mod route_tests;
 
-pub use overlay::{CircuitFlag, Overlay, ServiceOverlay};
-pub use plan::{plan, plan_for, KernelState, ServiceView};
-pub use route::Node;
+pub(crate) use overlay::{CircuitFlag, Overlay, ServiceOverlay};
+pub(crate) use plan::{plan, plan_for, KernelState, ServiceView};
+pub(crate) use route::Node;

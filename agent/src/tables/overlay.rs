@@ -12,10 +12,10 @@ use sockmesh_common::{
 };
 use sockmesh_model::ServiceSpec;
 
-pub const PPM: u32 = 1_000_000;
+pub(crate) const PPM: u32 = 1_000_000;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum CircuitFlag {
+pub(crate) enum CircuitFlag {
     #[default]
     Closed,
     /// Admit this share of connects, in ppm.
@@ -24,7 +24,7 @@ pub enum CircuitFlag {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ServiceOverlay {
+pub(crate) struct ServiceOverlay {
     pub circuit: CircuitFlag,
     /// Callers whose priority level is below this are shed (0: nobody).
     pub min_priority: u32,
@@ -35,10 +35,10 @@ pub struct ServiceOverlay {
 }
 
 /// Overlays by service name; a service without one runs on its config alone.
-pub type Overlay = BTreeMap<String, ServiceOverlay>;
+pub(crate) type Overlay = BTreeMap<String, ServiceOverlay>;
 
 /// The kernel's service entry for `spec` with `overlay` applied.
-pub fn service_entry(
+pub(crate) fn service_entry(
     id: u32,
     lb: u32,
     spec: &ServiceSpec,

@@ -32,14 +32,14 @@ use super::{
 
 /// A slot table as the agent tracks it: only the used slots.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TableState {
+pub(crate) struct TableState {
     pub generation: u32,
     pub slots: Vec<u32>,
 }
 
 /// What the kernel maps hold (read at start, then mirrored as writes are applied).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KernelState {
+pub(crate) struct KernelState {
     pub services: BTreeMap<ServiceKey, ServiceEntry>,
     pub tables: BTreeMap<SlotTableKey, TableState>,
     pub backends: BTreeMap<u32, BackendEntry>,
@@ -48,7 +48,7 @@ pub struct KernelState {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Write {
+pub(crate) enum Write {
     UpsertBackend(u32, BackendEntry),
     UpsertTable(SlotTableKey, TableState),
     UpsertService(ServiceKey, ServiceEntry),
@@ -61,7 +61,7 @@ pub enum Write {
 
 impl KernelState {
     /// Mirrors a write the kernel accepted.
-    pub fn apply(&mut self, write: &Write) {
+    pub(crate) fn apply(&mut self, write: &Write) {
         match write {
             Write::UpsertBackend(id, b) => {
                 self.backends.insert(*id, *b);
@@ -93,7 +93,7 @@ impl KernelState {
 
 /// One service as applied, for the admin API and logs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ServiceView {
+pub(crate) struct ServiceView {
     pub name: String,
     pub vip: String,
     pub port: u16,
@@ -109,7 +109,7 @@ pub struct ServiceView {
 
 /// A caller class's own slot table, for the admin API.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ClassView {
+pub(crate) struct ClassView {
     pub class: u32,
     /// The workload whose callers use it.
     pub workload: String,
@@ -119,7 +119,7 @@ pub struct ClassView {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct BackendView {
+pub(crate) struct BackendView {
     pub addr: String,
     pub weight: u32,
     pub id: u32,
@@ -127,13 +127,13 @@ pub struct BackendView {
 }
 
 #[derive(Debug, Default)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub writes: Vec<Write>,
     pub views: Vec<ServiceView>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum PlanError {
+pub(crate) enum PlanError {
     #[error("{what} table full: {needed} entries needed, capacity {capacity}")]
     Capacity {
         what: &'static str,
@@ -156,17 +156,17 @@ pub enum PlanError {
 
 /// Entries each kernel table the plan writes can hold (`max_entries`; one less for tables
 /// keyed by an id, since id 0 is never used).
-pub mod capacity {
+pub(crate) mod capacity {
     use sockmesh_common::{
         MAX_ACL, MAX_BACKENDS, MAX_BACKEND_STATS, MAX_SERVICES, MAX_SLOT_TABLES,
     };
 
-    pub const SERVICES: usize = MAX_SERVICES as usize - 1;
-    pub const SLOT_TABLES: usize = MAX_SLOT_TABLES as usize;
-    pub const BACKENDS: usize = MAX_BACKENDS as usize - 1;
+    pub(crate) const SERVICES: usize = MAX_SERVICES as usize - 1;
+    pub(crate) const SLOT_TABLES: usize = MAX_SLOT_TABLES as usize;
+    pub(crate) const BACKENDS: usize = MAX_BACKENDS as usize - 1;
     /// `SM_BACKEND_TCP`: one entry per (service, backend) pair, created by the agent.
-    pub const BACKEND_STATS: usize = MAX_BACKEND_STATS as usize;
-    pub const ACL: usize = MAX_ACL as usize;
+    pub(crate) const BACKEND_STATS: usize = MAX_BACKEND_STATS as usize;
+    pub(crate) const ACL: usize = MAX_ACL as usize;
 }
 
 /// `needed` entries in a table of `capacity`.
@@ -234,7 +234,7 @@ fn identity(b: &BackendEntry) -> BackendIdentity {
 }
 
 /// [`plan_for`] on a node with no zone of its own.
-pub fn plan(
+pub(crate) fn plan(
     config: &MeshConfig,
     overlay: &Overlay,
     actual: &KernelState,
@@ -244,7 +244,7 @@ pub fn plan(
 
 /// The writes that take the kernel from `actual` to `config` with `overlay` applied, on
 /// `node` (whose zone is the one callers without a workload zone are in).
-pub fn plan_for(
+pub(crate) fn plan_for(
     config: &MeshConfig,
     overlay: &Overlay,
     actual: &KernelState,

@@ -37,18 +37,18 @@ use sockmesh_model::{Fallback, ServiceSpec, WorkloadSpec};
 /// What the node knows that the config does not: its own zone (`--zone`), the zone of
 /// callers that are not a workload with a `zone:` of its own.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Node {
+pub(crate) struct Node {
     pub zone: Option<String>,
 }
 
 /// The kernel caller class of workload `index` (its position under `workloads:`).
-pub fn workload_class(index: usize) -> u32 {
+pub(crate) fn workload_class(index: usize) -> u32 {
     index as u32 + 1
 }
 
 /// Who is connecting, as far as routing cares.
 #[derive(Clone, Copy, Debug)]
-pub struct Caller<'a> {
+pub(crate) struct Caller<'a> {
     pub labels: &'a BTreeMap<String, String>,
     pub zone: Option<&'a str>,
 }
@@ -57,7 +57,7 @@ static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 
 impl<'a> Caller<'a> {
     /// A caller that is not a configured workload: no labels, the node's zone.
-    pub fn unknown(node: &'a Node) -> Self {
+    pub(crate) fn unknown(node: &'a Node) -> Self {
         Caller {
             labels: &NO_LABELS,
             zone: node.zone.as_deref(),
@@ -65,7 +65,7 @@ impl<'a> Caller<'a> {
     }
 
     /// A workload's callers: its labels, its zone or else the node's.
-    pub fn workload(w: &'a WorkloadSpec, node: &'a Node) -> Self {
+    pub(crate) fn workload(w: &'a WorkloadSpec, node: &'a Node) -> Self {
         Caller {
             labels: &w.labels,
             zone: w.zone.as_deref().or(node.zone.as_deref()),
@@ -75,13 +75,13 @@ impl<'a> Caller<'a> {
 
 /// Whether `spec` can give different callers different tables (routes, or an active zone
 /// preference). Services without either keep the single class-0 table they always had.
-pub fn is_routed(spec: &ServiceSpec) -> bool {
+pub(crate) fn is_routed(spec: &ServiceSpec) -> bool {
     !spec.routes.is_empty() || spec.locality.as_ref().is_some_and(|l| l.prefer_zone)
 }
 
 /// Weights of a plain (unrouted) table: configured weights, excluded backends at 0 (as
 /// before routes existed, so such tables are unchanged).
-pub fn plain_weights(spec: &ServiceSpec, excluded: &BTreeSet<SocketAddr>) -> Vec<u32> {
+pub(crate) fn plain_weights(spec: &ServiceSpec, excluded: &BTreeSet<SocketAddr>) -> Vec<u32> {
     spec.backends
         .iter()
         .map(|b| {
@@ -100,7 +100,7 @@ const SPLIT_SCALE: u64 = 1_000_000;
 
 /// Per-backend weights (indexes of `spec.backends`) of `caller`'s table; all zero means an
 /// empty table (connects refused).
-pub fn class_weights(
+pub(crate) fn class_weights(
     spec: &ServiceSpec,
     excluded: &BTreeSet<SocketAddr>,
     caller: Caller<'_>,
@@ -215,7 +215,7 @@ fn usable(
 
 /// The callers of a routed service whose table differs from class 0, as (class, weights),
 /// plus class 0's weights. Unrouted services: class 0's plain weights and no classes.
-pub fn service_classes(
+pub(crate) fn service_classes(
     spec: &ServiceSpec,
     excluded: &BTreeSet<SocketAddr>,
     workloads: &[WorkloadSpec],

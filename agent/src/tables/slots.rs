@@ -9,7 +9,7 @@
 /// Weights are divided by their gcd first, so 1:1:2 becomes exactly 4 slots and round robin
 /// cycles every 4 connects. When the reduced sum exceeds `max_slots`, counts are scaled with
 /// the largest-remainder method; every backend with a positive weight keeps at least one slot.
-pub fn slot_counts(weights: &[u32], max_slots: usize) -> Vec<usize> {
+pub(crate) fn slot_counts(weights: &[u32], max_slots: usize) -> Vec<usize> {
     let g = weights
         .iter()
         .copied()
@@ -45,7 +45,7 @@ pub fn slot_counts(weights: &[u32], max_slots: usize) -> Vec<usize> {
 }
 
 /// The table for `weights`: backend indexes in smooth weighted round-robin order.
-pub fn weighted_sequence(weights: &[u32], max_slots: usize) -> Vec<usize> {
+pub(crate) fn weighted_sequence(weights: &[u32], max_slots: usize) -> Vec<usize> {
     let counts = slot_counts(weights, max_slots);
     let total: i64 = counts.iter().map(|c| *c as i64).sum();
     let mut current = vec![0i64; counts.len()];

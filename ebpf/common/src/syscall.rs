@@ -7,6 +7,7 @@ extern crate std;
 
 use std::io;
 
+pub const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 pub const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 pub const BPF_OBJ_GET: libc::c_long = 7;
 pub const BPF_PROG_QUERY: libc::c_long = 16;
@@ -24,6 +25,17 @@ pub struct BatchAttr {
     pub count: u32,
     pub map_fd: u32,
     pub elem_flags: u64,
+    pub flags: u64,
+}
+
+/// `union bpf_attr` for `BPF_MAP_LOOKUP_ELEM` (and the other single-element commands).
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct ElemAttr {
+    pub map_fd: u32,
+    pub _pad: u32,
+    pub key: u64,
+    pub value: u64,
     pub flags: u64,
 }
 

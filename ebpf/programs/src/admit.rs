@@ -43,7 +43,7 @@ fn chance(ppm: u32) -> bool {
 
 pub fn admit(service: &ServiceEntry, cgroup_id: u64) -> Admission {
     // SAFETY: element valid for this run; copied out.
-    let caller = unsafe { CALLERS.get(&cgroup_id) }
+    let caller = unsafe { CALLERS.get(cgroup_id) }
         .copied()
         .unwrap_or(CallerEntry {
             workload: 0,
@@ -58,7 +58,7 @@ pub fn admit(service: &ServiceEntry, cgroup_id: u64) -> Admission {
         service_id: service.id,
         workload: caller.workload,
     };
-    if service.flags & SERVICE_ACL != 0 && (caller.workload == 0 || ACL.get_ptr(&key).is_none()) {
+    if service.flags & SERVICE_ACL != 0 && (caller.workload == 0 || ACL.get_ptr(key).is_none()) {
         return Admission::Refuse(RESULT_DENIED);
     }
     if service.flags & SERVICE_CIRCUIT_OPEN != 0
@@ -88,12 +88,12 @@ pub fn admit(service: &ServiceEntry, cgroup_id: u64) -> Admission {
         stamp_flags |= STAMP_COUNTED;
     }
     if service.max_conns_per_caller != 0 && caller.workload != 0 {
-        if CALLER_CONNS.get_ptr(&key).is_none() {
+        if CALLER_CONNS.get_ptr(key).is_none() {
             // BPF_NOEXIST: a concurrent first connect may win the insert; either way it exists.
-            let _ = CALLER_CONNS.insert(&key, &0, 1);
+            let _ = CALLER_CONNS.insert(key, 0, 1);
         }
         let taken = CALLER_CONNS
-            .get_ptr_mut(&key)
+            .get_ptr_mut(key)
             .is_some_and(|c| take(c, service.max_conns_per_caller));
         if !taken {
             release(service.id, 0, stamp_flags);
@@ -148,7 +148,7 @@ pub fn release(service_id: u32, workload: u32, stamp_flags: u32) {
             service_id,
             workload,
         };
-        if let Some(c) = CALLER_CONNS.get_ptr_mut(&key) {
+        if let Some(c) = CALLER_CONNS.get_ptr_mut(key) {
             give_back(c);
         }
     }

@@ -50,21 +50,21 @@ pub fn switch(ctx: &TracePointContext) {
 }
 
 fn start_wait(tid: u32) {
-    if WORKLOAD_TIDS.get_ptr(&tid).is_some() {
+    if WORKLOAD_TIDS.get_ptr(tid).is_some() {
         // SAFETY: no arguments.
         let now = unsafe { bpf_ktime_get_ns() };
-        let _ = RUNQ_START.insert(&tid, &now, 0);
+        let _ = RUNQ_START.insert(tid, now, 0);
     }
 }
 
 fn end_wait(tid: u32) {
-    let Some(start) = RUNQ_START.get_ptr(&tid) else {
+    let Some(start) = RUNQ_START.get_ptr(tid) else {
         return;
     };
     // SAFETY: element valid for this run.
     let start = unsafe { *start };
-    let _ = RUNQ_START.remove(&tid);
-    let Some(workload) = WORKLOAD_TIDS.get_ptr(&tid) else {
+    let _ = RUNQ_START.remove(tid);
+    let Some(workload) = WORKLOAD_TIDS.get_ptr(tid) else {
         return;
     };
     // SAFETY: element valid for this run.

@@ -1,6 +1,9 @@
-//! sockmesh kernel programs. Entry points are thin: each calls a `try_*` function and maps its
-//! outcome to the hook's return code. All choices (weights, Maglev, bans) were made by the
-//! agent when it filled the slot tables; here we only index them.
+//! sockmesh kernel programs. Entry points are thin: each calls its hook's function in a
+//! module (`route::connect4`, `observe::sock_ops`, `same_node::msg`, `cpu::wakeup`, ...). The
+//! connect hooks get a `route::Verdict` back and [`return_code`] turns it into the hook's
+//! return code; the others cannot fail the operation they observe, so they return the fixed
+//! "proceed" code themselves. All choices (weights, Maglev, bans) were made by the agent when
+//! it filled the slot tables; here we only index them.
 #![no_std]
 #![no_main]
 // atomic_xadd: the only way to get a fetch-and-add on the bpf target.

@@ -46,7 +46,7 @@ pub fn sock_ops(ctx: &SockOpsContext) {
     }
     // SAFETY: the cookie helper takes the context pointer.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(stamp) = SOCK_STAMPS.get_ptr_mut(&cookie) else {
+    let Some(stamp) = SOCK_STAMPS.get_ptr_mut(cookie) else {
         return; // Not a socket sockmesh routed.
     };
     // SAFETY: LRU element stays valid for this run; fields are plain integers.
@@ -61,7 +61,7 @@ pub fn sock_ops(ctx: &SockOpsContext) {
         }
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
             stamp.flags |= STAMP_ESTABLISHED;
-            if let Some(s) = BACKEND_STATS.get_ptr_mut(&key(stamp)) {
+            if let Some(s) = BACKEND_STATS.get_ptr_mut(key(stamp)) {
                 // SAFETY: per-CPU value, this CPU only.
                 unsafe { (*s).established += 1 };
             }
@@ -74,7 +74,7 @@ pub fn sock_ops(ctx: &SockOpsContext) {
         }
         BPF_SOCK_OPS_RTT_CB => rtt_sample(stamp, srtt_us(ctx)),
         BPF_SOCK_OPS_RETRANS_CB => {
-            if let Some(s) = BACKEND_STATS.get_ptr_mut(&key(stamp)) {
+            if let Some(s) = BACKEND_STATS.get_ptr_mut(key(stamp)) {
                 // SAFETY: per-CPU value, this CPU only.
                 unsafe { (*s).retransmits += 1 };
             }
@@ -83,15 +83,13 @@ pub fn sock_ops(ctx: &SockOpsContext) {
             if stamp.flags & STAMP_ESTABLISHED == 0 {
                 stamp.flags |= STAMP_SYN_RTO;
             }
-            if let Some(s) = BACKEND_STATS.get_ptr_mut(&key(stamp)) {
+            if let Some(s) = BACKEND_STATS.get_ptr_mut(key(stamp)) {
                 // SAFETY: per-CPU value, this CPU only.
                 unsafe { (*s).rtos += 1 };
             }
         }
-        BPF_SOCK_OPS_STATE_CB => {
-            if ctx.arg(1) == TCP_CLOSE {
-                closed(ctx, stamp, ctx.arg(0), cookie);
-            }
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => {
+            closed(ctx, stamp, ctx.arg(0), cookie);
         }
         _ => {}
     }
@@ -106,7 +104,7 @@ fn closed(ctx: &SockOpsContext, stamp: &SockStamp, old_state: u32, cookie: u64) 
             classify_failed_connect(stamp.flags, elapsed),
         )
     } else {
-        if let Some(s) = BACKEND_STATS.get_ptr_mut(&key(stamp)) {
+        if let Some(s) = BACKEND_STATS.get_ptr_mut(key(stamp)) {
             // SAFETY: per-CPU value, this CPU only.
             unsafe { (*s).closed += 1 };
         }
@@ -134,7 +132,7 @@ fn closed(ctx: &SockOpsContext, stamp: &SockStamp, old_state: u32, cookie: u64) 
         same_node::client_closed(ctx);
     }
     release(stamp.service_id, stamp.workload, stamp.flags);
-    let _ = SOCK_STAMPS.remove(&cookie);
+    let _ = SOCK_STAMPS.remove(cookie);
 }
 
 fn inbound(ctx: &SockOpsContext) {
@@ -169,7 +167,7 @@ fn inbound(ctx: &SockOpsContext) {
 }
 
 fn rtt_sample(stamp: &SockStamp, srtt: u32) {
-    let Some(s) = BACKEND_STATS.get_ptr_mut(&key(stamp)) else {
+    let Some(s) = BACKEND_STATS.get_ptr_mut(key(stamp)) else {
         return;
     };
     // SAFETY: per-CPU value, this CPU only; the bucket index is bounded by log2_bucket.
@@ -188,7 +186,7 @@ pub fn receive_reset(ctx: &TracePointContext) {
     let Ok(cookie) = (unsafe { ctx.read_at::<u64>(RESET_COOKIE_OFFSET.load() as usize) }) else {
         return;
     };
-    if let Some(stamp) = SOCK_STAMPS.get_ptr_mut(&cookie) {
+    if let Some(stamp) = SOCK_STAMPS.get_ptr_mut(cookie) {
         // SAFETY: LRU element valid for this run.
         unsafe { (*stamp).flags |= STAMP_RESET_RECEIVED };
     }

@@ -66,7 +66,7 @@ pub fn connect4(ctx: &SockAddrContext) -> Verdict {
             port,
             family: FAMILY_INET,
         };
-        let Some(service) = SERVICES.get(&key) else {
+        let Some(service) = SERVICES.get(key) else {
             return Verdict::Pass;
         };
         let cgroup_id = bpf_get_current_cgroup_id();
@@ -125,7 +125,7 @@ pub fn connect6(ctx: &SockAddrContext) -> Verdict {
                 family: FAMILY_INET6,
             }
         };
-        let Some(service) = SERVICES.get(&key) else {
+        let Some(service) = SERVICES.get(key) else {
             return Verdict::Pass;
         };
         let cgroup_id = bpf_get_current_cgroup_id();
@@ -176,7 +176,7 @@ pub fn getpeername4(ctx: &SockAddrContext) {
     // SAFETY: as in connect4.
     unsafe {
         let cookie = bpf_get_socket_cookie(ctx.as_ptr());
-        if let Some(stamp) = SOCK_STAMPS.get(&cookie) {
+        if let Some(stamp) = SOCK_STAMPS.get(cookie) {
             if stamp.family == FAMILY_INET {
                 write_volatile(addr_of_mut!((*sa).user_ip4), stamp.vip[0]);
                 set_user_port(sa, stamp.vip_port);
@@ -190,7 +190,7 @@ pub fn getpeername6(ctx: &SockAddrContext) {
     // SAFETY: as in connect4.
     unsafe {
         let cookie = bpf_get_socket_cookie(ctx.as_ptr());
-        if let Some(stamp) = SOCK_STAMPS.get(&cookie) {
+        if let Some(stamp) = SOCK_STAMPS.get(cookie) {
             if stamp.family == FAMILY_INET6 {
                 write_ip6(sa, &stamp.vip);
                 set_user_port(sa, stamp.vip_port);
@@ -216,13 +216,13 @@ unsafe fn pick_backend(
     if service.flags & SERVICE_CLASS_TABLES != 0 && class != CALLER_CLASS_DEFAULT {
         key.caller_class = class;
         // SAFETY: a non-preallocated hash element stays valid for the program's run (RCU).
-        found = unsafe { SLOT_TABLES.get(&key) };
+        found = unsafe { SLOT_TABLES.get(key) };
         key.caller_class = CALLER_CLASS_DEFAULT;
     }
     let table = match found {
         Some(t) => t,
         // SAFETY: as above. No class table (the class routes like class 0): the default one.
-        None => unsafe { SLOT_TABLES.get(&key)? },
+        None => unsafe { SLOT_TABLES.get(key)? },
     };
     let len = table.len;
     if len as usize > MAX_SLOTS {
@@ -238,7 +238,7 @@ unsafe fn pick_backend(
     for _ in 0..2 {
         let id = table.slots[masked(slot as usize, MAX_SLOTS)];
         // SAFETY: as above.
-        if let Some(backend) = unsafe { BACKENDS.get(&id) } {
+        if let Some(backend) = unsafe { BACKENDS.get(id) } {
             return Some((id, backend));
         }
         slot = if slot + 1 >= len { 0 } else { slot + 1 };
@@ -297,7 +297,7 @@ unsafe fn stamp(ctx: &SockAddrContext, vip: &ServiceKey, family: u16, a: &Admitt
         };
         // An LRU map always finds room. A lost stamp costs the getpeername rewrite and
         // observation of this socket, and would leak a taken connection-limit unit: undo it.
-        if SOCK_STAMPS.insert(&cookie, &stamp, 0).is_err() {
+        if SOCK_STAMPS.insert(cookie, stamp, 0).is_err() {
             release(a.service_id, a.workload, a.flags);
         }
     }

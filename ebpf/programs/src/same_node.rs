@@ -77,17 +77,17 @@ pub fn client_established(ctx: &SockOpsContext) {
         .update(own, unsafe { &mut *ctx.ops }, ANY)
         .is_ok()
     {
-        let _ = SAME_NODE_PENDING.insert(&own.reversed(), &1, ANY);
+        let _ = SAME_NODE_PENDING.insert(own.reversed(), 1, ANY);
     }
 }
 
 /// An accepted socket is established: join it if a client under the cgroup waits for it.
 pub fn server_established(ctx: &SockOpsContext) {
     let own = own_pair!(ctx.ops);
-    if SAME_NODE_PENDING.get_ptr(&own).is_none() {
+    if SAME_NODE_PENDING.get_ptr(own).is_none() {
         return;
     }
-    let _ = SAME_NODE_PENDING.remove(&own);
+    let _ = SAME_NODE_PENDING.remove(own);
     // SAFETY: the sock_ops context the helper expects.
     if SAME_NODE_SOCKS
         .update(own, unsafe { &mut *ctx.ops }, ANY)
@@ -101,14 +101,14 @@ pub fn server_established(ctx: &SockOpsContext) {
 /// the socket itself out of the hash).
 pub fn client_closed(ctx: &SockOpsContext) {
     let own = own_pair!(ctx.ops);
-    let _ = SAME_NODE_PENDING.remove(&own.reversed());
-    let _ = SAME_NODE_TCP.remove(&own);
+    let _ = SAME_NODE_PENDING.remove(own.reversed());
+    let _ = SAME_NODE_TCP.remove(own);
 }
 
 /// sk_msg verdict for a write on a socket in the hash.
 pub fn msg(ctx: &SkMsgContext) -> u32 {
     let own = own_pair!(ctx.msg);
-    if SAME_NODE_TCP.get_ptr(&own).is_some() {
+    if SAME_NODE_TCP.get_ptr(own).is_some() {
         return SK_PASS;
     }
     let size = ctx.size();
@@ -116,7 +116,7 @@ pub fn msg(ctx: &SkMsgContext) -> u32 {
         add(SAME_NODE_BYTES_SLOT, size as u64);
     } else {
         // No peer (its end is not under the cgroup, or it is gone): TCP from now on.
-        let _ = SAME_NODE_TCP.insert(&own, &1, ANY);
+        let _ = SAME_NODE_TCP.insert(own, 1, ANY);
         bump(SAME_NODE_FALLBACKS_SLOT);
     }
     SK_PASS

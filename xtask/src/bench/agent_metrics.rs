@@ -1,5 +1,5 @@
 //! The observing agent's own counters, read from its Prometheus endpoint, to measure how fast
-//! it drains the kernel's ring buffer and whether events were lost (issue 3).
+//! it drains the kernel's ring buffer and whether events were lost.
 
 use anyhow::{Context, Result};
 use sockmesh_bpf_tests::{parse_exposition, Agent};

@@ -42,6 +42,9 @@ pub enum Mode {
     /// One-way bulk transfer on one connection per thread: bytes per second, counted by the
     /// server (`ops` are bytes).
     Throughput,
+    /// connect() to a VIP whose connects the mesh refuses: how long a refusal takes. A
+    /// refusal (ECONNREFUSED) is an op; a connect that succeeds is an error.
+    Refused,
 }
 
 impl Mode {
@@ -50,6 +53,7 @@ impl Mode {
             Mode::ConnRate => "conn-rate",
             Mode::Latency => "latency",
             Mode::Throughput => "throughput",
+            Mode::Refused => "refused",
         }
     }
 }
@@ -83,6 +87,7 @@ pub fn run(args: &LoadgenArgs) -> Result<()> {
                 Mode::ConnRate => conn_rate(target, measure_from, until),
                 Mode::Latency => latency(target, measure_from, until),
                 Mode::Throughput => throughput(target, measure_from, until),
+                Mode::Refused => refused(target, measure_from, until),
             })
         })
         .collect();
@@ -161,6 +166,32 @@ fn conn_rate(target: SocketAddr, measure_from: Instant, until: Instant) -> Resul
 }
 
 /// connect, one request, read the answer, then wait for the server's close (it closes first).
+fn refused(target: SocketAddr, measure_from: Instant, until: Instant) -> Result<Tally> {
+    let mut tally = new_tally()?;
+    loop {
+        let started = Instant::now();
+        if started >= until {
+            return Ok(tally);
+        }
+        let outcome = TcpStream::connect_timeout(&target, IO_TIMEOUT);
+        let took = started.elapsed();
+        if started < measure_from {
+            continue;
+        }
+        match outcome {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                tally.ops += 1;
+                tally.latency_ns.record(took.as_nanos() as u64)?;
+            }
+            Err(e) => tally.error("connect", e),
+            Ok(_) => tally.error(
+                "connect",
+                std::io::Error::other("connected: the mesh did not refuse"),
+            ),
+        }
+    }
+}
+
 fn one_connection(target: SocketAddr, request: &[u8; MSG_LEN]) -> std::io::Result<()> {
     let mut conn = TcpStream::connect_timeout(&target, IO_TIMEOUT)?;
     conn.set_nodelay(true)?;
@@ -281,5 +312,28 @@ mod tests {
         let bulk = throughput(backend.addr(), from, from + Duration::from_millis(200)).unwrap();
         assert!(bulk.errors == 0, "{:?}", bulk.first_error);
         assert!(bulk.ops >= BULK_CHUNK as u64, "{} bytes", bulk.ops);
+    }
+
+    #[test]
+    fn refused_mode_counts_refusals_and_calls_a_connect_an_error() {
+        // A loopback port nothing listens on answers with RST: ECONNREFUSED, as the mesh's
+        // refusals look to the caller.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let from = Instant::now();
+        let refusals = refused(closed, from, from + Duration::from_millis(100)).unwrap();
+        assert!(
+            refusals.ops > 0 && refusals.errors == 0,
+            "{:?}",
+            refusals.first_error
+        );
+        assert_eq!(refusals.latency_ns.len(), refusals.ops);
+        let backend = Backend::start("127.0.0.1").unwrap();
+        let from = Instant::now();
+        let open = refused(backend.addr(), from, from + Duration::from_millis(100)).unwrap();
+        assert_eq!(open.ops, 0);
+        assert!(open.errors > 0, "a connect that succeeds is an error");
     }
 }

@@ -11,9 +11,11 @@
 //!
 //! Besides the table: the kernel's run count and run time of the agents' programs
 //! (connect4, sock_ops, the global sched tracepoints), and, around each (b) connect-rate run,
-//! how many ring-buffer events the observing agent drained and lost (issue 3) and how much
+//! how many ring-buffer events the observing agent drained and lost and how much
 //! CPU the agent process used; after the rounds, the time the agent takes to apply a config
-//! of 10,000 services and to go back, and its memory (issue 7).
+//! of 10,000 services and to go back, and its memory; and how long a connect() the mesh
+//! refuses takes (fault injection at 100 %, the kernel path of an open circuit, shedding
+//! and limits; the circuit test only checks that such connects are refusals).
 //!
 //! Numbers are printed, never asserted: a benchmark on a shared 2-core machine is a
 //! comparison, not a test.
@@ -25,6 +27,7 @@ mod config_apply;
 mod haproxy;
 pub mod loadgen;
 mod proc_stats;
+mod refusal;
 mod report;
 mod same_node;
 
@@ -204,7 +207,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 interrupt::check()?;
                 let concurrency = match mode {
                     Mode::ConnRate => args.concurrency,
-                    Mode::Latency | Mode::Throughput => 1,
+                    Mode::Latency | Mode::Throughput | Mode::Refused => 1,
                 };
                 let drain_run = route == Route::Sockmesh && mode == Mode::ConnRate;
                 let counters_before = if drain_run {
@@ -262,12 +265,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     Mode::ConnRate => results.add_conn_rate(route, sample),
                     Mode::Latency => results.add_latency(route, sample),
                     Mode::Throughput => results.add_throughput(route, sample),
+                    // Not a round mode: measured once after the rounds (refusal.rs).
+                    Mode::Refused => {}
                 }
             }
         }
     }
     let rounds_wall_s = rounds_started.elapsed().as_secs_f64();
     let sched_after = sched_stats(&progs)?;
+    interrupt::check()?;
+    let refusal = refusal::measure(args, &agent, &cgroup, pins.path(), vip)?;
     interrupt::check()?;
     let same_node = same_node::measure(args, &agent, &cgroup)?;
     let bench_yaml = fs::read_to_string(&config)?;
@@ -325,6 +332,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     println!();
     print!("{}", report::drain_table(&drains, metrics));
+    println!();
+    print!("{refusal}");
     println!();
     print!("{same_node}");
     println!();
@@ -479,6 +488,8 @@ fn print_sample(round: usize, route: Route, mode: Mode, s: &Sample, connect4_mea
             s.ops_per_s / (1024.0 * 1024.0),
             s.errors
         ),
+        // Not a round mode; refusal.rs prints its own table.
+        Mode::Refused => {}
     }
 }
 

@@ -97,7 +97,24 @@ mod tests {
     #[test]
     fn reads_this_process() {
         let pid = std::process::id();
-        assert!(cpu_seconds(pid).unwrap() >= 0.0);
+        // Burn 0.1 s of this thread's CPU time (however long that takes on a busy machine);
+        // the process's tick-granular count (10 ms ticks) must then show most of it.
+        let thread_cpu = || {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: `ts` is a valid timespec for the call to fill.
+            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+            ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+        };
+        let start = thread_cpu();
+        let mut x = 0u64;
+        while thread_cpu() - start < 0.1 {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let cpu = cpu_seconds(pid).unwrap();
+        assert!(cpu >= 0.05, "{cpu} s of CPU after spinning 0.1 s");
         assert!(memory(pid).unwrap().rss_kib > 0);
     }
 }

@@ -1,4 +1,4 @@
-//! The same-node fast path against plain loopback TCP (issue 7): kept-alive request latency
+//! The same-node fast path against plain loopback TCP: kept-alive request latency
 //! with both ends under the observing agent's cgroup, the backend running inside the load
 //! generator's process (`loadgen --serve`) for both routes so only the path differs:
 //! (n1) the client dials the backend address itself (loopback TCP, sockmesh not involved);

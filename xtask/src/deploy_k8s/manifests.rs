@@ -16,7 +16,7 @@ pub const RULES: &str = crate::deploy_check::RULES;
 pub const CRD: &str = "deploy/k8s/crd-meshpolicy.yaml";
 pub const EXAMPLE_POLICY: &str = "deploy/examples/meshpolicy.yaml";
 
-/// What the agent container may add, and nothing else (issue 6: not privileged).
+/// What the agent container may add, and nothing else (the DaemonSet is not privileged).
 const AGENT_CAPABILITIES: &[&str] = &["BPF", "NET_ADMIN", "PERFMON"];
 
 const RULE_HEADER: &str = "\

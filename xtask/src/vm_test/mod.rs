@@ -15,7 +15,7 @@
 //! cgroup and pin directory of this process, removed again); the host's bpf-tests are not
 //! run (that is `cargo xtask test`).
 
-mod guest;
+pub(crate) mod guest;
 mod initramfs;
 mod kernel;
 mod qemu;
