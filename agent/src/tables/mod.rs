@@ -10,6 +10,7 @@ pub mod kernel;
 pub mod maglev;
 pub mod overlay;
 pub mod plan;
+pub mod policy;
 pub mod route;
 pub mod slots;
 

@@ -15,19 +15,16 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use sockmesh_common::{
-    pick::{LB_MAGLEV, LB_ROUND_ROBIN, LB_WEIGHTED_RANDOM},
     BackendEntry, ServiceCaller, ServiceEntry, ServiceKey, SlotTableKey, CALLER_CLASS_DEFAULT,
-    MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS, SERVICE_CLASS_TABLES,
-    SERVICE_ENROLLED_ONLY, SERVICE_SAME_NODE,
+    MAX_BACKENDS, MAX_SERVICES, SERVICE_CLASS_TABLES, SERVICE_ENROLLED_ONLY, SERVICE_SAME_NODE,
 };
-use sockmesh_control::{Enrollment, LbPolicy, MeshConfig};
+use sockmesh_control::{Enrollment, MeshConfig};
 
 use super::{
     addr::{backend_entry, service_key},
-    maglev::maglev_table,
     overlay::{service_entry, Overlay},
+    policy,
     route::{service_classes, Node},
-    slots::weighted_sequence,
 };
 
 /// A slot table as the agent tracks it: only the used slots.
@@ -356,28 +353,8 @@ pub fn plan_for(
         // Banned backends (and those awaiting a probe) keep their ids but get no slot, in
         // every class's table.
         let (weights, classes) = service_classes(spec, &ov.excluded, &config.workloads, node);
-        let lb = match spec.lb {
-            LbPolicy::WeightedRandom => LB_WEIGHTED_RANDOM,
-            LbPolicy::RoundRobin => LB_ROUND_ROBIN,
-            LbPolicy::Maglev => LB_MAGLEV,
-        };
-        let build = |weights: &[u32]| -> Vec<u32> {
-            let order = match spec.lb {
-                LbPolicy::WeightedRandom | LbPolicy::RoundRobin => {
-                    weighted_sequence(weights, MAX_SLOTS)
-                }
-                LbPolicy::Maglev => {
-                    let named: Vec<(Vec<u8>, u32)> = spec
-                        .backends
-                        .iter()
-                        .zip(weights)
-                        .map(|(b, w)| (b.addr.to_string().into_bytes(), *w))
-                        .collect();
-                    maglev_table(&named, MAGLEV_TABLE_SIZE)
-                }
-            };
-            order.iter().map(|i| ids[*i]).collect()
-        };
+        let lb = policy::of(spec.lb);
+        let build = |weights: &[u32]| -> Vec<u32> { lb.table(&spec.backends, &ids, weights) };
         let slots = build(&weights);
         // Classes whose table comes out the same as class 0's get none: the kernel falls
         // back to class 0. Workloads with the same weights share one computation.
@@ -411,7 +388,7 @@ pub fn plan_for(
                 }
             }
         }
-        let mut entry = service_entry(id, lb, spec, &ov);
+        let mut entry = service_entry(id, lb.code(), spec, &ov);
         if !class_tables.is_empty() {
             entry.flags |= SERVICE_CLASS_TABLES;
         }
@@ -429,7 +406,7 @@ pub fn plan_for(
             .map(|(class, table)| {
                 let mut counts: BTreeMap<String, usize> = BTreeMap::new();
                 for (b, bid) in spec.backends.iter().zip(&ids) {
-                    let n = table.iter().filter(|s| *s == bid).count();
+                    let n = lb.routed(table).iter().filter(|s| *s == bid).count();
                     if n > 0 {
                         counts.insert(b.addr.to_string(), n);
                     }
@@ -457,7 +434,7 @@ pub fn plan_for(
                     addr: b.addr.to_string(),
                     weight: b.weight,
                     id: *bid,
-                    slots: slots.iter().filter(|s| *s == bid).count(),
+                    slots: lb.routed(&slots).iter().filter(|s| *s == bid).count(),
                 })
                 .collect(),
             classes: class_views,
