@@ -18,5 +18,5 @@ pub mod signals;
 
 pub use addr::{FAMILY_INET, FAMILY_INET6};
 pub use maps::*;
-pub use pick::{caller_hash, least_conn_pick, pick_slot};
+pub use pick::{caller_hash, pick_slot};
 pub use signals::*;

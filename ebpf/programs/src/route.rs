@@ -16,8 +16,8 @@ use aya_ebpf::{
 };
 use sockmesh_common::{
     addr::{is_v4_mapped, v4_mapped_words},
-    caller_hash, least_conn_pick,
-    pick::{LB_LEAST_CONN, LB_MAGLEV, LB_ROUND_ROBIN, LB_WEIGHTED_RANDOM},
+    caller_hash,
+    pick::{least_conn_pick, LB_LEAST_CONN, LB_MAGLEV, LB_ROUND_ROBIN, LB_WEIGHTED_RANDOM},
     pick_slot, BackendEntry, ServiceEntry, ServiceKey, SlotTable, SlotTableKey, SockStamp,
     CALLER_CLASS_DEFAULT, FAMILY_INET, FAMILY_INET6, MAX_SLOTS, SERVICE_CLASS_TABLES,
     UNKNOWN_POLICY_SLOT,
@@ -270,7 +270,7 @@ unsafe fn pick_backend(
 }
 
 /// Least-conn over a table `[id_0..id_{n-1}, w_0..w_{n-1}]`: the decision is
-/// `sockmesh_common::least_conn_pick` (exact scan up to `LC_SCAN_MAX` backends, two choices
+/// `sockmesh_common::pick::least_conn_pick` (exact scan up to `LC_SCAN_MAX` backends, two choices
 /// above), fed with the live per-backend counts; the winner's count is taken at once so a
 /// burst of concurrent connects sees its own picks.
 fn least_conn(table: &SlotTable) -> Option<(u32, &'static BackendEntry, u32)> {

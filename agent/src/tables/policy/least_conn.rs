@@ -1,6 +1,6 @@
 //! `least_conn`: the kernel sends each connect to the backend with the fewest active
 //! connections relative to its weight, from per-backend counts it keeps itself
-//! (`SM_BACKEND_CONNS`); the decision is `sockmesh_common::least_conn_pick`.
+//! (`SM_BACKEND_CONNS`); the decision is `sockmesh_common::pick::least_conn_pick`.
 //!
 //! The table is `[id_0..id_{n-1}, w_0..w_{n-1}]`: the class's backends with a positive
 //! weight, then their weights, so the table diff and atomic swap are those of every policy.
