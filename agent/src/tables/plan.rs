@@ -295,6 +295,9 @@ pub fn plan_for(
 
     let mut upsert_backends = BTreeMap::new();
     let mut tables = Vec::new();
+    // Final tables of services whose table layout changes with their policy: written after
+    // the service entries (bridge tables come before), see `policy::bridge`.
+    let mut reformatted = Vec::new();
     let mut services = Vec::new();
     let mut wanted_backends = BTreeSet::new();
     let mut wanted_services = BTreeSet::new();
@@ -366,6 +369,14 @@ pub fn plan_for(
                 class_tables.push((class, table.clone()));
             }
         }
+        // A policy change that changes how the kernel reads the table (ids only, or
+        // least_conn's ids and weights) cannot be one write: the entry and its tables are
+        // separate. Such a service's tables go bridge -> entry -> final.
+        let reformat = actual
+            .services
+            .get(&key)
+            .and_then(|old| policy::by_code(old.lb))
+            .is_some_and(|old| old.ids_only() != lb.ids_only());
         for (class, table) in std::iter::once((CALLER_CLASS_DEFAULT, &slots))
             .chain(class_tables.iter().map(|(c, t)| (*c, t)))
         {
@@ -377,8 +388,21 @@ pub fn plan_for(
             match actual.tables.get(&table_key) {
                 Some(t) if t.slots == *table => {}
                 existing => {
-                    let generation = existing.map_or(1, |t| t.generation.wrapping_add(1));
-                    tables.push(Write::UpsertTable(
+                    let mut generation = existing.map_or(1, |t| t.generation.wrapping_add(1));
+                    let last = if reformat {
+                        tables.push(Write::UpsertTable(
+                            table_key,
+                            TableState {
+                                generation,
+                                slots: policy::bridge(lb.routed(table)),
+                            },
+                        ));
+                        generation = generation.wrapping_add(1);
+                        &mut reformatted
+                    } else {
+                        &mut tables
+                    };
+                    last.push(Write::UpsertTable(
                         table_key,
                         TableState {
                             generation,
@@ -386,6 +410,28 @@ pub fn plan_for(
                         },
                     ));
                 }
+            }
+        }
+        if let Some(old) = actual
+            .services
+            .get(&key)
+            .and_then(|old| policy::by_code(old.lb))
+            .filter(|_| reformat)
+        {
+            // Class tables this plan deletes (after the entry) may still be read by the new
+            // entry until then: bridge them too, keeping their backends.
+            for (table_key, t) in actual
+                .tables
+                .iter()
+                .filter(|(k, _)| k.service_id == id && !wanted_tables.contains(k))
+            {
+                tables.push(Write::UpsertTable(
+                    *table_key,
+                    TableState {
+                        generation: t.generation.wrapping_add(1),
+                        slots: policy::bridge(old.routed(&t.slots)),
+                    },
+                ));
             }
         }
         let mut entry = service_entry(id, lb.code(), spec, &ov);
@@ -487,6 +533,7 @@ pub fn plan_for(
     );
     writes.extend(tables);
     writes.extend(services);
+    writes.extend(reformatted);
     writes.extend(
         actual
             .acl

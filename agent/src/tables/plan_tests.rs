@@ -472,3 +472,37 @@ fn least_conn_tables_hold_ids_then_weights_and_views_count_backends() {
     apply_all(&mut state, &p.writes);
     assert_eq!(state.tables[&key].slots, vec![ids[0], 1]);
 }
+
+#[test]
+fn switching_to_and_from_least_conn_bridges_the_table_around_the_entry() {
+    let backends = [("127.0.0.2:81", 1), ("127.0.0.3:81", 3)];
+    let rr = config(vec![service(
+        "s",
+        "127.100.0.1",
+        LbPolicy::RoundRobin,
+        &backends,
+    )]);
+    let lc = config(vec![service(
+        "s",
+        "127.100.0.1",
+        LbPolicy::LeastConn,
+        &backends,
+    )]);
+    let mut state = KernelState::default();
+    let first = plan(&rr, &Overlay::new(), &state).unwrap();
+    apply_all(&mut state, &first.writes);
+    for to in [&lc, &rr] {
+        let writes = plan(to, &Overlay::new(), &state).unwrap().writes;
+        let kinds: Vec<&str> = writes
+            .iter()
+            .map(|w| match w {
+                Write::UpsertTable(..) => "table",
+                Write::UpsertService(..) => "service",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["table", "service", "table"], "{writes:?}");
+        // apply_all checks every prefix under the entry's own policy.
+        apply_all(&mut state, &writes);
+    }
+}

@@ -36,6 +36,10 @@ impl Policy for LeastConn {
     fn routed<'t>(&self, table: &'t [u32]) -> &'t [u32] {
         &table[..table.len() / 2]
     }
+
+    fn ids_only(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ mod maglev;
 mod round_robin;
 mod weighted_random;
 
+use sockmesh_common::MAX_SLOTS;
 use sockmesh_control::{BackendSpec, LbPolicy};
 
 pub use least_conn::LeastConn;
@@ -37,6 +38,27 @@ pub trait Policy: Sync {
     fn routed<'t>(&self, table: &'t [u32]) -> &'t [u32] {
         table
     }
+
+    /// Whether the kernel reads every slot of this policy's tables as a backend id. Policies
+    /// that agree here can switch tables and entry in any order; see [`bridge`].
+    fn ids_only(&self) -> bool {
+        true
+    }
+}
+
+/// A table both layouts route correctly with, for a policy switch that changes the layout:
+/// `ids` (the new table's backends, [`Policy::routed`]) twice. Read as ids only, it holds only
+/// new backends (in the new proportions); read as least_conn's `[ids, weights]`, its id half
+/// is `ids` (the "weights" are ids: the split is off for the moment of the switch, never the
+/// choice of backends). Too long to double (an ids-only table over 512 slots), the table
+/// itself already reads safely both ways. The plan writes it, then the entry, then the real
+/// table, so a connect between any two writes routes to a backend of the service.
+pub fn bridge(ids: &[u32]) -> Vec<u32> {
+    if ids.len() * 2 <= MAX_SLOTS {
+        ids.iter().chain(ids).copied().collect()
+    } else {
+        ids.to_vec()
+    }
 }
 
 /// The module of `lb`.
@@ -49,9 +71,7 @@ pub fn of(lb: LbPolicy) -> &'static dyn Policy {
     }
 }
 
-/// The policy a kernel code stands for; `None` for a code no policy writes. (Tests read
-/// tables back through it; the agent itself always knows the policy from the config.)
-#[cfg(test)]
+/// The policy a kernel code stands for; `None` for a code no policy writes.
 pub fn by_code(code: u32) -> Option<&'static dyn Policy> {
     LbPolicy::ALL
         .iter()
