@@ -143,8 +143,8 @@ impl<K: Copy> Best<K> {
 /// (what is returned if it wins: an index in tests, a backend id in the kernel), its active
 /// connections and its weight; `seed` is a random number. With `n <= LC_SCAN_MAX` every
 /// backend is compared and a minimum-load one is returned; above that, two distinct backends
-/// are drawn and the lighter one wins (ties by weight again). Returns `None` when `n` is 0,
-/// above [`LEAST_CONN_MAX_BACKENDS`], or every weight is 0.
+/// are drawn and the lighter one wins (ties by weight again); a weight of 0 never wins over a
+/// positive one. Returns `None` when `n` is 0 or above [`LEAST_CONN_MAX_BACKENDS`].
 ///
 /// Pure (the kernel passes map reads in `load`) so it is tested natively; the loop is bounded
 /// by [`LC_SCAN_MAX`] for the verifier.
@@ -185,11 +185,9 @@ pub fn least_conn_pick<K: Copy, F: FnMut(u32) -> (K, u64, u32)>(
         best.offer(key, count, weight);
         best
     };
-    if best.weight == 0 {
-        None
-    } else {
-        Some(best.key)
-    }
+    // No "every weight was 0" test: it would be a branch the verifier can decide from
+    // ranges (see `rem_nonzero`), and the agent never writes a weight of 0 into a table.
+    Some(best.key)
 }
 
 #[cfg(test)]
@@ -240,7 +238,8 @@ mod tests {
         // Relative to weight: 3 connections on weight 3 are lighter than 2 on weight 1.
         assert_eq!(pick(&[2, 3], &[1, 3], 7), Some(1));
         assert_eq!(pick(&[], &[], 7), None);
-        assert_eq!(pick(&[0, 0], &[0, 0], 7), None);
+        // All weights 0 (the agent never writes that): the first backend, not a refusal.
+        assert_eq!(pick(&[0, 0], &[0, 0], 7), Some(0));
         // A zero weight is never picked, however idle.
         assert_eq!(pick(&[9, 0], &[1, 0], 7), Some(0));
     }

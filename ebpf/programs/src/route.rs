@@ -280,13 +280,15 @@ fn least_conn(table: &SlotTable) -> Option<(u32, &'static BackendEntry, u32)> {
     let load = |i: u32| {
         let id = table.slots[masked(i as usize, MAX_SLOTS)];
         let weight = table.slots[masked((n + i) as usize, MAX_SLOTS)];
-        let count = match BACKEND_CONNS.get_ptr(id) {
+        match BACKEND_CONNS.get_ptr(id) {
             // SAFETY: array element, 8-byte aligned, lives as long as the map; other CPUs
             // update it atomically, a plain aligned load sees one value or the other.
-            Some(c) => unsafe { read_volatile(c) },
-            None => 0,
-        };
-        (id, count, weight)
+            Some(c) => (id, unsafe { read_volatile(c) }, weight),
+            // An id beyond the array (never written by the agent): weight 0, never picked
+            // over a counted backend. Not a made-up count, which the verifier would track
+            // as a constant through every later comparison.
+            None => (id, 0, 0),
+        }
     };
     let id = least_conn_pick(n, load, seed)?;
     // SAFETY: a non-preallocated hash element stays valid for the program's run (RCU).
