@@ -41,7 +41,7 @@
 //! | `restart.rs` | SIGTERM, routing while down, adoption | 18210-18211 |
 //! | `cli.rs` | `check`, `cleanup` | 18220-18221 |
 //! | `ipv6.rs` | `fd00::100` in a netns of its own | 80-81, 8081 in the netns |
-//! | `least_conn.rs` (issue 15) | busy backend avoided, 1:3 split at equal load (v4, v6), unknown policy code refused | 18230-18239, VIPs 127.100.14.x; 80-81, 8081 in its netns |
+//! | `least_conn.rs` (issue 15) | busy backend avoided, 1:3 split at equal load (v4, v6), two choices over 20 backends, unknown policy code refused | 18230-18239, VIPs 127.100.14.x; 80-81, 8081 in its netns |
 //!
 //! | file (issue 3) | what it shows | ports |
 //! | --- | --- | --- |

@@ -12,6 +12,8 @@
 //!   ~1 point).
 //! - Both on IPv4 (127.0.0.0/8 backends, VIPs 127.100.14.x) and on IPv6 (`fd00::` inside a
 //!   network namespace of the test's own, as in ipv6.rs).
+//! - Two choices: 20 backends (above `LC_SCAN_MAX`), one holding 30 connections: it never
+//!   wins a pair, so it gets none of 400 connects and the 19 idle ones all get some.
 //! - Unknown policy: `lb` of a pinned `SM_SERVICES` entry rewritten to 77 (bpftool): every
 //!   connect fails with ECONNREFUSED, no backend accepts anything, and
 //!   `sockmesh_unknown_policy_connects_total` and `result="no_backend"` rise by exactly the
@@ -156,6 +158,48 @@ fn busy_then_split(name: &str, ns: Option<&Netns>, x: &Addrs) {
     for id in [id_a, id_b, id_c, id_d] {
         wait_count(&conns, id, 0);
     }
+}
+
+/// Above `LC_SCAN_MAX` (16) backends the kernel uses two distinct random choices: a busy
+/// backend is drawn in some pairs but always loses to an idle partner, so it gets nothing,
+/// and the idle ones all get connects.
+#[test]
+fn least_conn_two_choices_above_the_scan_cutoff_never_pick_the_busy_backend() {
+    let backends: Vec<SocketAddr> = (10..30)
+        .map(|h| addr(&format!("127.0.0.{h}:18236")))
+        .collect();
+    let vip = addr("127.100.14.4:18237");
+    let busy = backends[0];
+    let mesh = |set: &[SocketAddr]| {
+        ServiceYaml::mesh(&[
+            ServiceYaml::new("wide", vip, "least_conn").backends(set, &vec![1; set.len()])
+        ])
+    };
+    let set = TcpBackendSet::start(&backends, BackendMode::Identify).unwrap();
+    let mut bed = TestBed::start("least-conn-p2c", &mesh(&[busy])).unwrap();
+    let conns = pin(&bed, BACKEND_CONNS_MAP);
+    let status = bed.agent().status().unwrap();
+    let id_busy = backend_id(&status, "wide", busy);
+    let mut holder = Caller::spawn("holder", bed.cgroup(), vip).unwrap();
+    let held = holder
+        .connect(&Connects::new(30).hold().no_identify())
+        .unwrap();
+    assert_eq!(held.ok_count(), 30, "{:?}", held.failures());
+    wait_count(&conns, id_busy, 30);
+
+    bed.apply_config(&mesh(&backends)).unwrap();
+    let report = ConnectClient::new(vip, BUSY_CONNECTS)
+        .run(Some(bed.cgroup()), None)
+        .unwrap();
+    report.assert_all_ok("least_conn connects over 20 backends");
+    let seen = counts_by_backend(&report.backend_counts(), &backends);
+    eprintln!("two choices, 20 backends, #0 holds 30: {BUSY_CONNECTS} connects went {seen:?}");
+    assert_eq!(seen.iter().sum::<u64>(), BUSY_CONNECTS as u64, "{seen:?}");
+    assert_eq!(seen[0], 0, "the busy backend lost every pair: {seen:?}");
+    // 400 connects over 19 idle backends: each gets some (an empty one has odds ~1e-8).
+    assert!(seen[1..].iter().all(|n| *n > 0), "{seen:?}");
+    drop(holder);
+    wait_count(&conns, id_busy, 0);
 }
 
 #[test]
