@@ -196,6 +196,14 @@ fn least_conn_two_choices_above_the_scan_cutoff_never_pick_the_busy_backend() {
     eprintln!("two choices, 20 backends, #0 holds 30: {BUSY_CONNECTS} connects went {seen:?}");
     assert_eq!(seen.iter().sum::<u64>(), BUSY_CONNECTS as u64, "{seen:?}");
     assert_eq!(seen[0], 0, "the busy backend lost every pair: {seen:?}");
+    wait_until("the busy backend accepted the held connections", || {
+        set.backends()[0].accepts() == 30
+    });
+    assert_eq!(
+        set.accepts()[1..],
+        seen[1..],
+        "accept counters vs client view"
+    );
     // 400 connects over 19 idle backends: each gets some (an empty one has odds ~1e-8).
     assert!(seen[1..].iter().all(|n| *n > 0), "{seen:?}");
     drop(holder);
