@@ -32,6 +32,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::cgroup::Cgroup2;
+use crate::netns::Netns;
 
 /// Concurrent connection loops in [`Caller::echo`]: a connection stalled by injected loss
 /// (RTO backoff) holds back one loop, not all traffic.
@@ -40,6 +41,7 @@ pub const ECHO_WORKERS: usize = 4;
 const CALLER_PY: &str = r#"
 import json, os, socket, sys, threading, time
 target = (sys.argv[1], int(sys.argv[2]))
+fam = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
 held = []
 
 def describe(e):
@@ -61,7 +63,7 @@ def read_line(s):
 def one(timeout, proto, hold):
     r = {'t': time.time(), 'connect_us': None, 'errno': None, 'error': None,
          'stage': None, 'backend': None}
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s = socket.socket(fam, socket.SOCK_STREAM)
     s.settimeout(timeout)
     stage = 'connect'
     keep = False
@@ -114,7 +116,7 @@ def echo_one(c):
     n_bytes, chunk = int(c['bytes']), int(c.get('chunk', 1024))
     pattern = bytes(range(256)) * (chunk // 256 + 1)
     r = {'t': time.time(), 'backend': None, 'echoed': 0, 'error': None}
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s = socket.socket(fam, socket.SOCK_STREAM)
     s.settimeout(float(c.get('timeout', 10.0)))
     try:
         s.connect(target)
@@ -377,7 +379,20 @@ pub struct Caller {
 impl Caller {
     /// Starts a caller of `target` inside `cgroup`; `name` labels its errors.
     pub fn spawn(name: &str, cgroup: &Cgroup2, target: SocketAddr) -> Result<Self> {
-        let mut cmd = Command::new("python3");
+        Self::spawn_in(name, cgroup, None, target)
+    }
+
+    /// [`Caller::spawn`], inside `netns` if given (for addresses that exist only there).
+    pub fn spawn_in(
+        name: &str,
+        cgroup: &Cgroup2,
+        netns: Option<&Netns>,
+        target: SocketAddr,
+    ) -> Result<Self> {
+        let mut cmd = match netns {
+            Some(ns) => ns.command("python3"),
+            None => Command::new("python3"),
+        };
         cmd.arg("-c")
             .arg(CALLER_PY)
             .arg(target.ip().to_string())

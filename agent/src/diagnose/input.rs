@@ -221,6 +221,7 @@ mod tests {
             workloads: vec![sample("front"), sample("db"), sample("bystander")],
             events_lost: 0,
             unenrolled_connects: 0,
+            unknown_policy_connects: 0,
             same_node: Default::default(),
         }
     }

@@ -32,6 +32,8 @@ pub(crate) struct KernelSnapshot {
     pub events_lost: u64,
     /// Connects to a VIP from callers that are not enrolled (`enrollment: workloads`).
     pub unenrolled_connects: u64,
+    /// Connects refused because the service entry's policy code is unknown to the programs.
+    pub unknown_policy_connects: u64,
     pub same_node: SameNodeCounters,
 }
 
@@ -163,6 +165,14 @@ impl Collector for KernelCollector {
             MetricType::Counter,
         )?;
         ConstCounter::new(snap.unenrolled_connects).encode(m)?;
+        let m = enc.encode_descriptor(
+            "unknown_policy_connects",
+            "Connects refused (result no_backend) because the service entry names a \
+             load-balancing policy code the kernel programs do not know",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(snap.unknown_policy_connects).encode(m)?;
         let same_node: [(&str, &str, u64); 3] = [
             (
                 "same_node_pairs",

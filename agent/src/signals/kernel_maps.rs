@@ -9,7 +9,8 @@ use sockmesh_common::{
     BackendKey, BackendTcpStats, CallerEntry, RunqHist, BACKEND_STATS_MAP, CALLERS_MAP,
     CALLER_CONNS_MAP, KERNEL_COUNTERS_MAP, LOST_EVENTS_SLOT, MAX_BACKEND_STATS, RUNQ_HIST_MAP,
     SAME_NODE_BYTES_SLOT, SAME_NODE_FALLBACKS_SLOT, SAME_NODE_PAIRS_SLOT, SAME_NODE_PENDING_MAP,
-    SAME_NODE_SOCKS_MAP, SAME_NODE_TCP_MAP, SOCK_STAMPS_MAP, UNENROLLED_SLOT, WORKLOAD_TIDS_MAP,
+    SAME_NODE_SOCKS_MAP, SAME_NODE_TCP_MAP, SOCK_STAMPS_MAP, UNENROLLED_SLOT, UNKNOWN_POLICY_SLOT,
+    WORKLOAD_TIDS_MAP,
 };
 
 use super::map_count::{walk_batch, CountedMap, CountedMaps};
@@ -155,6 +156,12 @@ impl SignalMaps {
     /// Connects to a VIP the kernel left untouched: the caller is not enrolled.
     pub(crate) fn unenrolled_connects(&self) -> u64 {
         self.counter(UNENROLLED_SLOT)
+    }
+
+    /// Connects refused because the service entry names a policy code the programs do not
+    /// know (never one the agent wrote).
+    pub(crate) fn unknown_policy_connects(&self) -> u64 {
+        self.counter(UNKNOWN_POLICY_SLOT)
     }
 
     /// Same-node fast path counters (kernel slots), summed over CPUs.

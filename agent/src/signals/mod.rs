@@ -319,6 +319,7 @@ impl Signals {
             .collect();
         let events_lost = maps.events_lost();
         let unenrolled_connects = maps.unenrolled_connects();
+        let unknown_policy_connects = maps.unknown_policy_connects();
         let same_node = maps.same_node();
         drop(maps);
         self.record_pressure(tids, callers, backend_stats);
@@ -346,6 +347,7 @@ impl Signals {
             workloads: samples,
             events_lost,
             unenrolled_connects,
+            unknown_policy_connects,
             same_node,
         };
         inner.diag.on_kernel(now, &snapshot);

@@ -10,6 +10,7 @@ pub(crate) mod kernel;
 pub(crate) mod maglev;
 pub(crate) mod overlay;
 pub(crate) mod plan;
+pub(crate) mod policy;
 pub(crate) mod route;
 pub(crate) mod slots;
 

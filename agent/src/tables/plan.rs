@@ -15,19 +15,16 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use sockmesh_common::{
-    pick::{LB_MAGLEV, LB_ROUND_ROBIN, LB_WEIGHTED_RANDOM},
     BackendEntry, ServiceCaller, ServiceEntry, ServiceKey, SlotTableKey, CALLER_CLASS_DEFAULT,
-    MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, MAX_SLOTS, SERVICE_CLASS_TABLES,
-    SERVICE_ENROLLED_ONLY, SERVICE_SAME_NODE,
+    MAX_BACKENDS, MAX_SERVICES, SERVICE_CLASS_TABLES, SERVICE_ENROLLED_ONLY, SERVICE_SAME_NODE,
 };
-use sockmesh_model::{Enrollment, LbPolicy, MeshConfig};
+use sockmesh_model::{Enrollment, MeshConfig};
 
 use super::{
     addr::{backend_entry, service_key},
-    maglev::maglev_table,
     overlay::{service_entry, Overlay},
+    policy,
     route::{service_classes, Node},
-    slots::weighted_sequence,
 };
 
 /// A slot table as the agent tracks it: only the used slots.
@@ -298,6 +295,9 @@ pub(crate) fn plan_for(
 
     let mut upsert_backends = BTreeMap::new();
     let mut tables = Vec::new();
+    // Final tables of services whose table layout changes with their policy: written after
+    // the service entries (bridge tables come before), see `policy::bridge`.
+    let mut reformatted = Vec::new();
     let mut services = Vec::new();
     let mut wanted_backends = BTreeSet::new();
     let mut wanted_services = BTreeSet::new();
@@ -356,28 +356,8 @@ pub(crate) fn plan_for(
         // Banned backends (and those awaiting a probe) keep their ids but get no slot, in
         // every class's table.
         let (weights, classes) = service_classes(spec, &ov.excluded, &config.workloads, node);
-        let lb = match spec.lb {
-            LbPolicy::WeightedRandom => LB_WEIGHTED_RANDOM,
-            LbPolicy::RoundRobin => LB_ROUND_ROBIN,
-            LbPolicy::Maglev => LB_MAGLEV,
-        };
-        let build = |weights: &[u32]| -> Vec<u32> {
-            let order = match spec.lb {
-                LbPolicy::WeightedRandom | LbPolicy::RoundRobin => {
-                    weighted_sequence(weights, MAX_SLOTS)
-                }
-                LbPolicy::Maglev => {
-                    let named: Vec<(Vec<u8>, u32)> = spec
-                        .backends
-                        .iter()
-                        .zip(weights)
-                        .map(|(b, w)| (b.addr.to_string().into_bytes(), *w))
-                        .collect();
-                    maglev_table(&named, MAGLEV_TABLE_SIZE)
-                }
-            };
-            order.iter().map(|i| ids[*i]).collect()
-        };
+        let lb = policy::of(spec.lb);
+        let build = |weights: &[u32]| -> Vec<u32> { lb.table(&spec.backends, &ids, weights) };
         let slots = build(&weights);
         // Classes whose table comes out the same as class 0's get none: the kernel falls
         // back to class 0. Workloads with the same weights share one computation.
@@ -389,6 +369,14 @@ pub(crate) fn plan_for(
                 class_tables.push((class, table.clone()));
             }
         }
+        // A policy change that changes how the kernel reads the table (ids only, or
+        // least_conn's ids and weights) cannot be one write: the entry and its tables are
+        // separate. Such a service's tables go bridge -> entry -> final.
+        let reformat = actual
+            .services
+            .get(&key)
+            .and_then(|old| policy::by_code(old.lb))
+            .is_some_and(|old| old.ids_only() != lb.ids_only());
         for (class, table) in std::iter::once((CALLER_CLASS_DEFAULT, &slots))
             .chain(class_tables.iter().map(|(c, t)| (*c, t)))
         {
@@ -400,8 +388,21 @@ pub(crate) fn plan_for(
             match actual.tables.get(&table_key) {
                 Some(t) if t.slots == *table => {}
                 existing => {
-                    let generation = existing.map_or(1, |t| t.generation.wrapping_add(1));
-                    tables.push(Write::UpsertTable(
+                    let mut generation = existing.map_or(1, |t| t.generation.wrapping_add(1));
+                    let last = if reformat {
+                        tables.push(Write::UpsertTable(
+                            table_key,
+                            TableState {
+                                generation,
+                                slots: policy::bridge(lb.routed(table)),
+                            },
+                        ));
+                        generation = generation.wrapping_add(1);
+                        &mut reformatted
+                    } else {
+                        &mut tables
+                    };
+                    last.push(Write::UpsertTable(
                         table_key,
                         TableState {
                             generation,
@@ -411,7 +412,29 @@ pub(crate) fn plan_for(
                 }
             }
         }
-        let mut entry = service_entry(id, lb, spec, &ov);
+        if let Some(old) = actual
+            .services
+            .get(&key)
+            .and_then(|old| policy::by_code(old.lb))
+            .filter(|_| reformat)
+        {
+            // Class tables this plan deletes (after the entry) may still be read by the new
+            // entry until then: bridge them too, keeping their backends.
+            for (table_key, t) in actual
+                .tables
+                .iter()
+                .filter(|(k, _)| k.service_id == id && !wanted_tables.contains(k))
+            {
+                tables.push(Write::UpsertTable(
+                    *table_key,
+                    TableState {
+                        generation: t.generation.wrapping_add(1),
+                        slots: policy::bridge(old.routed(&t.slots)),
+                    },
+                ));
+            }
+        }
+        let mut entry = service_entry(id, lb.code(), spec, &ov);
         if !class_tables.is_empty() {
             entry.flags |= SERVICE_CLASS_TABLES;
         }
@@ -429,7 +452,7 @@ pub(crate) fn plan_for(
             .map(|(class, table)| {
                 let mut counts: BTreeMap<String, usize> = BTreeMap::new();
                 for (b, bid) in spec.backends.iter().zip(&ids) {
-                    let n = table.iter().filter(|s| *s == bid).count();
+                    let n = lb.routed(table).iter().filter(|s| *s == bid).count();
                     if n > 0 {
                         counts.insert(b.addr.to_string(), n);
                     }
@@ -457,7 +480,7 @@ pub(crate) fn plan_for(
                     addr: b.addr.to_string(),
                     weight: b.weight,
                     id: *bid,
-                    slots: slots.iter().filter(|s| *s == bid).count(),
+                    slots: lb.routed(&slots).iter().filter(|s| *s == bid).count(),
                 })
                 .collect(),
             classes: class_views,
@@ -510,6 +533,7 @@ pub(crate) fn plan_for(
     );
     writes.extend(tables);
     writes.extend(services);
+    writes.extend(reformatted);
     writes.extend(
         actual
             .acl

@@ -58,7 +58,8 @@ fn assert_consistent(state: &KernelState) {
             .tables
             .get(&tk)
             .unwrap_or_else(|| panic!("service {key:?} has no table"));
-        for id in &table.slots {
+        let policy = crate::tables::policy::by_code(svc.lb).expect("a known policy code");
+        for id in policy.routed(&table.slots) {
             assert!(
                 state.backends.contains_key(id),
                 "slot names missing backend {id}"
@@ -240,7 +241,11 @@ fn ipv6_service_gets_its_own_key() {
 
 fn arb_config() -> impl Strategy<Value = MeshConfig> {
     let backend = (2u8..12, 0u32..5).prop_map(|(host, w)| (format!("127.0.0.{host}:81"), w));
-    let svc = (0u8..6, prop::collection::vec(backend, 1..6), 0u8..3);
+    let svc = (
+        0u8..6,
+        prop::collection::vec(backend, 1..6),
+        prop::sample::select(LbPolicy::ALL),
+    );
     prop::collection::vec(svc, 0..6).prop_map(|services| {
         let mut seen = std::collections::BTreeSet::new();
         let specs = services
@@ -252,11 +257,6 @@ fn arb_config() -> impl Strategy<Value = MeshConfig> {
                 if backends.iter().all(|b| b.1 == 0) {
                     backends[0].1 = 1;
                 }
-                let lb = [
-                    LbPolicy::WeightedRandom,
-                    LbPolicy::RoundRobin,
-                    LbPolicy::Maglev,
-                ][lb as usize];
                 let refs: Vec<(&str, u32)> =
                     backends.iter().map(|(a, w)| (a.as_str(), *w)).collect();
                 service(&format!("s{vip}"), &format!("127.100.0.{vip}"), lb, &refs)
@@ -430,4 +430,79 @@ fn a_switch_that_would_overflow_halfway_is_rejected_before_any_write() {
     // Keeping most of the old services is fine.
     let overlap = many_services(100, half, &backends);
     assert!(plan(&overlap, &Overlay::new(), &state).is_ok());
+}
+
+#[test]
+fn least_conn_tables_hold_ids_then_weights_and_views_count_backends() {
+    let cfg = config(vec![service(
+        "lc",
+        "127.100.0.1",
+        LbPolicy::LeastConn,
+        &[
+            ("127.0.0.2:81", 1),
+            ("127.0.0.3:81", 0),
+            ("127.0.0.4:81", 3),
+        ],
+    )]);
+    let mut state = KernelState::default();
+    let p = plan(&cfg, &Overlay::new(), &state).unwrap();
+    apply_all(&mut state, &p.writes);
+    let svc = state.services.values().next().unwrap();
+    assert_eq!(svc.lb, sockmesh_common::pick::LB_LEAST_CONN);
+    let view = &p.views[0];
+    assert_eq!(view.lb, "least_conn");
+    let ids: Vec<u32> = view.backends.iter().map(|b| b.id).collect();
+    let key = SlotTableKey {
+        service_id: svc.id,
+        caller_class: CALLER_CLASS_DEFAULT,
+    };
+    assert_eq!(state.tables[&key].slots, vec![ids[0], ids[2], 1, 3]);
+    let slots: Vec<usize> = view.backends.iter().map(|b| b.slots).collect();
+    assert_eq!(slots, [1, 0, 1]);
+    // A ban takes the backend's id and its weight out together.
+    let mut overlay = Overlay::new();
+    overlay.insert(
+        "lc".into(),
+        ServiceOverlay {
+            excluded: ["127.0.0.4:81".parse().unwrap()].into(),
+            ..Default::default()
+        },
+    );
+    let p = plan(&cfg, &overlay, &state).unwrap();
+    apply_all(&mut state, &p.writes);
+    assert_eq!(state.tables[&key].slots, vec![ids[0], 1]);
+}
+
+#[test]
+fn switching_to_and_from_least_conn_bridges_the_table_around_the_entry() {
+    let backends = [("127.0.0.2:81", 1), ("127.0.0.3:81", 3)];
+    let rr = config(vec![service(
+        "s",
+        "127.100.0.1",
+        LbPolicy::RoundRobin,
+        &backends,
+    )]);
+    let lc = config(vec![service(
+        "s",
+        "127.100.0.1",
+        LbPolicy::LeastConn,
+        &backends,
+    )]);
+    let mut state = KernelState::default();
+    let first = plan(&rr, &Overlay::new(), &state).unwrap();
+    apply_all(&mut state, &first.writes);
+    for to in [&lc, &rr] {
+        let writes = plan(to, &Overlay::new(), &state).unwrap().writes;
+        let kinds: Vec<&str> = writes
+            .iter()
+            .map(|w| match w {
+                Write::UpsertTable(..) => "table",
+                Write::UpsertService(..) => "service",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["table", "service", "table"], "{writes:?}");
+        // apply_all checks every prefix under the entry's own policy.
+        apply_all(&mut state, &writes);
+    }
 }

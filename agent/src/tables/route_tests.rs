@@ -252,9 +252,21 @@ fn addr_of(state: &KernelState, id: u32) -> SocketAddr {
     SocketAddr::from((std::net::Ipv4Addr::from(u32::from_be(b.addr[0])), b.port))
 }
 
-fn slots_by_addr(state: &KernelState, t: &TableState) -> BTreeMap<String, usize> {
+/// The backend ids of a table of `service_id` (its policy may store more than ids).
+fn routed<'t>(state: &KernelState, service_id: u32, t: &'t TableState) -> &'t [u32] {
+    let svc = state
+        .services
+        .values()
+        .find(|s| s.id == service_id)
+        .expect("the table's service");
+    crate::tables::policy::by_code(svc.lb)
+        .expect("a known policy code")
+        .routed(&t.slots)
+}
+
+fn slots_by_addr(state: &KernelState, service_id: u32, t: &TableState) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
-    for id in &t.slots {
+    for id in routed(state, service_id, t) {
         *m.entry(addr_of(state, *id).to_string()).or_default() += 1;
     }
     m
@@ -288,7 +300,7 @@ fn only_classes_that_differ_from_class_0_get_a_table_and_the_entry_flags_them() 
     // canary (class 1) and beta (class 2) have tables; plain (class 3) routes like class 0.
     let classes: Vec<u32> = state.tables.keys().map(|k| k.caller_class).collect();
     assert_eq!(classes, [0, 1, 2]);
-    let by = |class| slots_by_addr(&state, effective(&state, id, class));
+    let by = |class| slots_by_addr(&state, id, effective(&state, id, class));
     assert_eq!(
         by(0),
         BTreeMap::from([("127.0.0.2:81".into(), 1), ("127.0.0.3:81".into(), 1)])
@@ -365,7 +377,7 @@ fn a_ban_reaches_every_class_table_and_fallback_follows_it() {
         let t = effective(&state, id, class);
         assert!(!t.slots.is_empty(), "class {class} has backends left");
         assert!(
-            !slots_by_addr(&state, t).contains_key("127.0.0.4:81"),
+            !slots_by_addr(&state, id, t).contains_key("127.0.0.4:81"),
             "class {class} still routes to the banned canary"
         );
     }

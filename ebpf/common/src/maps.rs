@@ -12,10 +12,12 @@ use core::mem::size_of;
 /// It also changes when the programs give a map field a new meaning, because an agent adopts
 /// the programs pinned under its own version without reloading them.
 /// 4: [`SERVICE_ENROLLED_ONLY`] (older programs would route unenrolled callers).
-/// 5: [`SERVICE_SAME_NODE`], the same-node maps and eight kernel counter slots. An agent
+/// 5: [`SERVICE_SAME_NODE`], the same-node maps and eight kernel counter slots.
+/// 6: [`BACKEND_CONNS_MAP`] for `least_conn` ([`crate::pick::LB_LEAST_CONN`]), and programs
+/// that refuse an unknown `lb` code instead of picking at random. An agent
 /// never adopts another version's pins: it attaches its own set beside them and, once its tables hold the config,
 /// retires the others (docs/upgrade.md, `bpf-tests/tests/upgrade.rs`).
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Service table: (family, VIP, port) -> [`ServiceEntry`]. Not preallocated, so an update
 /// replaces the element under RCU and a concurrent connect reads either the old or the new
@@ -39,6 +41,13 @@ pub const MAX_BACKENDS: u32 = 262_144;
 
 /// Round-robin counters, one u64 per service id (array index).
 pub const RR_COUNTERS_MAP: &str = "SM_RR_COUNTERS";
+
+/// Active connections per backend id (array index, [`MAX_BACKENDS`] entries): connects the
+/// kernel sent to that backend through a `least_conn` service and that have not closed yet.
+/// Taken at pick time (so a burst of concurrent connects sees its own picks), released with
+/// the service's other counters at close or failed connect. Kernel-only; an array, so its
+/// capacity is fixed and it never fills.
+pub const BACKEND_CONNS_MAP: &str = "SM_BACKEND_CONNS";
 
 /// Socket stamps: socket cookie -> [`SockStamp`], written at connect for routed sockets.
 /// LRU so sockets that die without a close callback cannot fill it.

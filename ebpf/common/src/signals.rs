@@ -25,6 +25,10 @@ pub const UNENROLLED_SLOT: u32 = 1;
 pub const SAME_NODE_PAIRS_SLOT: u32 = 2;
 pub const SAME_NODE_FALLBACKS_SLOT: u32 = 3;
 pub const SAME_NODE_BYTES_SLOT: u32 = 4;
+/// Connects to a service whose entry names a policy code the programs do not know
+/// (`pick::LB_*`): refused as `no_backend`, never routed. The agent never writes one, so a
+/// non-zero count means a foreign or corrupted service entry.
+pub const UNKNOWN_POLICY_SLOT: u32 = 5;
 pub const KERNEL_COUNTER_SLOTS: u32 = 8;
 
 /// Per-CPU per-(service, backend) TCP counters: [`BackendKey`] -> [`BackendTcpStats`].
@@ -93,6 +97,9 @@ pub const STAMP_COUNTED: u32 = 8;
 pub const STAMP_CALLER_COUNTED: u32 = 16;
 /// The service has the same-node fast path ([`crate::SERVICE_SAME_NODE`]).
 pub const STAMP_SAME_NODE: u32 = 32;
+/// The connect was counted in its backend's active connections ([`crate::BACKEND_CONNS_MAP`],
+/// least-conn services); undone at close.
+pub const STAMP_BACKEND_COUNTED: u32 = 64;
 
 /// One connection lifecycle event.
 #[repr(C)]

@@ -10,11 +10,11 @@ use sockmesh_common::{
     gcra::gcra_admit, CallerEntry, ServiceCaller, ServiceEntry, DEFAULT_PRIORITY,
     RESULT_CIRCUIT_OPEN, RESULT_DENIED, RESULT_FAULT, RESULT_LIMITED, RESULT_SHED, SERVICE_ACL,
     SERVICE_CIRCUIT_OPEN, SERVICE_ENROLLED_ONLY, SERVICE_HALF_OPEN, SERVICE_SAME_NODE,
-    STAMP_CALLER_COUNTED, STAMP_COUNTED, STAMP_SAME_NODE, UNENROLLED_SLOT,
+    STAMP_BACKEND_COUNTED, STAMP_CALLER_COUNTED, STAMP_COUNTED, STAMP_SAME_NODE, UNENROLLED_SLOT,
 };
 
 use crate::events::bump;
-use crate::maps::{ACL, CALLERS, CALLER_CONNS, SERVICE_COUNTERS};
+use crate::maps::{ACL, BACKEND_CONNS, CALLERS, CALLER_CONNS, SERVICE_COUNTERS};
 
 /// What admission decided.
 pub enum Admission {
@@ -96,7 +96,7 @@ pub fn admit(service: &ServiceEntry, cgroup_id: u64) -> Admission {
             .get_ptr_mut(key)
             .is_some_and(|c| take(c, service.max_conns_per_caller));
         if !taken {
-            release(service.id, 0, stamp_flags);
+            release(service.id, 0, stamp_flags, 0);
             return Admission::Refuse(RESULT_LIMITED);
         }
         stamp_flags |= STAMP_CALLER_COUNTED;
@@ -135,8 +135,9 @@ fn give_back(counter: *mut u64) {
     }
 }
 
-/// Undoes the counters an admitted connect took (connect failed, or the socket closed).
-pub fn release(service_id: u32, workload: u32, stamp_flags: u32) {
+/// Undoes the counters an admitted connect took (connect failed, or the socket closed):
+/// the service's and the caller's (admission), and the backend's (least-conn pick).
+pub fn release(service_id: u32, workload: u32, stamp_flags: u32, backend_id: u32) {
     if stamp_flags & STAMP_COUNTED != 0 {
         if let Some(c) = SERVICE_COUNTERS.get_ptr_mut(service_id) {
             // SAFETY: array element, lives as long as the map.
@@ -151,6 +152,25 @@ pub fn release(service_id: u32, workload: u32, stamp_flags: u32) {
         if let Some(c) = CALLER_CONNS.get_ptr_mut(key) {
             give_back(c);
         }
+    }
+    if stamp_flags & STAMP_BACKEND_COUNTED != 0 {
+        if let Some(c) = BACKEND_CONNS.get_ptr_mut(backend_id) {
+            give_back(c);
+        }
+    }
+}
+
+/// Counts a least-conn pick in its backend's active connections; the stamp flag it returns
+/// makes [`release`] undo it. 0 (nothing to undo) if the id is out of the array's range.
+pub fn take_backend(backend_id: u32) -> u32 {
+    match BACKEND_CONNS.get_ptr_mut(backend_id) {
+        Some(c) => {
+            // SAFETY: array element, 8-byte aligned, lives as long as the map; SeqCst for the
+            // fetching add (see route.rs).
+            unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(c, 1) };
+            STAMP_BACKEND_COUNTED
+        }
+        None => 0,
     }
 }
 

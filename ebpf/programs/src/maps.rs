@@ -28,6 +28,10 @@ pub static BACKENDS: HashMap<u32, BackendEntry> = HashMap::pinned(MAX_BACKENDS, 
 #[map(name = "SM_RR_COUNTERS")]
 pub static RR_COUNTERS: Array<u64> = Array::pinned(MAX_SERVICES, 0);
 
+/// Active connections per backend id for least-conn (see `sockmesh_common::BACKEND_CONNS_MAP`).
+#[map(name = "SM_BACKEND_CONNS")]
+pub static BACKEND_CONNS: Array<u64> = Array::pinned(MAX_BACKENDS, 0);
+
 #[map(name = "SM_SOCK_STAMPS")]
 pub static SOCK_STAMPS: LruHashMap<u64, SockStamp> = LruHashMap::pinned(MAX_SOCK_STAMPS, 0);
 

@@ -131,7 +131,12 @@ fn closed(ctx: &SockOpsContext, stamp: &SockStamp, old_state: u32, cookie: u64) 
     if stamp.flags & STAMP_SAME_NODE != 0 {
         same_node::client_closed(ctx);
     }
-    release(stamp.service_id, stamp.workload, stamp.flags);
+    release(
+        stamp.service_id,
+        stamp.workload,
+        stamp.flags,
+        stamp.backend_id,
+    );
     let _ = SOCK_STAMPS.remove(cookie);
 }
 

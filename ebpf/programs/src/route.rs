@@ -17,18 +17,19 @@ use aya_ebpf::{
 use sockmesh_common::{
     addr::{is_v4_mapped, v4_mapped_words},
     caller_hash,
-    pick::{LB_MAGLEV, LB_ROUND_ROBIN},
-    pick_slot, BackendEntry, ServiceEntry, ServiceKey, SlotTableKey, SockStamp,
+    pick::{least_conn_pick, LB_LEAST_CONN, LB_MAGLEV, LB_ROUND_ROBIN, LB_WEIGHTED_RANDOM},
+    pick_slot, BackendEntry, ServiceEntry, ServiceKey, SlotTable, SlotTableKey, SockStamp,
     CALLER_CLASS_DEFAULT, FAMILY_INET, FAMILY_INET6, MAX_SLOTS, SERVICE_CLASS_TABLES,
+    UNKNOWN_POLICY_SLOT,
 };
 
 use sockmesh_common::{ConnEvent, EVENT_FAILED, RESULT_NO_BACKEND};
 
 use crate::{
-    admit::{admit, release, Admission},
+    admit::{admit, release, take_backend, Admission},
     bound::masked,
-    events::emit,
-    maps::{BACKENDS, RR_COUNTERS, SERVICES, SLOT_TABLES, SOCK_STAMPS},
+    events::{bump, emit},
+    maps::{BACKENDS, BACKEND_CONNS, RR_COUNTERS, SERVICES, SLOT_TABLES, SOCK_STAMPS},
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -82,8 +83,8 @@ pub fn connect4(ctx: &SockAddrContext) -> Verdict {
             }
             Admission::NotEnrolled => return Verdict::Pass,
         };
-        let Some((backend_id, backend)) = pick_backend(sa, service, class) else {
-            release(service.id, workload, counted);
+        let Some((backend_id, backend, picked)) = pick_backend(sa, service, class) else {
+            release(service.id, workload, counted, 0);
             refused(service.id, RESULT_NO_BACKEND, FAMILY_INET, cgroup_id);
             return Verdict::Refused;
         };
@@ -93,7 +94,7 @@ pub fn connect4(ctx: &SockAddrContext) -> Verdict {
             service_id: service.id,
             backend_id,
             workload,
-            flags: counted,
+            flags: counted | picked,
             cgroup_id,
         };
         stamp(ctx, &key, FAMILY_INET, &admitted);
@@ -141,8 +142,8 @@ pub fn connect6(ctx: &SockAddrContext) -> Verdict {
             }
             Admission::NotEnrolled => return Verdict::Pass,
         };
-        let Some((backend_id, backend)) = pick_backend(sa, service, class) else {
-            release(service.id, workload, counted);
+        let Some((backend_id, backend, picked)) = pick_backend(sa, service, class) else {
+            release(service.id, workload, counted, 0);
             refused(service.id, RESULT_NO_BACKEND, FAMILY_INET6, cgroup_id);
             return Verdict::Refused;
         };
@@ -162,7 +163,7 @@ pub fn connect6(ctx: &SockAddrContext) -> Verdict {
             service_id: service.id,
             backend_id,
             workload,
-            flags: counted,
+            flags: counted | picked,
             cgroup_id,
         };
         stamp(ctx, &stamped, FAMILY_INET6, &admitted);
@@ -199,15 +200,36 @@ pub fn getpeername6(ctx: &SockAddrContext) {
     }
 }
 
-/// Index the service's slot table: the caller class's own table if the service has class
-/// tables and this class has one, else the default table. A slot whose backend vanished
-/// (removed between our table read and the backend lookup) falls through to the next slot
-/// once.
+/// How a service's policy code picks from its table. Every code the programs know is listed;
+/// any other refuses the connect (`None` from [`pick_backend`]) and is counted, because a
+/// guess (say, random) would route by a policy nobody configured.
+enum How {
+    Random,
+    RoundRobin,
+    Maglev,
+    LeastConn,
+}
+
+/// Picks a backend from the service's slot table: the caller class's own table if the
+/// service has class tables and this class has one, else the default table. Returns the
+/// backend and the stamp flags of the counters the pick took (least-conn's per-backend
+/// count), which the socket's close releases. A slot whose backend vanished (removed between
+/// our table read and the backend lookup) falls through to the next slot once.
 unsafe fn pick_backend(
     sa: *mut bpf_sock_addr,
     service: &ServiceEntry,
     class: u32,
-) -> Option<(u32, &'static BackendEntry)> {
+) -> Option<(u32, &'static BackendEntry, u32)> {
+    let how = match service.lb {
+        LB_WEIGHTED_RANDOM => How::Random,
+        LB_ROUND_ROBIN => How::RoundRobin,
+        LB_MAGLEV => How::Maglev,
+        LB_LEAST_CONN => How::LeastConn,
+        _ => {
+            bump(UNKNOWN_POLICY_SLOT);
+            return None;
+        }
+    };
     let mut key = SlotTableKey {
         service_id: service.id,
         caller_class: CALLER_CLASS_DEFAULT,
@@ -228,10 +250,11 @@ unsafe fn pick_backend(
     if len as usize > MAX_SLOTS {
         return None;
     }
-    let entropy = match service.lb {
-        LB_ROUND_ROBIN => round_robin_ticket(service.id),
-        LB_MAGLEV => unsafe { maglev_key(sa) },
-        _ => unsafe { bpf_get_prandom_u32() },
+    let entropy = match how {
+        How::Random => unsafe { bpf_get_prandom_u32() },
+        How::RoundRobin => round_robin_ticket(service.id),
+        How::Maglev => unsafe { maglev_key(sa) },
+        How::LeastConn => return least_conn(table),
     };
     let first = pick_slot(entropy, len)?;
     let mut slot = first;
@@ -239,11 +262,38 @@ unsafe fn pick_backend(
         let id = table.slots[masked(slot as usize, MAX_SLOTS)];
         // SAFETY: as above.
         if let Some(backend) = unsafe { BACKENDS.get(id) } {
-            return Some((id, backend));
+            return Some((id, backend, 0));
         }
         slot = if slot + 1 >= len { 0 } else { slot + 1 };
     }
     None
+}
+
+/// Least-conn over a table `[id_0..id_{n-1}, w_0..w_{n-1}]`: the decision is
+/// `sockmesh_common::pick::least_conn_pick` (exact scan up to `LC_SCAN_MAX` backends, two choices
+/// above), fed with the live per-backend counts; the winner's count is taken at once so a
+/// burst of concurrent connects sees its own picks.
+fn least_conn(table: &SlotTable) -> Option<(u32, &'static BackendEntry, u32)> {
+    let n = table.len / 2;
+    // SAFETY: helper without arguments.
+    let seed = unsafe { (bpf_get_prandom_u32() as u64) << 32 | bpf_get_prandom_u32() as u64 };
+    let load = |i: u32| {
+        let id = table.slots[masked(i as usize, MAX_SLOTS)];
+        let weight = table.slots[masked((n + i) as usize, MAX_SLOTS)];
+        match BACKEND_CONNS.get_ptr(id) {
+            // SAFETY: array element, 8-byte aligned, lives as long as the map; other CPUs
+            // update it atomically, a plain aligned load sees one value or the other.
+            Some(c) => (id, unsafe { read_volatile(c) }, weight),
+            // An id beyond the array (never written by the agent): weight 0, never picked
+            // over a counted backend. Not a made-up count, which the verifier would track
+            // as a constant through every later comparison.
+            None => (id, 0, 0),
+        }
+    };
+    let id = least_conn_pick(n, load, seed)?;
+    // SAFETY: a non-preallocated hash element stays valid for the program's run (RCU).
+    let backend = unsafe { BACKENDS.get(id)? };
+    Some((id, backend, take_backend(id)))
 }
 
 /// A global (not per-CPU) counter, so round robin cycles exactly across CPUs.
@@ -298,7 +348,7 @@ unsafe fn stamp(ctx: &SockAddrContext, vip: &ServiceKey, family: u16, a: &Admitt
         // An LRU map always finds room. A lost stamp costs the getpeername rewrite and
         // observation of this socket, and would leak a taken connection-limit unit: undo it.
         if SOCK_STAMPS.insert(cookie, stamp, 0).is_err() {
-            release(a.service_id, a.workload, a.flags);
+            release(a.service_id, a.workload, a.flags, a.backend_id);
         }
     }
 }

@@ -163,6 +163,7 @@ fn snapshot(
         }],
         events_lost: 0,
         unenrolled_connects: 0,
+        unknown_policy_connects: 0,
         same_node: Default::default(),
     }
 }

@@ -6,7 +6,7 @@
 //!   - name: web              # [a-z0-9]([-a-z0-9._]*[a-z0-9])?, at most 63 characters, unique
 //!     vip: 127.100.0.1       # IPv4 or IPv6 literal callers connect to (quote IPv6 in YAML)
 //!     port: 80               # VIP port, 1..=65535; VIP:port is unique across services
-//!     lb: weighted_random    # optional: weighted_random (default) | round_robin | maglev
+//!     lb: weighted_random    # optional: weighted_random (default) | round_robin | maglev | least_conn
 //!     backends:              # 1..=256 entries
 //!       - addr: 127.0.0.2:8081   # ip:port, "[ip6]:port" for IPv6; same family as the VIP
 //!         weight: 1              # optional, default 1, 0..=10000; 0 keeps a backend drained
@@ -273,15 +273,27 @@ pub enum LbPolicy {
     RoundRobin,
     /// Consistent hashing (Maglev): a caller keeps its backend while the set changes little.
     Maglev,
+    /// The backend with the fewest active connections relative to its weight (counted by
+    /// the kernel); ties split by weight.
+    LeastConn,
 }
 
 impl LbPolicy {
+    /// Every policy, for tests and tools that must cover them all.
+    pub const ALL: &'static [LbPolicy] = &[
+        LbPolicy::WeightedRandom,
+        LbPolicy::RoundRobin,
+        LbPolicy::Maglev,
+        LbPolicy::LeastConn,
+    ];
+
     /// The name used in config files, metrics and the CLI.
     pub fn as_str(&self) -> &'static str {
         match self {
             LbPolicy::WeightedRandom => "weighted_random",
             LbPolicy::RoundRobin => "round_robin",
             LbPolicy::Maglev => "maglev",
+            LbPolicy::LeastConn => "least_conn",
         }
     }
 }

@@ -95,11 +95,7 @@ fn zero_weight_backend_is_allowed_beside_a_weighted_one() {
 
 #[test]
 fn lb_names_match_between_serde_and_as_str() {
-    for lb in [
-        LbPolicy::WeightedRandom,
-        LbPolicy::RoundRobin,
-        LbPolicy::Maglev,
-    ] {
+    for &lb in LbPolicy::ALL {
         let yaml = serde_yaml::to_string(&lb).unwrap();
         assert_eq!(yaml.trim(), lb.as_str());
         assert_eq!(lb.to_string(), lb.as_str());

@@ -75,11 +75,12 @@ fn address_of_the_wrong_type_says_what_is_expected() {
 
 #[test]
 fn unknown_lb_is_rejected_with_the_choices() {
-    let yaml = ONE_SERVICE.replace("port: 80", "port: 80\n    lb: least_conn");
+    let yaml = ONE_SERVICE.replace("port: 80", "port: 80\n    lb: fastest");
     assert_rejected(
         &yaml,
         "services[0].lb",
-        "unknown variant `least_conn`, expected one of `weighted_random`, `round_robin`, `maglev`",
+        "unknown variant `fastest`, expected one of `weighted_random`, `round_robin`, `maglev`, \
+         `least_conn`",
     );
 }
 

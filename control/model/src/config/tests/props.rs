@@ -14,11 +14,7 @@ use crate::{
 };
 
 fn lb() -> impl Strategy<Value = LbPolicy> {
-    prop_oneof![
-        Just(LbPolicy::WeightedRandom),
-        Just(LbPolicy::RoundRobin),
-        Just(LbPolicy::Maglev),
-    ]
+    prop::sample::select(LbPolicy::ALL)
 }
 
 fn name() -> impl Strategy<Value = String> {
