@@ -99,7 +99,8 @@ struct RunArgs {
     #[arg(long, default_value_t = 64)]
     max_callers: usize,
     /// Attach the observation programs (sock_ops, tracepoints). `false` routes only; it
-    /// exists to measure what observation costs.
+    /// exists to measure what observation costs. Without sock_ops no close is seen, so
+    /// `least_conn` counts only grow and the policy degrades to fewest connections ever.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     observe: bool,
     /// This node's zone, for services with `locality:`: callers that are not a workload with
