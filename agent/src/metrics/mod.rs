@@ -225,3 +225,6 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod contract_tests;

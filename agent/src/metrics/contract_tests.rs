@@ -1,0 +1,151 @@
+//! The exposition contract: every family the agent's registry encodes is listed in
+//! deploy/metrics.txt (which the Prometheus rules and the Grafana dashboard are checked
+//! against), and every listed family is encoded. One series per family is fed so label keys
+//! and closed-set label values show; `SOCKMESH_EXPOSITION_DUMP=<file>` writes the normalized
+//! exposition (HELP/TYPE lines, series without values) for before/after comparisons.
+
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex},
+};
+
+use sockmesh_common::{BackendTcpStats, ConnEvent, RunqHist, EVENT_ESTABLISHED};
+use tokio::time::Instant;
+
+use super::*;
+use crate::{
+    health::outlier::BanReason,
+    signals::aggregate::result_name,
+    slo::SloTracker,
+    tables::{plan, KernelState, Overlay},
+};
+
+const METRICS_TXT: &str = include_str!("../../../deploy/metrics.txt");
+
+const CONFIG: &str = "services:\n  - name: web\n    vip: 127.100.0.1\n    port: 80\n    backends:\n      - addr: 127.0.0.2:8081\n    slos:\n      - {name: availability, sli: connect_success, objective: 0.5, window: 30d}\n";
+
+/// The registry as the agent builds it, one series in every family.
+fn exposition() -> String {
+    let cfg = sockmesh_model::parse_config(CONFIG).unwrap();
+    let views = plan(&cfg, &Overlay::new(), &KernelState::default())
+        .unwrap()
+        .views;
+    let mut tracker = SloTracker::new(Instant::now(), &cfg, &views);
+    let ev = ConnEvent {
+        kind: EVENT_ESTABLISHED,
+        service_id: views[0].id,
+        ..ConnEvent::ZERO
+    };
+    tracker.on_event(Instant::now(), &ev);
+    let kernel = KernelCollector::default();
+    let backend = BackendLabels {
+        service: "web".into(),
+        backend: "127.0.0.2:8081".into(),
+    };
+    *kernel.snapshot.lock().unwrap() = KernelSnapshot {
+        backends: vec![(backend.clone(), BackendTcpStats::ZERO)],
+        workloads: vec![WorkloadSample {
+            name: "client".into(),
+            runq: Some(RunqHist {
+                count: 1,
+                sum_us: 1,
+                buckets: [0; sockmesh_common::HIST_BUCKETS],
+            }),
+            ..WorkloadSample::default()
+        }],
+        ..KernelSnapshot::default()
+    };
+    let m = Metrics::new(kernel, SloCollector::new(Arc::new(Mutex::new(tracker))));
+    for code in 0..=11 {
+        let labels = ConnLabels {
+            service: "web".into(),
+            backend: "127.0.0.2:8081".into(),
+            caller: "client".into(),
+            result: result_name(code),
+        };
+        m.connections.get_or_create(&labels).inc();
+    }
+    m.connect_duration.get_or_create(&backend).observe(0.001);
+    m.connection_duration.get_or_create(&backend).observe(1.0);
+    for direction in ["sent", "received"] {
+        let labels = BytesLabels {
+            service: "web".into(),
+            backend: "127.0.0.2:8081".into(),
+            direction,
+        };
+        m.bytes.get_or_create(&labels).inc();
+    }
+    m.inbound
+        .get_or_create(&InboundLabels {
+            backend: "other".into(),
+        })
+        .inc();
+    m.config_version.inc();
+    m.label_overflow
+        .get_or_create(&OverflowLabels { label: "caller" })
+        .inc();
+    m.backend_banned.get_or_create(&backend).set(1);
+    for reason in BanReason::ALL {
+        m.bans
+            .get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+    let service = ServiceLabels {
+        service: "web".into(),
+    };
+    m.circuit_state.get_or_create(&service).set(2);
+    m.panic_mode.get_or_create(&service).set(1);
+    for map in &pressure::WATCHED {
+        m.pressure.record(map.name, 1);
+    }
+    m.encode()
+}
+
+/// HELP and TYPE lines as they are, series without their values; sorted, so the order
+/// families are registered in does not show.
+fn normalized(text: &str) -> String {
+    let mut lines: BTreeSet<String> = BTreeSet::new();
+    for line in text.lines() {
+        if line.starts_with('#') {
+            lines.insert(line.to_owned());
+        } else if let Some((series, _value)) = line.rsplit_once(' ') {
+            lines.insert(series.to_owned());
+        }
+    }
+    lines.into_iter().map(|l| l + "\n").collect()
+}
+
+/// Family names as deploy/metrics.txt spells them, from the `# TYPE` lines.
+fn families(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| match l.split_once(' ') {
+            Some((name, "counter")) => format!("{name}_total"),
+            Some((name, _)) => name.to_owned(),
+            None => l.to_owned(),
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn exports_exactly_the_families_of_deploy_metrics_txt() {
+    let text = exposition();
+    if let Ok(path) = std::env::var("SOCKMESH_EXPOSITION_DUMP") {
+        std::fs::write(path, normalized(&text)).unwrap();
+    }
+    let listed: BTreeSet<String> = METRICS_TXT
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    let exported = families(&text);
+    let missing: Vec<_> = listed.difference(&exported).collect();
+    let unlisted: Vec<_> = exported.difference(&listed).collect();
+    assert!(
+        missing.is_empty() && unlisted.is_empty(),
+        "listed in deploy/metrics.txt but not exported: {missing:?}; exported but not listed: {unlisted:?}"
+    );
+}
