@@ -9,13 +9,27 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use sockmesh_common::{BackendTcpStats, ConnEvent, RunqHist, EVENT_ESTABLISHED};
+use sockmesh_common::{BackendTcpStats, ConnEvent, RunqHist, EVENT_ESTABLISHED, HIST_BUCKETS};
 use tokio::time::Instant;
 
 use super::*;
 use crate::{
+    engine::{
+        metrics::{HealthExport, HealthMetrics},
+        Engine,
+    },
     health::outlier::BanReason,
-    signals::aggregate::result_name,
+    runtime::ConfigMetrics,
+    signals::{
+        aggregate::ConnectResult,
+        kernel_metrics::{KernelCollector, KernelSnapshot, WorkloadSample},
+        metrics::{
+            BoundedLabel, BytesLabels, ConnLabels, ConnectionMetrics, Direction, InboundLabels,
+            OverflowLabels,
+        },
+        pressure::gauges::{MapPressure, WATCHED},
+        same_node_metrics,
+    },
     slo::SloTracker,
     tables::{plan, KernelState, Overlay},
 };
@@ -24,12 +38,20 @@ const METRICS_TXT: &str = include_str!("../../../deploy/metrics.txt");
 
 const CONFIG: &str = "services:\n  - name: web\n    vip: 127.100.0.1\n    port: 80\n    backends:\n      - addr: 127.0.0.2:8081\n    slos:\n      - {name: availability, sli: connect_success, objective: 0.5, window: 30d}\n";
 
-/// The registry as the agent builds it, one series in every family.
+/// The registry as the agent builds it (`crate::runtime::run`, `Signals::new`,
+/// `engine::task::spawn`), one series in every family.
 fn exposition() -> String {
     let cfg = sockmesh_model::parse_config(CONFIG).unwrap();
     let views = plan(&cfg, &Overlay::new(), &KernelState::default())
         .unwrap()
         .views;
+    let mut registry = registry();
+
+    // Signals: connections, kernel maps, same-node, map pressure, SLOs.
+    let m = ConnectionMetrics::new(&mut registry);
+    let snapshot = KernelCollector::register(&mut registry);
+    same_node_metrics::register(&mut registry, snapshot.clone());
+    let pressure = MapPressure::new(&mut registry);
     let mut tracker = SloTracker::new(Instant::now(), &cfg, &views);
     let ev = ConnEvent {
         kind: EVENT_ESTABLISHED,
@@ -37,37 +59,40 @@ fn exposition() -> String {
         ..ConnEvent::ZERO
     };
     tracker.on_event(Instant::now(), &ev);
-    let kernel = KernelCollector::default();
+    crate::slo::metrics::register(&mut registry, Arc::new(Mutex::new(tracker)));
+    // Config and health.
+    ConfigMetrics::new(&mut registry);
+    let health = HealthMetrics::new(&mut registry);
+
     let backend = BackendLabels {
         service: "web".into(),
         backend: "127.0.0.2:8081".into(),
     };
-    *kernel.snapshot.lock().unwrap() = KernelSnapshot {
+    *snapshot.lock().unwrap() = KernelSnapshot {
         backends: vec![(backend.clone(), BackendTcpStats::ZERO)],
         workloads: vec![WorkloadSample {
             name: "client".into(),
             runq: Some(RunqHist {
                 count: 1,
                 sum_us: 1,
-                buckets: [0; sockmesh_common::HIST_BUCKETS],
+                buckets: [0; HIST_BUCKETS],
             }),
             ..WorkloadSample::default()
         }],
         ..KernelSnapshot::default()
     };
-    let m = Metrics::new(kernel, SloCollector::new(Arc::new(Mutex::new(tracker))));
     for code in 0..=11 {
         let labels = ConnLabels {
             service: "web".into(),
             backend: "127.0.0.2:8081".into(),
             caller: "client".into(),
-            result: result_name(code),
+            result: ConnectResult::from_code(code),
         };
         m.connections.get_or_create(&labels).inc();
     }
     m.connect_duration.get_or_create(&backend).observe(0.001);
     m.connection_duration.get_or_create(&backend).observe(1.0);
-    for direction in ["sent", "received"] {
+    for direction in [Direction::Sent, Direction::Received] {
         let labels = BytesLabels {
             service: "web".into(),
             backend: "127.0.0.2:8081".into(),
@@ -80,27 +105,21 @@ fn exposition() -> String {
             backend: "other".into(),
         })
         .inc();
-    m.config_version.inc();
     m.label_overflow
-        .get_or_create(&OverflowLabels { label: "caller" })
+        .get_or_create(&OverflowLabels {
+            label: BoundedLabel::Caller,
+        })
         .inc();
-    m.backend_banned.get_or_create(&backend).set(1);
     for reason in BanReason::ALL {
-        m.bans
-            .get_or_create(&ReasonLabels {
-                reason: reason.as_str(),
-            })
-            .inc();
+        health.banned(reason);
     }
-    let service = ServiceLabels {
-        service: "web".into(),
-    };
-    m.circuit_state.get_or_create(&service).set(2);
-    m.panic_mode.get_or_create(&service).set(1);
-    for map in &pressure::WATCHED {
-        m.pressure.record(map.name, 1);
+    let mut engine = Engine::default();
+    engine.on_config(Instant::now(), &cfg, &views);
+    HealthExport::new(health).export(&engine, Instant::now());
+    for map in &WATCHED {
+        pressure.record(map.map, 1);
     }
-    m.encode()
+    encode(&registry)
 }
 
 /// HELP and TYPE lines as they are, series without their values; sorted, so the order

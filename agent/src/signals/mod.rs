@@ -1,17 +1,21 @@
 //! Signals: what the kernel saw, folded into aggregates, metrics and admin views.
 //!
-//! Two feeds: lifecycle events from the ring buffer ([`ring`]), folded as they arrive, and the
-//! per-CPU maps plus cgroup files, read once a second ([`Signals::refresh`]) into a snapshot the
-//! metrics collector and admin API serve. Connect and close events also feed the SLO tracker
+//! Two feeds: lifecycle events from the ring buffer ([`ring`]), folded as they arrive into the
+//! connection metrics ([`metrics`]), and the per-CPU maps plus cgroup files, read once a second
+//! ([`Signals::refresh`]) into a snapshot the kernel-map metrics ([`kernel_metrics`],
+//! [`same_node_metrics`]) and the admin API serve, and into map pressure ([`pressure`]). Connect and close events also feed the SLO tracker
 //! ([`crate::slo`]), which the metrics collector and `/v1/slos` read; connect outcomes and
 //! kernel reads feed the diagnosis recorder ([`crate::diagnose`]).
 
 pub mod aggregate;
 mod diagnosis;
 pub mod kernel_maps;
+pub(crate) mod kernel_metrics;
 pub mod map_count;
-mod pressure;
+pub(crate) mod metrics;
+pub(crate) mod pressure;
 pub mod ring;
+pub(crate) mod same_node_metrics;
 pub mod topology;
 mod views;
 pub mod workloads;
@@ -22,6 +26,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use prometheus_client::registry::Registry;
 use sockmesh_common::{
     BackendKey, BackendTcpStats, CallerEntry, ConnEvent, EVENT_CLOSED, EVENT_ESTABLISHED,
     EVENT_FAILED, EVENT_INBOUND, RESULT_RESET,
@@ -30,17 +35,20 @@ use sockmesh_model::{MeshConfig, WorkloadSpec};
 use tracing::{debug, info, warn};
 
 use self::{
-    aggregate::{result_name, Aggregates, Failure},
+    aggregate::{result_name, Aggregates, ConnectResult, Failure},
     kernel_maps::SignalMaps,
+    kernel_metrics::{KernelCollector, KernelSnapshot, WorkloadSample},
+    metrics::{
+        BoundedLabel, BytesLabels, ConnLabels, ConnectionMetrics, Direction, InboundLabels,
+        OverflowLabels,
+    },
+    pressure::gauges::MapPressure,
     topology::{CallerLabels, Topology},
     workloads::ResolvedWorkload,
 };
 use crate::{
     diagnose::Recorder,
-    metrics::{
-        BackendLabels, BytesLabels, ConnLabels, InboundLabels, KernelSnapshot, Metrics,
-        OverflowLabels, SloCollector, WorkloadSample,
-    },
+    metrics::BackendLabels,
     slo::{SloSample, SloTracker},
     status::unix_ms_now,
     tables::{addr::words_to_socket_addr, ServiceView},
@@ -64,8 +72,11 @@ pub struct Signals {
     /// Connect outcomes are also fed to the health engine (set once it runs).
     engine: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<ConnEvent>>,
     maps: Mutex<SignalMaps>,
-    pub metrics: Arc<Metrics>,
+    metrics: ConnectionMetrics,
+    /// Shared with the kernel-map collectors, which encode it at scrape time.
     snapshot: Arc<Mutex<KernelSnapshot>>,
+    /// Entries per kernel map (`sockmesh_map_entries`), recorded by [`Signals::refresh`].
+    pressure: Arc<MapPressure>,
     /// Its own lock, shared with the metrics collector: a scrape computes burn rates without
     /// holding up the folding of other signals.
     slos: Arc<Mutex<SloTracker>>,
@@ -75,11 +86,21 @@ pub struct Signals {
 }
 
 impl Signals {
-    pub fn new(mut maps: SignalMaps, max_callers: usize, cgroup2: PathBuf) -> Arc<Self> {
+    /// The signals over `maps`; their metrics (connections, kernel maps, same-node, map
+    /// pressure, SLOs) are registered in `registry`.
+    pub fn new(
+        mut maps: SignalMaps,
+        max_callers: usize,
+        cgroup2: PathBuf,
+        registry: &mut Registry,
+    ) -> Arc<Self> {
         let counted = maps.counted.take();
-        let collector = crate::metrics::KernelCollector::default();
-        let snapshot = collector.snapshot.clone();
+        let metrics = ConnectionMetrics::new(registry);
+        let snapshot = KernelCollector::register(registry);
+        same_node_metrics::register(registry, snapshot.clone());
+        let pressure = MapPressure::new(registry);
         let slos = Arc::new(Mutex::new(SloTracker::default()));
+        crate::slo::metrics::register(registry, slos.clone());
         Arc::new(Self {
             engine: std::sync::OnceLock::new(),
             inner: Mutex::new(Inner {
@@ -94,8 +115,9 @@ impl Signals {
                 diag: Recorder::new(tokio::time::Instant::now()),
             }),
             maps: Mutex::new(maps),
-            metrics: Arc::new(Metrics::new(collector, SloCollector::new(slos.clone()))),
+            metrics,
             snapshot,
+            pressure,
             slos,
             cgroup2,
             counts: Mutex::new(pressure::CountSchedule::new(counted)),
@@ -136,12 +158,12 @@ impl Signals {
             .lock()
             .expect("slo lock")
             .reconfigure(tokio::time::Instant::now(), config, views);
-        self.metrics.config_version.inc();
         self.refresh();
     }
 
-    pub fn config_rejected(&self) {
-        self.metrics.config_rejected.inc();
+    /// `n` lifecycle events were read from the ring buffer.
+    pub fn events_drained(&self, n: usize) {
+        self.metrics.events_drained.inc_by(n as u64);
     }
 
     pub fn feed_engine(&self, tx: tokio::sync::mpsc::UnboundedSender<ConnEvent>) {
@@ -219,7 +241,7 @@ impl Signals {
                     service: service.clone(),
                     backend: backend.clone(),
                     caller: caller.clone(),
-                    result: result_name(ev.result),
+                    result: ConnectResult::from_code(ev.result),
                 };
                 m.connections.get_or_create(&labels).inc();
                 if ev.kind == EVENT_ESTABLISHED {
@@ -248,7 +270,10 @@ impl Signals {
                 m.connection_duration
                     .get_or_create(&bl)
                     .observe(ev.duration_ns as f64 / 1e9);
-                for (direction, n) in [("sent", ev.bytes_acked), ("received", ev.bytes_received)] {
+                for (direction, n) in [
+                    (Direction::Sent, ev.bytes_acked),
+                    (Direction::Received, ev.bytes_received),
+                ] {
                     let labels = BytesLabels {
                         service: service.clone(),
                         backend: backend.clone(),
@@ -262,7 +287,7 @@ impl Signals {
                         service: service.clone(),
                         backend: backend.clone(),
                         caller,
-                        result: "reset",
+                        result: ConnectResult::Reset,
                     };
                     m.connections.get_or_create(&labels).inc();
                 }
@@ -273,7 +298,9 @@ impl Signals {
         let overflow = callers.overflowed;
         if overflow > inner.overflow_reported {
             m.label_overflow
-                .get_or_create(&OverflowLabels { label: "caller" })
+                .get_or_create(&OverflowLabels {
+                    label: BoundedLabel::Caller,
+                })
                 .inc_by(overflow - inner.overflow_reported);
             inner.overflow_reported = overflow;
         }
