@@ -9,7 +9,10 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use sockmesh_common::{BackendTcpStats, ConnEvent, RunqHist, EVENT_ESTABLISHED, HIST_BUCKETS};
+use sockmesh_common::{
+    BackendTcpStats, ConnEvent, RunqHist, EVENT_CLOSED, EVENT_ESTABLISHED, EVENT_FAILED,
+    HIST_BUCKETS, RESULT_OK, RESULT_RESET,
+};
 use tokio::time::Instant;
 
 use super::*;
@@ -21,12 +24,8 @@ use crate::{
     health::outlier::BanReason,
     runtime::ConfigMetrics,
     signals::{
-        aggregate::ConnectResult,
         kernel_metrics::{KernelCollector, KernelSnapshot, WorkloadSample},
-        metrics::{
-            BoundedLabel, BytesLabels, ConnLabels, ConnectionMetrics, Direction, InboundLabels,
-            OverflowLabels,
-        },
+        metrics::{BoundedLabel, ConnectionMetrics},
         pressure::gauges::{MapPressure, WATCHED},
         same_node_metrics,
     },
@@ -82,34 +81,27 @@ fn exposition() -> String {
         ..KernelSnapshot::default()
     };
     for code in 0..=11 {
-        let labels = ConnLabels {
-            service: "web".into(),
-            backend: "127.0.0.2:8081".into(),
-            caller: "client".into(),
-            result: ConnectResult::from_code(code),
+        let kind = if code == RESULT_OK {
+            EVENT_ESTABLISHED
+        } else {
+            EVENT_FAILED
         };
-        m.connections.get_or_create(&labels).inc();
-    }
-    m.connect_duration.get_or_create(&backend).observe(0.001);
-    m.connection_duration.get_or_create(&backend).observe(1.0);
-    for direction in [Direction::Sent, Direction::Received] {
-        let labels = BytesLabels {
-            service: "web".into(),
-            backend: "127.0.0.2:8081".into(),
-            direction,
+        let ev = ConnEvent {
+            kind,
+            result: code,
+            ..ConnEvent::ZERO
         };
-        m.bytes.get_or_create(&labels).inc();
+        m.connect(&ev, "web", "127.0.0.2:8081", "client");
     }
-    m.inbound
-        .get_or_create(&InboundLabels {
-            backend: "other".into(),
-        })
-        .inc();
-    m.label_overflow
-        .get_or_create(&OverflowLabels {
-            label: BoundedLabel::Caller,
-        })
-        .inc();
+    let closed = ConnEvent {
+        kind: EVENT_CLOSED,
+        result: RESULT_RESET,
+        ..ConnEvent::ZERO
+    };
+    m.closed(&closed, "web", "127.0.0.2:8081", Some("client".into()));
+    m.inbound("other".into());
+    m.labels_folded(BoundedLabel::Caller, 1);
+    m.events_drained(1);
     for reason in BanReason::ALL {
         health.banned(reason);
     }

@@ -9,35 +9,37 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use sockmesh_common::{ConnEvent, EVENT_ESTABLISHED};
+
 use super::aggregate::ConnectResult;
 use crate::metrics::BackendLabels;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct ConnLabels {
-    pub(crate) service: String,
-    pub(crate) backend: String,
-    pub(crate) caller: String,
-    pub(crate) result: ConnectResult,
+struct ConnLabels {
+    service: String,
+    backend: String,
+    caller: String,
+    result: ConnectResult,
 }
 
 /// Which way bytes went over a routed connection.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub(crate) enum Direction {
+enum Direction {
     /// Application bytes the backend acknowledged.
     Sent,
     Received,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct BytesLabels {
-    pub(crate) service: String,
-    pub(crate) backend: String,
-    pub(crate) direction: Direction,
+struct BytesLabels {
+    service: String,
+    backend: String,
+    direction: Direction,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct InboundLabels {
-    pub(crate) backend: String,
+struct InboundLabels {
+    backend: String,
 }
 
 /// A label whose values are bounded, folding the excess into `other`.
@@ -47,8 +49,8 @@ pub(crate) enum BoundedLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct OverflowLabels {
-    pub(crate) label: BoundedLabel,
+struct OverflowLabels {
+    label: BoundedLabel,
 }
 
 // The derive writes a variant's identifier; these values are snake_case words.
@@ -98,13 +100,13 @@ fn lifetime_histogram() -> Histogram {
 type HistogramFamily = Family<BackendLabels, Histogram, fn() -> Histogram>;
 
 pub(crate) struct ConnectionMetrics {
-    pub(crate) connections: Family<ConnLabels, Counter>,
-    pub(crate) connect_duration: HistogramFamily,
-    pub(crate) connection_duration: HistogramFamily,
-    pub(crate) bytes: Family<BytesLabels, Counter>,
-    pub(crate) inbound: Family<InboundLabels, Counter>,
-    pub(crate) label_overflow: Family<OverflowLabels, Counter>,
-    pub(crate) events_drained: Counter,
+    connections: Family<ConnLabels, Counter>,
+    connect_duration: HistogramFamily,
+    connection_duration: HistogramFamily,
+    bytes: Family<BytesLabels, Counter>,
+    inbound: Family<InboundLabels, Counter>,
+    label_overflow: Family<OverflowLabels, Counter>,
+    events_drained: Counter,
 }
 
 impl ConnectionMetrics {
@@ -154,5 +156,79 @@ impl ConnectionMetrics {
             m.events_drained.clone(),
         );
         m
+    }
+    /// A connect's outcome (established or failed), and its handshake time if established.
+    pub(crate) fn connect(&self, ev: &ConnEvent, service: &str, backend: &str, caller: &str) {
+        let labels = ConnLabels {
+            service: service.to_owned(),
+            backend: backend.to_owned(),
+            caller: caller.to_owned(),
+            result: ConnectResult::from_code(ev.result),
+        };
+        self.connections.get_or_create(&labels).inc();
+        if ev.kind == EVENT_ESTABLISHED {
+            let labels = backend_labels(service, backend);
+            self.connect_duration
+                .get_or_create(&labels)
+                .observe(ev.duration_ns as f64 / 1e9);
+        }
+    }
+
+    /// A routed connection closed: its lifetime and bytes, and a `reset` outcome for the
+    /// caller `reset_by` if it ended with a RST (counted ok at establishment).
+    pub(crate) fn closed(
+        &self,
+        ev: &ConnEvent,
+        service: &str,
+        backend: &str,
+        reset_by: Option<String>,
+    ) {
+        self.connection_duration
+            .get_or_create(&backend_labels(service, backend))
+            .observe(ev.duration_ns as f64 / 1e9);
+        for (direction, n) in [
+            (Direction::Sent, ev.bytes_acked),
+            (Direction::Received, ev.bytes_received),
+        ] {
+            let labels = BytesLabels {
+                service: service.to_owned(),
+                backend: backend.to_owned(),
+                direction,
+            };
+            self.bytes.get_or_create(&labels).inc_by(n);
+        }
+        if let Some(caller) = reset_by {
+            let labels = ConnLabels {
+                service: service.to_owned(),
+                backend: backend.to_owned(),
+                caller,
+                result: ConnectResult::Reset,
+            };
+            self.connections.get_or_create(&labels).inc();
+        }
+    }
+
+    /// A local workload accepted a connection (`backend`: its address, or `other`).
+    pub(crate) fn inbound(&self, backend: String) {
+        self.inbound.get_or_create(&InboundLabels { backend }).inc();
+    }
+
+    /// `n` more values of `label` were folded into `other`.
+    pub(crate) fn labels_folded(&self, label: BoundedLabel, n: u64) {
+        self.label_overflow
+            .get_or_create(&OverflowLabels { label })
+            .inc_by(n);
+    }
+
+    /// `n` lifecycle events were read from the ring buffer.
+    pub(crate) fn events_drained(&self, n: u64) {
+        self.events_drained.inc_by(n);
+    }
+}
+
+fn backend_labels(service: &str, backend: &str) -> BackendLabels {
+    BackendLabels {
+        service: service.to_owned(),
+        backend: backend.to_owned(),
     }
 }

@@ -35,13 +35,10 @@ use sockmesh_model::{MeshConfig, WorkloadSpec};
 use tracing::{debug, info, warn};
 
 use self::{
-    aggregate::{result_name, Aggregates, ConnectResult, Failure},
+    aggregate::{result_name, Aggregates, Failure},
     kernel_maps::SignalMaps,
     kernel_metrics::{KernelCollector, KernelSnapshot, WorkloadSample},
-    metrics::{
-        BoundedLabel, BytesLabels, ConnLabels, ConnectionMetrics, Direction, InboundLabels,
-        OverflowLabels,
-    },
+    metrics::{BoundedLabel, ConnectionMetrics},
     pressure::gauges::MapPressure,
     topology::{CallerLabels, Topology},
     workloads::ResolvedWorkload,
@@ -163,7 +160,7 @@ impl Signals {
 
     /// `n` lifecycle events were read from the ring buffer.
     pub fn events_drained(&self, n: usize) {
-        self.metrics.events_drained.inc_by(n as u64);
+        self.metrics.events_drained(n as u64);
     }
 
     pub fn feed_engine(&self, tx: tokio::sync::mpsc::UnboundedSender<ConnEvent>) {
@@ -229,7 +226,7 @@ impl Signals {
                 } else {
                     topology::OTHER.to_owned()
                 };
-                m.inbound.get_or_create(&InboundLabels { backend }).inc();
+                m.inbound(backend);
                 aggregates.events += 1;
                 return;
             }
@@ -237,22 +234,7 @@ impl Signals {
                 let caller = callers.label(ev.cgroup_id);
                 let now = tokio::time::Instant::now();
                 diag.on_connect(now, &service, &backend, &caller, &ev);
-                let labels = ConnLabels {
-                    service: service.clone(),
-                    backend: backend.clone(),
-                    caller: caller.clone(),
-                    result: ConnectResult::from_code(ev.result),
-                };
-                m.connections.get_or_create(&labels).inc();
-                if ev.kind == EVENT_ESTABLISHED {
-                    let bl = BackendLabels {
-                        service: service.clone(),
-                        backend: backend.clone(),
-                    };
-                    m.connect_duration
-                        .get_or_create(&bl)
-                        .observe(ev.duration_ns as f64 / 1e9);
-                }
+                m.connect(&ev, &service, &backend, &caller);
                 aggregates.fold(&ev, || Failure {
                     unix_ms: unix_ms_now(),
                     service,
@@ -263,45 +245,16 @@ impl Signals {
                 });
             }
             EVENT_CLOSED => {
-                let bl = BackendLabels {
-                    service: service.clone(),
-                    backend: backend.clone(),
-                };
-                m.connection_duration
-                    .get_or_create(&bl)
-                    .observe(ev.duration_ns as f64 / 1e9);
-                for (direction, n) in [
-                    (Direction::Sent, ev.bytes_acked),
-                    (Direction::Received, ev.bytes_received),
-                ] {
-                    let labels = BytesLabels {
-                        service: service.clone(),
-                        backend: backend.clone(),
-                        direction,
-                    };
-                    m.bytes.get_or_create(&labels).inc_by(n);
-                }
-                if ev.result == RESULT_RESET {
-                    let caller = callers.label(ev.cgroup_id);
-                    let labels = ConnLabels {
-                        service: service.clone(),
-                        backend: backend.clone(),
-                        caller,
-                        result: ConnectResult::Reset,
-                    };
-                    m.connections.get_or_create(&labels).inc();
-                }
+                // Only a reset is counted per caller (labelling one may fold it into `other`).
+                let reset_by = (ev.result == RESULT_RESET).then(|| callers.label(ev.cgroup_id));
+                m.closed(&ev, &service, &backend, reset_by);
                 aggregates.fold(&ev, || unreachable!("closed events are not failures"));
             }
             _ => {}
         }
         let overflow = callers.overflowed;
         if overflow > inner.overflow_reported {
-            m.label_overflow
-                .get_or_create(&OverflowLabels {
-                    label: BoundedLabel::Caller,
-                })
-                .inc_by(overflow - inner.overflow_reported);
+            m.labels_folded(BoundedLabel::Caller, overflow - inner.overflow_reported);
             inner.overflow_reported = overflow;
         }
     }
