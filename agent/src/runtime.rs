@@ -10,6 +10,10 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use prometheus_client::{
+    metrics::{counter::Counter, gauge::Gauge},
+    registry::Registry,
+};
 use sockmesh_model::MeshConfig;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
@@ -95,14 +99,18 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
 
     let attached = loader::attach(&opts.bpffs, &opts.cgroup, opts.observe)?;
     let mut dataplane = Dataplane::open(&attached.layout)?.with_zone(opts.zone.clone());
+    // Each subsystem registers its own families as it is built; then the registry is served.
+    let mut registry = metrics::registry();
     let signals = Signals::new(
         SignalMaps::open(&attached.layout.maps)?,
         opts.max_callers,
         opts.cgroup2_root.clone(),
+        &mut registry,
     );
+    let config_metrics = ConfigMetrics::new(&mut registry);
     let mut events = EventReader::open(&attached.layout.maps)?;
     let (engine, mut overlay_rx) =
-        engine::task::spawn(attached.layout.maps.clone(), signals.clone());
+        engine::task::spawn(attached.layout.maps.clone(), signals.clone(), &mut registry);
     signals.feed_engine(engine.events.clone());
     let status: SharedStatus = Arc::new(std::sync::RwLock::new(Status {
         adopted: attached.adopted,
@@ -116,7 +124,7 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
         .await
         .with_context(|| format!("binding metrics on {}", opts.metrics_addr))?;
     status.write().expect("status lock").metrics_addr = metrics_listener.local_addr()?.to_string();
-    tokio::spawn(metrics::serve(metrics_listener, signals.metrics.clone()));
+    tokio::spawn(metrics::serve(metrics_listener, Arc::new(registry)));
     let admin_state = AdminState {
         status: status.clone(),
         signals: signals.clone(),
@@ -151,7 +159,7 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
             let n = events
                 .drain(DRAIN_TICK, |ev| drain_signals.on_event(ev))
                 .await;
-            drain_signals.metrics.events_drained.inc_by(n as u64);
+            drain_signals.events_drained(n);
         }
     });
     let refresh_signals = signals.clone();
@@ -177,6 +185,7 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
     });
     record_applied(
         &status,
+        &config_metrics,
         initial_fingerprint,
         views,
         initial_started.elapsed(),
@@ -218,6 +227,7 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
                     overlay: &overlay,
                     current: &mut current,
                     signals: &signals,
+                    config_metrics: &config_metrics,
                     engine: &engine,
                     status: &status,
                     node: &opts.node,
@@ -235,6 +245,7 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
                     overlay: &overlay,
                     current: &mut current,
                     signals: &signals,
+                    config_metrics: &config_metrics,
                     engine: &engine,
                     status: &status,
                     node: &opts.node,
@@ -254,6 +265,7 @@ struct Reconcile<'a> {
     overlay: &'a crate::tables::Overlay,
     current: &'a mut MeshConfig,
     signals: &'a Signals,
+    config_metrics: &'a ConfigMetrics,
     engine: &'a engine::task::EngineHandle,
     status: &'a SharedStatus,
     node: &'a str,
@@ -281,7 +293,13 @@ impl Reconcile<'_> {
                     config: cfg.clone(),
                     views: views.clone(),
                 });
-                record_applied(self.status, fingerprint, views, started.elapsed());
+                record_applied(
+                    self.status,
+                    self.config_metrics,
+                    fingerprint,
+                    views,
+                    started.elapsed(),
+                );
                 *self.current = cfg;
                 Ok(())
             }
@@ -293,8 +311,7 @@ impl Reconcile<'_> {
     }
 
     fn rejected(&self, error: String) -> String {
-        record_rejected(self.status, error.clone());
-        self.signals.config_rejected();
+        record_rejected(self.status, self.config_metrics, error.clone());
         error
     }
 }
@@ -309,12 +326,41 @@ async fn next_offer(
     }
 }
 
+/// Config metrics: `sockmesh_config_version` (configs applied) and
+/// `sockmesh_config_rejected_total`, counted where the status records the same events.
+pub(crate) struct ConfigMetrics {
+    version: Gauge,
+    rejected: Counter,
+}
+
+impl ConfigMetrics {
+    pub(crate) fn new(registry: &mut Registry) -> Self {
+        let m = Self {
+            version: Gauge::default(),
+            rejected: Counter::default(),
+        };
+        registry.register(
+            "config_version",
+            "Number of configs applied by this agent since it started",
+            m.version.clone(),
+        );
+        registry.register(
+            "config_rejected",
+            "Configs rejected (invalid or not applicable)",
+            m.rejected.clone(),
+        );
+        m
+    }
+}
+
 fn record_applied(
     status: &SharedStatus,
+    metrics: &ConfigMetrics,
     fingerprint: String,
     views: Vec<crate::tables::ServiceView>,
     took: Duration,
 ) {
+    metrics.version.inc();
     let mut s = status.write().expect("status lock");
     s.config.apply_ms = took.as_secs_f64() * 1000.0;
     s.config.fingerprint = fingerprint;
@@ -324,7 +370,8 @@ fn record_applied(
     s.services = views;
 }
 
-fn record_rejected(status: &SharedStatus, error: String) {
+fn record_rejected(status: &SharedStatus, metrics: &ConfigMetrics, error: String) {
+    metrics.rejected.inc();
     let mut s = status.write().expect("status lock");
     s.config.rejected += 1;
     s.config.last_error = Some(error);

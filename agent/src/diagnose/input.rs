@@ -13,7 +13,11 @@ use super::{
         Role, SloBurn, WorkloadSignals,
     },
 };
-use crate::{signals::topology, slo::SloSample, tables::ServiceView};
+use crate::{
+    signals::topology,
+    slo::{BurnWindow, SloSample},
+    tables::ServiceView,
+};
 
 /// What besides the recorder diagnosis reads, as the admin API holds it.
 pub(crate) struct Context<'a> {
@@ -90,7 +94,8 @@ pub(crate) fn gather(
         state: row["state"].as_str().unwrap_or("closed").to_owned(),
         panic_mode: row["panic_mode"].as_bool().unwrap_or(false),
     });
-    let burn = |s: &SloSample, w: &str| s.burn.iter().find(|(l, _)| *l == w).map_or(0.0, |b| b.1);
+    let burn =
+        |s: &SloSample, w: BurnWindow| s.burn.iter().find(|(l, _)| *l == w).map_or(0.0, |b| b.1);
     DiagnoseInput {
         service: service.to_owned(),
         recent_secs: RECENT.secs(),
@@ -110,8 +115,8 @@ pub(crate) fn gather(
             .filter(|s| s.service == service)
             .map(|s| SloBurn {
                 slo: s.slo.clone(),
-                burn_5m: burn(s, "5m"),
-                burn_1h: burn(s, "1h"),
+                burn_5m: burn(s, BurnWindow::FiveMinutes),
+                burn_1h: burn(s, BurnWindow::OneHour),
             })
             .collect(),
     }
@@ -172,7 +177,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        metrics::{BackendLabels, KernelSnapshot, WorkloadSample},
+        metrics::BackendLabels,
+        signals::kernel_metrics::{KernelSnapshot, WorkloadSample},
         tables::plan::BackendView,
     };
 
@@ -260,7 +266,12 @@ mod tests {
             good_total: 0,
             total: 0,
             budget_remaining: 1.0,
-            burn: [("5m", 7.0), ("30m", 0.0), ("1h", 3.0), ("6h", 0.0)],
+            burn: [
+                (BurnWindow::FiveMinutes, 7.0),
+                (BurnWindow::ThirtyMinutes, 0.0),
+                (BurnWindow::OneHour, 3.0),
+                (BurnWindow::SixHours, 0.0),
+            ],
         };
         let other = crate::slo::SloSample {
             service: "api".into(),

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::record::{ConnTally, Recorder, LAST, PREVIOUS};
-use crate::slo::SloSample;
+use crate::slo::{BurnWindow, SloSample};
 
 /// One period of one line, as `/v1/lines` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -132,7 +132,7 @@ pub(crate) fn top(
 fn burn_1h(s: &SloSample) -> f64 {
     s.burn
         .iter()
-        .find(|(w, _)| *w == "1h")
+        .find(|(w, _)| *w == BurnWindow::OneHour)
         .map_or(0.0, |(_, b)| *b)
 }
 
@@ -181,7 +181,12 @@ mod tests {
             good_total: 0,
             total: 0,
             budget_remaining: 1.0,
-            burn: [("5m", 0.0), ("30m", 0.0), ("1h", burn_1h), ("6h", 0.0)],
+            burn: [
+                (BurnWindow::FiveMinutes, 0.0),
+                (BurnWindow::ThirtyMinutes, 0.0),
+                (BurnWindow::OneHour, burn_1h),
+                (BurnWindow::SixHours, 0.0),
+            ],
         }
     }
 

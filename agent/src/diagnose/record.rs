@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::periods::{Clock, Periods, Tally};
 pub(crate) use super::tally::{BackendTally, ConnTally, CpuTally, RefusalTally};
-use crate::metrics::KernelSnapshot;
+use crate::signals::kernel_metrics::KernelSnapshot;
 
 /// Which buckets a question reads: `n` buckets ending `skip` buckets before the current one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

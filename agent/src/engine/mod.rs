@@ -8,6 +8,7 @@
 //! never fed in as backend failures.
 
 pub(crate) mod drain;
+pub(crate) mod metrics;
 mod service;
 pub(crate) mod task;
 #[cfg(test)]
@@ -29,6 +30,7 @@ use crate::{
     health::{
         ban::{Exclusion, ProbeOutcome},
         circuit::CircuitState,
+        outlier::BanReason,
         shed,
     },
     tables::{Overlay, ServiceView},
@@ -44,7 +46,7 @@ pub(crate) struct TickOutput {
     /// (service id, backend address): close routed connections to it now.
     pub drains: Vec<(u32, SocketAddr)>,
     /// (service name, backend address, reason): bans made in this tick, for logs and metrics.
-    pub bans: Vec<(String, SocketAddr, &'static str)>,
+    pub bans: Vec<(String, SocketAddr, BanReason)>,
 }
 
 #[derive(Debug, Default)]

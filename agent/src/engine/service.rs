@@ -15,7 +15,7 @@ use crate::{
     health::{
         ban::{BanBook, BanPolicy},
         circuit::{Circuit, CircuitPolicy, CircuitState},
-        outlier::{detect, BackendSignals, OutlierPolicy},
+        outlier::{detect, BackendSignals, BanReason, OutlierPolicy},
         window::OutcomeWindow,
     },
     tables::{CircuitFlag, ServiceOverlay},
@@ -257,8 +257,8 @@ impl ServiceHealth {
         }
     }
 
-    /// Runs detection and bans; returns backends newly banned (id, reason label).
-    pub(crate) fn evaluate(&mut self, now: Instant) -> Vec<(u32, &'static str)> {
+    /// Runs detection and bans; returns backends newly banned (id, reason).
+    pub(crate) fn evaluate(&mut self, now: Instant) -> Vec<(u32, BanReason)> {
         if self.settled() {
             return Vec::new();
         }
@@ -294,7 +294,7 @@ impl ServiceHealth {
                     b.consecutive_failures = 0;
                     self.excluded_since.entry(b.addr).or_insert(now);
                 }
-                banned.push((*id, reason.as_str()));
+                banned.push((*id, *reason));
             }
         }
         banned

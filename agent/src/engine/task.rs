@@ -1,12 +1,7 @@
 //! The engine's task: feeds [`Engine`] events, TCP counters and probe results, runs probes
 //! and drains, exports health metrics, and publishes the overlay the dataplane applies.
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    path::PathBuf,
-    sync::Arc,
-    time::Duration,
-};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use serde_json::Value;
 use sockmesh_common::{is_mesh_refusal, ConnEvent, EVENT_FAILED};
@@ -17,9 +12,14 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use super::{drain, Engine};
+use prometheus_client::registry::Registry;
+
+use super::{
+    drain,
+    metrics::{HealthExport, HealthMetrics},
+    Engine,
+};
 use crate::{
-    metrics::{BackendLabels, ReasonLabels, ServiceLabels},
     signals::Signals,
     tables::{Overlay, ServiceView},
 };
@@ -68,9 +68,11 @@ impl EngineHandle {
     }
 }
 
+/// Starts the engine's task; its health metrics are registered in `registry`.
 pub(crate) fn spawn(
     map_dir: PathBuf,
     signals: Arc<Signals>,
+    registry: &mut Registry,
 ) -> (EngineHandle, watch::Receiver<Overlay>) {
     let (events, mut event_rx) = mpsc::unbounded_channel::<ConnEvent>();
     let (commands, mut command_rx) = mpsc::unbounded_channel::<Command>();
@@ -82,7 +84,7 @@ pub(crate) fn spawn(
         signals,
         probe_tx,
         overlay_tx,
-        exported: HealthExport::default(),
+        exported: HealthExport::new(HealthMetrics::new(registry)),
     };
     tokio::spawn(async move {
         let mut engine = Engine::default();
@@ -106,7 +108,7 @@ pub(crate) fn spawn(
                 Some(cmd) = command_rx.recv() => match cmd {
                     Command::Config { config, views } => {
                         engine.on_config(Instant::now(), &config, &views);
-                        ctx.exported.reset(&ctx.signals);
+                        ctx.exported.reset();
                     }
                     Command::Fault { service, refuse_ppm, reply } => {
                         let _ = reply.send(engine.set_fault(&service, refuse_ppm));
@@ -115,7 +117,7 @@ pub(crate) fn spawn(
                         let now = Instant::now();
                         // The gauges as of the same moment: a reader of a view never sees
                         // older metrics after it (a circuit half-open here but open there).
-                        ctx.exported.export(&engine, now, &ctx.signals);
+                        ctx.exported.export(&engine, now);
                         let _ = reply.send(EngineViews {
                             bans: engine.bans_json(now),
                             circuits: engine.circuits_json(now),
@@ -151,12 +153,8 @@ fn step(engine: &mut Engine, ctx: &mut Ctx) {
     let signals = &ctx.signals;
     let out = engine.tick(now);
     for (service, backend, reason) in &out.bans {
-        warn!(%service, %backend, reason, "backend banned");
-        signals
-            .metrics
-            .bans
-            .get_or_create(&ReasonLabels { reason })
-            .inc();
+        warn!(%service, %backend, reason = reason.as_str(), "backend banned");
+        ctx.exported.metrics().banned(*reason);
     }
     for (svc, backend, addr, timeout) in out.probes {
         let tx = ctx.probe_tx.clone();
@@ -171,23 +169,23 @@ fn step(engine: &mut Engine, ctx: &mut Ctx) {
     }
     for (svc, addr) in out.drains {
         let dir = ctx.map_dir.clone();
-        let signals = signals.clone();
         let Some(backend) = signals.backend_id(svc, addr) else {
             continue;
         };
+        let metrics = ctx.exported.metrics().clone();
         tokio::task::spawn_blocking(move || {
             match drain::routed_cookies(&dir, svc, backend)
                 .and_then(|c| Ok(drain::destroy(addr, &c)?))
             {
                 Ok(n) => {
                     info!(backend = %addr, closed = n, "drained connections");
-                    signals.metrics.drained.inc_by(n as u64);
+                    metrics.drained(n as u64);
                 }
                 Err(e) => warn!(backend = %addr, error = %format!("{e:#}"), "drain failed"),
             }
         });
     }
-    ctx.exported.export(engine, now, signals);
+    ctx.exported.export(engine, now);
     let overlay = engine.overlay(now);
     ctx.overlay_tx.send_if_modified(|current| {
         let changed = *current != overlay;
@@ -196,73 +194,4 @@ fn step(engine: &mut Engine, ctx: &mut Ctx) {
         }
         changed
     });
-}
-
-/// Health gauges (banned backends, circuit state, panic mode), written only where a value
-/// changed since the last step: at 10,000 services x 10 backends, setting all 100,000
-/// backend gauges every 50 ms tick (label formatting and family lookups) was about a third
-/// of the agent's CPU while nothing changed.
-#[derive(Default)]
-struct HealthExport {
-    services: HashMap<u32, ServiceExport>,
-}
-
-/// What was last exported for one service.
-struct ServiceExport {
-    circuit: i64,
-    panic: bool,
-    excluded: BTreeSet<u32>,
-}
-
-impl HealthExport {
-    /// A new config: the families start empty, so removed services and backends lose their
-    /// series, and every gauge is written again at the next step.
-    fn reset(&mut self, signals: &Signals) {
-        let m = &signals.metrics;
-        m.circuit_state.clear();
-        m.panic_mode.clear();
-        m.backend_banned.clear();
-        self.services.clear();
-    }
-
-    fn export(&mut self, engine: &Engine, now: Instant, signals: &Signals) {
-        let m = &signals.metrics;
-        for (id, svc) in engine.services_by_id() {
-            let circuit = svc.circuit.state(now).as_gauge();
-            let panic = svc.bans.panic_mode();
-            let excluded = svc.bans.excluded();
-            let last = self.services.get(id);
-            if last
-                .is_some_and(|l| l.circuit == circuit && l.panic == panic && l.excluded == excluded)
-            {
-                continue;
-            }
-            let service = ServiceLabels {
-                service: svc.name.clone(),
-            };
-            m.circuit_state.get_or_create(&service).set(circuit);
-            m.panic_mode.get_or_create(&service).set(i64::from(panic));
-            for (bid, b) in &svc.backends {
-                let banned = excluded.contains(bid);
-                if last.is_some_and(|l| l.excluded.contains(bid) == banned) {
-                    continue;
-                }
-                let labels = BackendLabels {
-                    service: svc.name.clone(),
-                    backend: b.addr.to_string(),
-                };
-                m.backend_banned
-                    .get_or_create(&labels)
-                    .set(i64::from(banned));
-            }
-            self.services.insert(
-                *id,
-                ServiceExport {
-                    circuit,
-                    panic,
-                    excluded,
-                },
-            );
-        }
-    }
 }

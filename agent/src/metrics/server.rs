@@ -9,9 +9,12 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
-use super::{format, Metrics};
+use prometheus_client::registry::Registry;
 
-pub(crate) async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+use super::{encode, format};
+
+/// Answers scrapes of `registry` on `listener`, in the format the scraper asks for.
+pub(crate) async fn serve(listener: TcpListener, registry: Arc<Registry>) {
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -20,10 +23,10 @@ pub(crate) async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
                 continue;
             }
         };
-        let metrics = metrics.clone();
+        let registry = registry.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
-                let metrics = metrics.clone();
+                let registry = registry.clone();
                 async move {
                     let resp = if req.uri().path() == "/metrics" {
                         let accept = req
@@ -31,9 +34,9 @@ pub(crate) async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
                             .get(hyper::header::ACCEPT)
                             .and_then(|v| v.to_str().ok());
                         let (ctype, body) = if format::wants_openmetrics(accept) {
-                            (format::OPENMETRICS, metrics.encode())
+                            (format::OPENMETRICS, encode(&registry))
                         } else {
-                            (format::CLASSIC, format::to_classic(&metrics.encode()))
+                            (format::CLASSIC, format::to_classic(&encode(&registry)))
                         };
                         Response::builder()
                             .header("content-type", ctype)

@@ -14,19 +14,61 @@ pub(crate) const RECENT_FAILURES: usize = 100;
 
 /// Label value of a kernel result code.
 pub(crate) fn result_name(result: u32) -> &'static str {
-    match result {
-        RESULT_OK => "ok",
-        RESULT_REFUSED => "refused",
-        RESULT_TIMEOUT => "timeout",
-        RESULT_UNREACHABLE => "unreachable",
-        RESULT_RESET => "reset",
-        RESULT_NO_BACKEND => "no_backend",
-        RESULT_DENIED => "denied",
-        RESULT_CIRCUIT_OPEN => "circuit_open",
-        RESULT_SHED => "shed",
-        RESULT_LIMITED => "limited",
-        RESULT_FAULT => "fault",
-        _ => "other",
+    ConnectResult::from_code(result).as_str()
+}
+
+/// A connect's outcome as the kernel reports it: the `result` label of
+/// `sockmesh_connections_total` (`Reset` is counted at close, [`super::metrics`]).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub(crate) enum ConnectResult {
+    Ok,
+    Refused,
+    Timeout,
+    Unreachable,
+    Reset,
+    NoBackend,
+    Denied,
+    CircuitOpen,
+    Shed,
+    Limited,
+    Fault,
+    /// A code this agent does not know (newer programs).
+    Other,
+}
+
+impl ConnectResult {
+    pub(crate) fn from_code(result: u32) -> Self {
+        match result {
+            RESULT_OK => Self::Ok,
+            RESULT_REFUSED => Self::Refused,
+            RESULT_TIMEOUT => Self::Timeout,
+            RESULT_UNREACHABLE => Self::Unreachable,
+            RESULT_RESET => Self::Reset,
+            RESULT_NO_BACKEND => Self::NoBackend,
+            RESULT_DENIED => Self::Denied,
+            RESULT_CIRCUIT_OPEN => Self::CircuitOpen,
+            RESULT_SHED => Self::Shed,
+            RESULT_LIMITED => Self::Limited,
+            RESULT_FAULT => Self::Fault,
+            _ => Self::Other,
+        }
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Refused => "refused",
+            Self::Timeout => "timeout",
+            Self::Unreachable => "unreachable",
+            Self::Reset => "reset",
+            Self::NoBackend => "no_backend",
+            Self::Denied => "denied",
+            Self::CircuitOpen => "circuit_open",
+            Self::Shed => "shed",
+            Self::Limited => "limited",
+            Self::Fault => "fault",
+            Self::Other => "other",
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use sockmesh_common::{
 };
 
 use super::map_count::{walk_batch, CountedMap, CountedMaps};
-use crate::metrics::SameNodeCounters;
+use super::same_node_metrics::SameNodeCounters;
 
 pub(crate) struct SignalMaps {
     backend_stats: PerCpuHashMap<MapData, BackendKey, BackendTcpStats>,

@@ -1,17 +1,21 @@
 //! Signals: what the kernel saw, folded into aggregates, metrics and admin views.
 //!
-//! Two feeds: lifecycle events from the ring buffer ([`ring`]), folded as they arrive, and the
-//! per-CPU maps plus cgroup files, read once a second ([`Signals::refresh`]) into a snapshot the
-//! metrics collector and admin API serve. Connect and close events also feed the SLO tracker
+//! Two feeds: lifecycle events from the ring buffer ([`ring`]), folded as they arrive into the
+//! connection metrics ([`metrics`]), and the per-CPU maps plus cgroup files, read once a second
+//! ([`Signals::refresh`]) into a snapshot the kernel-map metrics ([`kernel_metrics`],
+//! [`same_node_metrics`]) and the admin API serve, and into map pressure ([`pressure`]). Connect and close events also feed the SLO tracker
 //! ([`crate::slo`]), which the metrics collector and `/v1/slos` read; connect outcomes and
 //! kernel reads feed the diagnosis recorder ([`crate::diagnose`]).
 
 pub(crate) mod aggregate;
 mod diagnosis;
 pub(crate) mod kernel_maps;
+pub(crate) mod kernel_metrics;
 pub(crate) mod map_count;
-mod pressure;
+pub(crate) mod metrics;
+pub(crate) mod pressure;
 pub(crate) mod ring;
+pub(crate) mod same_node_metrics;
 pub(crate) mod topology;
 mod views;
 pub(crate) mod workloads;
@@ -22,6 +26,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use prometheus_client::registry::Registry;
 use sockmesh_common::{
     BackendKey, BackendTcpStats, CallerEntry, ConnEvent, EVENT_CLOSED, EVENT_ESTABLISHED,
     EVENT_FAILED, EVENT_INBOUND, RESULT_RESET,
@@ -32,15 +37,15 @@ use tracing::{debug, info, warn};
 use self::{
     aggregate::{result_name, Aggregates, Failure},
     kernel_maps::SignalMaps,
+    kernel_metrics::{KernelCollector, KernelSnapshot, WorkloadSample},
+    metrics::{BoundedLabel, ConnectionMetrics},
+    pressure::gauges::MapPressure,
     topology::{CallerLabels, Topology},
     workloads::ResolvedWorkload,
 };
 use crate::{
     diagnose::Recorder,
-    metrics::{
-        BackendLabels, BytesLabels, ConnLabels, InboundLabels, KernelSnapshot, Metrics,
-        OverflowLabels, SloCollector, WorkloadSample,
-    },
+    metrics::BackendLabels,
     slo::{SloSample, SloTracker},
     status::unix_ms_now,
     tables::{addr::words_to_socket_addr, ServiceView},
@@ -64,8 +69,11 @@ pub(crate) struct Signals {
     /// Connect outcomes are also fed to the health engine (set once it runs).
     engine: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<ConnEvent>>,
     maps: Mutex<SignalMaps>,
-    pub metrics: Arc<Metrics>,
+    metrics: ConnectionMetrics,
+    /// Shared with the kernel-map collectors, which encode it at scrape time.
     snapshot: Arc<Mutex<KernelSnapshot>>,
+    /// Entries per kernel map (`sockmesh_map_entries`), recorded by [`Signals::refresh`].
+    pressure: Arc<MapPressure>,
     /// Its own lock, shared with the metrics collector: a scrape computes burn rates without
     /// holding up the folding of other signals.
     slos: Arc<Mutex<SloTracker>>,
@@ -75,11 +83,21 @@ pub(crate) struct Signals {
 }
 
 impl Signals {
-    pub(crate) fn new(mut maps: SignalMaps, max_callers: usize, cgroup2: PathBuf) -> Arc<Self> {
+    /// The signals over `maps`; their metrics (connections, kernel maps, same-node, map
+    /// pressure, SLOs) are registered in `registry`.
+    pub(crate) fn new(
+        mut maps: SignalMaps,
+        max_callers: usize,
+        cgroup2: PathBuf,
+        registry: &mut Registry,
+    ) -> Arc<Self> {
         let counted = maps.counted.take();
-        let collector = crate::metrics::KernelCollector::default();
-        let snapshot = collector.snapshot.clone();
+        let metrics = ConnectionMetrics::new(registry);
+        let snapshot = KernelCollector::register(registry);
+        same_node_metrics::register(registry, snapshot.clone());
+        let pressure = MapPressure::new(registry);
         let slos = Arc::new(Mutex::new(SloTracker::default()));
+        crate::slo::metrics::register(registry, slos.clone());
         Arc::new(Self {
             engine: std::sync::OnceLock::new(),
             inner: Mutex::new(Inner {
@@ -94,8 +112,9 @@ impl Signals {
                 diag: Recorder::new(tokio::time::Instant::now()),
             }),
             maps: Mutex::new(maps),
-            metrics: Arc::new(Metrics::new(collector, SloCollector::new(slos.clone()))),
+            metrics,
             snapshot,
+            pressure,
             slos,
             cgroup2,
             counts: Mutex::new(pressure::CountSchedule::new(counted)),
@@ -136,12 +155,12 @@ impl Signals {
             .lock()
             .expect("slo lock")
             .reconfigure(tokio::time::Instant::now(), config, views);
-        self.metrics.config_version.inc();
         self.refresh();
     }
 
-    pub(crate) fn config_rejected(&self) {
-        self.metrics.config_rejected.inc();
+    /// `n` lifecycle events were read from the ring buffer.
+    pub(crate) fn events_drained(&self, n: usize) {
+        self.metrics.events_drained(n as u64);
     }
 
     pub(crate) fn feed_engine(&self, tx: tokio::sync::mpsc::UnboundedSender<ConnEvent>) {
@@ -207,7 +226,7 @@ impl Signals {
                 } else {
                     topology::OTHER.to_owned()
                 };
-                m.inbound.get_or_create(&InboundLabels { backend }).inc();
+                m.inbound(backend);
                 aggregates.events += 1;
                 return;
             }
@@ -215,22 +234,7 @@ impl Signals {
                 let caller = callers.label(ev.cgroup_id);
                 let now = tokio::time::Instant::now();
                 diag.on_connect(now, &service, &backend, &caller, &ev);
-                let labels = ConnLabels {
-                    service: service.clone(),
-                    backend: backend.clone(),
-                    caller: caller.clone(),
-                    result: result_name(ev.result),
-                };
-                m.connections.get_or_create(&labels).inc();
-                if ev.kind == EVENT_ESTABLISHED {
-                    let bl = BackendLabels {
-                        service: service.clone(),
-                        backend: backend.clone(),
-                    };
-                    m.connect_duration
-                        .get_or_create(&bl)
-                        .observe(ev.duration_ns as f64 / 1e9);
-                }
+                m.connect(&ev, &service, &backend, &caller);
                 aggregates.fold(&ev, || Failure {
                     unix_ms: unix_ms_now(),
                     service,
@@ -241,40 +245,16 @@ impl Signals {
                 });
             }
             EVENT_CLOSED => {
-                let bl = BackendLabels {
-                    service: service.clone(),
-                    backend: backend.clone(),
-                };
-                m.connection_duration
-                    .get_or_create(&bl)
-                    .observe(ev.duration_ns as f64 / 1e9);
-                for (direction, n) in [("sent", ev.bytes_acked), ("received", ev.bytes_received)] {
-                    let labels = BytesLabels {
-                        service: service.clone(),
-                        backend: backend.clone(),
-                        direction,
-                    };
-                    m.bytes.get_or_create(&labels).inc_by(n);
-                }
-                if ev.result == RESULT_RESET {
-                    let caller = callers.label(ev.cgroup_id);
-                    let labels = ConnLabels {
-                        service: service.clone(),
-                        backend: backend.clone(),
-                        caller,
-                        result: "reset",
-                    };
-                    m.connections.get_or_create(&labels).inc();
-                }
+                // Only a reset is counted per caller (labelling one may fold it into `other`).
+                let reset_by = (ev.result == RESULT_RESET).then(|| callers.label(ev.cgroup_id));
+                m.closed(&ev, &service, &backend, reset_by);
                 aggregates.fold(&ev, || unreachable!("closed events are not failures"));
             }
             _ => {}
         }
         let overflow = callers.overflowed;
         if overflow > inner.overflow_reported {
-            m.label_overflow
-                .get_or_create(&OverflowLabels { label: "caller" })
-                .inc_by(overflow - inner.overflow_reported);
+            m.labels_folded(BoundedLabel::Caller, overflow - inner.overflow_reported);
             inner.overflow_reported = overflow;
         }
     }

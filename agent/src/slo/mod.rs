@@ -4,12 +4,13 @@
 //! Pure and clocked from outside, like the health engine: [`classify`] decides what one
 //! lifecycle event means for an SLI, [`history::History`] keeps bucketed counts in bounded
 //! memory, and [`SloTracker`] routes events to the SLOs of their service and takes the
-//! [`SloSample`]s the metrics collector and the admin API serve. Burn rates are also
+//! [`SloSample`]s the metrics collector ([`metrics`]) and the admin API serve. Burn rates are also
 //! computable by Prometheus from the raw `_total` counters; the agent's own are for the CLI
 //! and for setups without recording rules.
 
 mod classify;
 pub(crate) mod history;
+pub(crate) mod metrics;
 
 use std::{collections::HashMap, time::Duration};
 
@@ -24,13 +25,34 @@ use history::History;
 use crate::tables::ServiceView;
 
 /// The burn-rate windows of the SRE workbook's multiwindow, multi-burn-rate alerts (page on
-/// 1h and 5m, ticket on 6h and 30m), with the label value each is exported under.
-pub(crate) const BURN_WINDOWS: [(&str, Duration); 4] = [
-    ("5m", Duration::from_secs(300)),
-    ("30m", Duration::from_secs(1800)),
-    ("1h", Duration::from_secs(3600)),
-    ("6h", Duration::from_secs(6 * 3600)),
+/// 1h and 5m, ticket on 6h and 30m).
+pub(crate) const BURN_WINDOWS: [(BurnWindow, Duration); 4] = [
+    (BurnWindow::FiveMinutes, Duration::from_secs(300)),
+    (BurnWindow::ThirtyMinutes, Duration::from_secs(1800)),
+    (BurnWindow::OneHour, Duration::from_secs(3600)),
+    (BurnWindow::SixHours, Duration::from_secs(6 * 3600)),
 ];
+
+/// A burn-rate window: the `window` label of `sockmesh_slo_burn_rate` and the key of the
+/// admin API's `burn` object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum BurnWindow {
+    FiveMinutes,
+    ThirtyMinutes,
+    OneHour,
+    SixHours,
+}
+
+impl BurnWindow {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::FiveMinutes => "5m",
+            Self::ThirtyMinutes => "30m",
+            Self::OneHour => "1h",
+            Self::SixHours => "6h",
+        }
+    }
+}
 
 /// One SLO's numbers at one instant.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -47,13 +69,13 @@ pub(crate) struct SloSample {
     pub budget_remaining: f64,
     /// Burn rate per [`BURN_WINDOWS`] label; a JSON object `{"5m": F, ...}`.
     #[serde(serialize_with = "burn_map")]
-    pub burn: [(&'static str, f64); 4],
+    pub burn: [(BurnWindow, f64); 4],
 }
 
-fn burn_map<S: Serializer>(burn: &[(&'static str, f64); 4], s: S) -> Result<S::Ok, S::Error> {
+fn burn_map<S: Serializer>(burn: &[(BurnWindow, f64); 4], s: S) -> Result<S::Ok, S::Error> {
     let mut map = s.serialize_map(Some(burn.len()))?;
     for (window, rate) in burn {
-        map.serialize_entry(window, rate)?;
+        map.serialize_entry(window.as_str(), rate)?;
     }
     map.end()
 }

@@ -112,7 +112,7 @@ async fn events_reach_the_slos_of_their_service_only() {
     advance(Duration::from_secs(600)).await;
     let samples = t.snapshot(Instant::now());
     let avail = sample(&samples, "web", "availability");
-    assert_eq!(avail.burn[0], ("5m", 0.0));
+    assert_eq!(avail.burn[0], (BurnWindow::FiveMinutes, 0.0));
     assert_close(avail.burn[1].1, 2.0);
 }
 
@@ -207,7 +207,12 @@ fn samples_serialize_with_burn_rates_by_window() {
         good_total: 9,
         total: 10,
         budget_remaining: -99.0,
-        burn: [("5m", 100.0), ("30m", 100.0), ("1h", 100.0), ("6h", 0.0)],
+        burn: [
+            (BurnWindow::FiveMinutes, 100.0),
+            (BurnWindow::ThirtyMinutes, 100.0),
+            (BurnWindow::OneHour, 100.0),
+            (BurnWindow::SixHours, 0.0),
+        ],
     };
     let json = serde_json::to_value(&s).unwrap();
     assert_eq!(json["burn"]["5m"], 100.0);

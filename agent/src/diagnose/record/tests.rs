@@ -8,7 +8,7 @@ use sockmesh_common::{
 use tokio::time::Instant;
 
 use super::*;
-use crate::metrics::{BackendLabels, WorkloadSample};
+use crate::{metrics::BackendLabels, signals::kernel_metrics::WorkloadSample};
 
 fn ev(kind: u32, result: u32, duration_ns: u64) -> ConnEvent {
     ConnEvent {

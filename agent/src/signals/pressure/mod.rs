@@ -1,4 +1,4 @@
-//! Feeding the map pressure gauges ([`crate::metrics::pressure`]) once per refresh.
+//! Map pressure: the gauges ([`gauges`]) and feeding them once per refresh.
 //!
 //! - Tables the dataplane writes (services, slot tables, backends, ACL): the dataplane's own
 //!   mirror of them ([`MIRROR_COUNTS`]), no kernel access.
@@ -8,18 +8,16 @@
 //!   counted with batch lookups, the socket hash key by key ([`super::map_count`]), within a CPU budget: a count that took `t` is repeated
 //!   no sooner than `t / COUNT_CPU_SHARE` later (and never more than once a second).
 
+pub(crate) mod gauges;
+
 use std::{
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
-use sockmesh_common::{
-    ACL_MAP, BACKENDS_MAP, BACKEND_STATS_MAP, CALLERS_MAP, CALLER_CONNS_MAP, SAME_NODE_PENDING_MAP,
-    SAME_NODE_SOCKS_MAP, SAME_NODE_TCP_MAP, SERVICES_MAP, SLOT_TABLES_MAP, SOCK_STAMPS_MAP,
-    WORKLOAD_TIDS_MAP,
-};
 use tracing::{debug, info, warn};
 
+use self::gauges::KernelMap;
 use super::{map_count::CountedMaps, Signals};
 use crate::tables::kernel::MIRROR_COUNTS;
 
@@ -73,16 +71,16 @@ impl Signals {
     /// the syncs left in those maps. Called without the signal maps' lock held: counting a
     /// full LRU map takes a while (see [`COUNT_CPU_SHARE`]).
     pub(super) fn record_pressure(&self, tids: usize, callers: usize, backend_stats: usize) {
-        let p = &self.metrics.pressure;
+        let p = &self.pressure;
         let c = &MIRROR_COUNTS;
         let mirror = |n: &std::sync::atomic::AtomicUsize| n.load(Ordering::Relaxed) as u64;
-        p.record(SERVICES_MAP, mirror(&c.services));
-        p.record(SLOT_TABLES_MAP, mirror(&c.slot_tables));
-        p.record(BACKENDS_MAP, mirror(&c.backends));
-        p.record(ACL_MAP, mirror(&c.acl));
-        p.record(BACKEND_STATS_MAP, backend_stats as u64);
-        p.record(WORKLOAD_TIDS_MAP, tids as u64);
-        p.record(CALLERS_MAP, callers as u64);
+        p.record(KernelMap::Services, mirror(&c.services));
+        p.record(KernelMap::SlotTables, mirror(&c.slot_tables));
+        p.record(KernelMap::Backends, mirror(&c.backends));
+        p.record(KernelMap::Acl, mirror(&c.acl));
+        p.record(KernelMap::BackendStats, backend_stats as u64);
+        p.record(KernelMap::WorkloadTids, tids as u64);
+        p.record(KernelMap::Callers, callers as u64);
 
         // A refresh already counting (a config apply refreshes too) has it covered.
         let Ok(mut schedule) = self.counts.try_lock() else {
@@ -95,16 +93,16 @@ impl Signals {
         let Some(maps) = &schedule.maps else {
             return;
         };
-        for (name, map) in [
-            (SOCK_STAMPS_MAP, &maps.stamps),
-            (CALLER_CONNS_MAP, &maps.caller_conns),
-            (SAME_NODE_PENDING_MAP, &maps.same_node_pending),
-            (SAME_NODE_TCP_MAP, &maps.same_node_tcp),
-            (SAME_NODE_SOCKS_MAP, &maps.same_node_socks),
+        for (which, map) in [
+            (KernelMap::SockStamps, &maps.stamps),
+            (KernelMap::CallerConns, &maps.caller_conns),
+            (KernelMap::SameNodePending, &maps.same_node_pending),
+            (KernelMap::SameNodeTcp, &maps.same_node_tcp),
+            (KernelMap::SameNodeSocks, &maps.same_node_socks),
         ] {
             match map.count() {
-                Ok(n) => p.record(name, n),
-                Err(e) => warn!(map = name, error = %e, "counting map entries failed"),
+                Ok(n) => p.record(which, n),
+                Err(e) => warn!(map = which.name(), error = %e, "counting map entries failed"),
             }
         }
         let took = now.elapsed();

@@ -1,9 +1,9 @@
-//! Map pressure: how full each hash map the agent relies on is, as two gauges,
+//! Map pressure gauges: how full each hash map the agent relies on is, as two gauges,
 //! `sockmesh_map_entries{map}` and `sockmesh_map_capacity{map}`, and one log line when a map
 //! crosses 90% of its capacity (once per crossing: it re-arms only after the map fell below
 //! 85%, so a map hovering at the threshold does not log every second).
 //!
-//! Where the counts come from (see `Signals::refresh`): the agent's own mirror for the
+//! Where the counts come from (see [`super`], fed by `Signals::refresh`): the agent's own mirror for the
 //! tables it writes (services, slot tables, backends, ACL, backend TCP stats, callers,
 //! workload threads), and a bounded count for the maps the kernel fills (`SM_SOCK_STAMPS`,
 //! `SM_CALLER_CONNS` and the same-node notes, all LRU, and the same-node socket hash).
@@ -15,8 +15,11 @@ use std::{
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    encoding::{
+        DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+    },
     metrics::{gauge::ConstGauge, MetricType},
+    registry::Registry,
 };
 use sockmesh_common::{
     ACL_MAP, BACKENDS_MAP, BACKEND_STATS_MAP, CALLERS_MAP, CALLER_CONNS_MAP, MAX_ACL, MAX_BACKENDS,
@@ -31,76 +34,126 @@ pub(crate) const WARN_RATIO: f64 = 0.9;
 /// ... and reported again only after it fell below this share.
 pub(crate) const REARM_RATIO: f64 = 0.85;
 
-/// One watched map: its name, `max_entries`, and what happens when it is full.
+/// A kernel map with a pressure gauge; its `map` label value is the map's pinned name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum KernelMap {
+    Services,
+    SlotTables,
+    Backends,
+    BackendStats,
+    Acl,
+    Callers,
+    WorkloadTids,
+    SockStamps,
+    CallerConns,
+    SameNodePending,
+    SameNodeSocks,
+    SameNodeTcp,
+}
+
+impl KernelMap {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Services => SERVICES_MAP,
+            Self::SlotTables => SLOT_TABLES_MAP,
+            Self::Backends => BACKENDS_MAP,
+            Self::BackendStats => BACKEND_STATS_MAP,
+            Self::Acl => ACL_MAP,
+            Self::Callers => CALLERS_MAP,
+            Self::WorkloadTids => WORKLOAD_TIDS_MAP,
+            Self::SockStamps => SOCK_STAMPS_MAP,
+            Self::CallerConns => CALLER_CONNS_MAP,
+            Self::SameNodePending => SAME_NODE_PENDING_MAP,
+            Self::SameNodeSocks => SAME_NODE_SOCKS_MAP,
+            Self::SameNodeTcp => SAME_NODE_TCP_MAP,
+        }
+    }
+
+    fn watched(self) -> &'static WatchedMap {
+        WATCHED
+            .iter()
+            .find(|m| m.map == self)
+            .expect("every KernelMap is watched")
+    }
+}
+
+// The derive writes a variant's identifier; the label is the map's name (`SM_SERVICES`).
+impl EncodeLabelValue for KernelMap {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        std::fmt::Write::write_str(encoder, self.name())
+    }
+}
+
+/// One watched map: which, its `max_entries`, and what happens when it is full.
 pub(crate) struct WatchedMap {
-    pub name: &'static str,
-    pub capacity: u32,
-    pub when_full: &'static str,
+    pub(crate) map: KernelMap,
+    pub(crate) capacity: u32,
+    pub(crate) when_full: &'static str,
 }
 
 /// Every map with a pressure gauge, in exposition order.
 pub(crate) const WATCHED: [WatchedMap; 12] = [
     WatchedMap {
-        name: SERVICES_MAP,
+        map: KernelMap::Services,
         capacity: MAX_SERVICES,
         when_full: "configs with more services are rejected (the previous config stays)",
     },
     WatchedMap {
-        name: SLOT_TABLES_MAP,
+        map: KernelMap::SlotTables,
         capacity: MAX_SLOT_TABLES,
         when_full: "configs with more services are rejected (the previous config stays)",
     },
     WatchedMap {
-        name: BACKENDS_MAP,
+        map: KernelMap::Backends,
         capacity: MAX_BACKENDS,
         when_full: "configs with more backend addresses are rejected (the previous config stays)",
     },
     WatchedMap {
-        name: BACKEND_STATS_MAP,
+        map: KernelMap::BackendStats,
         capacity: MAX_BACKEND_STATS,
         when_full: "configs with more (service, backend) pairs are rejected (the previous config stays)",
     },
     WatchedMap {
-        name: ACL_MAP,
+        map: KernelMap::Acl,
         capacity: MAX_ACL,
         when_full: "configs with more allowed (service, workload) pairs are rejected (the previous config stays)",
     },
     WatchedMap {
-        name: CALLERS_MAP,
+        map: KernelMap::Callers,
         capacity: MAX_CALLERS,
         when_full: "cgroups of workloads beyond it count as unknown callers (no ACL grant, default priority)",
     },
     WatchedMap {
-        name: WORKLOAD_TIDS_MAP,
+        map: KernelMap::WorkloadTids,
         capacity: MAX_WORKLOAD_TIDS,
         when_full: "threads beyond it get no run-queue latency samples",
     },
     WatchedMap {
-        name: SOCK_STAMPS_MAP,
+        map: KernelMap::SockStamps,
         capacity: MAX_SOCK_STAMPS,
         when_full: "LRU: the least recently used sockets lose their stamp (getpeername then \
                     answers the backend, and the socket is no longer observed); connects never fail",
     },
     WatchedMap {
-        name: CALLER_CONNS_MAP,
+        map: KernelMap::CallerConns,
         capacity: MAX_ACL,
         when_full: "LRU: the least recently used (service, caller) counters are evicted and \
                     per-caller connection limits restart counting for them; connects never fail",
     },
     WatchedMap {
-        name: SAME_NODE_PENDING_MAP,
+        map: KernelMap::SameNodePending,
         capacity: MAX_SAME_NODE_SOCKS,
         when_full: "LRU: the oldest same-node clients still waiting for their server end are \
                     forgotten and stay on TCP; connections never fail",
     },
     WatchedMap {
-        name: SAME_NODE_SOCKS_MAP,
+        map: KernelMap::SameNodeSocks,
         capacity: MAX_SAME_NODE_SOCKS,
         when_full: "new same-node connections stay on loopback TCP (their sockets do not fit in \
                     the socket hash); joined pairs and all connections are untouched",
     },
     WatchedMap {
-        name: SAME_NODE_TCP_MAP,
+        map: KernelMap::SameNodeTcp,
         capacity: MAX_SAME_NODE_SOCKS,
         when_full: "LRU: the oldest same-node senders that fell back to TCP are forgotten and \
                     try the fast path again (it falls back again if there is no peer)",
@@ -149,20 +202,25 @@ struct Level {
 /// and the collector that exports them.
 #[derive(Debug, Default)]
 pub(crate) struct MapPressure {
-    levels: Mutex<BTreeMap<&'static str, Level>>,
+    levels: Mutex<BTreeMap<KernelMap, Level>>,
 }
 
 impl MapPressure {
-    /// Records `entries` for the watched map `name` (unknown names are ignored) and logs a
-    /// threshold crossing.
-    pub(crate) fn record(&self, name: &'static str, entries: u64) {
-        let Some(map) = WATCHED.iter().find(|m| m.name == name) else {
-            return;
-        };
+    /// An empty record whose gauges are registered in `registry`.
+    pub(crate) fn new(registry: &mut Registry) -> Arc<Self> {
+        let pressure = Arc::new(Self::default());
+        registry.register_collector(Box::new(PressureCollector(pressure.clone())));
+        pressure
+    }
+
+    /// Records `entries` for `which` and logs a threshold crossing.
+    pub(crate) fn record(&self, which: KernelMap, entries: u64) {
+        let map = which.watched();
+        let name = which.name();
         let capacity = u64::from(map.capacity);
         let crossing = {
             let mut levels = self.levels.lock().expect("pressure lock");
-            let level = levels.entry(name).or_default();
+            let level = levels.entry(which).or_default();
             level.entries = entries;
             level.mark.update(entries, capacity)
         };
@@ -186,22 +244,22 @@ impl MapPressure {
         }
     }
 
-    /// The latest count of `name`, if one was recorded.
+    /// The latest count of `map`, if one was recorded.
     #[cfg(test)]
-    pub(crate) fn entries(&self, name: &str) -> Option<u64> {
+    pub(crate) fn entries(&self, map: KernelMap) -> Option<u64> {
         let levels = self.levels.lock().expect("pressure lock");
-        levels.get(name).map(|l| l.entries)
+        levels.get(&map).map(|l| l.entries)
     }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MapLabels {
-    map: &'static str,
+    map: KernelMap,
 }
 
 /// Encodes the two gauge families at scrape time.
 #[derive(Debug, Clone)]
-pub(crate) struct PressureCollector(pub Arc<MapPressure>);
+struct PressureCollector(Arc<MapPressure>);
 
 impl Collector for PressureCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -213,9 +271,9 @@ impl Collector for PressureCollector {
             MetricType::Gauge,
         )?;
         for map in &WATCHED {
-            if let Some(level) = levels.get(map.name) {
+            if let Some(level) = levels.get(&map.map) {
                 ConstGauge::new(level.entries as i64)
-                    .encode(m.encode_family(&MapLabels { map: map.name })?)?;
+                    .encode(m.encode_family(&MapLabels { map: map.map })?)?;
             }
         }
         let mut m = enc.encode_descriptor(
@@ -226,7 +284,7 @@ impl Collector for PressureCollector {
         )?;
         for map in &WATCHED {
             ConstGauge::new(i64::from(map.capacity))
-                .encode(m.encode_family(&MapLabels { map: map.name })?)?;
+                .encode(m.encode_family(&MapLabels { map: map.map })?)?;
         }
         Ok(())
     }
@@ -265,13 +323,11 @@ mod tests {
 
     #[test]
     fn exports_entries_and_capacity_per_map() {
-        let p = Arc::new(MapPressure::default());
-        p.record(SERVICES_MAP, 3);
-        p.record(SOCK_STAMPS_MAP, 250_000);
-        p.record("NOT_A_MAP", 1);
-        assert_eq!(p.entries(SOCK_STAMPS_MAP), Some(250_000));
-        let mut registry = prometheus_client::registry::Registry::with_prefix("sockmesh");
-        registry.register_collector(Box::new(PressureCollector(p)));
+        let mut registry = Registry::with_prefix("sockmesh");
+        let p = MapPressure::new(&mut registry);
+        p.record(KernelMap::Services, 3);
+        p.record(KernelMap::SockStamps, 250_000);
+        assert_eq!(p.entries(KernelMap::SockStamps), Some(250_000));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
         assert!(
@@ -279,7 +335,6 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("sockmesh_map_entries{map=\"SM_SOCK_STAMPS\"} 250000\n"));
-        assert!(!out.contains("NOT_A_MAP"));
         assert!(out.contains("sockmesh_map_capacity{map=\"SM_SOCK_STAMPS\"} 262144\n"));
         let backend_tcp = format!(
             "sockmesh_map_capacity{{map=\"SM_BACKEND_TCP\"}} {}\n",
@@ -287,5 +342,12 @@ mod tests {
         );
         assert!(out.contains(&backend_tcp), "{out}");
         assert_eq!(out.matches("sockmesh_map_capacity{").count(), WATCHED.len());
+        for (i, map) in WATCHED.iter().enumerate() {
+            assert!(
+                WATCHED[..i].iter().all(|m| m.map != map.map),
+                "{:?} watched twice",
+                map.map
+            );
+        }
     }
 }

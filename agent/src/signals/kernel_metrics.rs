@@ -1,4 +1,9 @@
-//! Metrics whose source of truth is a kernel map, encoded at scrape time.
+//! Kernel-map metrics, encoded at scrape time from the snapshot [`super::Signals::refresh`]
+//! takes once a second: per-backend TCP counters, srtt and active connections, per-workload
+//! run-queue latency and CPU throttling, and the agent-wide event and enrollment counters.
+//! Their truth lives in pinned maps, so they survive agent restarts and cost nothing per
+//! event. The same-node fast path's counters, read in the same pass, are
+//! [`super::same_node_metrics`]'s.
 
 use std::sync::{Arc, Mutex};
 
@@ -6,10 +11,11 @@ use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet},
     metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    registry::Registry,
 };
 use sockmesh_common::{bucket_upper_us, BackendTcpStats, RunqHist, HIST_BUCKETS};
 
-use super::BackendLabels;
+use crate::metrics::BackendLabels;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 struct WorkloadLabels {
@@ -18,34 +24,23 @@ struct WorkloadLabels {
 
 #[derive(Clone, Debug, Default)]
 pub(crate) struct WorkloadSample {
-    pub name: String,
-    pub runq: Option<RunqHist>,
-    pub throttled_seconds: f64,
-    pub nr_throttled: u64,
+    pub(crate) name: String,
+    pub(crate) runq: Option<RunqHist>,
+    pub(crate) throttled_seconds: f64,
+    pub(crate) nr_throttled: u64,
 }
 
 /// The kernel-side numbers as of the last read (summed over CPUs).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct KernelSnapshot {
-    pub backends: Vec<(BackendLabels, BackendTcpStats)>,
-    pub workloads: Vec<WorkloadSample>,
-    pub events_lost: u64,
+    pub(crate) backends: Vec<(BackendLabels, BackendTcpStats)>,
+    pub(crate) workloads: Vec<WorkloadSample>,
+    pub(crate) events_lost: u64,
     /// Connects to a VIP from callers that are not enrolled (`enrollment: workloads`).
-    pub unenrolled_connects: u64,
+    pub(crate) unenrolled_connects: u64,
     /// Connects refused because the service entry's policy code is unknown to the programs.
-    pub unknown_policy_connects: u64,
-    pub same_node: SameNodeCounters,
-}
-
-/// The same-node fast path's kernel counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct SameNodeCounters {
-    /// Connections whose two ends were joined (both sockets under the agent's cgroup).
-    pub pairs: u64,
-    /// Senders that found no peer socket and stay on TCP.
-    pub fallbacks: u64,
-    /// Bytes handed from a socket straight to its peer.
-    pub bytes: u64,
+    pub(crate) unknown_policy_connects: u64,
+    pub(crate) same_node: super::same_node_metrics::SameNodeCounters,
 }
 
 /// (name, help, value) of a per-backend counter taken from the kernel's TCP stats.
@@ -54,7 +49,17 @@ type CounterSpec = (&'static str, &'static str, fn(&BackendTcpStats) -> u64);
 /// Encodes the latest [`KernelSnapshot`] on each scrape.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct KernelCollector {
-    pub snapshot: Arc<Mutex<KernelSnapshot>>,
+    snapshot: Arc<Mutex<KernelSnapshot>>,
+}
+
+impl KernelCollector {
+    /// Registers the kernel-map families; returns the snapshot they are encoded from.
+    pub(crate) fn register(registry: &mut Registry) -> Arc<Mutex<KernelSnapshot>> {
+        let collector = Self::default();
+        let snapshot = collector.snapshot.clone();
+        registry.register_collector(Box::new(collector));
+        snapshot
+    }
 }
 
 /// log2 µs buckets -> Prometheus (upper bound in seconds, count) pairs; the last, open-ended
@@ -173,27 +178,6 @@ impl Collector for KernelCollector {
             MetricType::Counter,
         )?;
         ConstCounter::new(snap.unknown_policy_connects).encode(m)?;
-        let same_node: [(&str, &str, u64); 3] = [
-            (
-                "same_node_pairs",
-                "Connections to same_node services whose two ends were joined for the fast path",
-                snap.same_node.pairs,
-            ),
-            (
-                "same_node_fallbacks",
-                "Senders on same_node connections that found no peer socket and stay on TCP",
-                snap.same_node.fallbacks,
-            ),
-            (
-                "same_node_bytes",
-                "Bytes the fast path handed from a socket straight to its peer (not via TCP)",
-                snap.same_node.bytes,
-            ),
-        ];
-        for (name, help, value) in same_node {
-            let m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-            ConstCounter::new(value).encode(m)?;
-        }
         Ok(())
     }
 }

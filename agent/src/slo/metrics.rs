@@ -1,17 +1,20 @@
-//! SLO series (docs/slo.md, "Metrics"), encoded at scrape time: burn rates and budgets move
+//! SLO metrics (docs/slo.md, "Metrics"), encoded at scrape time: burn rates and budgets move
 //! with the clock even when no event arrives, so they are computed for the scrape's instant
-//! rather than stored.
+//! rather than stored. The tracker is fed by the signals; [`register`] exports it.
 
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    encoding::{
+        DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+    },
     metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    registry::Registry,
 };
 use tokio::time::Instant;
 
-use crate::slo::{SloSample, SloTracker};
+use super::{BurnWindow, SloSample, SloTracker};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SloLabels {
@@ -23,7 +26,14 @@ struct SloLabels {
 struct BurnLabels {
     service: String,
     slo: String,
-    window: &'static str,
+    window: BurnWindow,
+}
+
+// The derive writes a variant's identifier; the label is the window's duration (`5m`).
+impl EncodeLabelValue for BurnWindow {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
 }
 
 /// (name, help, value) of a per-SLO gauge.
@@ -31,16 +41,15 @@ type GaugeSpec = (&'static str, &'static str, fn(&SloSample) -> f64);
 /// (name, help, value) of a per-SLO counter; the encoder appends `_total`.
 type CounterSpec = (&'static str, &'static str, fn(&SloSample) -> u64);
 
-/// Encodes a [`SloTracker`] snapshot taken at each scrape.
-#[derive(Debug, Clone)]
-pub(crate) struct SloCollector {
-    tracker: Arc<Mutex<SloTracker>>,
+/// Registers the SLO families: `tracker`'s snapshot, taken at each scrape.
+pub(crate) fn register(registry: &mut Registry, tracker: Arc<Mutex<SloTracker>>) {
+    registry.register_collector(Box::new(SloCollector { tracker }));
 }
 
-impl SloCollector {
-    pub(crate) fn new(tracker: Arc<Mutex<SloTracker>>) -> Self {
-        Self { tracker }
-    }
+/// Encodes a [`SloTracker`] snapshot taken at each scrape.
+#[derive(Debug, Clone)]
+struct SloCollector {
+    tracker: Arc<Mutex<SloTracker>>,
 }
 
 impl Collector for SloCollector {
@@ -115,7 +124,6 @@ impl Collector for SloCollector {
 
 #[cfg(test)]
 mod tests {
-    use prometheus_client::registry::Registry;
     use sockmesh_common::{ConnEvent, EVENT_ESTABLISHED, EVENT_FAILED, RESULT_REFUSED};
 
     use super::*;
@@ -142,7 +150,7 @@ mod tests {
         }
         tracker.on_event(Instant::now(), &ev(EVENT_FAILED, RESULT_REFUSED));
         let mut registry = Registry::with_prefix("sockmesh");
-        registry.register_collector(Box::new(SloCollector::new(Arc::new(Mutex::new(tracker)))));
+        register(&mut registry, Arc::new(Mutex::new(tracker)));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         let l = r#"{service="web",slo="availability"}"#;
@@ -162,7 +170,7 @@ mod tests {
                 "{line:?} missing in\n{text}"
             );
         }
-        let classic = super::super::format::to_classic(&text);
+        let classic = crate::metrics::to_classic(&text);
         assert!(classic.contains("# TYPE sockmesh_slo_total counter\n"));
         assert!(classic.contains("# TYPE sockmesh_slo_good_total counter\n"));
     }
