@@ -527,7 +527,7 @@ fn run_kernel(
     let verifier = match fs::read_to_string(out.join("verifier.json")) {
         Ok(json) => verifier::from_json(&json).map_err(|e| format!("{e:#}")),
         Err(_) => Err(match fs::read_to_string(out.join("verifier.log")) {
-            Ok(log) => last_lines(&log, 3),
+            Ok(log) => error_lines(&log),
             Err(_) => "not reached".to_owned(),
         }),
     };
@@ -594,6 +594,24 @@ fn collect_outcomes(out: &Path, tests: &[TestBinary]) -> Vec<(String, BinaryOutc
             Some((t.name.clone(), outcome))
         })
         .collect()
+}
+
+/// What a failed step's log says went wrong: its `error:` lines (the agent's, e.g. a
+/// verifier rejection, with the first lines of the verifier output after it), or else its
+/// last lines. The logs end in a backtrace (`RUST_BACKTRACE=1`), so the tail alone says
+/// nothing.
+fn error_lines(log: &str) -> String {
+    let mut errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("error:") || l.starts_with("Error:"))
+        .collect();
+    if errors.is_empty() {
+        return last_lines(log, 3);
+    }
+    errors.dedup();
+    // The agent's own error line is the informative one: first (the sort is stable).
+    errors.sort_by_key(|l| !l.starts_with("error:"));
+    errors.join("\n")
 }
 
 fn last_lines(text: &str, n: usize) -> String {
@@ -675,6 +693,20 @@ mod tests {
         let one_line = "deb http://deb.debian.org/debian bullseye-security main\n";
         assert!(names_suite(one_line, "bullseye-security"));
         assert!(!names_suite(one_line, "bullseye"));
+    }
+
+    #[test]
+    fn a_failed_steps_error_lines_beat_its_backtrace() {
+        let log = "Error: agent exited with exit status: 1\n----- agent log tail -----\n\
+                   error: program sockmesh_connect4: verifier rejected it: ... Verifier output: \
+                   BPF_STX uses reserved fields\nprocessed 0 insns\n-----\n\nStack backtrace:\n\
+                   \x20 0: anyhow::error\n  24: _start\n";
+        assert_eq!(
+            error_lines(log),
+            "error: program sockmesh_connect4: verifier rejected it: ... Verifier output: \
+             BPF_STX uses reserved fields\nError: agent exited with exit status: 1"
+        );
+        assert_eq!(error_lines("a\nb\nc\nd\n"), "b\nc\nd");
     }
 
     #[test]
