@@ -60,9 +60,23 @@ mount -t sysfs sysfs /sys
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
-mount -t tmpfs -o mode=0755 tmpfs /run
-mount -t tmpfs -o mode=1777 tmpfs /tmp
-mount -t cgroup2 cgroup2 /sys/fs/cgroup || say "cannot mount cgroup2"
+# A fresh tmpfs of the guest's own on each scratch directory; what the run needs from under
+# one (a checkout in /tmp, its target dir, the results share) is carried over it.
+mount --make-rprivate /
+scratch_mount() {{
+    local dir=$1 mode=$2 keep=/.vm-test-keep$1 e
+    shift 2
+    for e in "$@"; do
+        if [ -d "$dir/$e" ]; then mkdir -p "$keep/$e"; else mkdir -p "$keep"; touch "$keep/$e"; fi
+        mount --rbind "$dir/$e" "$keep/$e" || say "cannot keep $dir/$e"
+    done
+    mount -t tmpfs -o mode="$mode" tmpfs "$dir" || say "cannot mount tmpfs on $dir"
+    for e in "$@"; do
+        if [ -d "$keep/$e" ]; then mkdir -p "$dir/$e"; else touch "$dir/$e"; fi
+        mount --move "$keep/$e" "$dir/$e" || say "cannot put $dir/$e back"
+    done
+}}
+{scratch}mount -t cgroup2 cgroup2 /sys/fs/cgroup || say "cannot mount cgroup2"
 mount -t bpf bpf /sys/fs/bpf || say "cannot mount bpffs"
 mount -t tracefs tracefs /sys/kernel/tracing || say "cannot mount tracefs"
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
@@ -86,6 +100,7 @@ export RUST_BACKTRACE=1
 cd {package_dir} || {{ say "no {package_dir}"; off; }}
 "#,
         out = q(plan.results),
+        scratch = scratch_mounts(plan),
         release = plan.release,
         modules = q(plan.modules),
         agent = q(plan.agent),
@@ -125,6 +140,48 @@ say "END {name_plain} rc=$rc"
         );
     }
     s.push_str("bpftool prog show --json >\"$OUT/bpftool-after.json\" 2>&1\noff\n");
+    s
+}
+
+/// Directories the guest gives a fresh tmpfs, with its mode, in mount order.
+/// (The guest's /dev is its own devtmpfs, so its /dev/shm shadows nothing of the host's.)
+const SCRATCH_DIRS: &[(&str, &str)] = &[("/run", "0755"), ("/tmp", "1777")];
+
+/// The names directly under `scratch` that contain one of `paths`, sorted, each once: what
+/// must stay visible when a fresh tmpfs is mounted on `scratch`.
+pub fn kept_entries(scratch: &Path, paths: &[&Path]) -> Vec<String> {
+    let mut out: Vec<String> = paths
+        .iter()
+        .filter_map(|p| p.strip_prefix(scratch).ok())
+        .filter_map(|rest| rest.components().next())
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The `scratch_mount` lines of the guest script: every path of `plan` that lies under a
+/// scratch directory is carried over its tmpfs.
+fn scratch_mounts(plan: &GuestPlan<'_>) -> String {
+    let mut paths = vec![
+        plan.modules,
+        plan.results,
+        plan.package_dir,
+        plan.agent,
+        plan.cli,
+        plan.control,
+        plan.xtask,
+    ];
+    paths.extend(plan.tests.iter().map(|t| t.exe.as_path()));
+    let mut s = String::new();
+    for (dir, mode) in SCRATCH_DIRS {
+        let _ = write!(s, "scratch_mount {dir} {mode}");
+        for entry in kept_entries(Path::new(dir), &paths) {
+            let _ = write!(s, " {}", sh_quote(&entry));
+        }
+        s.push('\n');
+    }
     s
 }
 
@@ -205,6 +262,50 @@ not json"#;
         assert!(s.contains("export SOCKMESH_AGENT_BIN='/w/target/release/sockmesh-agent'"));
         assert!(
             s.contains("mount --bind '/c/lib/modules/6.1.0-57-amd64' /lib/modules/6.1.0-57-amd64")
+        );
+        // Nothing of this plan is under a scratch directory: plain tmpfs mounts.
+        assert!(s.contains("\nscratch_mount /tmp 1777\n"), "{s}");
+        assert!(s.contains("\nscratch_mount /run 0755\n"), "{s}");
+    }
+
+    #[test]
+    fn a_checkout_under_tmp_is_carried_over_the_guests_tmpfs() {
+        let tests = vec![TestBinary {
+            name: "routing".into(),
+            exe: "/tmp/clone-1/target/debug/deps/routing-1".into(),
+        }];
+        let plan = GuestPlan {
+            release: "5.10.0-35-amd64",
+            modules: Path::new("/tmp/clone-1/target/vm-test/kernels/k/lib/modules/5.10.0-35-amd64"),
+            results: Path::new("/tmp/clone-1/target/vm-test/runs/5.10.0-35-amd64/out"),
+            package_dir: Path::new("/tmp/clone-1/bpf-tests"),
+            agent: Path::new("/tmp/clone-1/target/release/sockmesh-agent"),
+            cli: Path::new("/tmp/clone-1/target/release/sockmesh"),
+            control: Path::new("/tmp/clone-1/target/release/sockmesh-control"),
+            xtask: Path::new("/tmp/x/xtask"),
+            tests: &tests,
+            per_test_timeout_secs: 600,
+        };
+        let s = script(&plan);
+        assert!(
+            s.contains("\nscratch_mount /tmp 1777 'clone-1' 'x'\n"),
+            "{s}"
+        );
+        assert!(s.contains("\nscratch_mount /run 0755\n"), "{s}");
+        // The scratch mounts come before the checkout is entered.
+        assert!(
+            s.find("scratch_mount /tmp").unwrap() < s.find("cd '/tmp/clone-1/bpf-tests'").unwrap()
+        );
+        assert_eq!(
+            kept_entries(
+                Path::new("/tmp"),
+                &[
+                    Path::new("/tmp"),
+                    Path::new("/tmpx/a"),
+                    Path::new("/tmp/a/b")
+                ]
+            ),
+            ["a"]
         );
     }
 }

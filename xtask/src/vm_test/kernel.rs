@@ -78,7 +78,7 @@ pub fn find_package(series: &str) -> Result<String> {
     pick_newest(series, names.lines()).with_context(|| {
         format!(
             "no linux-image-{series}.*{SUFFIX} package in the apt sources (for 6.12: is \
-             bookworm-backports reachable and `apt-get update` done?)"
+             bookworm-backports reachable, for 5.10 bullseye, and `apt-get update` done?)"
         )
     })
 }

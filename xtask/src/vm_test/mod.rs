@@ -37,27 +37,111 @@ use report::{BinaryOutcome, KernelReport};
 
 pub use verifier::{guest as verifier_guest, GuestArgs as VerifierGuestArgs};
 
-/// Debian packages vm-test needs beyond `cargo xtask setup`'s: qemu, the busybox the
-/// initramfs is made of, depmod and modprobe (kmod; the guest kernel loads modules on
-/// demand with the host's modprobe) and xz for the 6.12 kernel's compressed modules.
-const APT_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "kmod", "xz-utils"];
+/// Debian packages vm-test needs beyond `cargo xtask setup`'s: the busybox the initramfs
+/// is made of, depmod and modprobe (kmod; the guest kernel loads modules on demand with the
+/// host's modprobe) and xz for the 6.12 kernel's compressed modules. qemu is separate
+/// ([`QEMU_PACKAGE`]).
+const APT_PACKAGES: &[&str] = &["busybox-static", "kmod", "xz-utils"];
 
-/// Where the 6.12 kernels are: bookworm-backports (Debian also ships 6.12 updates to
-/// bookworm-security; whichever offers the newest wins). Added only if no source names it.
-const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/sockmesh-vm-test-backports.sources";
-const BACKPORTS_SOURCE_TEXT: &str = "\
-# Added by `cargo xtask vm-test` for Debian's 6.12 kernels (apt pins backports low: nothing
-# is upgraded from here unless asked for).
+/// qemu comes from bookworm-backports: the image carries `qemu-utils` 10.0 from there, and
+/// bookworm's `qemu-system-x86` 7.2 conflicts with it. Installed only when no
+/// `qemu-system-x86_64` is on the PATH.
+const QEMU_PACKAGE: &str = "qemu-system-x86";
+const QEMU_SUITE: &str = "bookworm-backports";
+
+/// An apt source vm-test adds when no configured source names its suites: its own file in
+/// sources.list.d and, if the suite's default priority is not already low, a pin.
+struct AptSource {
+    /// What it is for, for the log.
+    purpose: &'static str,
+    /// The suites it provides (all must be named by some source, or the file is written).
+    suites: &'static [&'static str],
+    path: &'static str,
+    text: &'static str,
+    /// (path, text) of an apt preferences file, written with the source.
+    pin: Option<(&'static str, &'static str)>,
+}
+
+/// bookworm-backports: qemu and Debian's 6.12 kernels (Debian also ships 6.12 updates to
+/// bookworm-security; whichever offers the newest wins). apt pins backports at 100 by its
+/// Release file: nothing on the host is upgraded from it unless asked for.
+static BACKPORTS: AptSource = AptSource {
+    purpose: "qemu and Debian's 6.12 kernels",
+    suites: &["bookworm-backports"],
+    path: "/etc/apt/sources.list.d/sockmesh-vm-test-backports.sources",
+    text: "\
+# Added by `cargo xtask vm-test` for qemu and Debian's 6.12 kernels (apt pins backports low:
+# nothing is upgraded from here unless asked for).
 Types: deb
 URIs: http://deb.debian.org/debian
 Suites: bookworm-backports
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-";
+",
+    pin: None,
+};
+
+/// bullseye (Debian 11) and its security suite, for the 5.10 kernels only. Unlike backports
+/// its packages carry normal priority, so a pin keeps the host from ever installing or
+/// upgrading anything from it: priority -1 for every package but the 5.10 kernel images,
+/// which get 1 (a candidate for `apt-get download`, never chosen over an installed version).
+static BULLSEYE: AptSource = AptSource {
+    purpose: "Debian 11's 5.10 kernels",
+    suites: &["bullseye", "bullseye-security"],
+    path: "/etc/apt/sources.list.d/sockmesh-vm-test-bullseye.sources",
+    text: "\
+# Added by `cargo xtask vm-test` for Debian 11's 5.10 kernels, which it only downloads and
+# unpacks into target/vm-test (never installs). Pinned in
+# /etc/apt/preferences.d/sockmesh-vm-test-bullseye: nothing on the host comes from here.
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bullseye
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://deb.debian.org/debian-security
+Suites: bullseye-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+",
+    pin: Some((
+        "/etc/apt/preferences.d/sockmesh-vm-test-bullseye",
+        "\
+# Added by `cargo xtask vm-test`: bullseye is only there for `apt-get download` of the 5.10
+# kernel images (sources.list.d/sockmesh-vm-test-bullseye.sources).
+Package: linux-image-5.10*
+Pin: release n=bullseye
+Pin-Priority: 1
+
+Package: linux-image-5.10*
+Pin: release n=bullseye-security
+Pin-Priority: 1
+
+Package: *
+Pin: release n=bullseye
+Pin-Priority: -1
+
+Package: *
+Pin: release n=bullseye-security
+Pin-Priority: -1
+",
+    )),
+};
+
+/// The extra apt source a kernel series comes from, if any (6.1 is bookworm's own).
+fn kernel_source(series: &str) -> Option<&'static AptSource> {
+    if series == "5.10" || series.starts_with("5.10.") {
+        Some(&BULLSEYE)
+    } else {
+        None
+    }
+}
 
 #[derive(Args, Debug)]
 pub struct VmTestArgs {
-    /// Kernel series to boot, comma separated (Debian packages linux-image-<series>.*).
+    /// Kernel series to boot, comma separated (Debian packages linux-image-<series>.*); 5.10
+    /// comes from bullseye, added as a pinned apt source.
     #[arg(long, value_delimiter = ',', default_value = "6.1,6.12")]
     kernels: Vec<String>,
     /// Run only test binaries whose name contains one of these (comma separated), e.g.
@@ -101,7 +185,7 @@ pub fn run(args: &VmTestArgs) -> Result<()> {
     setup::require_root()?;
     interrupt::install();
     setup::run()?;
-    install_packages(!args.host_only)?;
+    install_packages(!args.host_only, &args.kernels)?;
     if !args.host_only {
         // Only the guests need busybox and xz.
         initramfs::check_tools()?;
@@ -198,27 +282,41 @@ struct RunContext<'a> {
     args: &'a VmTestArgs,
 }
 
-/// Installs [`APT_PACKAGES`] and, for `vms`, makes sure bookworm-backports is a source.
-fn install_packages(vms: bool) -> Result<()> {
-    let wanted: &[&str] = if vms { APT_PACKAGES } else { &[] };
-    let missing: Vec<&str> = wanted
+/// For `vms`: installs [`APT_PACKAGES`] and qemu (from bookworm-backports), and adds the
+/// apt sources the kernels in `kernels` come from. Idempotent: with everything there it
+/// neither writes a file nor runs apt-get.
+fn install_packages(vms: bool, kernels: &[String]) -> Result<()> {
+    if !vms {
+        return Ok(());
+    }
+    let missing: Vec<&str> = APT_PACKAGES
         .iter()
         .copied()
         .filter(|p| !setup::dpkg_installed(p))
         .collect();
-    let add_backports = vms && !backports_configured();
-    if add_backports {
-        println!("vm-test: adding bookworm-backports as {BACKPORTS_SOURCE}");
-        fs::write(BACKPORTS_SOURCE, BACKPORTS_SOURCE_TEXT)
-            .with_context(|| format!("write {BACKPORTS_SOURCE}"))?;
-    }
-    if missing.is_empty() && !add_backports {
-        if vms {
-            println!(
-                "vm-test: apt packages already present ({})",
-                wanted.join(" ")
-            );
+    let need_qemu = command::probe(Command::new("qemu-system-x86_64").arg("--version")).is_none();
+    let mut sources = vec![&BACKPORTS];
+    for series in kernels {
+        if let Some(source) = kernel_source(series) {
+            if !sources.iter().any(|s| std::ptr::eq(*s, source)) {
+                sources.push(source);
+            }
         }
+    }
+    let mut update = false;
+    for source in sources {
+        if ensure_source(source)? {
+            update = true;
+        } else if !source.suites.iter().all(|s| apt_lists_have(s)) {
+            // Configured, but its lists were never fetched (or an update failed).
+            update = true;
+        }
+    }
+    if missing.is_empty() && !need_qemu && !update {
+        println!(
+            "vm-test: apt packages already present ({} {QEMU_PACKAGE})",
+            APT_PACKAGES.join(" ")
+        );
         return Ok(());
     }
     // A failed update (one unreachable source) is not fatal: the kernel search then
@@ -230,10 +328,42 @@ fn install_packages(vms: bool) -> Result<()> {
         println!("vm-test: installing apt packages: {}", missing.join(" "));
         setup::apt_install(&missing)?;
     }
+    if need_qemu {
+        println!("vm-test: installing {QEMU_PACKAGE} from {QEMU_SUITE}");
+        command::run(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends", "-t"])
+                .arg(QEMU_SUITE)
+                .arg(QEMU_PACKAGE)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
     Ok(())
 }
 
-fn backports_configured() -> bool {
+/// Writes `source` (and its pin) unless every one of its suites is already named by a
+/// configured source. Returns whether it wrote anything.
+fn ensure_source(source: &AptSource) -> Result<bool> {
+    if source.suites.iter().all(|s| suite_configured(s)) {
+        return Ok(false);
+    }
+    println!(
+        "vm-test: adding {} as {} (for {})",
+        source.suites.join(" "),
+        source.path,
+        source.purpose
+    );
+    if let Some((path, text)) = source.pin {
+        // The pin first: the source must never be there without it.
+        fs::write(path, text).with_context(|| format!("write {path}"))?;
+    }
+    fs::write(source.path, source.text).with_context(|| format!("write {}", source.path))?;
+    Ok(true)
+}
+
+/// Whether a non-comment line of an apt source file names `suite` as a word (a one-line
+/// `deb URI suite comp` or a deb822 `Suites:` field).
+fn suite_configured(suite: &str) -> bool {
     let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
     if let Ok(entries) = fs::read_dir("/etc/apt/sources.list.d") {
         files.extend(entries.flatten().map(|e| e.path()).filter(|p| {
@@ -241,10 +371,24 @@ fn backports_configured() -> bool {
                 .is_some_and(|ext| ext == "list" || ext == "sources")
         }));
     }
-    files.iter().any(|f| {
-        fs::read_to_string(f).is_ok_and(|text| {
-            text.lines()
-                .any(|l| !l.trim_start().starts_with('#') && l.contains("bookworm-backports"))
+    files
+        .iter()
+        .any(|f| fs::read_to_string(f).is_ok_and(|text| names_suite(&text, suite)))
+}
+
+fn names_suite(text: &str, suite: &str) -> bool {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .any(|l| l.split_whitespace().any(|word| word == suite))
+}
+
+/// Whether apt has fetched a package list of `suite` (`..._dists_<suite>_..._Packages`).
+fn apt_lists_have(suite: &str) -> bool {
+    let needle = format!("_dists_{suite}_");
+    fs::read_dir("/var/lib/apt/lists").is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.contains(&needle) && name.contains("_Packages")
         })
     })
 }
@@ -383,7 +527,7 @@ fn run_kernel(
     let verifier = match fs::read_to_string(out.join("verifier.json")) {
         Ok(json) => verifier::from_json(&json).map_err(|e| format!("{e:#}")),
         Err(_) => Err(match fs::read_to_string(out.join("verifier.log")) {
-            Ok(log) => last_lines(&log, 3),
+            Ok(log) => error_lines(&log),
             Err(_) => "not reached".to_owned(),
         }),
     };
@@ -452,6 +596,24 @@ fn collect_outcomes(out: &Path, tests: &[TestBinary]) -> Vec<(String, BinaryOutc
         .collect()
 }
 
+/// What a failed step's log says went wrong: its `error:` lines (the agent's, e.g. a
+/// verifier rejection, with the first lines of the verifier output after it), or else its
+/// last lines. The logs end in a backtrace (`RUST_BACKTRACE=1`), so the tail alone says
+/// nothing.
+fn error_lines(log: &str) -> String {
+    let mut errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("error:") || l.starts_with("Error:"))
+        .collect();
+    if errors.is_empty() {
+        return last_lines(log, 3);
+    }
+    errors.dedup();
+    // The agent's own error line is the informative one: first (the sort is stable).
+    errors.sort_by_key(|l| !l.starts_with("error:"));
+    errors.join("\n")
+}
+
 fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
@@ -516,4 +678,46 @@ fn summarize(
         "  (limit: {} verified instructions per program)",
         verifier::VERIFIER_INSN_LIMIT
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suites_are_matched_as_words_outside_comments() {
+        let deb822 = "Types: deb\nSuites: bookworm bookworm-updates\n# Suites: bullseye\n";
+        assert!(names_suite(deb822, "bookworm"));
+        assert!(!names_suite(deb822, "bookworm-backports"));
+        assert!(!names_suite(deb822, "bullseye"));
+        let one_line = "deb http://deb.debian.org/debian bullseye-security main\n";
+        assert!(names_suite(one_line, "bullseye-security"));
+        assert!(!names_suite(one_line, "bullseye"));
+    }
+
+    #[test]
+    fn a_failed_steps_error_lines_beat_its_backtrace() {
+        let log = "Error: agent exited with exit status: 1\n----- agent log tail -----\n\
+                   error: program sockmesh_connect4: verifier rejected it: ... Verifier output: \
+                   BPF_STX uses reserved fields\nprocessed 0 insns\n-----\n\nStack backtrace:\n\
+                   \x20 0: anyhow::error\n  24: _start\n";
+        assert_eq!(
+            error_lines(log),
+            "error: program sockmesh_connect4: verifier rejected it: ... Verifier output: \
+             BPF_STX uses reserved fields\nError: agent exited with exit status: 1"
+        );
+        assert_eq!(error_lines("a\nb\nc\nd\n"), "b\nc\nd");
+    }
+
+    #[test]
+    fn only_5_10_needs_bullseye() {
+        assert!(std::ptr::eq(kernel_source("5.10").unwrap(), &BULLSEYE));
+        assert!(kernel_source("6.1").is_none());
+        assert!(kernel_source("6.12").is_none());
+        assert!(kernel_source("5.1").is_none());
+        // The pin keeps every other bullseye package at -1.
+        let (_, pin) = BULLSEYE.pin.unwrap();
+        assert!(pin.contains("Package: *\nPin: release n=bullseye\nPin-Priority: -1"));
+        assert!(pin.contains("Package: *\nPin: release n=bullseye-security\nPin-Priority: -1"));
+    }
 }
