@@ -15,11 +15,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use sockmesh_common::{
-    ServiceCounters, ServiceEntry, ServiceKey, FAMILY_INET, FAMILY_INET6, SERVICES_MAP,
-    SERVICE_COUNTERS_MAP,
+    ServiceCounters, ServiceEntry, ServiceKey, BACKEND_CONNS_MAP, FAMILY_INET, FAMILY_INET6,
+    SERVICES_MAP, SERVICE_COUNTERS_MAP,
 };
 
-use sockmesh_common::syscall::{bpf, ElemAttr, BPF_MAP_LOOKUP_ELEM};
+/// `BPF_EXIST`: update an existing element only.
+const BPF_EXIST: u64 = 2;
+
+use sockmesh_common::syscall::{bpf, ElemAttr, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM};
 
 use crate::pressure_fill::{map_pin, open_pinned};
 
@@ -77,6 +80,32 @@ fn service_key(vip: SocketAddr) -> ServiceKey {
 /// The kernel's service entry for `vip` under the agent's `--bpffs` directory `pins`.
 pub fn service_entry(pins: &Path, vip: SocketAddr) -> Result<Option<ServiceEntry>> {
     lookup(&map_pin(pins, SERVICES_MAP)?, &service_key(vip))
+}
+
+/// Rewrites `vip`'s kernel entry as the agent never would (tests of what the programs do
+/// with a value the agent cannot write, e.g. an unknown policy code); fails if it has none.
+pub fn set_service_entry(pins: &Path, vip: SocketAddr, entry: &ServiceEntry) -> Result<()> {
+    let pin = map_pin(pins, SERVICES_MAP)?;
+    let fd = open_pinned(&pin)?;
+    let key = service_key(vip);
+    let mut attr = ElemAttr {
+        map_fd: fd.as_raw_fd() as u32,
+        key: &key as *const ServiceKey as u64,
+        value: entry as *const ServiceEntry as u64,
+        flags: BPF_EXIST,
+        ..ElemAttr::default()
+    };
+    // SAFETY: BPF_MAP_UPDATE_ELEM reads one key and one value, sized like the map's (the
+    // shared crate asserts both sizes), alive for the call.
+    unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }
+        .with_context(|| format!("BPF_MAP_UPDATE_ELEM {} for {vip}", pin.display()))?;
+    Ok(())
+}
+
+/// `least_conn`'s live count for backend `id`: connections picked for it and not yet closed.
+pub fn backend_connections(pins: &Path, id: u32) -> Result<u64> {
+    let count: Option<u64> = lookup(&map_pin(pins, BACKEND_CONNS_MAP)?, &id)?;
+    Ok(count.unwrap_or(0))
 }
 
 /// Connections the kernel admitted to service `id` and has not seen close yet (what

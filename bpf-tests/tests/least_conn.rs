@@ -14,7 +14,7 @@
 //!   network namespace of the test's own, as in ipv6.rs).
 //! - Two choices: 20 backends (above `LC_SCAN_MAX`), one holding 30 connections: it never
 //!   wins a pair, so it gets none of 400 connects and the 19 idle ones all get some.
-//! - Unknown policy: `lb` of a pinned `SM_SERVICES` entry rewritten to 77 (bpftool): every
+//! - Unknown policy: `lb` of a pinned `SM_SERVICES` entry rewritten to 77 (straight through bpf(2)): every
 //!   connect fails with ECONNREFUSED, no backend accepts anything, and
 //!   `sockmesh_unknown_policy_connects_total` and `result="no_backend"` rise by exactly the
 //!   number of attempts.
@@ -22,18 +22,16 @@
 //! Ports 18230-18239 (host), 80-81 and 8081 in the netns.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sockmesh_bpf_tests::health_client::{Caller, Connects};
 use sockmesh_bpf_tests::{
-    assert_shares, counts_by_backend, metric_value, sum_metric, BackendMode, ConnectClient, Netns,
-    ServiceYaml, TcpBackendSet, TestBed,
+    assert_shares, counts_by_backend, kernel_tables, metric_value, sum_metric, BackendMode,
+    ConnectClient, Netns, ServiceYaml, TcpBackendSet, TestBed,
 };
-use sockmesh_common::{BACKEND_CONNS_MAP, LAYOUT_VERSION, SERVICES_MAP};
 
 const HELD: usize = 50;
 const BUSY_CONNECTS: usize = 400;
@@ -103,7 +101,7 @@ fn busy_then_split(name: &str, ns: Option<&Netns>, x: &Addrs) {
     let mut bed = TestBed::start(name, &mesh(x, &[x.a])).unwrap();
     let status = bed.agent().status().unwrap();
     assert_eq!(status["services"][0]["lb"], "least_conn", "{status:#}");
-    let conns = pin(&bed, BACKEND_CONNS_MAP);
+    let conns = bed.bpffs().path().to_path_buf();
 
     // A takes 50 connections while it is the only backend, and they stay open.
     let mut holder = Caller::spawn_in("holder", bed.cgroup(), ns, x.busy_vip).unwrap();
@@ -177,7 +175,7 @@ fn least_conn_two_choices_above_the_scan_cutoff_never_pick_the_busy_backend() {
     };
     let set = TcpBackendSet::start(&backends, BackendMode::Identify).unwrap();
     let mut bed = TestBed::start("least-conn-p2c", &mesh(&[busy])).unwrap();
-    let conns = pin(&bed, BACKEND_CONNS_MAP);
+    let conns = bed.bpffs().path().to_path_buf();
     let status = bed.agent().status().unwrap();
     let id_busy = backend_id(&status, "wide", busy);
     let mut holder = Caller::spawn("holder", bed.cgroup(), vip).unwrap();
@@ -224,7 +222,7 @@ fn unknown_policy_code_in_the_kernel_is_refused_and_counted_never_routed() {
         .unwrap();
     report.assert_all_ok("connects before the rewrite");
 
-    set_policy_code(&pin(&bed, SERVICES_MAP), 77);
+    set_policy_code(bed.bpffs().path(), vip, 77);
     let before = set.total_accepts();
     let attempts = 20;
     let report = ConnectClient::new(vip, attempts)
@@ -254,15 +252,6 @@ fn unknown_policy_code_in_the_kernel_is_refused_and_counted_never_routed() {
     assert_eq!(set.total_accepts(), before, "never routed");
 }
 
-/// A pinned map of this test's agent.
-fn pin(bed: &TestBed, map: &str) -> PathBuf {
-    bed.bpffs()
-        .path()
-        .join(format!("v{LAYOUT_VERSION}"))
-        .join("maps")
-        .join(map)
-}
-
 /// The kernel id of `backend` in service `service`, from the agent's `/status`.
 fn backend_id(status: &Value, service: &str, backend: SocketAddr) -> u32 {
     let svc = status["services"]
@@ -280,50 +269,9 @@ fn backend_id(status: &Value, service: &str, backend: SocketAddr) -> u32 {
     b["id"].as_u64().unwrap() as u32
 }
 
-fn bpftool_json(args: &[String]) -> Value {
-    let out = Command::new("bpftool")
-        .arg("-j")
-        .args(args)
-        .output()
-        .expect("running bpftool");
-    assert!(
-        out.status.success(),
-        "bpftool {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("bpftool JSON")
-}
-
-fn hex_bytes(v: &Value) -> Vec<u8> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
-        .collect()
-}
-
-fn byte_args(bytes: &[u8]) -> Vec<String> {
-    bytes.iter().map(|b| format!("0x{b:02x}")).collect()
-}
-
-/// The kernel's active-connection count of backend `id`.
-fn count(map: &Path, id: u32) -> u64 {
-    let mut args = vec![
-        "map".to_string(),
-        "lookup".into(),
-        "pinned".into(),
-        map.display().to_string(),
-        "key".into(),
-    ];
-    args.extend(byte_args(&id.to_le_bytes()));
-    let v = bpftool_json(&args);
-    let value = hex_bytes(&v["value"]);
-    u64::from_le_bytes(value[..8].try_into().unwrap())
-}
-
-fn wait_count(map: &Path, id: u32, want: u64) {
+fn wait_count(pins: &Path, id: u32, want: u64) {
     wait_until(&format!("kernel count of backend {id} = {want}"), || {
-        count(map, id) == want
+        count(pins, id) == want
     });
 }
 
@@ -336,23 +284,17 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// Rewrites `lb` (bytes 4..8 of `ServiceEntry`) of the only entry in the service map.
-fn set_policy_code(map: &Path, code: u32) {
-    let path = map.display().to_string();
-    let dump = bpftool_json(&["map".into(), "dump".into(), "pinned".into(), path.clone()]);
-    let entries = dump.as_array().unwrap();
-    assert_eq!(entries.len(), 1, "one service entry: {dump:#}");
-    let key = hex_bytes(&entries[0]["key"]);
-    let mut value = hex_bytes(&entries[0]["value"]);
-    value[4..8].copy_from_slice(&code.to_le_bytes());
-    let mut args = vec!["map".to_string(), "update".into(), "pinned".into(), path];
-    args.push("key".into());
-    args.extend(byte_args(&key));
-    args.push("value".into());
-    args.extend(byte_args(&value));
-    let out = Command::new("bpftool").args(&args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "bpftool map update: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+
+/// The kernel's active-connection count of backend `id` (`SM_BACKEND_CONNS`).
+fn count(pins: &Path, id: u32) -> u64 {
+    kernel_tables::backend_connections(pins, id).unwrap()
+}
+
+/// Rewrites the policy code of `vip`'s kernel entry, as the agent never would.
+fn set_policy_code(pins: &Path, vip: SocketAddr, code: u32) {
+    let mut entry = kernel_tables::service_entry(pins, vip)
+        .unwrap()
+        .expect("the service's kernel entry");
+    entry.lb = code;
+    kernel_tables::set_service_entry(pins, vip, &entry).unwrap();
 }

@@ -8,6 +8,7 @@ extern crate std;
 use std::io;
 
 pub const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+pub const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 pub const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 pub const BPF_OBJ_GET: libc::c_long = 7;
 pub const BPF_PROG_QUERY: libc::c_long = 16;
