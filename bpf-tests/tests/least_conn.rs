@@ -283,8 +283,6 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// Rewrites `lb` (bytes 4..8 of `ServiceEntry`) of the only entry in the service map.
-
 /// The kernel's active-connection count of backend `id` (`SM_BACKEND_CONNS`).
 fn count(pins: &Path, id: u32) -> u64 {
     kernel_tables::backend_connections(pins, id).unwrap()
