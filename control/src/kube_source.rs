@@ -1,11 +1,11 @@
 //! The Kubernetes source (`sockmesh-control --source kubernetes`, feature `kubernetes`):
-//! watches Namespaces, Services, EndpointSlices, Pods and MeshPolicies with kube-rs
+//! watches Namespaces, Nodes, Services, EndpointSlices, Pods and MeshPolicies with kube-rs
 //! (`watcher` + `reflector`: list, then watch from the list's resourceVersion, relist on
 //! `410 Gone`, backoff on errors) and turns what they hold into a [`MeshConfig`] with the
 //! pure rules of [`map`] (docs/control-plane.md, "Kubernetes source").
 //!
 //! ```text
-//! 5 watch tasks ──> reflector stores ──(change counter)──> KubeSource::next_event
+//! 6 watch tasks ──> reflector stores ──(change counter)──> KubeSource::next_event
 //!                                                            debounce, snapshot the stores,
 //!                                                            map::build, validate
 //!                                                            -> Rejected (each new refusal)
@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -71,6 +71,7 @@ impl Default for KubeOptions {
 #[derive(Clone)]
 struct Stores {
     namespaces: Store<Namespace>,
+    nodes: Store<Node>,
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     pods: Store<Pod>,
@@ -81,6 +82,7 @@ impl Stores {
     fn snapshot(&self) -> map::Snapshot {
         map::Snapshot {
             namespaces: self.namespaces.state(),
+            nodes: self.nodes.state(),
             services: self.services.state(),
             slices: self.slices.state(),
             pods: self.pods.state(),
@@ -91,6 +93,7 @@ impl Stores {
     /// Waits until every watch has listed once. Errs when a watch task ended.
     async fn ready(&self) -> Result<(), reflector::store::WriterDropped> {
         self.namespaces.wait_until_ready().await?;
+        self.nodes.wait_until_ready().await?;
         self.services.wait_until_ready().await?;
         self.slices.wait_until_ready().await?;
         self.pods.wait_until_ready().await?;
@@ -135,6 +138,18 @@ impl KubeSource {
         let mut tasks = Vec::new();
         let stores = Stores {
             namespaces: spawn_watch(Api::all(client.clone()), "namespaces", &tx, &mut tasks),
+            // Only the zone label is read: status (images, conditions, heartbeats every 10 s
+            // or so) is dropped before the store.
+            nodes: spawn_watch_trimmed(
+                Api::all(client.clone()),
+                "nodes",
+                &tx,
+                &mut tasks,
+                |n: &mut Node| {
+                    n.status = None;
+                    n.spec = None;
+                },
+            ),
             services: spawn_watch(Api::all(client.clone()), "services", &tx, &mut tasks),
             slices: spawn_watch(Api::all(client.clone()), "endpointslices", &tx, &mut tasks),
             pods: spawn_watch(Api::all(client.clone()), "pods", &tx, &mut tasks),
@@ -290,11 +305,28 @@ fn spawn_watch<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
+    spawn_watch_trimmed(api, what, changes, tasks, |_| {})
+}
+
+/// [`spawn_watch`] that also drops what `trim` clears from each object before it is stored.
+fn spawn_watch_trimmed<K>(
+    api: Api<K>,
+    what: &'static str,
+    changes: &Arc<watch::Sender<u64>>,
+    tasks: &mut Vec<JoinHandle<()>>,
+    trim: fn(&mut K),
+) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
     let (reader, writer) = reflector::store();
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
         // Nobody reads them, and on a busy cluster they are most of an object's bytes.
-        .modify(|o: &mut K| o.managed_fields_mut().clear());
+        .modify(move |o: &mut K| {
+            o.managed_fields_mut().clear();
+            trim(o);
+        });
     let stream = reflector::reflector(writer, stream);
     let changes = changes.clone();
     tasks.push(tokio::spawn(async move {

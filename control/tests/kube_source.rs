@@ -14,17 +14,15 @@
 
 #![cfg(feature = "kubernetes")]
 
-mod fake_kube;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fake_kube::FakeKube;
 use serde_json::{json, Value};
 use sockmesh_cli::control::ControlClient;
 use sockmesh_control::kube_source::{KubeOptions, KubeSource};
 use sockmesh_control::{Source, SourceEvent};
+use sockmesh_fake_kube::{self as fake_kube, FakeKube};
 use sockmesh_model::ControlAddress;
 use sockmesh_model::{LbPolicy, MeshConfig};
 
@@ -87,6 +85,11 @@ fn policy(ns: &str, name: &str, spec: Value) -> Value {
 /// Namespace `shop` (enrolled) with Service `web` (127.100.200.10:80 -> pods on 8080) and two
 /// ready endpoints; namespace `batch` (not enrolled) with Service `jobs` and pod `jobs-0`.
 fn seed(kube: &FakeKube) {
+    kube.apply(
+        "Node",
+        json!({"metadata": {"name": "node-a", "labels": {"topology.kubernetes.io/zone": "zone-a"}},
+               "status": {"images": [{"names": ["app:1"], "sizeBytes": 1}]}}),
+    );
     kube.apply("Namespace", namespace("shop", true));
     kube.apply("Namespace", namespace("batch", false));
     kube.apply("Service", service("shop", "web", "127.100.200.10", 80));
@@ -244,6 +247,8 @@ async fn kube_source_follows_endpoints_enrolment_and_policies() {
     assert_eq!(web.backends[0].zone.as_deref(), Some("zone-a"));
     assert_eq!(web.backends[1].labels["track"], "canary");
     assert_eq!(workloads(&cfg), ["shop-web-1", "shop-web-2"]);
+    // Pods take their node's zone.
+    assert_eq!(cfg.workloads[0].zone.as_deref(), Some("zone-a"));
     assert!(cfg.workloads[0]
         .cgroup
         .starts_with("kubepods.slice/kubepods-besteffort.slice/"));

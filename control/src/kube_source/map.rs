@@ -25,7 +25,8 @@
 //!   the pod's labels (plus `sockmesh.io/namespace`), its pod cgroup (from its UID and QoS
 //!   class, the kubelet's naming for the configured cgroup driver; the agent walks the
 //!   container cgroups below it and skips pods that are not on its node), and priority
-//!   `offline` when labelled `sockmesh.io/priority: offline`.
+//!   `offline` when labelled `sockmesh.io/priority: offline`, and the zone of its node (the
+//!   Node's `topology.kubernetes.io/zone` label), so `locality:` applies to pods.
 //!
 //! Names longer than 63 characters, or equal to one already taken, end in a hash of the
 //! whole name, so they stay unique and stable.
@@ -34,7 +35,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServicePort};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use serde_json::{Map, Value};
 
@@ -56,6 +57,8 @@ pub const NAMESPACE_LABEL: &str = "sockmesh.io/namespace";
 pub const PRIORITY_LABEL: &str = "sockmesh.io/priority";
 /// The label EndpointSlices carry naming their Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The well-known label of a Node's zone; a pod's workload takes its node's.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 /// Fields a MeshPolicy may not set: they come from the Service and its EndpointSlices.
 const FROM_THE_CLUSTER: [&str; 4] = ["name", "vip", "port", "backends"];
@@ -64,6 +67,7 @@ const FROM_THE_CLUSTER: [&str; 4] = ["name", "vip", "port", "backends"];
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub namespaces: Vec<Arc<Namespace>>,
+    pub nodes: Vec<Arc<Node>>,
     pub services: Vec<Arc<Service>>,
     pub slices: Vec<Arc<EndpointSlice>>,
     pub pods: Vec<Arc<Pod>>,
@@ -225,6 +229,8 @@ fn index_in(path: &str, prefix: &str) -> Option<usize> {
 /// Lookups the rules need.
 struct Index<'a> {
     enrolled_namespaces: HashSet<&'a str>,
+    /// Node name -> its zone (from [`ZONE_LABEL`], when it is a valid zone name).
+    node_zones: HashMap<&'a str, &'a str>,
     pods: HashMap<(&'a str, &'a str), &'a Pod>,
     /// (namespace, service name) -> its EndpointSlices.
     slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
@@ -237,6 +243,15 @@ impl<'a> Index<'a> {
             .iter()
             .filter(|ns| namespace_enrolled(ns))
             .filter_map(|ns| ns.metadata.name.as_deref())
+            .collect();
+        let node_zones = snap
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                let zone = label(&n.metadata.labels, ZONE_LABEL)?;
+                check_zone(zone).is_ok().then_some(())?;
+                Some((n.metadata.name.as_deref()?, zone))
+            })
             .collect();
         let pods = snap
             .pods
@@ -263,6 +278,7 @@ impl<'a> Index<'a> {
         }
         Index {
             enrolled_namespaces,
+            node_zones,
             pods,
             slices,
         }
@@ -664,7 +680,12 @@ fn workloads(snap: &Snapshot, index: &Index<'_>, opts: &MapOptions) -> Vec<Workl
         if !pod_enrolled(pod, index.namespace_enrolled(ns)) {
             continue;
         }
-        if let Some(w) = workload(pod, opts, &mut names) {
+        if let Some(mut w) = workload(pod, opts, &mut names) {
+            w.zone = w
+                .node
+                .as_deref()
+                .and_then(|n| index.node_zones.get(n))
+                .map(|z| (*z).to_owned());
             out.push(w);
         }
     }

@@ -77,6 +77,14 @@ fn pod(ns: &str, name: &str, uid: &str, labels: Value) -> Arc<k8s_openapi::api::
     }))
 }
 
+fn node(name: &str, zone: Option<&str>) -> Arc<k8s_openapi::api::core::v1::Node> {
+    let labels = match zone {
+        Some(z) => json!({ZONE_LABEL: z, "kubernetes.io/hostname": name}),
+        None => json!({"kubernetes.io/hostname": name}),
+    };
+    obj(json!({"metadata": {"name": name, "labels": labels}}))
+}
+
 fn policy(ns: &str, name: &str, spec: Value) -> Arc<MeshPolicy> {
     obj(json!({"metadata": {"name": name, "namespace": ns}, "spec": spec}))
 }
@@ -86,6 +94,7 @@ fn policy(ns: &str, name: &str, spec: Value) -> Arc<MeshPolicy> {
 fn shop() -> Snapshot {
     Snapshot {
         namespaces: vec![namespace("shop", Some(ENABLED)), namespace("other", None)],
+        nodes: vec![node("node-a", Some("zone-a")), node("node-b", None)],
         services: vec![
             service(
                 "shop",
@@ -233,6 +242,35 @@ fn workloads_are_the_enrolled_pods() {
     }));
     let (cfg, _) = build_ok(&snap);
     assert_eq!(cfg.workloads.len(), 2);
+}
+
+#[test]
+fn pods_take_the_zone_of_their_node() {
+    let mut snap = shop();
+    let (cfg, _) = build_ok(&snap);
+    // Every pod of the shop runs on node-a, labelled zone-a.
+    assert!(cfg
+        .workloads
+        .iter()
+        .all(|w| w.zone.as_deref() == Some("zone-a") && w.node.as_deref() == Some("node-a")));
+
+    // A pod on a node without a zone label has none; a node that is not (yet) known, none.
+    let mut on_b = (*snap.pods[1]).clone();
+    on_b.spec.as_mut().unwrap().node_name = Some("node-b".into());
+    let mut on_c = (*snap.pods[2]).clone();
+    on_c.spec.as_mut().unwrap().node_name = Some("node-c".into());
+    snap.pods[1] = Arc::new(on_b);
+    snap.pods[2] = Arc::new(on_c);
+    // An invalid zone label value is not a zone.
+    snap.nodes.push(node("node-d", Some("Zone A!")));
+    let (cfg, _) = build_ok(&snap);
+    let zones: Vec<Option<&str>> = cfg.workloads.iter().map(|w| w.zone.as_deref()).collect();
+    assert_eq!(zones, [Some("zone-a"), None, None]);
+
+    // The node relabelled: its pods follow.
+    snap.nodes[1] = node("node-b", Some("zone-b"));
+    let (cfg, _) = build_ok(&snap);
+    assert_eq!(cfg.workloads[1].zone.as_deref(), Some("zone-b"));
 }
 
 #[test]

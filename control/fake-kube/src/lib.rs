@@ -1,7 +1,7 @@
-//! A fake Kubernetes API server on 127.0.0.1 for the Kubernetes source's tests: the list and
-//! watch endpoints of Namespaces, Pods, Services, EndpointSlices and MeshPolicies, with the
-//! wire format of a real API server, so kube-rs (the real client, through a kubeconfig)
-//! talks to it exactly as to a cluster.
+//! A fake Kubernetes API server for the Kubernetes source's tests and the cluster testbed
+//! (bpf-tests): the list and watch endpoints of Namespaces, Nodes, Pods, Services,
+//! EndpointSlices and MeshPolicies, with the wire format of a real API server, so kube-rs
+//! (the real client, through a kubeconfig) talks to it exactly as to a cluster.
 //!
 //! - `GET <collection>`: `{"kind": "XList", "apiVersion", "metadata": {"resourceVersion"},
 //!   "items": [...]}`, every item with its own `metadata.resourceVersion`.
@@ -14,8 +14,6 @@
 //!
 //! Objects are hand-written JSON (this side is the fake); the server stamps `kind`,
 //! `apiVersion`, `metadata.resourceVersion` and `metadata.uid`.
-
-#![allow(dead_code)] // Each test crate uses a different part of it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -36,8 +34,9 @@ use tokio::sync::{broadcast, mpsc};
 pub const TOKEN: &str = "fake-kube-token";
 
 /// The collections served: (path, kind, apiVersion).
-pub const RESOURCES: [(&str, &str, &str); 5] = [
+pub const RESOURCES: [(&str, &str, &str); 6] = [
     ("/api/v1/namespaces", "Namespace", "v1"),
+    ("/api/v1/nodes", "Node", "v1"),
     ("/api/v1/pods", "Pod", "v1"),
     ("/api/v1/services", "Service", "v1"),
     (
@@ -83,6 +82,16 @@ impl FakeKube {
     /// Starts the server on 127.0.0.1:0, on a runtime of its own (so sync and async tests
     /// alike can use it), and writes a kubeconfig pointing at it.
     pub fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        Self::start_on(listener)
+    }
+
+    /// [`FakeKube::start`] on a listener of the caller's (one bound inside a network namespace
+    /// keeps serving there, whichever thread accepts).
+    pub fn start_on(listener: std::net::TcpListener) -> Self {
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
         let state = Arc::new(Mutex::new(State::default()));
         let (changes, _) = broadcast::channel(4096);
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -95,7 +104,7 @@ impl FakeKube {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
                 loop {
                     let (stream, _) = tokio::select! {
