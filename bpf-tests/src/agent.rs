@@ -53,12 +53,80 @@ impl AgentOptions {
     }
 }
 
+/// Where a testbed node's agent runs (crate::cluster): its own network namespace, and a
+/// mount namespace where the node's cgroup subtree is bind-mounted over the cgroup2 mount,
+/// so the agent sees the node's cgroups as a DaemonSet pod sees its host's (`--cgroup
+/// /sys/fs/cgroup`, pod cgroups `kubepods.slice/...` relative to it).
+#[derive(Debug, Clone)]
+pub struct NodeSandbox {
+    /// The node's network namespace handle (`/run/netns/<name>`).
+    pub netns: PathBuf,
+    /// The node's cgroup root on the host (`<cgroup2>/sockmesh-test-<pid>-<bed>/<node>`).
+    pub cgroup_root: PathBuf,
+    /// The host's cgroup2 mount point, which the node's root is mounted over.
+    pub cgroup2_mount: PathBuf,
+}
+
+impl NodeSandbox {
+    /// Makes `cmd`'s child enter the sandbox between fork and exec: a private mount
+    /// namespace, the node's cgroup root bind-mounted over the cgroup2 mount point, then the
+    /// node's network namespace. Any step failing fails the spawn, so an agent can never
+    /// start with the host's cgroup root as its own.
+    fn enter(&self, cmd: &mut Command) -> Result<()> {
+        use std::ffi::CString;
+        use std::os::fd::AsRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::process::CommandExt;
+        let netns = fs::File::open(&self.netns)
+            .with_context(|| format!("opening {}", self.netns.display()))?;
+        let src = CString::new(self.cgroup_root.as_os_str().as_bytes())?;
+        let target = CString::new(self.cgroup2_mount.as_os_str().as_bytes())?;
+        // SAFETY: runs in the forked child before exec; only system calls on memory and an fd
+        // prepared before fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fail = || Err(std::io::Error::last_os_error());
+                if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                    return fail();
+                }
+                // Private: the bind mount below must not propagate back to the host.
+                if libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return fail();
+                }
+                if libc::mount(
+                    src.as_ptr(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return fail();
+                }
+                if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return fail();
+                }
+                Ok(())
+            })
+        };
+        Ok(())
+    }
+}
+
 /// A running (or stopped, between [`Agent::sigterm`] and [`Agent::restart`]) agent.
 #[derive(Debug)]
 pub struct Agent {
     bin: PathBuf,
     opts: AgentOptions,
     extra_args: Vec<OsString>,
+    sandbox: Option<NodeSandbox>,
     child: Option<Child>,
     starts: u32,
 }
@@ -76,10 +144,21 @@ impl Agent {
         opts: AgentOptions,
         extra_args: impl IntoIterator<Item = impl Into<OsString>>,
     ) -> Result<Self> {
+        Self::spawn_sandboxed(opts, extra_args, None)
+    }
+
+    /// [`Agent::spawn_with`] inside a testbed node's namespaces (see [`NodeSandbox`]); kept
+    /// across restarts. `opts.cgroup` is then a path as the agent sees it.
+    pub fn spawn_sandboxed(
+        opts: AgentOptions,
+        extra_args: impl IntoIterator<Item = impl Into<OsString>>,
+        sandbox: Option<NodeSandbox>,
+    ) -> Result<Self> {
         let mut agent = Agent {
             bin: agent_bin(),
             opts,
             extra_args: extra_args.into_iter().map(Into::into).collect(),
+            sandbox,
             child: None,
             starts: 0,
         };
@@ -113,6 +192,9 @@ impl Agent {
         cmd.args(&self.extra_args);
         // Plain text logs: tests grep them, and humans read them in a failure's output.
         cmd.env("NO_COLOR", "1");
+        if let Some(sandbox) = &self.sandbox {
+            sandbox.enter(&mut cmd)?;
+        }
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -189,10 +271,16 @@ impl Agent {
             .with_context(|| format!("/status metrics_addr {addr:?} is not an address"))
     }
 
-    /// `GET /metrics`: the Prometheus text exposition, as a scraper would read it.
+    /// `GET /metrics`: the Prometheus text exposition, as a scraper would read it (from
+    /// inside the agent's network namespace when it runs in a [`NodeSandbox`]).
     pub fn metrics_text(&self) -> Result<String> {
         let addr = self.metrics_addr()?;
-        let r = http_get_tcp(addr, "/metrics", ADMIN_TIMEOUT)?;
+        let r = match &self.sandbox {
+            Some(sb) => crate::netns::run_in(&sb.netns, move || {
+                http_get_tcp(addr, "/metrics", ADMIN_TIMEOUT)
+            })?,
+            None => http_get_tcp(addr, "/metrics", ADMIN_TIMEOUT)?,
+        };
         if r.status != 200 {
             bail!(
                 "GET http://{addr}/metrics answered {}: {}",

@@ -67,6 +67,30 @@ impl Cgroup2 {
         Ok(Cgroup2 { path })
     }
 
+    /// Creates `path` and any missing parents, all below a cgroup of this run (a testbed
+    /// node's kubelet hierarchy). Only `path` itself is removed on drop; its parents go with
+    /// the run's top cgroup.
+    pub fn create_all(path: &Path) -> Result<Self> {
+        let mount = cgroup2_mount()?;
+        let below_ours = path
+            .strip_prefix(&mount)
+            .ok()
+            .and_then(|rel| rel.iter().next())
+            .is_some_and(|top| top.to_string_lossy().starts_with(&resource_name("")));
+        if !below_ours {
+            bail!(
+                "{} is not below a cgroup of this run ({}/{}*)",
+                path.display(),
+                mount.display(),
+                resource_name("")
+            );
+        }
+        fs::create_dir_all(path).with_context(|| format!("creating cgroup {}", path.display()))?;
+        Ok(Cgroup2 {
+            path: path.to_owned(),
+        })
+    }
+
     /// The cgroup's directory, as passed to the agent's `--cgroup`.
     pub fn path(&self) -> &Path {
         &self.path

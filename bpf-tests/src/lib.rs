@@ -86,6 +86,7 @@ mod backend;
 mod bpffs;
 mod cgroup;
 mod client;
+pub mod cluster;
 mod cpu_quota;
 mod distribution;
 mod echo_client;
@@ -101,7 +102,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 pub use admin::{http_get, http_get_tcp, percent_encode, HttpResponse};
-pub use agent::{Agent, AgentOptions};
+pub use agent::{Agent, AgentOptions, NodeSandbox};
 pub use backend::{Backend, BackendMode, TcpBackendSet};
 pub use bpffs::{ensure_bpffs_mounted, Bpffs, BPFFS_ROOT};
 pub use cgroup::{cgroup2_mount, AttachedProgram, Cgroup2};

@@ -3,6 +3,8 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::thread;
 
@@ -63,19 +65,56 @@ impl Netns {
         &self,
         f: impl FnOnce() -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let path = format!("/run/netns/{}", self.name);
-        let ns = File::open(&path).with_context(|| format!("opening {path}"))?;
-        thread::spawn(move || {
-            // SAFETY: setns on a valid fd; CLONE_NEWNET changes only this thread's namespace,
-            // and the thread ends right after `f`.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error()).context("setns into the test netns");
-            }
-            f()
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("thread inside netns panicked"))?
+        run_in(&self.path(), f)
     }
+
+    /// `/run/netns/<name>`: the namespace's handle, for `setns(2)`.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.name))
+    }
+
+    /// Makes `cmd`'s child join the namespace between fork and exec, without the new mount
+    /// namespace and `/sys` remount `ip netns exec` brings (which would hide the cgroup2,
+    /// bpffs and tracefs mounts an agent needs). Fails the spawn if the namespace cannot be
+    /// joined.
+    pub fn enter<'a>(&self, cmd: &'a mut Command) -> Result<&'a mut Command> {
+        enter_path(&self.path(), cmd)
+    }
+}
+
+/// [`Netns::enter`] by the namespace's handle path.
+pub fn enter_path<'a>(path: &Path, cmd: &'a mut Command) -> Result<&'a mut Command> {
+    let ns = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: the closure runs in the forked child before exec and only calls setns on an fd
+    // opened before fork (kept by the closure, closed at exec by O_CLOEXEC).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    Ok(cmd)
+}
+
+/// Runs `f` on a short-lived thread that has joined the network namespace at `path` (an
+/// `ip netns` handle or `/proc/<pid>/ns/net`); see [`Netns::run_inside`].
+pub fn run_in<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let ns = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    thread::spawn(move || {
+        // SAFETY: setns on a valid fd; CLONE_NEWNET changes only this thread's namespace,
+        // and the thread ends right after `f`.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("setns into the test netns");
+        }
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("thread inside netns panicked"))?
 }
 
 impl Drop for Netns {

@@ -240,6 +240,14 @@ impl FakeKube {
     }
 }
 
+impl std::fmt::Debug for FakeKube {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeKube")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for FakeKube {
     fn drop(&mut self) {
         if let Some(s) = self.shutdown.take() {

@@ -1,0 +1,128 @@
+//! The Kubernetes objects of the testbed, as the API server would hold them (hand-written
+//! JSON; the fake stamps kind, apiVersion, resourceVersion and, unless given, uid).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde_json::{json, Value};
+
+/// The zone label Nodes carry.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// The enrolment label (namespaces, pods, Services).
+pub const MESH_LABEL: &str = "sockmesh.io/mesh";
+
+pub fn node(name: &str, zone: &str) -> Value {
+    json!({
+        "metadata": {"name": name, "labels": {ZONE_LABEL: zone, "kubernetes.io/hostname": name}},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]}
+    })
+}
+
+pub fn namespace(name: &str, enrolled: bool) -> Value {
+    let labels = if enrolled {
+        json!({MESH_LABEL: "enabled"})
+    } else {
+        json!({})
+    };
+    json!({"metadata": {"name": name, "labels": labels}})
+}
+
+/// A running BestEffort pod (so its cgroup is `kubepods-besteffort-pod<uid_>.slice`).
+pub fn pod(
+    namespace: &str,
+    name: &str,
+    uid: &str,
+    node: &str,
+    ip: Ipv4Addr,
+    service_account: &str,
+    labels: &BTreeMap<String, String>,
+) -> Value {
+    json!({
+        "metadata": {"name": name, "namespace": namespace, "uid": uid, "labels": labels},
+        "spec": {
+            "nodeName": node,
+            "serviceAccountName": service_account,
+            "containers": [{"name": "app", "image": "app:1"}]
+        },
+        "status": {"phase": "Running", "qosClass": "BestEffort", "podIP": ip.to_string()}
+    })
+}
+
+/// A ClusterIP Service with one TCP port, named `http`.
+pub fn service(namespace: &str, name: &str, vip: Ipv4Addr, port: u16, target_port: u16) -> Value {
+    json!({
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": vip.to_string(),
+            "clusterIPs": [vip.to_string()],
+            "ports": [{"name": "http", "port": port, "protocol": "TCP", "targetPort": target_port}]
+        }
+    })
+}
+
+/// One ready endpoint of an EndpointSlice.
+#[derive(Debug, Clone)]
+pub struct EndpointRef {
+    pub ip: Ipv4Addr,
+    pub node: String,
+    pub zone: String,
+    pub pod_namespace: String,
+    pub pod_name: String,
+}
+
+/// The Service's EndpointSlice `<service>-slice` with `endpoints`, all ready.
+pub fn endpoint_slice(
+    namespace: &str,
+    service: &str,
+    target_port: u16,
+    endpoints: &[EndpointRef],
+) -> Value {
+    let endpoints: Vec<Value> = endpoints
+        .iter()
+        .map(|e| {
+            json!({
+                "addresses": [e.ip.to_string()],
+                "conditions": {"ready": true, "serving": true, "terminating": false},
+                "nodeName": e.node,
+                "zone": e.zone,
+                "targetRef": {"kind": "Pod", "namespace": e.pod_namespace, "name": e.pod_name}
+            })
+        })
+        .collect();
+    json!({
+        "metadata": {
+            "name": format!("{service}-slice"),
+            "namespace": namespace,
+            "labels": {"kubernetes.io/service-name": service}
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": target_port, "protocol": "TCP"}],
+        "endpoints": endpoints
+    })
+}
+
+/// A MeshPolicy for `service` with `spec` (its other fields).
+pub fn mesh_policy(namespace: &str, service: &str, mut spec: Value) -> Value {
+    spec["service"] = json!(service);
+    json!({
+        "metadata": {"name": service, "namespace": namespace, "generation": 1},
+        "spec": spec
+    })
+}
+
+/// The pod cgroup the kubelet (systemd driver) makes for a BestEffort pod, relative to the
+/// node's cgroup root, and the container cgroup below it where the pod's processes run.
+pub fn pod_cgroup(uid: &str) -> (String, String) {
+    let pod = format!(
+        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
+        uid.replace('-', "_")
+    );
+    let container = format!("{pod}/cri-containerd-{}.scope", uid.replace('-', ""));
+    (pod, container)
+}
+
+/// A UID for pod number `n` of the testbed (hex and dashes, as the kubelet expects).
+pub fn pod_uid(n: usize) -> String {
+    format!("00000000-0000-4000-8000-{n:012x}")
+}
