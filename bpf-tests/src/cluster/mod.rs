@@ -404,6 +404,13 @@ impl Cluster {
         Ok(addr)
     }
 
+    /// Stops pod `key`'s backends: their listeners close, so connects to them are refused.
+    pub fn stop_serving(&mut self, key: &str) {
+        if let Some(pod) = self.pods.get_mut(key) {
+            pod.backends = None;
+        }
+    }
+
     /// Deletes pods at once, as a dead node loses them: the objects stay in the API (the
     /// control plane learns nothing), the namespaces, processes and cgroups are gone.
     pub fn kill_pods(&mut self, keys: &[String]) {
