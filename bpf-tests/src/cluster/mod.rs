@@ -19,6 +19,7 @@
 //! processes, namespaces and cgroups, the temp dir.
 
 pub mod control;
+pub mod hold;
 pub mod kube;
 pub mod net;
 
@@ -309,6 +310,11 @@ impl Cluster {
 
     pub fn node(&self, i: usize) -> &NodeSpec {
         &self.nodes[i].spec
+    }
+
+    /// Node `i`'s pin directory (`--bpffs`).
+    pub fn node_bpffs(&self, i: usize) -> &Path {
+        self.nodes[i].bpffs.path()
     }
 
     pub fn control(&mut self) -> &mut ClusterControl {
