@@ -9,6 +9,8 @@
 //!   then a scene where a backend dies, is banned, returns and is let back in after a probe.
 //! - `bench`: direct vs. sockmesh vs. one haproxy hop, connect rate and request latency.
 //! - `fuzz`:  the cargo-fuzz targets in `fuzz/`, each for a bounded time.
+//! - `cluster`: the cluster testbed to watch: nodes and pods in network namespaces, an agent
+//!   per node following one control plane on the Kubernetes source; a node dies.
 //! - `chaos`: SIGKILLs the agent at random moments under load; nothing may be lost or leaked.
 //! - `vm-test`: the bpf-tests on Debian's 6.1 and 6.12 kernels, each in a qemu VM, plus the
 //!   verifier statistics of every program per kernel (docs/vm-test.md).
@@ -21,6 +23,7 @@ mod attached_agent;
 mod bench;
 mod cgroup;
 mod chaos;
+mod cluster;
 mod command;
 mod demo;
 mod deploy_check;
@@ -65,6 +68,9 @@ enum Cmd {
     Fuzz(fuzz::FuzzArgs),
     /// SIGKILL the agent at random moments under load; prove nothing is lost or leaked.
     Chaos(chaos::ChaosArgs),
+    /// A cluster on this machine: nodes and pods in network namespaces, an agent per node,
+    /// one control plane; a live table per node, and a node that dies (needs root).
+    Cluster(cluster::ClusterArgs),
     /// The bpf-tests on Debian's 6.1 and 6.12 kernels in qemu VMs, with verifier
     /// statistics (needs root; docs/vm-test.md).
     VmTest(vm_test::VmTestArgs),
@@ -87,6 +93,7 @@ fn main() -> Result<()> {
         Cmd::Bench(args) => bench::run(&args),
         Cmd::Fuzz(args) => fuzz::run(&args),
         Cmd::Chaos(args) => chaos::run(&args),
+        Cmd::Cluster(args) => cluster::run(&args),
         Cmd::VmTest(args) => vm_test::run(&args),
         Cmd::VmVerifier(args) => vm_test::verifier_guest(&args),
         Cmd::Loadgen(args) => bench::loadgen::run(&args),

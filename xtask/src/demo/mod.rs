@@ -16,7 +16,7 @@
 mod backends;
 mod callers;
 mod scene;
-mod screen;
+pub(crate) mod screen;
 mod table;
 
 use std::fs;
