@@ -108,6 +108,27 @@ fn remove_leftovers(agent: &Path) -> Result<()> {
             Err(e) => println!("test: could not remove {}: {e:#}", dir.display()),
         }
     }
+
+    // Network namespaces (the cluster testbed's nodes and pods, the IPv6 tests'): deleting
+    // the name frees the namespace once no process or socket holds it, and its veths with it.
+    let names: Vec<String> = fs::read_dir("/run/netns")
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(TEST_PREFIX))
+                .collect()
+        })
+        .unwrap_or_default();
+    for name in names {
+        if in_use(&name, &cgroup_root) {
+            continue;
+        }
+        println!("test: removing leftover network namespace {name}");
+        if let Err(e) = command::run(Command::new("ip").args(["netns", "del", &name])) {
+            println!("test: could not remove network namespace {name}: {e:#}");
+        }
+    }
     Ok(())
 }
 
