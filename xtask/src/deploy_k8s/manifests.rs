@@ -77,6 +77,7 @@ pub fn check_prometheus_rule(root: &Path) -> Result<()> {
 pub fn check_objects(objects: &[Yaml]) -> Result<()> {
     let agent = find(objects, "DaemonSet", "sockmesh-agent")?;
     check_agent_security(agent).context("DaemonSet sockmesh-agent")?;
+    check_agent_has_no_api_access(objects, agent)?;
     let control = find(objects, "Deployment", "sockmesh-control")?;
 
     let agent_args = container_args(agent, "agent")?;
@@ -176,6 +177,35 @@ fn check_agent_security(daemonset: &Yaml) -> Result<()> {
                 caps("add")
             );
         }
+    }
+    Ok(())
+}
+
+/// The agent never calls the API server: its pods mount no ServiceAccount token, and no
+/// RoleBinding or ClusterRoleBinding grants its account anything.
+fn check_agent_has_no_api_access(objects: &[Yaml], daemonset: &Yaml) -> Result<()> {
+    let spec = dig(daemonset, &["spec", "template", "spec"]).context("no pod spec")?;
+    ensure!(
+        spec.get("automountServiceAccountToken") == Some(&Yaml::Bool(false)),
+        "DaemonSet sockmesh-agent: automountServiceAccountToken must be false (the agent \
+         never calls the API server)"
+    );
+    let account = str_at(spec, &["serviceAccountName"]).unwrap_or("default");
+    for binding in objects.iter().filter(|o| {
+        matches!(
+            str_at(o, &["kind"]),
+            Some("RoleBinding" | "ClusterRoleBinding")
+        )
+    }) {
+        let bound = seq(binding.get("subjects")).any(|s| {
+            str_at(s, &["kind"]) == Some("ServiceAccount") && str_at(s, &["name"]) == Some(account)
+        });
+        ensure!(
+            !bound,
+            "{} {} grants the agent's ServiceAccount {account} API access; the agent needs none",
+            str_at(binding, &["kind"]).unwrap_or("?"),
+            str_at(binding, &["metadata", "name"]).unwrap_or("?")
+        );
     }
     Ok(())
 }

@@ -106,6 +106,8 @@ kind: DaemonSet
 spec:
   template:
     spec:
+      serviceAccountName: sockmesh-agent
+      automountServiceAccountToken: false
       initContainers:
         - name: mount
           securityContext:
@@ -156,6 +158,41 @@ fn agent_keeps_to_its_capabilities() {
         "{}",
         err(&no_drop)
     );
+}
+
+#[test]
+fn agent_has_no_api_access() {
+    let daemonset = yaml(&DAEMONSET.replace(
+        "kind: DaemonSet",
+        "kind: DaemonSet\nmetadata: {name: sockmesh-agent}",
+    ));
+    let err = |objects: &[serde_yaml::Value]| format!("{:#}", check_objects(objects).unwrap_err());
+    let token = yaml(
+        &DAEMONSET
+            .replace(
+                "automountServiceAccountToken: false",
+                "automountServiceAccountToken: true",
+            )
+            .replace(
+                "kind: DaemonSet",
+                "kind: DaemonSet\nmetadata: {name: sockmesh-agent}",
+            ),
+    );
+    assert!(err(&[token]).contains("automountServiceAccountToken must be false"));
+    let binding = yaml(
+        "kind: ClusterRoleBinding\nmetadata: {name: sockmesh-agent}\nsubjects:\n  - {kind: \
+         ServiceAccount, name: sockmesh-agent, namespace: sockmesh-system}\n",
+    );
+    let other = yaml(
+        "kind: ClusterRoleBinding\nmetadata: {name: sockmesh-control}\nsubjects:\n  - {kind: \
+         ServiceAccount, name: sockmesh-control, namespace: sockmesh-system}\n",
+    );
+    assert!(
+        err(&[daemonset.clone(), binding]).contains("grants the agent's ServiceAccount"),
+        "a binding of the agent's account must be refused"
+    );
+    // Another account's binding is fine: the check goes on to the next object.
+    assert!(err(&[daemonset, other]).contains("no Deployment sockmesh-control"));
 }
 
 #[test]
