@@ -47,6 +47,8 @@ struct Slot {
 #[derive(Debug)]
 pub struct SwitchBackends {
     slots: Vec<Slot>,
+    /// The network namespace the listeners are bound in (`None`: the test's own).
+    netns: Option<std::path::PathBuf>,
     /// Ends every echo connection (set on drop).
     conns_stop: Arc<AtomicBool>,
 }
@@ -60,6 +62,20 @@ impl SwitchBackends {
     /// Backends on `addrs`; only those with `listening[i]` listen from the start (the others
     /// refuse until [`SwitchBackends::restart`]).
     pub fn start_some(addrs: &[SocketAddr], listening: &[bool]) -> Result<Self> {
+        Self::start_in(None, addrs, listening)
+    }
+
+    /// [`SwitchBackends::start`] with the listeners bound inside the network namespace
+    /// `netns` (a handle path, `/run/netns/NAME`), now and at every restart.
+    pub fn start_in_netns(netns: &std::path::Path, addrs: &[SocketAddr]) -> Result<Self> {
+        Self::start_in(Some(netns.to_owned()), addrs, &vec![true; addrs.len()])
+    }
+
+    fn start_in(
+        netns: Option<std::path::PathBuf>,
+        addrs: &[SocketAddr],
+        listening: &[bool],
+    ) -> Result<Self> {
         assert_eq!(addrs.len(), listening.len(), "one flag per backend");
         let mut set = SwitchBackends {
             slots: addrs
@@ -71,6 +87,7 @@ impl SwitchBackends {
                     listening: None,
                 })
                 .collect(),
+            netns,
             conns_stop: Arc::default(),
         };
         for (i, up) in listening.iter().enumerate() {
@@ -112,13 +129,19 @@ impl SwitchBackends {
         if slot.listening.is_some() {
             return Ok(());
         }
-        let listener = TcpListener::bind(slot.addr).with_context(|| {
-            format!(
-                "binding backend {} (if the address is in use: is another bpf-tests run, \
-                 demo or bench using it on this machine?)",
-                slot.addr
-            )
-        })?;
+        let addr = slot.addr;
+        let bind = move || {
+            TcpListener::bind(addr).with_context(|| {
+                format!(
+                    "binding backend {addr} (if the address is in use: is another bpf-tests \
+                     run, demo or bench using it on this machine?)"
+                )
+            })
+        };
+        let listener = match &self.netns {
+            Some(ns) => crate::netns::run_in(ns, bind)?,
+            None => bind()?,
+        };
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let fd = listener.as_raw_fd();
