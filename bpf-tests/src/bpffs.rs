@@ -126,3 +126,16 @@ pub(crate) fn sweep_stale(is_stale: &dyn Fn(&str) -> bool) {
         }
     }
 }
+
+/// Waits until `dir` is gone (a retired pin directory), panicking after `timeout`.
+pub fn wait_gone(dir: &Path, timeout: std::time::Duration) {
+    let start = std::time::Instant::now();
+    while dir.exists() {
+        assert!(
+            start.elapsed() < timeout,
+            "{} still there {timeout:?} after the new agent was ready",
+            dir.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

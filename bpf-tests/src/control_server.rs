@@ -1,6 +1,7 @@
-//! One `sockmesh-control` process under test: spawn on a fixed
-//! 127.0.0.1 port with a token and a unix socket, stop and start again on the same port and
-//! state dir, read its API, and kill it on drop.
+//! One `sockmesh-control` process under test: spawn on a fixed address with a token and a
+//! unix socket, following a config file (127.0.0.1) or the Kubernetes source against a fake
+//! API server (inside the cluster testbed's fabric namespace), stop and start again on the
+//! same address and state dir, read its API, and kill it on drop.
 //!
 //! The process contract is docs/control-plane.md.
 
@@ -41,23 +42,54 @@ pub fn control_bin() -> PathBuf {
     }
 }
 
-/// A control plane serving `<dir>/mesh.yaml` on `127.0.0.1:<port>` and `<dir>/control.sock`,
-/// storing revisions in `<dir>/control-state`, logging to `<dir>/control.log`.
+/// Where a control plane under test takes its desired state from.
+#[derive(Debug, Clone)]
+enum Source {
+    /// `<dir>/mesh.yaml`, re-read every 50 ms.
+    File,
+    /// The Kubernetes source (`KUBECONFIG`), run inside the network namespace `netns`.
+    Kubernetes { kubeconfig: PathBuf, netns: PathBuf },
+}
+
+/// A control plane serving on `addr` (bearer token) and `<dir>/control.sock`, storing
+/// revisions in `<dir>/control-state`, logging to `<dir>/control.log`.
 #[derive(Debug)]
 pub struct ControlServer {
     dir: PathBuf,
     addr: SocketAddr,
+    source: Source,
     child: Option<Child>,
     starts: u32,
 }
 
 impl ControlServer {
-    /// Writes the token file and starts the process (the config file must exist).
+    /// Writes the token file and starts the process on `127.0.0.1:<port>`, serving
+    /// `<dir>/mesh.yaml` (which must exist).
     pub fn spawn(dir: &Path, port: u16) -> Result<Self> {
+        Self::spawn_with(dir, SocketAddr::from(([127, 0, 0, 1], port)), Source::File)
+    }
+
+    /// Writes the token file and starts `--source kubernetes` with `kubeconfig`, inside the
+    /// network namespace `netns` (a handle path), serving agents on `addr` there.
+    pub fn spawn_kubernetes(
+        dir: &Path,
+        addr: SocketAddr,
+        kubeconfig: &Path,
+        netns: &Path,
+    ) -> Result<Self> {
+        let source = Source::Kubernetes {
+            kubeconfig: kubeconfig.to_owned(),
+            netns: netns.to_owned(),
+        };
+        Self::spawn_with(dir, addr, source)
+    }
+
+    fn spawn_with(dir: &Path, addr: SocketAddr, source: Source) -> Result<Self> {
         fs::write(dir.join("control-token"), format!("{CONTROL_TOKEN}\n"))?;
         let mut server = ControlServer {
             dir: dir.to_owned(),
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr,
+            source,
             child: None,
             starts: 0,
         };
@@ -76,9 +108,22 @@ impl ControlServer {
             .open(self.log_path())?;
         self.starts += 1;
         writeln!(log, "===== bpf-tests: control start #{} =====", self.starts)?;
-        let child = Command::new(control_bin())
-            .arg("--config")
-            .arg(self.config_path())
+        let _ = fs::remove_file(self.socket());
+        let mut cmd = Command::new(control_bin());
+        match &self.source {
+            Source::File => {
+                cmd.arg("--config")
+                    .arg(self.config_path())
+                    .args(["--watch-interval-ms", "50"]);
+            }
+            Source::Kubernetes { kubeconfig, netns } => {
+                cmd.args(["--source", "kubernetes", "--kube-debounce-ms", "50"])
+                    .env("KUBECONFIG", kubeconfig)
+                    .env_remove("KUBERNETES_SERVICE_HOST");
+                crate::netns::enter_path(netns, &mut cmd)?;
+            }
+        }
+        let child = cmd
             .arg("--listen")
             .arg(self.addr.to_string())
             .arg("--listen-unix")
@@ -89,10 +134,10 @@ impl ControlServer {
             .arg("127.0.0.1:0")
             .arg("--state-dir")
             .arg(self.dir.join("control-state"))
-            .arg("--watch-interval-ms")
-            .arg("50")
             .env("NO_COLOR", "1")
             .env_remove("SOCKMESH_CONTROL_TOKEN")
+            .env_remove("SOCKMESH_CONTROL_CONFIG")
+            .env_remove("SOCKMESH_CONTROL_SOURCE")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -142,7 +187,18 @@ impl ControlServer {
         bail!("sockmesh-control ignored SIGTERM; killed it")
     }
 
-    /// `http://127.0.0.1:<port>`, for the agent's `--control` and the CLI's `--control-url`.
+    /// SIGKILL and reap: the control plane gone at once, as when its node dies.
+    pub fn kill(&mut self) -> Result<()> {
+        let mut child = self
+            .child
+            .take()
+            .context("the control plane is not running")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// `http://<addr>`, for the agent's `--control` and the CLI's `--control-url`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -185,6 +241,21 @@ impl ControlServer {
 
     pub fn status(&self) -> Result<Value> {
         self.get_json("/v1/status")
+    }
+
+    /// The head version's snapshot (`version`, `fingerprint`, `config`).
+    pub fn snapshot(&self) -> Result<Value> {
+        self.get_json("/v1/snapshot")
+    }
+
+    /// Polls the head snapshot until `pred` holds on it; returns it.
+    pub fn wait_snapshot(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        self.wait_json("/v1/snapshot", what, timeout, pred)
     }
 
     /// `method path` on TCP with the given `Authorization` header value (or none); the
@@ -230,19 +301,29 @@ impl ControlServer {
         timeout: Duration,
         pred: impl Fn(&Value) -> bool,
     ) -> Result<Value> {
+        self.wait_json("/v1/status", what, timeout, pred)
+    }
+
+    fn wait_json(
+        &self,
+        path: &str,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
         let deadline = Instant::now() + timeout;
         let mut last = Value::Null;
         while Instant::now() < deadline {
-            if let Ok(s) = self.status() {
+            if let Ok(s) = self.get_json(path) {
                 if pred(&s) {
                     return Ok(s);
                 }
                 last = s;
             }
-            thread::sleep(Duration::from_millis(50));
+            thread::sleep(Duration::from_millis(25));
         }
         bail!(
-            "timed out after {timeout:?} waiting for control {what}; last status {last:#}\n{}",
+            "timed out after {timeout:?} waiting for control {what}; last {path}: {last:#}\n{}",
             self.log_tail()
         )
     }

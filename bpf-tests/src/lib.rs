@@ -110,7 +110,7 @@ use std::path::PathBuf;
 pub use admin::{http_get, http_get_tcp, percent_encode, HttpResponse};
 pub use agent::{Agent, AgentOptions, NodeSandbox};
 pub use backend::{Backend, BackendMode, TcpBackendSet};
-pub use bpffs::{ensure_bpffs_mounted, Bpffs, BPFFS_ROOT};
+pub use bpffs::{ensure_bpffs_mounted, wait_gone, Bpffs, BPFFS_ROOT};
 pub use cgroup::{cgroup2_mount, AttachedProgram, Cgroup2};
 pub use client::{ClientReport, ConnectClient, ConnectResult, RunningClient};
 pub use cpu_quota::{v1_cpu_mount, CpuQuota};

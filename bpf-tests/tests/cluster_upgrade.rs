@@ -7,12 +7,11 @@
 //! VIPs 127.100.103.x; backends on their pods' addresses.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sockmesh_bpf_tests::cluster::hold::Holder;
 use sockmesh_bpf_tests::cluster::{service_backends, Cluster, ClusterOptions, PodSpec};
-use sockmesh_bpf_tests::{wait_workloads, BackendMode, ConnectClient, RunningClient};
+use sockmesh_bpf_tests::{wait_gone, wait_workloads, BackendMode, ConnectClient, RunningClient};
 use sockmesh_common::LAYOUT_VERSION;
 
 const WEB_VIP: Ipv4Addr = Ipv4Addr::new(127, 100, 103, 1);
@@ -23,18 +22,6 @@ const HELD: usize = 8;
 
 fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
-}
-
-fn wait_gone(dir: &Path, timeout: Duration) {
-    let start = Instant::now();
-    while dir.exists() {
-        assert!(
-            start.elapsed() < timeout,
-            "{} still there {timeout:?} after the new agent was ready",
-            dir.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

@@ -8,12 +8,11 @@
 //! 127.100.70-79.x).
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sockmesh_bpf_tests::{
-    assert_shares, counts_by_backend, loopback_addrs, BackendMode, ConnectClient, ServiceYaml,
-    TcpBackendSet, TestBed,
+    assert_shares, counts_by_backend, loopback_addrs, wait_gone, BackendMode, ConnectClient,
+    ServiceYaml, TcpBackendSet, TestBed,
 };
 use sockmesh_common::LAYOUT_VERSION;
 
@@ -114,16 +113,4 @@ fn new_layout_attaches_beside_the_old_then_retires_it_without_a_failed_connect()
         before[2],
         "a removed backend still gets connects: an old-layout program still routes"
     );
-}
-
-fn wait_gone(dir: &Path, timeout: Duration) {
-    let start = Instant::now();
-    while dir.exists() {
-        assert!(
-            start.elapsed() < timeout,
-            "{} still there {timeout:?} after the new agent was ready",
-            dir.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }

@@ -18,7 +18,6 @@
 //! away on drop, also on panic: agents (stopped, pins cleaned up), control plane, pods'
 //! processes, namespaces and cgroups, the temp dir.
 
-pub mod control;
 pub mod hold;
 pub mod kube;
 pub mod net;
@@ -37,10 +36,9 @@ use crate::agent::{Agent, AgentOptions, NodeSandbox};
 use crate::backend::{BackendMode, TcpBackendSet};
 use crate::bpffs::Bpffs;
 use crate::cgroup::{cgroup2_mount, Cgroup2};
-use crate::control_server::control_bin;
+use crate::control_server::{control_bin, ControlServer};
 use crate::netns::Netns;
 use crate::{agent_bin, require_root, resource_name, sweep_stale};
-use control::ClusterControl;
 use kube::EndpointRef;
 
 /// How long an agent may take to load, attach and apply its first version.
@@ -49,6 +47,8 @@ pub const NODE_READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 /// The agents' metrics port on their node's address (the DaemonSet's).
 pub const METRICS_PORT: u16 = 9477;
+/// The control API port on the fabric (the Deployment's).
+pub const CONTROL_PORT: u16 = 9476;
 
 /// One node of the testbed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,7 +169,7 @@ pub struct Cluster {
     // control plane and the API server go, then pods, nodes, the fabric, the cgroups
     // (killing anything left in them) and the temp dir.
     agents: Vec<Option<Agent>>,
-    control: ClusterControl,
+    control: ControlServer,
     kube: FakeKube,
     pods: BTreeMap<String, Pod>,
     nodes: Vec<Node>,
@@ -226,7 +226,12 @@ impl Cluster {
         for node in &nodes {
             kube.apply("Node", kube::node(&node.spec.name, &node.spec.zone));
         }
-        let control = ClusterControl::spawn(dir.path(), &fabric, &kube.kubeconfig())?;
+        let control = ControlServer::spawn_kubernetes(
+            dir.path(),
+            SocketAddr::from((net::CONTROL_IP, CONTROL_PORT)),
+            &kube.kubeconfig(),
+            &fabric.path(),
+        )?;
         let mut bed = Cluster {
             agents: Vec::new(),
             control,
@@ -317,7 +322,7 @@ impl Cluster {
         self.nodes[i].bpffs.path()
     }
 
-    pub fn control(&mut self) -> &mut ClusterControl {
+    pub fn control(&mut self) -> &mut ControlServer {
         &mut self.control
     }
 
