@@ -181,7 +181,7 @@ pub fn build(
             }
             if let Some(callers) = &mut spec.allowed_callers {
                 // Pods come and go; a caller that is not a workload now cannot call anyway.
-                callers.retain(|c| workload_names.contains(c.as_str()));
+                callers.retain(|c| c.name().is_none_or(|n| workload_names.contains(n)));
             }
             services.push(spec);
         }
@@ -206,7 +206,7 @@ pub fn build(
             let gone = out.config.workloads.remove(i);
             for s in &mut out.config.services {
                 if let Some(callers) = &mut s.allowed_callers {
-                    callers.retain(|c| *c != gone.name);
+                    callers.retain(|c| c.name() != Some(gone.name.as_str()));
                 }
             }
             out.rejections.push(SourceError {

@@ -420,7 +420,7 @@ fn a_policy_sets_the_service_fields() {
         // Callers that are not a workload now are dropped, not a rejection.
         assert_eq!(
             s.allowed_callers.as_deref(),
-            Some(&["shop-web-1".to_owned()][..])
+            Some(&["shop-web-1".into()][..])
         );
     }
 }
