@@ -472,6 +472,96 @@ fn admitted<'a>(cfg: &'a MeshConfig, service: &str) -> Option<Vec<&'a str>> {
     )
 }
 
+/// The shipped example, applied by a cluster: its comment says it admits shop's pods
+/// labelled `app: frontend` and the pods of namespace `jobs` running as ServiceAccount
+/// `batch`, and nobody else. Built from a snapshot with pods on both sides of every field.
+#[test]
+fn the_example_policy_admits_exactly_the_pods_its_comment_names() {
+    let text = include_str!("../../../deploy/examples/meshpolicy.yaml");
+    assert!(
+        text.contains("shop's pods labelled app=frontend")
+            && text.contains("pods of namespace jobs running as ServiceAccount batch"),
+        "the example's comment changed: update this test with it"
+    );
+    let object: Value = serde_yaml::from_str(text).unwrap();
+    assert_eq!(object["metadata"]["namespace"], "shop");
+    let mut snap = Snapshot {
+        namespaces: vec![
+            namespace("shop", Some(ENABLED)),
+            namespace("jobs", Some(ENABLED)),
+            namespace("staging", Some(ENABLED)),
+        ],
+        nodes: vec![node("node-a", Some("zone-a"))],
+        services: vec![service(
+            "shop",
+            "checkout",
+            "127.100.200.30",
+            json!([{"name": "http", "port": 80, "targetPort": 8080}]),
+        )],
+        slices: vec![slice(
+            "shop",
+            "checkout-1",
+            "checkout",
+            json!([{"name": "http", "port": 8080}]),
+            &[("127.0.12.1", Some(true), Some("checkout-0"), Some("zone-a"))],
+        )],
+        pods: vec![
+            pod_as(
+                "shop",
+                "checkout-0",
+                json!({"app": "checkout", "track": "stable"}),
+                None,
+            ),
+            // Admitted: shop, app=frontend (whatever their account).
+            pod_as("shop", "frontend-1", json!({"app": "frontend"}), None),
+            pod_as(
+                "shop",
+                "frontend-2",
+                json!({"app": "frontend", "lane": "canary"}),
+                Some("web"),
+            ),
+            // Not: another app in shop, app=frontend in another namespace.
+            pod_as("shop", "web-1", json!({"app": "web"}), None),
+            pod_as("staging", "frontend-1", json!({"app": "frontend"}), None),
+            // Admitted: jobs, running as batch.
+            pod_as("jobs", "nightly-1", json!({"app": "report"}), Some("batch")),
+            // Not: jobs as another account, batch in another namespace, a pod that only
+            // labels itself with the account (identity comes from its spec).
+            pod_as("jobs", "adhoc-1", json!({"app": "report"}), Some("default")),
+            pod_as("shop", "batch-1", json!({}), Some("batch")),
+            pod_as(
+                "jobs",
+                "spoof-1",
+                json!({SERVICE_ACCOUNT_LABEL: "batch"}),
+                None,
+            ),
+        ],
+        policies: vec![obj(object)],
+    };
+    let (cfg, rejected) = build_ok(&snap);
+    assert!(rejected.is_empty(), "{rejected:?}");
+    assert_eq!(names(&cfg), ["shop-checkout-80"]);
+    assert_eq!(
+        admitted(&cfg, "shop-checkout-80").unwrap(),
+        ["jobs-nightly-1", "shop-frontend-1", "shop-frontend-2"]
+    );
+
+    // New pods are matched as they come, with no edit of the policy; gone ones are gone.
+    snap.pods.push(pod_as(
+        "shop",
+        "frontend-3",
+        json!({"app": "frontend"}),
+        None,
+    ));
+    snap.pods
+        .retain(|p| p.metadata.name.as_deref() != Some("nightly-1"));
+    let (cfg, _) = build_ok(&snap);
+    assert_eq!(
+        admitted(&cfg, "shop-checkout-80").unwrap(),
+        ["shop-frontend-1", "shop-frontend-2", "shop-frontend-3"]
+    );
+}
+
 #[test]
 fn workloads_carry_their_namespace_and_service_account() {
     let mut snap = shop();
