@@ -26,7 +26,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use super::workload::{check_labels, unique_labels};
-use super::{WorkloadSpec, MAX_LABEL_VALUE_LEN};
+use super::{WorkloadSpec, MAX_LABEL_VALUE_LEN, MAX_MESH_WORKLOADS};
 
 /// The workload label holding a workload's Kubernetes namespace (the Kubernetes source sets
 /// it on every pod's workload); what a selector's `namespace` matches.
@@ -158,6 +158,17 @@ pub fn check_allowed_callers(
     allowed: &[CallerSpec],
     workloads: Option<&[WorkloadSpec]>,
 ) -> Result<(), (String, String)> {
+    if allowed.len() > MAX_MESH_WORKLOADS {
+        // Longer than the mesh could have workloads to name: a generated mistake.
+        return Err((
+            "allowed_callers".to_owned(),
+            format!(
+                "{} entries, more than the limit of {MAX_MESH_WORKLOADS} (the most workloads a \
+                 mesh may have)",
+                allowed.len()
+            ),
+        ));
+    }
     let mut selectors = 0;
     let mut names: Option<HashSet<&str>> = None;
     for (j, entry) in allowed.iter().enumerate() {

@@ -240,7 +240,19 @@ fn selector_sizes_are_bounded() {
         .as_mut()
         .unwrap()
         .truncate(MAX_CALLER_SELECTORS);
-    mesh(vec![web]).validate().unwrap();
+    mesh(vec![web.clone()]).validate().unwrap();
+
+    // Names (here one name many times) are bounded by the mesh's workload limit.
+    let mut cfg = mesh(vec![web]);
+    cfg.workloads = vec![workload("a", "x/a", &[])];
+    cfg.services[0].allowed_callers = Some(vec!["a".into(); crate::MAX_MESH_WORKLOADS]);
+    cfg.validate().unwrap();
+    cfg.services[0].allowed_callers = Some(vec!["a".into(); crate::MAX_MESH_WORKLOADS + 1]);
+    assert_invalid(
+        &cfg,
+        "services[0].allowed_callers",
+        "65537 entries, more than the limit of 65536",
+    );
 }
 
 #[test]
