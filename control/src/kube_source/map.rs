@@ -1,5 +1,5 @@
 //! From Kubernetes objects to a [`MeshConfig`]: pure functions, no API calls, so every rule
-//! here is unit-tested on hand-written objects (`map_tests.rs`).
+//! here is unit-tested on hand-written objects (`map_tests.rs`, `identity_tests.rs`).
 //!
 //! The rules (docs/control-plane.md, "Kubernetes source"):
 //!
