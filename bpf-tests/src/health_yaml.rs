@@ -111,10 +111,7 @@ mod tests {
         assert_eq!(s.outlier.base_ban.0, std::time::Duration::from_secs(1));
         assert_eq!(s.circuit.min_success_ratio, 0.0);
         assert_eq!(s.limits.max_connections, Some(5));
-        assert_eq!(
-            s.allowed_callers.as_deref(),
-            Some(&["front".to_string()][..])
-        );
+        assert_eq!(s.allowed_callers.as_deref(), Some(&["front".into()][..]));
         assert_eq!(s.drain_grace.0, std::time::Duration::from_secs(1));
         assert_eq!(cfg.workloads[1].priority, sockmesh_model::Priority::Offline);
     }

@@ -43,6 +43,7 @@
 //! | `cli.rs` | `check`, `cleanup` | 18220-18221 | 127.100.12.1 |
 //! | `ipv6.rs` | `fd00::100` in a netns of its own | 80-81, 8081 in the netns | `fd00::100` in the netns |
 //! | `least_conn.rs` | busy backend avoided, 1:3 split at equal load (v4, v6), two choices over 20 backends, unknown policy code refused and counted | 18230-18239; 80-81, 8081 in its netns | 127.100.14.x; `fd00::` VIPs in its netns |
+//! | `identity.rs` | `allowed_callers` selectors (namespace, service account, labels): admitted callers connect, the rest `denied` at connect; routes match the same identity labels | 18240-18243 | 127.100.15.1-2 |
 //! | **kernel signals** | | | |
 //! | `signals_connect.rs` | ok counts exact, handshake count, caller = workload or `unknown`, CLI | 18300-18301 | 127.100.30.1 |
 //! | `signals_failures.rs` | refused and timeout counted per backend, `/v1/failures`, CLI | 18310-18311 | 127.100.31.1 |

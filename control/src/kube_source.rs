@@ -20,6 +20,8 @@ pub mod crd;
 pub mod map;
 
 #[cfg(test)]
+mod identity_tests;
+#[cfg(test)]
 mod map_tests;
 
 use std::collections::{HashSet, VecDeque};

@@ -15,6 +15,8 @@ pub(crate) mod route;
 pub(crate) mod slots;
 
 #[cfg(test)]
+mod acl_tests;
+#[cfg(test)]
 mod plan_tests;
 #[cfg(test)]
 mod route_tests;

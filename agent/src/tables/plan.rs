@@ -24,7 +24,7 @@ use super::{
     addr::{backend_entry, service_key},
     overlay::{service_entry, Overlay},
     policy,
-    route::{service_classes, Node},
+    route::{service_classes, workload_class, Node},
 };
 
 /// A slot table as the agent tracks it: only the used slots.
@@ -303,13 +303,6 @@ pub(crate) fn plan_for(
     let mut wanted_services = BTreeSet::new();
     let mut wanted_tables = BTreeSet::new();
     let mut views = Vec::with_capacity(config.services.len());
-    // Workload index + 1, as the kernel's caller map and ACL keys use it.
-    let workload_ids: BTreeMap<&str, u32> = config
-        .workloads
-        .iter()
-        .enumerate()
-        .map(|(i, w)| (w.name.as_str(), i as u32 + 1))
-        .collect();
     let mut wanted_acl = BTreeSet::new();
 
     for spec in &config.services {
@@ -344,13 +337,17 @@ pub(crate) fn plan_for(
             wanted_backends.insert(bid);
             ids.push(bid);
         }
-        for caller in spec.allowed_callers.iter().flatten() {
-            if let Some(workload) = workload_ids.get(caller.as_str()) {
-                wanted_acl.insert(ServiceCaller {
-                    service_id: id,
-                    workload: *workload,
-                });
-            }
+        // The workloads of this node the service admits (by name or by identity selector),
+        // keyed as the kernel's caller map numbers them (workload index + 1).
+        for index in spec
+            .admitted_workloads(&config.workloads)
+            .into_iter()
+            .flatten()
+        {
+            wanted_acl.insert(ServiceCaller {
+                service_id: id,
+                workload: workload_class(index),
+            });
         }
         let ov = overlay.get(&spec.name).cloned().unwrap_or_default();
         // Banned backends (and those awaiting a probe) keep their ids but get no slot, in

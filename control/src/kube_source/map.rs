@@ -1,5 +1,5 @@
 //! From Kubernetes objects to a [`MeshConfig`]: pure functions, no API calls, so every rule
-//! here is unit-tested on hand-written objects (`map_tests.rs`).
+//! here is unit-tested on hand-written objects (`map_tests.rs`, `identity_tests.rs`).
 //!
 //! The rules (docs/control-plane.md, "Kubernetes source"):
 //!
@@ -22,7 +22,9 @@
 //!   valid version of it seen by this process (or the defaults): one bad policy never stops
 //!   endpoint updates of the whole mesh.
 //! - **Workloads.** Each enrolled, not finished pod is a workload `<namespace>-<pod>` with
-//!   the pod's labels (plus `sockmesh.io/namespace`), its pod cgroup (from its UID and QoS
+//!   the pod's labels (plus `sockmesh.io/namespace` and `sockmesh.io/service-account`, taken
+//!   from the pod's namespace and `spec.serviceAccountName`, over any label of those names
+//!   the pod carries), its pod cgroup (from its UID and QoS
 //!   class, the kubelet's naming for the configured cgroup driver; the agent walks the
 //!   container cgroups below it and skips pods that are not on its node), and priority
 //!   `offline` when labelled `sockmesh.io/priority: offline`, and the zone of its node (the
@@ -42,17 +44,24 @@ use serde_json::{Map, Value};
 use super::crd::MeshPolicy;
 use crate::SourceError;
 use sockmesh_model::{
-    check_zone, BackendSpec, Enrollment, LbPolicy, MeshConfig, Priority, ServiceSpec, WorkloadSpec,
-    CONFIG_VERSION, MAX_BACKENDS_PER_SERVICE, MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN,
-    MAX_MESH_WORKLOADS, MAX_SERVICE_NAME_LEN, MAX_WORKLOADS,
+    check_allowed_callers, check_zone, BackendSpec, Enrollment, LbPolicy, MeshConfig, Priority,
+    ServiceSpec, WorkloadSpec, CONFIG_VERSION, MAX_BACKENDS_PER_SERVICE, MAX_LABEL_KEY_LEN,
+    MAX_LABEL_VALUE_LEN, MAX_MESH_WORKLOADS, MAX_SERVICE_NAME_LEN, MAX_WORKLOADS,
 };
 
 /// The enrolment label, on namespaces, pods and Services.
 pub const MESH_LABEL: &str = "sockmesh.io/mesh";
 /// The enrolment label's value that enrols.
 pub const ENABLED: &str = "enabled";
-/// Added to every workload's labels: the pod's namespace, for `routes: match:`.
-pub const NAMESPACE_LABEL: &str = "sockmesh.io/namespace";
+/// Set on every workload's labels (over any the pod carries itself): the pod's namespace,
+/// what `allowed_callers` selectors' `namespace` and `routes: match:` read.
+pub use sockmesh_model::NAMESPACE_LABEL;
+/// Set on every workload's labels (over any the pod carries itself): the pod's
+/// ServiceAccount (`spec.serviceAccountName`, `default` when unset), what `allowed_callers`
+/// selectors' `service_account` reads.
+pub use sockmesh_model::SERVICE_ACCOUNT_LABEL;
+/// The ServiceAccount of a pod that names none (the API server's own default).
+pub const DEFAULT_SERVICE_ACCOUNT: &str = "default";
 /// A pod label: `offline` makes the workload's callers shed first under overload.
 pub const PRIORITY_LABEL: &str = "sockmesh.io/priority";
 /// The label EndpointSlices carry naming their Service.
@@ -181,7 +190,8 @@ pub fn build(
             }
             if let Some(callers) = &mut spec.allowed_callers {
                 // Pods come and go; a caller that is not a workload now cannot call anyway.
-                callers.retain(|c| workload_names.contains(c.as_str()));
+                // Selectors stay: they match whichever pods there are.
+                callers.retain(|c| c.name().is_none_or(|n| workload_names.contains(n)));
             }
             services.push(spec);
         }
@@ -206,7 +216,7 @@ pub fn build(
             let gone = out.config.workloads.remove(i);
             for s in &mut out.config.services {
                 if let Some(callers) = &mut s.allowed_callers {
-                    callers.retain(|c| *c != gone.name);
+                    callers.retain(|c| c.name() != Some(gone.name.as_str()));
                 }
             }
             out.rejections.push(SourceError {
@@ -419,8 +429,8 @@ fn effective_policies(
 
 /// The spec fields of a policy to apply to a service, when the model accepts them: decoded
 /// as a service's fields and validated with every rule that concerns the service alone
-/// (`allowed_callers` aside: which workloads exist changes with the pods). Errs with
-/// (`spec.<field path>`, reason).
+/// (`allowed_callers` names aside: which workloads exist changes with the pods; its
+/// selectors are checked). Errs with (`spec.<field path>`, reason).
 pub fn check_policy(spec: &Value) -> Result<Map<String, Value>, (String, String)> {
     let Some(fields) = spec.as_object() else {
         return Err(("spec".to_owned(), "must be an object".to_owned()));
@@ -435,7 +445,10 @@ pub fn check_policy(spec: &Value) -> Result<Map<String, Value>, (String, String)
         vec![BackendSpec::new(SocketAddr::from(([127, 0, 0, 2], 1)), 1)],
     );
     let mut service = apply_policy(&probe, &patch)?;
-    service.allowed_callers = None;
+    if let Some(callers) = service.allowed_callers.take() {
+        check_allowed_callers(&callers, None)
+            .map_err(|(field, reason)| (spec_path(&field), reason))?;
+    }
     let cfg = MeshConfig {
         version: CONFIG_VERSION,
         services: vec![service],
@@ -706,7 +719,21 @@ fn workload(pod: &Pod, opts: &MapOptions, names: &mut Names) -> Option<WorkloadS
     let uid = pod.metadata.uid.as_deref()?;
     let cgroup = pod_cgroup(opts, uid, qos_class(pod))?;
     let mut labels = model_labels(&pod.metadata.labels);
+    // Identity comes from the pod's spec, never from labels the pod sets on itself: a pod
+    // labelled `sockmesh.io/service-account: admin` is not admitted as `admin`.
     labels.insert(NAMESPACE_LABEL.to_owned(), ns.to_owned());
+    labels.remove(SERVICE_ACCOUNT_LABEL);
+    let account = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.as_deref())
+        .filter(|a| !a.is_empty())
+        .unwrap_or(DEFAULT_SERVICE_ACCOUNT);
+    // A name over the label value limit cannot be carried: no label, so no service-account
+    // selector admits the pod (fails closed).
+    if account.chars().count() <= MAX_LABEL_VALUE_LEN {
+        labels.insert(SERVICE_ACCOUNT_LABEL.to_owned(), account.to_owned());
+    }
     let priority = match label(&pod.metadata.labels, PRIORITY_LABEL) {
         Some("offline") => Priority::Offline,
         _ => Priority::Online,

@@ -9,16 +9,19 @@ use super::crd::MeshPolicy;
 use super::map::*;
 use sockmesh_model::{LbPolicy, MeshConfig, Priority, ServiceSpec, MAX_SERVICE_NAME_LEN};
 
-fn obj<T: serde::de::DeserializeOwned>(v: Value) -> Arc<T> {
+pub(super) fn obj<T: serde::de::DeserializeOwned>(v: Value) -> Arc<T> {
     Arc::new(serde_json::from_value(v).expect("a valid object"))
 }
 
-fn namespace(name: &str, enrolled: Option<&str>) -> Arc<k8s_openapi::api::core::v1::Namespace> {
+pub(super) fn namespace(
+    name: &str,
+    enrolled: Option<&str>,
+) -> Arc<k8s_openapi::api::core::v1::Namespace> {
     let labels = enrolled.map_or(json!({}), |v| json!({ MESH_LABEL: v }));
     obj(json!({"metadata": {"name": name, "labels": labels}}))
 }
 
-fn service(
+pub(super) fn service(
     ns: &str,
     name: &str,
     ip: &str,
@@ -33,7 +36,7 @@ fn service(
 /// An endpoint: (ip, ready, pod name, zone).
 type Ep<'a> = (&'a str, Option<bool>, Option<&'a str>, Option<&'a str>);
 
-fn slice(
+pub(super) fn slice(
     ns: &str,
     name: &str,
     svc: &str,
@@ -77,7 +80,7 @@ fn pod(ns: &str, name: &str, uid: &str, labels: Value) -> Arc<k8s_openapi::api::
     }))
 }
 
-fn node(name: &str, zone: Option<&str>) -> Arc<k8s_openapi::api::core::v1::Node> {
+pub(super) fn node(name: &str, zone: Option<&str>) -> Arc<k8s_openapi::api::core::v1::Node> {
     let labels = match zone {
         Some(z) => json!({ZONE_LABEL: z, "kubernetes.io/hostname": name}),
         None => json!({"kubernetes.io/hostname": name}),
@@ -85,13 +88,13 @@ fn node(name: &str, zone: Option<&str>) -> Arc<k8s_openapi::api::core::v1::Node>
     obj(json!({"metadata": {"name": name, "labels": labels}}))
 }
 
-fn policy(ns: &str, name: &str, spec: Value) -> Arc<MeshPolicy> {
+pub(super) fn policy(ns: &str, name: &str, spec: Value) -> Arc<MeshPolicy> {
     obj(json!({"metadata": {"name": name, "namespace": ns}, "spec": spec}))
 }
 
 /// The shop: enrolled namespace `shop` with Service `web` (ports 80 and 443 TCP, 53 UDP)
 /// and three endpoints; namespace `other` (not enrolled) with Service `db`.
-fn shop() -> Snapshot {
+pub(super) fn shop() -> Snapshot {
     Snapshot {
         namespaces: vec![namespace("shop", Some(ENABLED)), namespace("other", None)],
         nodes: vec![node("node-a", Some("zone-a")), node("node-b", None)],
@@ -162,7 +165,7 @@ fn shop() -> Snapshot {
     }
 }
 
-fn build_ok(snap: &Snapshot) -> (MeshConfig, Vec<String>) {
+pub(super) fn build_ok(snap: &Snapshot) -> (MeshConfig, Vec<String>) {
     let built = build(snap, &MapOptions::default(), &mut PolicyMemory::default()).unwrap();
     (
         built.config,
@@ -170,14 +173,14 @@ fn build_ok(snap: &Snapshot) -> (MeshConfig, Vec<String>) {
     )
 }
 
-fn by_name<'a>(cfg: &'a MeshConfig, name: &str) -> &'a ServiceSpec {
+pub(super) fn by_name<'a>(cfg: &'a MeshConfig, name: &str) -> &'a ServiceSpec {
     cfg.services
         .iter()
         .find(|s| s.name == name)
         .unwrap_or_else(|| panic!("no service {name} in {:?}", names(cfg)))
 }
 
-fn names(cfg: &MeshConfig) -> Vec<&str> {
+pub(super) fn names(cfg: &MeshConfig) -> Vec<&str> {
     cfg.services.iter().map(|s| s.name.as_str()).collect()
 }
 
@@ -420,7 +423,7 @@ fn a_policy_sets_the_service_fields() {
         // Callers that are not a workload now are dropped, not a rejection.
         assert_eq!(
             s.allowed_callers.as_deref(),
-            Some(&["shop-web-1".to_owned()][..])
+            Some(&["shop-web-1".into()][..])
         );
     }
 }

@@ -211,8 +211,10 @@ fn check_agent_has_no_api_access(objects: &[Yaml], daemonset: &Yaml) -> Result<(
 }
 
 /// The CRD's schemas are structural (what the API server demands of a v1 CRD): every node
-/// has a type, no `$ref`, objects list properties or additionalProperties (not both),
-/// arrays have items.
+/// has a type (but one marked `x-kubernetes-preserve-unknown-fields: true`, which may take
+/// any value), no `$ref`, no logical junctors (`oneOf` and the like may not set types, so
+/// they cannot express what this CRD needs), objects list properties or
+/// additionalProperties (not both), arrays have items.
 pub fn check_crd_structural(crd: &Yaml) -> Result<()> {
     fn walk(node: &Yaml, at: &str) -> Result<()> {
         let map = node
@@ -222,10 +224,30 @@ pub fn check_crd_structural(crd: &Yaml) -> Result<()> {
             !map.contains_key("$ref"),
             "{at}: $ref is not allowed in a CRD"
         );
+        for junctor in ["oneOf", "anyOf", "allOf", "not"] {
+            ensure!(
+                !map.contains_key(junctor),
+                "{at}: {junctor} is not used in this CRD (its branches may not set a type)"
+            );
+        }
         let ty = node.get("type").and_then(Yaml::as_str);
+        let open = node
+            .get("x-kubernetes-preserve-unknown-fields")
+            .and_then(Yaml::as_bool)
+            == Some(true);
+        if open && ty.is_none() {
+            ensure!(
+                !map.contains_key("properties")
+                    && !map.contains_key("additionalProperties")
+                    && !map.contains_key("items"),
+                "{at}: a node without a type describes no fields"
+            );
+            return Ok(());
+        }
         ensure!(
             ty.is_some(),
-            "{at}: no type (structural schemas need one everywhere)"
+            "{at}: no type (structural schemas need one everywhere but on \
+             x-kubernetes-preserve-unknown-fields nodes)"
         );
         if let Some(props) = node.get("properties").and_then(Yaml::as_mapping) {
             ensure!(
@@ -346,13 +368,18 @@ fn as_mesh_config(spec: &Yaml) -> Result<String> {
     for (k, v) in spec.iter().filter(|(k, _)| k.as_str() != Some("service")) {
         service.insert(k.clone(), v.clone());
     }
-    // allowed_callers name workloads: give each one, as the agent's pod watch would.
+    // allowed_callers names are workloads: give each one, as the pod watch would. Selectors
+    // need none (one that matches no workload is valid; which pods it admits is proven on a
+    // cluster snapshot by sockmesh-control's `the_example_policy_admits_exactly_...` test).
     let mut workloads = Vec::new();
     for caller in seq(spec.get("allowed_callers")) {
-        let name = caller.as_str().context("allowed_callers: not a string")?;
-        workloads.push(serde_yaml::from_str::<Yaml>(&format!(
-            "{{name: {name}, cgroup: kubepods/{name}}}"
-        ))?);
+        match caller {
+            Yaml::String(name) => workloads.push(serde_yaml::from_str::<Yaml>(&format!(
+                "{{name: {name}, cgroup: kubepods/{name}}}"
+            ))?),
+            Yaml::Mapping(_) => {}
+            other => bail!("allowed_callers: {other:?} is neither a workload name nor a selector"),
+        }
     }
     let mut config = Mapping::new();
     config.insert(

@@ -55,6 +55,69 @@ fn meshpolicy_crd_is_structural() {
     bad["spec"]["versions"] = Yaml::Sequence(vec![spec]);
     let err = check_crd_structural(&bad).unwrap_err().to_string();
     assert!(err.contains("v1alpha1.spec.lb: no type"), "{err}");
+
+    // allowed_callers entries are strings or objects: an open node, typeless, as the API
+    // server allows; one that still lists fields, or a oneOf, is not structural.
+    let callers = |crd: &Yaml| {
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            ["allowed_callers"]["items"]
+            .clone()
+    };
+    let items = callers(&shipped(CRD));
+    assert_eq!(items.get("type"), None);
+    assert_eq!(
+        items.get("x-kubernetes-preserve-unknown-fields"),
+        Some(&Yaml::Bool(true))
+    );
+    for (edit, fragment) in [
+        (
+            "{x-kubernetes-preserve-unknown-fields: true, properties: {namespace: {type: string}}}",
+            "allowed_callers[]: a node without a type describes no fields",
+        ),
+        (
+            "{oneOf: [{type: string}, {type: object}]}",
+            "allowed_callers[]: oneOf is not used",
+        ),
+    ] {
+        let mut bad = shipped(CRD);
+        bad["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["allowed_callers"]["items"] = yaml(edit);
+        let err = check_crd_structural(&bad).unwrap_err().to_string();
+        assert!(err.contains(fragment), "{err}");
+    }
+}
+
+#[test]
+fn example_policy_callers_are_names_or_selectors() {
+    let crd = shipped(CRD);
+    let example = shipped(EXAMPLE_POLICY);
+    let callers = example["spec"]["allowed_callers"].as_sequence().unwrap();
+    assert!(
+        callers.iter().all(Yaml::is_mapping),
+        "the example admits by identity: {callers:?}"
+    );
+    // A name is given its workload; a bad selector is the model's error, with its path.
+    for (entry, ok) in [
+        ("shop-frontend-0", None),
+        ("{namespace: shop, service_account: web}", None),
+        ("{namespace: Shop}", Some("allowed_callers[2].namespace")),
+        ("{service_acount: web}", Some("service_acount")),
+        ("[shop]", Some("neither a workload name nor a selector")),
+    ] {
+        let mut example = example.clone();
+        example["spec"]["allowed_callers"]
+            .as_sequence_mut()
+            .unwrap()
+            .push(yaml(entry));
+        let got = check_example_policy(&crd, &example);
+        match ok {
+            None => got.unwrap(),
+            Some(fragment) => {
+                let err = format!("{:#}", got.unwrap_err());
+                assert!(err.contains(fragment), "{entry}: {err}");
+            }
+        }
+    }
 }
 
 #[test]

@@ -20,6 +20,9 @@
 //!           - {to: {track: stable}, percent: 90}
 //!           - {to: {track: canary}, percent: 10}
 //!     locality: {prefer_zone: true, min_healthy_percent: 50}  # optional: stay in the caller's zone
+//!     allowed_callers:       # optional: only these callers may connect (absent: everyone)
+//!       - frontend           # a workload by name ...
+//!       - {namespace: shop, service_account: checkout, labels: {app: web}}  # ... or by identity
 //!     slos:                  # optional, <= 16: objectives judged on kernel signals
 //!       - name: availability # same shape as a service name, unique within the service
 //!         sli: connect_success   # connect_success | connect_latency | srtt
@@ -52,6 +55,7 @@
 //! kernel measures, and may share its name with a service.
 
 mod address;
+mod caller;
 mod duration;
 mod error;
 mod fingerprint;
@@ -71,6 +75,10 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
+pub use caller::{
+    admitted_workloads, check_allowed_callers, CallerSelector, CallerSpec, MAX_CALLER_SELECTORS,
+    MAX_SELECTOR_LABELS, NAMESPACE_LABEL, SERVICE_ACCOUNT_LABEL,
+};
 pub use duration::Span;
 pub use error::{ConfigError, Location};
 pub use parse::parse_config;
@@ -195,9 +203,11 @@ pub struct ServiceSpec {
     /// Connection limits, enforced in the kernel.
     #[serde(default, skip_serializing_if = "is_default")]
     pub limits: LimitsSpec,
-    /// Workloads allowed to connect; absent means every caller may.
+    /// Callers allowed to connect: workloads by name, or by identity selectors (namespace,
+    /// service account, labels). Absent means every caller may; a list admits only the
+    /// workloads it names or matches ([`ServiceSpec::admitted_workloads`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub allowed_callers: Option<Vec<String>>,
+    pub allowed_callers: Option<Vec<CallerSpec>>,
     /// How long connections to a banned or removed backend may live on before the agent
     /// closes them (so clients reconnect to healthy backends).
     #[serde(
@@ -251,6 +261,15 @@ impl ServiceSpec {
             locality: None,
             same_node: false,
         }
+    }
+}
+
+impl ServiceSpec {
+    /// Which of `workloads` may connect to the service, as indices into `workloads`: `None`
+    /// when it has no `allowed_callers` (every caller may), else the workloads its entries
+    /// name or match ([`admitted_workloads`]).
+    pub fn admitted_workloads(&self, workloads: &[WorkloadSpec]) -> Option<Vec<usize>> {
+        admitted_workloads(self.allowed_callers.as_deref(), workloads)
     }
 }
 
@@ -366,7 +385,7 @@ pub struct WorkloadSpec {
     pub zone: Option<String>,
     /// The node the workload runs on (the Kubernetes source sets the pod's `spec.nodeName`).
     /// An agent acts only on workloads without a node and those on its own `--node-name`
-    /// ([`MeshConfig::for_node`]); the others' cgroups do not exist on its machine.
+    /// ([`MeshConfig::into_node`]); the others' cgroups do not exist on its machine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
 }

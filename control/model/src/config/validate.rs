@@ -78,19 +78,18 @@ struct ServiceChecker<'a> {
 }
 
 impl<'a> ServiceChecker<'a> {
-    /// Health policy ranges, allowed callers that name configured workloads, SLOs, routes and
-    /// locality.
+    /// Health policy ranges, allowed callers (names of configured workloads, valid selectors),
+    /// SLOs, routes and locality.
     fn policy(&self, workloads: &[super::WorkloadSpec]) -> Result<(), ConfigError> {
         let s = self.service;
         if let Err((field, reason)) = super::policy::check(&s.outlier, &s.circuit, &s.limits) {
             return self.fail(&field, reason);
         }
-        for (j, caller) in s.allowed_callers.iter().flatten().enumerate() {
-            if !workloads.iter().any(|w| &w.name == caller) {
-                return self.fail(
-                    &format!("allowed_callers[{j}]"),
-                    format!("{caller:?} is not a workload defined under workloads:"),
-                );
+        if let Some(callers) = &s.allowed_callers {
+            if let Err((field, reason)) =
+                super::caller::check_allowed_callers(callers, Some(workloads))
+            {
+                return self.fail(&field, reason);
             }
         }
         if let Err((field, reason)) = super::slo::check(&s.slos) {

@@ -266,8 +266,9 @@ impl super::MeshConfig {
     /// The part of the config the agent on `node` acts on: the workloads without a `node:`
     /// and those on `node`, in their order. An `allowed_callers` entry naming a workload of
     /// another node is dropped with it (no caller on this node can be that workload), so a
-    /// service whose allowed callers all run elsewhere admits nobody here. Valid whenever
-    /// `self` is; unchanged (and not copied) when every workload is local.
+    /// service whose allowed callers all run elsewhere admits nobody here. Selectors stay:
+    /// they match whichever of the remaining workloads fit. Valid whenever `self` is;
+    /// unchanged (and not copied) when every workload is local.
     pub fn into_node(mut self, node: &str) -> super::MeshConfig {
         let here = |w: &WorkloadSpec| w.node.as_deref().is_none_or(|n| n == node);
         if self.workloads.iter().all(here) {
@@ -278,7 +279,7 @@ impl super::MeshConfig {
             self.workloads.iter().map(|w| w.name.as_str()).collect();
         for s in &mut self.services {
             if let Some(callers) = &mut s.allowed_callers {
-                callers.retain(|c| names.contains(c.as_str()));
+                callers.retain(|c| c.name().is_none_or(|n| names.contains(n)));
             }
         }
         self

@@ -1,6 +1,7 @@
 //! Tests of the schema: what parses, what each rule rejects, and properties of valid configs.
 
 mod accept;
+mod callers;
 mod decode;
 mod limits;
 mod policy;

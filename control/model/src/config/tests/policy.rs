@@ -47,7 +47,7 @@ fn policy_fields_parse_with_defaults_for_the_rest() {
     assert_eq!(web.limits.max_connections_per_caller, None);
     assert_eq!(
         web.allowed_callers.as_deref(),
-        Some(&["frontend".to_string()][..])
+        Some(&["frontend".into()][..])
     );
     assert_eq!(web.drain_grace, Span::secs(3));
     assert_eq!(cfg.workloads[0].priority, Priority::Online);

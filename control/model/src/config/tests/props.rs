@@ -9,8 +9,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::{
-    Fallback, LocalitySpec, RouteSpec, SliKind, SloSpec, Span, SplitSpec, WorkloadSpec,
-    MAX_BACKENDS_PER_SERVICE, MAX_WEIGHT,
+    CallerSelector, CallerSpec, Fallback, LocalitySpec, RouteSpec, SliKind, SloSpec, Span,
+    SplitSpec, WorkloadSpec, MAX_BACKENDS_PER_SERVICE, MAX_WEIGHT,
 };
 
 fn lb() -> impl Strategy<Value = LbPolicy> {
@@ -208,10 +208,48 @@ fn config() -> impl Strategy<Value = MeshConfig> {
             .collect();
         services
     });
-    (services, workloads()).prop_map(|(services, workloads)| MeshConfig {
-        workloads,
-        ..mesh(services)
+    let callers = proptest::collection::vec(proptest::option::of(allowed_callers()), 6);
+    (services, workloads(), callers).prop_map(|(mut services, workloads, callers)| {
+        for (service, entries) in services.iter_mut().zip(callers) {
+            // Names must be workloads: keep the drawn ones that exist.
+            service.allowed_callers = entries.map(|entries| {
+                entries
+                    .into_iter()
+                    .filter_map(|entry| match entry {
+                        Ok(i) => workloads.get(i).map(|w| CallerSpec::from(w.name.as_str())),
+                        Err(selector) => Some(selector),
+                    })
+                    .collect()
+            });
+        }
+        MeshConfig {
+            workloads,
+            ..mesh(services)
+        }
     })
+}
+
+/// `allowed_callers` entries: a workload by index (`Ok`) or a selector (`Err`) with at
+/// least one field, over the whole alphabet of each.
+fn allowed_callers() -> impl Strategy<Value = Vec<Result<usize, CallerSpec>>> {
+    let selector = (
+        proptest::option::of("[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"),
+        proptest::option::of("[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?"),
+        labels(),
+    )
+        .prop_map(|(namespace, service_account, labels)| {
+            let namespace = match (&namespace, &service_account) {
+                (None, None) if labels.is_empty() => Some("default".to_owned()),
+                _ => namespace,
+            };
+            CallerSpec::Selector(CallerSelector {
+                namespace,
+                service_account,
+                labels,
+            })
+        });
+    let entry = prop_oneof![(0..4usize).prop_map(Ok), selector.prop_map(Err)];
+    proptest::collection::vec(entry, 0..5)
 }
 
 proptest! {

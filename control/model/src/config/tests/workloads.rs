@@ -1,7 +1,7 @@
 //! The `workloads:` section: what parses, and one test per rule it must follow.
 
 use super::*;
-use crate::{Enrollment, MAX_LABEL_VALUE_LEN, MAX_WORKLOADS};
+use crate::{CallerSelector, CallerSpec, Enrollment, MAX_LABEL_VALUE_LEN, MAX_WORKLOADS};
 
 const WITH_WORKLOADS: &str = "\
 services: []
@@ -314,14 +314,30 @@ fn an_agent_acts_on_its_node_and_the_shared_workloads_only() {
         workload("shared", "demo/shared", &[]),
         on_node("b1", "node-b"),
     ];
-    cfg.services[0].allowed_callers = Some(vec!["a1".into(), "b1".into(), "shared".into()]);
+    let team = CallerSpec::Selector(CallerSelector {
+        labels: [("team".to_owned(), "web".to_owned())].into(),
+        ..Default::default()
+    });
+    cfg.workloads[1].labels.insert("team".into(), "web".into());
+    cfg.workloads[2].labels.insert("team".into(), "web".into());
+    cfg.services[0].allowed_callers = Some(vec![
+        "a1".into(),
+        "b1".into(),
+        "shared".into(),
+        team.clone(),
+    ]);
     cfg.validate().unwrap();
     let a = cfg.clone().into_node("node-a");
     let names: Vec<&str> = a.workloads.iter().map(|w| w.name.as_str()).collect();
     assert_eq!(names, ["a1", "shared"]);
+    // Names of other nodes' workloads go; the selector stays and matches what is here.
     assert_eq!(
         a.services[0].allowed_callers.as_deref(),
-        Some(&["a1".to_owned(), "shared".to_owned()][..])
+        Some(&["a1".into(), "shared".into(), team.clone()][..])
+    );
+    assert_eq!(
+        a.services[0].admitted_workloads(&a.workloads),
+        Some(vec![0, 1])
     );
     a.validate().unwrap();
     // A node with none of its own keeps the shared ones; the ACL stays on (not opened up).
@@ -329,6 +345,18 @@ fn an_agent_acts_on_its_node_and_the_shared_workloads_only() {
     let c = cfg.clone().into_node("node-c");
     assert_eq!(c.workloads.len(), 1);
     assert_eq!(c.services[0].allowed_callers, Some(vec![]));
+    assert_eq!(c.services[0].admitted_workloads(&c.workloads), Some(vec![]));
+    // On node-b the selector matches b1 and the shared workload, b1 also by name.
+    cfg.services[0].allowed_callers = Some(vec!["b1".into(), team]);
+    let b = cfg.clone().into_node("node-b");
+    assert_eq!(
+        b.services[0].allowed_callers.as_ref().map(Vec::len),
+        Some(2)
+    );
+    assert_eq!(
+        b.services[0].admitted_workloads(&b.workloads),
+        Some(vec![0, 1])
+    );
     // Without any `node:` the config is returned unchanged.
     let plain = two();
     assert_eq!(plain.clone().into_node("node-a"), plain);
