@@ -150,7 +150,6 @@ struct Ctx {
 /// One evaluation: bans, probes, drains, metrics, admin views, and the overlay if it changed.
 fn step(engine: &mut Engine, ctx: &mut Ctx) {
     let now = Instant::now();
-    let signals = &ctx.signals;
     let out = engine.tick(now);
     for (service, backend, reason) in &out.bans {
         warn!(%service, %backend, reason = reason.as_str(), "backend banned");
@@ -167,11 +166,8 @@ fn step(engine: &mut Engine, ctx: &mut Ctx) {
             let _ = tx.send((svc, backend, ok));
         });
     }
-    for (svc, addr) in out.drains {
+    for (svc, backend, addr) in out.drains {
         let dir = ctx.map_dir.clone();
-        let Some(backend) = signals.backend_id(svc, addr) else {
-            continue;
-        };
         let metrics = ctx.exported.metrics().clone();
         tokio::task::spawn_blocking(move || {
             match drain::routed_cookies(&dir, svc, backend)

@@ -173,14 +173,6 @@ impl Signals {
         inner.tcp.iter().map(|(k, v)| (*k, *v)).collect()
     }
 
-    /// The backend id of `addr` in service `service_id`, as configured now.
-    pub(crate) fn backend_id(&self, service_id: u32, addr: std::net::SocketAddr) -> Option<u32> {
-        let inner = self.inner.lock().expect("signals lock");
-        let view = inner.views.iter().find(|v| v.id == service_id)?;
-        let addr = addr.to_string();
-        view.backends.iter().find(|b| b.addr == addr).map(|b| b.id)
-    }
-
     /// Slot tables changed without a config change (a ban, a probe passed): new views only.
     pub(crate) fn set_views(&self, views: &[ServiceView]) {
         self.inner.lock().expect("signals lock").views = views.to_vec();
