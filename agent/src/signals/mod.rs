@@ -173,6 +173,12 @@ impl Signals {
         inner.tcp.iter().map(|(k, v)| (*k, *v)).collect()
     }
 
+    /// The cgroups of the workloads found on this node (as of the last refresh).
+    pub(crate) fn workload_cgroups(&self) -> Vec<PathBuf> {
+        let inner = self.inner.lock().expect("signals lock");
+        inner.workloads.iter().map(|w| w.cgroup.clone()).collect()
+    }
+
     /// Slot tables changed without a config change (a ban, a probe passed): new views only.
     pub(crate) fn set_views(&self, views: &[ServiceView]) {
         self.inner.lock().expect("signals lock").views = views.to_vec();
