@@ -109,8 +109,12 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
     );
     let config_metrics = ConfigMetrics::new(&mut registry);
     let mut events = EventReader::open(&attached.layout.maps)?;
-    let (engine, mut overlay_rx) =
-        engine::task::spawn(attached.layout.maps.clone(), signals.clone(), &mut registry);
+    let (engine, mut overlay_rx) = engine::task::spawn(
+        attached.layout.maps.clone(),
+        opts.cgroup.clone(),
+        signals.clone(),
+        &mut registry,
+    );
     signals.feed_engine(engine.events.clone());
     let status: SharedStatus = Arc::new(std::sync::RwLock::new(Status {
         adopted: attached.adopted,

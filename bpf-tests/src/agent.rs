@@ -127,6 +127,9 @@ pub struct Agent {
     opts: AgentOptions,
     extra_args: Vec<OsString>,
     sandbox: Option<NodeSandbox>,
+    /// A program (and its arguments) the agent runs under, e.g. `setpriv` cutting its
+    /// capabilities; it must exec the agent, so the pid stays the agent's.
+    wrapper: Vec<OsString>,
     child: Option<Child>,
     starts: u32,
 }
@@ -144,13 +147,33 @@ impl Agent {
         opts: AgentOptions,
         extra_args: impl IntoIterator<Item = impl Into<OsString>>,
     ) -> Result<Self> {
-        Self::spawn_sandboxed(opts, extra_args, None)
+        Self::spawn_wrapped(opts, Vec::<OsString>::new(), extra_args)
     }
 
     /// [`Agent::spawn_with`] inside a testbed node's namespaces (see [`NodeSandbox`]); kept
     /// across restarts. `opts.cgroup` is then a path as the agent sees it.
     pub fn spawn_sandboxed(
         opts: AgentOptions,
+        extra_args: impl IntoIterator<Item = impl Into<OsString>>,
+        sandbox: NodeSandbox,
+    ) -> Result<Self> {
+        Self::spawn_all(opts, Vec::<OsString>::new(), extra_args, Some(sandbox))
+    }
+
+    /// [`Agent::spawn_with`], run as `<wrapper...> sockmesh-agent <args>` (kept across
+    /// restarts). The wrapper must exec the agent (as `setpriv` does), so stopping the
+    /// process stops the agent.
+    pub fn spawn_wrapped(
+        opts: AgentOptions,
+        wrapper: impl IntoIterator<Item = impl Into<OsString>>,
+        extra_args: impl IntoIterator<Item = impl Into<OsString>>,
+    ) -> Result<Self> {
+        Self::spawn_all(opts, wrapper, extra_args, None)
+    }
+
+    fn spawn_all(
+        opts: AgentOptions,
+        wrapper: impl IntoIterator<Item = impl Into<OsString>>,
         extra_args: impl IntoIterator<Item = impl Into<OsString>>,
         sandbox: Option<NodeSandbox>,
     ) -> Result<Self> {
@@ -159,6 +182,7 @@ impl Agent {
             opts,
             extra_args: extra_args.into_iter().map(Into::into).collect(),
             sandbox,
+            wrapper: wrapper.into_iter().map(Into::into).collect(),
             child: None,
             starts: 0,
         };
@@ -175,7 +199,14 @@ impl Agent {
             .with_context(|| format!("opening {}", self.opts.log_file.display()))?;
         self.starts += 1;
         writeln!(log, "===== bpf-tests: agent start #{} =====", self.starts)?;
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(&self.bin);
+                cmd
+            }
+            None => Command::new(&self.bin),
+        };
         if let Some(config) = &self.opts.config {
             cmd.arg("--config").arg(config);
         }

@@ -80,6 +80,16 @@ impl TestBed {
         &mut self,
         extra_args: impl IntoIterator<Item = impl Into<OsString>>,
     ) -> Result<&mut Agent> {
+        self.start_agent_wrapped(Vec::<OsString>::new(), extra_args)
+    }
+
+    /// [`TestBed::start_agent_with`], the agent run under `wrapper` (see
+    /// [`Agent::spawn_wrapped`]).
+    pub fn start_agent_wrapped(
+        &mut self,
+        wrapper: impl IntoIterator<Item = impl Into<OsString>>,
+        extra_args: impl IntoIterator<Item = impl Into<OsString>>,
+    ) -> Result<&mut Agent> {
         let opts = AgentOptions {
             config: Some(self.config_path.clone()),
             cgroup: self.cgroup.path().to_path_buf(),
@@ -89,7 +99,9 @@ impl TestBed {
             log_file: self.dir.path().join("agent.log"),
         };
         let fingerprint = fingerprint_of(&fs::read_to_string(&self.config_path)?)?;
-        let agent = self.agent.insert(Agent::spawn_with(opts, extra_args)?);
+        let agent = self
+            .agent
+            .insert(Agent::spawn_wrapped(opts, wrapper, extra_args)?);
         agent.wait_ready(READY_TIMEOUT)?;
         agent.wait_fingerprint(&fingerprint, APPLY_TIMEOUT)?;
         Ok(agent)

@@ -3,7 +3,7 @@
 //! to it, so new connects time out; the established connection is untouched and still
 //! echoes). Five timed-out connects ban it, and `drain_grace: 1s` later the agent closes the
 //! long-lived connection to it (SOCK_DESTROY), not before; the connections to the two healthy
-//! backends live on. `sockmesh_drained_connections_total` counts it.
+//! backends live on. `sockmesh_drained_connections_total{netns="agent"}` counts it.
 
 use std::net::SocketAddr;
 use std::thread;
@@ -171,12 +171,22 @@ fn long_lived_connection_to_a_banned_backend_is_closed_after_the_grace() {
         thread::sleep(Duration::from_millis(20));
     }
 
+    // Counted as drained in the agent's own network namespace, where the caller runs.
+    let agent_netns = [("netns", "agent")];
     let text = wait_counter_settled(bed.agent(), "drained connections", 1.0, |t| {
-        metric_value(t, "sockmesh_drained_connections_total", &[]).unwrap_or(0.0)
+        metric_value(t, "sockmesh_drained_connections_total", &agent_netns).unwrap_or(0.0)
     })
     .unwrap();
     assert_eq!(
-        metric_value(&text, "sockmesh_drained_connections_total", &[]),
+        metric_value(&text, "sockmesh_drained_connections_total", &agent_netns),
         Some(1.0)
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            "sockmesh_drained_connections_total",
+            &[("netns", "workload")]
+        ),
+        Some(0.0)
     );
 }

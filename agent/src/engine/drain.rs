@@ -2,6 +2,10 @@
 //! their clients reconnect to healthy backends. Sockets are found with a sock_diag dump and
 //! closed with SOCK_DESTROY (CONFIG_INET_DIAG_DESTROY); only sockets whose cookie the connect
 //! hook stamped for that (service, backend) are touched, never other traffic on the node.
+//! A sock_diag socket sees one network namespace: [`netns`] finds the workloads' namespaces
+//! and opens one there for each.
+
+pub(crate) mod netns;
 
 use std::{collections::BTreeSet, io, mem::size_of, net::SocketAddr, path::Path};
 
@@ -79,32 +83,44 @@ pub(crate) fn routed_cookies(
         .collect())
 }
 
-/// Closes every live TCP socket connected to `dst` whose cookie is in `cookies`; returns how
-/// many were closed.
-pub(crate) fn destroy(dst: SocketAddr, cookies: &BTreeSet<u64>) -> io::Result<usize> {
+/// Closes every live TCP socket connected to `dst` whose cookie is in `cookies`, among the
+/// sockets of `nl`'s network namespace; returns how many were closed.
+pub(crate) fn destroy(nl: &Netlink, dst: SocketAddr, cookies: &BTreeSet<u64>) -> io::Result<usize> {
     if cookies.is_empty() {
         return Ok(0);
     }
-    let nl = Netlink::open()?;
     let mut closed = 0;
     // A v4 backend can also be reached by a dual-stack socket (AF_INET6, v4-mapped).
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
         if dst.is_ipv6() && family == libc::AF_INET as u8 {
             continue;
         }
-        for id in nl.dump(family)? {
-            let cookie = u64::from(id.cookie[0]) | (u64::from(id.cookie[1]) << 32);
-            if cookies.contains(&cookie) && peer(family, &id) == Some(dst) {
-                match nl.destroy(family, id) {
-                    Ok(()) => closed += 1,
-                    // Closed meanwhile: nothing left to do.
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                    Err(e) => return Err(e),
-                }
+        let ids = nl.dump(family)?;
+        for id in doomed(family, &ids, dst, cookies) {
+            match nl.destroy(family, *id) {
+                Ok(()) => closed += 1,
+                // Closed meanwhile: nothing left to do.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(e),
             }
         }
     }
     Ok(closed)
+}
+
+/// The decision: of a dump's sockets, those a drain closes are the ones connected to `dst`
+/// whose cookie the connect hook stamped for the drained (service, backend). Cookies are
+/// unique across network namespaces, so the same set serves every namespace.
+fn doomed<'a>(
+    family: u8,
+    ids: &'a [SockId],
+    dst: SocketAddr,
+    cookies: &'a BTreeSet<u64>,
+) -> impl Iterator<Item = &'a SockId> + 'a {
+    ids.iter().filter(move |id| {
+        let cookie = u64::from(id.cookie[0]) | (u64::from(id.cookie[1]) << 32);
+        cookies.contains(&cookie) && peer(family, id) == Some(dst)
+    })
 }
 
 fn peer(family: u8, id: &SockId) -> Option<SocketAddr> {
@@ -125,10 +141,13 @@ fn peer(family: u8, id: &SockId) -> Option<SocketAddr> {
     ))
 }
 
-struct Netlink(std::os::fd::OwnedFd);
+/// A NETLINK_SOCK_DIAG socket. It answers for the network namespace it was created in, for
+/// its whole life, whatever thread uses it later ([`netns`] creates some in other namespaces).
+pub(crate) struct Netlink(std::os::fd::OwnedFd);
 
 impl Netlink {
-    fn open() -> io::Result<Self> {
+    /// A socket in the calling thread's network namespace.
+    pub(crate) fn open() -> io::Result<Self> {
         use std::os::fd::FromRawFd;
         // SAFETY: plain socket(2); the fd is owned from here on.
         let fd = unsafe {
@@ -267,6 +286,37 @@ mod tests {
         assert_eq!(size_of::<SockId>(), 48);
         assert_eq!(size_of::<DiagReq>(), 56);
         assert_eq!(size_of::<DiagMsg>(), 72);
+    }
+
+    fn sock(dst: [u8; 4], port: u16, cookie: u64) -> SockId {
+        let mut id = SockId {
+            dport: port.to_be(),
+            cookie: [cookie as u32, (cookie >> 32) as u32],
+            ..Default::default()
+        };
+        id.dst[0] = u32::from_ne_bytes(dst);
+        id
+    }
+
+    #[test]
+    fn only_stamped_sockets_to_the_drained_backend_are_doomed() {
+        let dst: SocketAddr = "198.18.0.10:18251".parse().unwrap();
+        let ids = [
+            sock([198, 18, 0, 10], 18251, 7), // stamped, to the backend: closed
+            sock([198, 18, 0, 10], 18251, 8), // same peer, not routed by the mesh
+            sock([198, 18, 0, 11], 18251, 9), // stamped, another backend's peer
+            sock([198, 18, 0, 10], 18252, 7 | 1 << 40), // cookie's high word differs
+            sock([198, 18, 0, 10], 18251, 1 << 33), // high-word cookie, stamped
+        ];
+        let cookies = BTreeSet::from([7, 9, 1 << 33]);
+        let picked: Vec<u64> = doomed(libc::AF_INET as u8, &ids, dst, &cookies)
+            .map(|id| u64::from(id.cookie[0]) | (u64::from(id.cookie[1]) << 32))
+            .collect();
+        assert_eq!(picked, vec![7, 1 << 33]);
+        assert_eq!(
+            doomed(libc::AF_INET as u8, &ids, dst, &BTreeSet::new()).count(),
+            0
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Health metrics, owned by the engine's task (the only writer): bans by reason, banned
-//! backends, circuit state, panic mode and drained connections. `sockmesh_backend_bans_total`
-//! and `sockmesh_drained_connections_total` count as the engine acts; the three gauges are
+//! backends, circuit state, panic mode, drained connections (by network namespace: the
+//! agent's or a workload's) and workload namespaces a drain could not enter.
+//! `sockmesh_backend_bans_total` and the drain counters count as the engine acts; the three gauges are
 //! written from the engine's state after each step, only where a value changed
 //! ([`HealthExport`]).
 
@@ -34,6 +35,29 @@ impl EncodeLabelValue for BanReason {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct DrainLabels {
+    pub(crate) netns: DrainNetns,
+}
+
+/// Where a drain closed connections: the agent's own network namespace, or a workload's
+/// (a pod's) that it entered.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub(crate) enum DrainNetns {
+    Agent,
+    Workload,
+}
+
+impl EncodeLabelValue for DrainNetns {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        let value = match self {
+            DrainNetns::Agent => "agent",
+            DrainNetns::Workload => "workload",
+        };
+        std::fmt::Write::write_str(encoder, value)
+    }
+}
+
 /// The health families; cloning shares them (each is an `Arc` inside).
 #[derive(Clone)]
 pub(crate) struct HealthMetrics {
@@ -41,7 +65,8 @@ pub(crate) struct HealthMetrics {
     bans: Family<ReasonLabels, Counter>,
     circuit_state: Family<ServiceLabels, Gauge>,
     panic_mode: Family<ServiceLabels, Gauge>,
-    drained: Counter,
+    drained: Family<DrainLabels, Counter>,
+    netns_denied: Counter,
 }
 
 impl HealthMetrics {
@@ -51,8 +76,13 @@ impl HealthMetrics {
             bans: Family::default(),
             circuit_state: Family::default(),
             panic_mode: Family::default(),
-            drained: Counter::default(),
+            drained: Family::default(),
+            netns_denied: Counter::default(),
         };
+        // Both paths show from the start, at 0, so a rate over either is defined.
+        for netns in [DrainNetns::Agent, DrainNetns::Workload] {
+            let _ = m.drained.get_or_create(&DrainLabels { netns });
+        }
         registry.register(
             "backend_banned",
             "1 while a backend is out of the slot table (banned or awaiting its probe)",
@@ -75,8 +105,15 @@ impl HealthMetrics {
         );
         registry.register(
             "drained_connections",
-            "Connections to banned or removed backends closed after the drain grace",
+            "Connections to banned or removed backends closed after the drain grace, by the \
+             network namespace they were in (the agent's, or a workload's it entered)",
             m.drained.clone(),
+        );
+        registry.register(
+            "drain_netns_denied",
+            "Workload network namespaces a drain could not enter (the agent lacks \
+             CAP_SYS_ADMIN or CAP_SYS_PTRACE); connections there stay open",
+            m.netns_denied.clone(),
         );
         m
     }
@@ -85,8 +122,14 @@ impl HealthMetrics {
         self.bans.get_or_create(&ReasonLabels { reason }).inc();
     }
 
-    pub(crate) fn drained(&self, connections: u64) {
-        self.drained.inc_by(connections);
+    pub(crate) fn drained(&self, netns: DrainNetns, connections: u64) {
+        self.drained
+            .get_or_create(&DrainLabels { netns })
+            .inc_by(connections);
+    }
+
+    pub(crate) fn netns_denied(&self, namespaces: u64) {
+        self.netns_denied.inc_by(namespaces);
     }
 }
 

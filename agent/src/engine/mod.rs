@@ -43,8 +43,9 @@ pub(crate) const OVERLOAD_HOLD: Duration = Duration::from_secs(5);
 pub(crate) struct TickOutput {
     /// (service id, backend id, address, timeout): TCP-connect probes to run.
     pub probes: Vec<(u32, u32, SocketAddr, Duration)>,
-    /// (service id, backend address): close routed connections to it now.
-    pub drains: Vec<(u32, SocketAddr)>,
+    /// (service id, backend id, backend address): close routed connections to it now. The
+    /// id is the one the sockets were stamped with, also for a backend no longer configured.
+    pub drains: Vec<(u32, u32, SocketAddr)>,
     /// (service name, backend address, reason): bans made in this tick, for logs and metrics.
     pub bans: Vec<(String, SocketAddr, BanReason)>,
 }
@@ -125,8 +126,11 @@ impl Engine {
                     out.probes.push((*id, backend, b.addr, timeout));
                 }
             }
-            out.drains
-                .extend(svc.due_drains(now).into_iter().map(|a| (*id, a)));
+            out.drains.extend(
+                svc.due_drains(now)
+                    .into_iter()
+                    .map(|(backend, a)| (*id, backend, a)),
+            );
         }
         out
     }

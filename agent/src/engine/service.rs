@@ -118,8 +118,10 @@ pub(crate) struct ServiceHealth {
     pub bans: BanBook,
     pub circuit: Circuit,
     pub fault_refuse_ppm: u32,
-    /// When each backend left the slot table (banned or removed), for draining.
-    pub excluded_since: BTreeMap<SocketAddr, Instant>,
+    /// When each backend left the slot table (banned or removed), with the id the connect
+    /// hook stamped its sockets with (a removed backend's id is in no view any more), for
+    /// draining.
+    pub excluded_since: BTreeMap<SocketAddr, (u32, Instant)>,
     pub drain_grace: Duration,
     /// Until when inputs recorded so far can still change what detection sees (outcomes
     /// and changed TCP counters stay in the windows this long).
@@ -189,7 +191,7 @@ impl ServiceHealth {
             self.bans.forget(gone);
             if let Some(b) = self.backends.remove(&gone) {
                 // A removed backend drains like a banned one.
-                self.excluded_since.entry(b.addr).or_insert(now);
+                self.excluded_since.entry(b.addr).or_insert((gone, now));
             }
         }
         for (id, addr) in backends {
@@ -292,7 +294,7 @@ impl ServiceHealth {
                     // Its window described the backend before the ban: start clean on return.
                     b.window.clear();
                     b.consecutive_failures = 0;
-                    self.excluded_since.entry(b.addr).or_insert(now);
+                    self.excluded_since.entry(b.addr).or_insert((*id, now));
                 }
                 banned.push((*id, *reason));
             }
@@ -321,8 +323,9 @@ impl ServiceHealth {
         }
     }
 
-    /// Backends whose drain grace ran out while they stayed out of the slot table.
-    pub(crate) fn due_drains(&mut self, now: Instant) -> Vec<SocketAddr> {
+    /// Backends (id, address) whose drain grace ran out while they stayed out of the slot
+    /// table.
+    pub(crate) fn due_drains(&mut self, now: Instant) -> Vec<(u32, SocketAddr)> {
         if self.excluded_since.is_empty() {
             return Vec::new();
         }
@@ -337,13 +340,13 @@ impl ServiceHealth {
         self.excluded_since
             .retain(|addr, _| excluded.contains(addr) || !configured.contains(addr));
         let grace = self.drain_grace;
-        let due: Vec<SocketAddr> = self
+        let due: Vec<(u32, SocketAddr)> = self
             .excluded_since
             .iter()
-            .filter(|(_, since)| now.saturating_duration_since(**since) >= grace)
-            .map(|(a, _)| *a)
+            .filter(|(_, (_, since))| now.saturating_duration_since(*since) >= grace)
+            .map(|(a, (id, _))| (*id, *a))
             .collect();
-        for a in &due {
+        for (_, a) in &due {
             self.excluded_since.remove(a);
         }
         due

@@ -1,7 +1,14 @@
 //! The engine's task: feeds [`Engine`] events, TCP counters and probe results, runs probes
 //! and drains, exports health metrics, and publishes the overlay the dataplane applies.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use serde_json::Value;
 use sockmesh_common::{is_mesh_refusal, ConnEvent, EVENT_FAILED};
@@ -15,8 +22,8 @@ use tracing::{info, warn};
 use prometheus_client::registry::Registry;
 
 use super::{
-    drain,
-    metrics::{HealthExport, HealthMetrics},
+    drain::{self, netns::DrainReport},
+    metrics::{DrainNetns, HealthExport, HealthMetrics},
     Engine,
 };
 use crate::{
@@ -68,9 +75,12 @@ impl EngineHandle {
     }
 }
 
-/// Starts the engine's task; its health metrics are registered in `registry`.
+/// Starts the engine's task; its health metrics are registered in `registry`. `cgroup` is
+/// the cgroup the programs are attached to: drains reach the network namespaces of its
+/// processes (and of the workloads').
 pub(crate) fn spawn(
     map_dir: PathBuf,
+    cgroup: PathBuf,
     signals: Arc<Signals>,
     registry: &mut Registry,
 ) -> (EngineHandle, watch::Receiver<Overlay>) {
@@ -81,6 +91,8 @@ pub(crate) fn spawn(
     let handle = EngineHandle { events, commands };
     let mut ctx = Ctx {
         map_dir,
+        cgroup,
+        denied_said: Arc::default(),
         signals,
         probe_tx,
         overlay_tx,
@@ -141,6 +153,9 @@ pub(crate) fn spawn(
 /// What a step needs besides the engine.
 struct Ctx {
     map_dir: PathBuf,
+    cgroup: PathBuf,
+    /// Set once the agent said it cannot enter workload network namespaces (said once).
+    denied_said: Arc<AtomicBool>,
     signals: Arc<Signals>,
     probe_tx: mpsc::UnboundedSender<(u32, u32, bool)>,
     overlay_tx: watch::Sender<Overlay>,
@@ -167,20 +182,21 @@ fn step(engine: &mut Engine, ctx: &mut Ctx) {
             let _ = tx.send((svc, backend, ok));
         });
     }
-    for (svc, addr) in out.drains {
+    let roots = if out.drains.is_empty() {
+        Vec::new()
+    } else {
+        drain::netns::roots(&ctx.cgroup, &signals.workload_cgroups())
+    };
+    for (svc, backend, addr) in out.drains {
         let dir = ctx.map_dir.clone();
-        let Some(backend) = signals.backend_id(svc, addr) else {
-            continue;
-        };
         let metrics = ctx.exported.metrics().clone();
+        let roots = roots.clone();
+        let denied_said = ctx.denied_said.clone();
         tokio::task::spawn_blocking(move || {
             match drain::routed_cookies(&dir, svc, backend)
-                .and_then(|c| Ok(drain::destroy(addr, &c)?))
+                .and_then(|c| Ok(drain::netns::destroy_everywhere(&roots, addr, &c)?))
             {
-                Ok(n) => {
-                    info!(backend = %addr, closed = n, "drained connections");
-                    metrics.drained(n as u64);
-                }
+                Ok(report) => drained(addr, &report, &metrics, &denied_said),
                 Err(e) => warn!(backend = %addr, error = %format!("{e:#}"), "drain failed"),
             }
         });
@@ -194,4 +210,41 @@ fn step(engine: &mut Engine, ctx: &mut Ctx) {
         }
         changed
     });
+}
+
+/// Logs and counts one drain; says once that workload namespaces cannot be entered.
+fn drained(
+    addr: std::net::SocketAddr,
+    r: &DrainReport,
+    metrics: &HealthMetrics,
+    denied_said: &AtomicBool,
+) {
+    info!(
+        backend = %addr,
+        closed = r.agent + r.workloads,
+        agent_netns = r.agent,
+        workload_netns = r.workloads,
+        namespaces = r.entered,
+        "drained connections"
+    );
+    metrics.drained(DrainNetns::Agent, r.agent as u64);
+    metrics.drained(DrainNetns::Workload, r.workloads as u64);
+    metrics.netns_denied(r.denied as u64);
+    for (ino, e) in &r.failed {
+        warn!(backend = %addr, netns = ino, error = %e, "drain failed in a workload network namespace");
+    }
+    if r.denied > 0 && !denied_said.swap(true, Ordering::Relaxed) {
+        let error = r
+            .denied_error
+            .as_ref()
+            .map_or_else(String::new, ToString::to_string);
+        warn!(
+            namespaces = r.denied,
+            %error,
+            "cannot enter workload network namespaces to drain them (needs CAP_SYS_ADMIN, and \
+             CAP_SYS_PTRACE for processes with other credentials): draining only the agent's \
+             own network namespace; connections pods hold stay open \
+             (sockmesh_drain_netns_denied_total counts them; said once)"
+        );
+    }
 }

@@ -172,7 +172,9 @@ async fn faults_and_removed_backends_drain_after_the_grace() {
     );
     advance(Duration::from_secs(10)).await;
     let drains = e.tick(Instant::now()).drains;
-    assert_eq!(drains, vec![(1, "127.0.0.3:81".parse().unwrap())]);
+    // With the removed backend's id (2, the second of config(2)), though no view names it
+    // now: its sockets were stamped with it.
+    assert_eq!(drains, vec![(1, 2, "127.0.0.3:81".parse().unwrap())]);
     assert!(e.tick(Instant::now()).drains.is_empty(), "drained once");
 }
 

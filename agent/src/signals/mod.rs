@@ -173,12 +173,10 @@ impl Signals {
         inner.tcp.iter().map(|(k, v)| (*k, *v)).collect()
     }
 
-    /// The backend id of `addr` in service `service_id`, as configured now.
-    pub(crate) fn backend_id(&self, service_id: u32, addr: std::net::SocketAddr) -> Option<u32> {
+    /// The cgroups of the workloads found on this node (as of the last refresh).
+    pub(crate) fn workload_cgroups(&self) -> Vec<PathBuf> {
         let inner = self.inner.lock().expect("signals lock");
-        let view = inner.views.iter().find(|v| v.id == service_id)?;
-        let addr = addr.to_string();
-        view.backends.iter().find(|b| b.addr == addr).map(|b| b.id)
+        inner.workloads.iter().map(|w| w.cgroup.clone()).collect()
     }
 
     /// Slot tables changed without a config change (a ban, a probe passed): new views only.

@@ -64,7 +64,8 @@ pub(crate) fn cgroup_path(cgroup2: &Path, configured: &str) -> PathBuf {
     }
 }
 
-fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) {
+/// Calls `f` for `dir` and every cgroup below it (nothing if `dir` is gone).
+pub(crate) fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) {
     if !dir.is_dir() {
         return;
     }

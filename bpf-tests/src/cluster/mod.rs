@@ -283,7 +283,7 @@ impl Cluster {
             cgroup_root: node.cgroup_root.clone(),
             cgroup2_mount: cgroup2,
         };
-        Agent::spawn_sandboxed(opts, args, Some(sandbox))
+        Agent::spawn_sandboxed(opts, args, sandbox)
     }
 
     /// The agent of node `i`.

@@ -1,6 +1,6 @@
 //! Checks on deploy/'s Kubernetes objects that no schema validator makes: that the pieces
 //! agree with each other (ports, Service names, the ServiceMonitor's selector), that the
-//! agent keeps to its three capabilities, that the PrometheusRule is the rules file, that the
+//! agent keeps to its five capabilities, that the PrometheusRule is the rules file, that the
 //! MeshPolicy CRD is a structural schema, and that the example MeshPolicy sets every field of
 //! the CRD and is accepted by the mesh config model.
 
@@ -16,8 +16,9 @@ pub const RULES: &str = crate::deploy_check::RULES;
 pub const CRD: &str = "deploy/k8s/crd-meshpolicy.yaml";
 pub const EXAMPLE_POLICY: &str = "deploy/examples/meshpolicy.yaml";
 
-/// What the agent container may add, and nothing else (the DaemonSet is not privileged).
-const AGENT_CAPABILITIES: &[&str] = &["BPF", "NET_ADMIN", "PERFMON"];
+/// What the agent container may add, and nothing else (the DaemonSet is not privileged):
+/// three to run, `SYS_ADMIN` and `SYS_PTRACE` to drain inside pods' network namespaces.
+const AGENT_CAPABILITIES: &[&str] = &["BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN", "SYS_PTRACE"];
 
 const RULE_HEADER: &str = "\
 # GENERATED from deploy/prometheus/sockmesh-rules.yaml by xtask: do not edit, edit that file.
@@ -142,8 +143,8 @@ pub fn check_objects(objects: &[Yaml]) -> Result<()> {
     Ok(())
 }
 
-/// Not privileged; the agent adds exactly its three capabilities and drops ALL; any other
-/// capability (SYS_ADMIN for mounting bpffs) only in init containers.
+/// Not privileged; the agent adds exactly its five capabilities and drops ALL; init
+/// containers drop ALL too (what they add, for mounting bpffs, is theirs).
 fn check_agent_security(daemonset: &Yaml) -> Result<()> {
     let spec = dig(daemonset, &["spec", "template", "spec"]).context("no pod spec")?;
     for (list, is_init) in [("containers", false), ("initContainers", true)] {
@@ -173,7 +174,7 @@ fn check_agent_security(daemonset: &Yaml) -> Result<()> {
             ensure!(
                 caps("add") == AGENT_CAPABILITIES.iter().copied().collect(),
                 "{name}: adds {:?}; the agent container adds exactly {AGENT_CAPABILITIES:?} \
-                 (SYS_ADMIN belongs in the init container)",
+                 (deploy/README.md, \"Capabilities\")",
                 caps("add")
             );
         }

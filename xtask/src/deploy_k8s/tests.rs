@@ -182,7 +182,7 @@ spec:
           securityContext:
             privileged: false
             allowPrivilegeEscalation: false
-            capabilities: {drop: [ALL], add: [BPF, NET_ADMIN, PERFMON]}
+            capabilities: {drop: [ALL], add: [BPF, NET_ADMIN, PERFMON, SYS_ADMIN, SYS_PTRACE]}
 ";
 
 #[test]
@@ -200,15 +200,10 @@ fn agent_keeps_to_its_capabilities() {
         "{}",
         err(DAEMONSET)
     );
-    let sys_admin = DAEMONSET.replace(
-        "add: [BPF, NET_ADMIN, PERFMON]",
-        "add: [BPF, NET_ADMIN, PERFMON, SYS_ADMIN]",
-    );
-    assert!(
-        err(&sys_admin).contains("SYS_ADMIN belongs in the init container"),
-        "{}",
-        err(&sys_admin)
-    );
+    let more = DAEMONSET.replace("SYS_PTRACE]", "SYS_PTRACE, SYS_MODULE]");
+    assert!(err(&more).contains("adds exactly"), "{}", err(&more));
+    let fewer = DAEMONSET.replace(", SYS_ADMIN, SYS_PTRACE]", "]");
+    assert!(err(&fewer).contains("adds exactly"), "{}", err(&fewer));
     let privileged = DAEMONSET.replacen("privileged: false", "privileged: true", 2);
     assert!(
         err(&privileged).contains("privileged must be false"),
