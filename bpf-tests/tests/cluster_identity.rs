@@ -36,6 +36,17 @@ fn example_spec() -> Value {
     spec
 }
 
+/// (namespace, pod, node, labels, service account, admitted by checkout, by inventory).
+type PlannedCaller<'a> = (
+    &'a str,
+    &'a str,
+    usize,
+    &'a [(&'a str, &'a str)],
+    &'a str,
+    bool,
+    bool,
+);
+
 struct Caller {
     key: String,
     admitted_checkout: bool,
@@ -48,8 +59,7 @@ fn callers_are_admitted_by_namespace_labels_and_service_account() {
     for ns in ["shop", "jobs", "other"] {
         bed.add_namespace(ns, true);
     }
-    // (namespace, pod, node, labels, service account, admitted by checkout, by inventory)
-    let plan: [(&str, &str, usize, &[(&str, &str)], &str, bool, bool); 7] = [
+    let plan: [PlannedCaller; 7] = [
         (
             "shop",
             "frontend",
