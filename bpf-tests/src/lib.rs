@@ -83,6 +83,7 @@
 //! | `cluster_locality.rs` | zones from Node labels: callers stay in their node's zone, fail over when it is banned, return | pod ports 8080 | 127.100.101.x |
 //! | `cluster_failures.rs` | node 3's pods all gone: banned after `consecutive_failures`, >= 99.5 % success; control plane down 30 s: nothing fails, a change made meanwhile arrives | pod ports 8080 | 127.100.102.x |
 //! | `cluster_upgrade.rs` | agents upgraded node by node across a layout change: held cross-node connections unbroken, new connects all succeed | pod ports 8080 | 127.100.103.x |
+//! | `cluster_drain.rs` | connections a pod holds (its own network namespace) to a backend on another node are closed after the grace when it is banned and when it leaves its EndpointSlice; the pod reconnects to a healthy one | pod ports 8080 | 127.100.106.x |
 //! | `cluster_identity.rs` | the shipped example MeshPolicy and a namespace/label policy admit exactly the pods they select (namespace, labels, ServiceAccount), refuse the rest at connect (`denied` on the caller's node); identity labels a pod sets on itself do not count | pod ports 8080 | 127.100.107.x |
 //! | `cluster_convergence.rs` | EndpointSlice write to every node's kernel tables (p50/p99 over 50 changes), agents' RSS and CPU | pod ports 8080 | 127.100.104.x |
 //!
