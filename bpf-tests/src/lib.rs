@@ -79,7 +79,7 @@
 //! | `route_callers.rs` | label rules: canary-only, 90/10 split, catch-all; `fallback: all` / `none` live | 18900-18909 | 127.100.90.1 |
 //! | `locality_failover.rs` | callers stay in their zone while >= `min_healthy_percent` of it is healthy, fail over below, return | 18910-18919 | 127.100.91.1 |
 //! | **cluster testbed** ([`cluster`]: nodes and pods in network namespaces of their own; backends listen on pod addresses in 198.18.0.0/15, so no host port is used) | | | |
-//! | `cluster_routing.rs` | a pod on node 1 reaches endpoints on nodes 2 and 3 through the VIP, spread by weight, `getpeername` = VIP | pod ports 8080 | 127.100.100.x |
+//! | `cluster_routing.rs` | a pod on node 1 reaches endpoints on nodes 2 and 3 through the VIP, spread by weight, `getpeername` = VIP; IPv4 and IPv6 (dual-stack Service) | pod ports 8080 | 127.100.100.x, `fd00:100::1` |
 //! | `cluster_locality.rs` | zones from Node labels: callers stay in their node's zone, fail over when it is banned, return | pod ports 8080 | 127.100.101.x |
 //! | `cluster_failures.rs` | node 3's pods all gone: banned after `consecutive_failures`, >= 99.5 % success; control plane down 30 s: nothing fails, a change made meanwhile arrives | pod ports 8080 | 127.100.102.x |
 //! | `cluster_upgrade.rs` | agents upgraded node by node across a layout change: held cross-node connections unbroken, new connects all succeed | pod ports 8080 | 127.100.103.x |

@@ -2,7 +2,7 @@
 //! JSON; the fake stamps kind, apiVersion, resourceVersion and, unless given, uid).
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde_json::{json, Value};
 
@@ -27,13 +27,16 @@ pub fn namespace(name: &str, enrolled: bool) -> Value {
     json!({"metadata": {"name": name, "labels": labels}})
 }
 
-/// A running BestEffort pod (so its cgroup is `kubepods-besteffort-pod<uid_>.slice`).
+/// A running BestEffort pod (so its cgroup is `kubepods-besteffort-pod<uid_>.slice`), with
+/// an address of each family.
+#[allow(clippy::too_many_arguments)]
 pub fn pod(
     namespace: &str,
     name: &str,
     uid: &str,
     node: &str,
     ip: Ipv4Addr,
+    ip6: Ipv6Addr,
     service_account: &str,
     labels: &BTreeMap<String, String>,
 ) -> Value {
@@ -44,18 +47,44 @@ pub fn pod(
             "serviceAccountName": service_account,
             "containers": [{"name": "app", "image": "app:1"}]
         },
-        "status": {"phase": "Running", "qosClass": "BestEffort", "podIP": ip.to_string()}
+        "status": {
+            "phase": "Running",
+            "qosClass": "BestEffort",
+            "podIP": ip.to_string(),
+            "podIPs": [{"ip": ip.to_string()}, {"ip": ip6.to_string()}]
+        }
     })
 }
 
-/// A ClusterIP Service with one TCP port, named `http`.
-pub fn service(namespace: &str, name: &str, vip: Ipv4Addr, port: u16, target_port: u16) -> Value {
+/// A ClusterIP Service with one TCP port, named `http`; dual-stack when `vip6` is given
+/// (IPv4 first, so the mesh service of the IPv6 address is `<ns>-<name>-<port>-ipv6`).
+pub fn service(
+    namespace: &str,
+    name: &str,
+    vip: Ipv4Addr,
+    vip6: Option<Ipv6Addr>,
+    port: u16,
+    target_port: u16,
+) -> Value {
+    let mut ips = vec![vip.to_string()];
+    let mut families = vec!["IPv4"];
+    if let Some(v6) = vip6 {
+        ips.push(v6.to_string());
+        families.push("IPv6");
+    }
+    let policy = if vip6.is_some() {
+        "RequireDualStack"
+    } else {
+        "SingleStack"
+    };
     json!({
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "type": "ClusterIP",
             "clusterIP": vip.to_string(),
-            "clusterIPs": [vip.to_string()],
+            "clusterIPs": ips,
+            "ipFamilies": families,
+            "ipFamilyPolicy": policy,
             "ports": [{"name": "http", "port": port, "protocol": "TCP", "targetPort": target_port}]
         }
     })
@@ -64,22 +93,25 @@ pub fn service(namespace: &str, name: &str, vip: Ipv4Addr, port: u16, target_por
 /// One ready endpoint of an EndpointSlice.
 #[derive(Debug, Clone)]
 pub struct EndpointRef {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub node: String,
     pub zone: String,
     pub pod_namespace: String,
     pub pod_name: String,
 }
 
-/// The Service's EndpointSlice `<service>-slice` with `endpoints`, all ready.
+/// The Service's EndpointSlice of one address family (`<service>-slice4` or `-slice6`)
+/// with those of `endpoints` of that family, all ready.
 pub fn endpoint_slice(
     namespace: &str,
     service: &str,
     target_port: u16,
+    ipv6: bool,
     endpoints: &[EndpointRef],
 ) -> Value {
     let endpoints: Vec<Value> = endpoints
         .iter()
+        .filter(|e| e.ip.is_ipv6() == ipv6)
         .map(|e| {
             json!({
                 "addresses": [e.ip.to_string()],
@@ -92,11 +124,11 @@ pub fn endpoint_slice(
         .collect();
     json!({
         "metadata": {
-            "name": format!("{service}-slice"),
+            "name": format!("{service}-slice{}", if ipv6 { 6 } else { 4 }),
             "namespace": namespace,
             "labels": {"kubernetes.io/service-name": service}
         },
-        "addressType": "IPv4",
+        "addressType": if ipv6 { "IPv6" } else { "IPv4" },
         "ports": [{"name": "http", "port": target_port, "protocol": "TCP"}],
         "endpoints": endpoints
     })

@@ -23,7 +23,7 @@ pub mod kube;
 pub mod net;
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -124,6 +124,7 @@ pub struct Pod {
     pub node: usize,
     pub uid: String,
     pub ip: Ipv4Addr,
+    pub ip6: Ipv6Addr,
     // Drop order: sockets, then processes and cgroups, then the namespace.
     backends: Option<TcpBackendSet>,
     container: Cgroup2,
@@ -361,6 +362,7 @@ impl Cluster {
         self.pods_made += 1;
         let uid = kube::pod_uid(self.pods_made);
         let ip = net::pod_ip(spec.node, k);
+        let ip6 = net::pod_ip6(spec.node, k);
         let netns = Netns::create(&format!("{}-n{}-p{k}", self.name, spec.node + 1))?;
         net::wire_pod(&node.netns, &netns, spec.node, k)?;
         let (pod_rel, container_rel) = kube::pod_cgroup(&uid);
@@ -375,6 +377,7 @@ impl Cluster {
                 &uid,
                 &node_name,
                 ip,
+                ip6,
                 &spec.service_account,
                 &spec.labels,
             ),
@@ -387,6 +390,7 @@ impl Cluster {
                 node: spec.node,
                 uid,
                 ip,
+                ip6,
                 backends: None,
                 container,
                 _pod_cgroup: pod_cgroup,
@@ -404,14 +408,20 @@ impl Cluster {
         self.pods.get(key).unwrap_or_else(|| panic!("no pod {key}"))
     }
 
-    /// Starts backends in pod `key` on its address, `port`.
+    /// Starts backends in pod `key` on both its addresses, `port`; returns the IPv4 one (the
+    /// set's first; the IPv6 one is second).
     pub fn serve(&mut self, key: &str, port: u16, mode: BackendMode) -> Result<SocketAddr> {
         let pod = self
             .pods
             .get_mut(key)
             .with_context(|| format!("no pod {key}"))?;
         let addr = SocketAddr::from((pod.ip, port));
-        pod.backends = Some(TcpBackendSet::start_in_netns(&pod.netns, &[addr], mode)?);
+        let addr6 = SocketAddr::from((pod.ip6, port));
+        pod.backends = Some(TcpBackendSet::start_in_netns(
+            &pod.netns,
+            &[addr, addr6],
+            mode,
+        )?);
         Ok(addr)
     }
 
@@ -437,7 +447,7 @@ impl Cluster {
         }
     }
 
-    /// Creates or replaces a ClusterIP Service with one TCP port and its EndpointSlice of
+    /// Creates or replaces a ClusterIP Service with one TCP port and its EndpointSlices of
     /// `pods` (ready, each with its node and zone).
     pub fn apply_service(
         &self,
@@ -448,14 +458,29 @@ impl Cluster {
         target_port: u16,
         pods: &[&str],
     ) -> Result<()> {
+        self.apply_service_dual(namespace, name, vip, None, port, target_port, pods)
+    }
+
+    /// [`Cluster::apply_service`], dual-stack when `vip6` is given.
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply_service_dual(
+        &self,
+        namespace: &str,
+        name: &str,
+        vip: Ipv4Addr,
+        vip6: Option<Ipv6Addr>,
+        port: u16,
+        target_port: u16,
+        pods: &[&str],
+    ) -> Result<()> {
         self.kube.apply(
             "Service",
-            kube::service(namespace, name, vip, port, target_port),
+            kube::service(namespace, name, vip, vip6, port, target_port),
         );
         self.set_endpoints(namespace, name, target_port, pods)
     }
 
-    /// Replaces the Service's EndpointSlice with `pods`.
+    /// Replaces the Service's EndpointSlices (one per address family) with `pods`.
     pub fn set_endpoints(
         &self,
         namespace: &str,
@@ -471,19 +496,23 @@ impl Cluster {
                     .get(*key)
                     .with_context(|| format!("no pod {key}"))?;
                 let node = &self.nodes[pod.node].spec;
-                Ok(EndpointRef {
-                    ip: pod.ip,
+                let endpoint = |ip: IpAddr| EndpointRef {
+                    ip,
                     node: node.name.clone(),
                     zone: node.zone.clone(),
                     pod_namespace: pod.namespace.clone(),
                     pod_name: pod.name.clone(),
-                })
+                };
+                Ok([endpoint(pod.ip.into()), endpoint(pod.ip6.into())])
             })
-            .collect::<Result<Vec<_>>>()?;
-        self.kube.apply(
-            "EndpointSlice",
-            kube::endpoint_slice(namespace, service, target_port, &endpoints),
-        );
+            .collect::<Result<Vec<_>>>()?
+            .concat();
+        for ipv6 in [false, true] {
+            self.kube.apply(
+                "EndpointSlice",
+                kube::endpoint_slice(namespace, service, target_port, ipv6, &endpoints),
+            );
+        }
         Ok(())
     }
 
@@ -493,23 +522,44 @@ impl Cluster {
             .apply("MeshPolicy", kube::mesh_policy(namespace, service, spec));
     }
 
-    /// Waits until the control plane serves a version whose config satisfies `pred`, then
-    /// until every running agent runs it (its fingerprint in `/status`: the kernel tables
-    /// hold it). Returns the snapshot.
+    /// Waits until the control plane's head version satisfies `pred` and every running
+    /// agent runs it (its fingerprint in `/status`: the kernel tables hold it). The head is
+    /// read again on every poll, so a version that follows the awaited one (a second write
+    /// of the same change) is waited for too. Returns the head's snapshot.
     pub fn sync(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Result<Value> {
-        let snapshot = self
-            .control
-            .wait_snapshot(what, SYNC_TIMEOUT, |s| pred(&s["config"]))?;
-        let fingerprint = snapshot["fingerprint"]
-            .as_str()
-            .context("snapshot without a fingerprint")?
-            .to_owned();
-        for agent in self.agents.iter_mut().flatten() {
-            if agent.pid().is_some() {
-                agent.wait_fingerprint(&fingerprint, SYNC_TIMEOUT)?;
+        let deadline = std::time::Instant::now() + SYNC_TIMEOUT;
+        let mut last = String::from("no snapshot yet");
+        loop {
+            if let Ok(snapshot) = self.control.snapshot() {
+                if pred(&snapshot["config"]) {
+                    let head = snapshot["fingerprint"].as_str().unwrap_or("").to_owned();
+                    let behind: Vec<String> = self
+                        .agents
+                        .iter()
+                        .flatten()
+                        .filter(|a| a.pid().is_some())
+                        .filter_map(|a| {
+                            let f = a.status().ok()?["config"]["fingerprint"].clone();
+                            (f.as_str() != Some(head.as_str())).then(|| f.to_string())
+                        })
+                        .collect();
+                    if behind.is_empty() {
+                        return Ok(snapshot);
+                    }
+                    last = format!("head {head}; agents behind at {behind:?}");
+                } else {
+                    last = format!("head version {} does not show it", snapshot["version"]);
+                }
             }
+            if std::time::Instant::now() >= deadline {
+                bail!(
+                    "timed out after {SYNC_TIMEOUT:?} waiting for every node to run {what} \
+                     ({last})\n{}",
+                    self.control.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
         }
-        Ok(snapshot)
     }
 }
 
