@@ -6,12 +6,13 @@
 //!    in each map, `sockmesh_map_capacity{map}` equals the pinned map's `max_entries`
 //!    (bpftool), and the kernel-filled maps are LRU (bpftool `lru_hash`);
 //! 2. a flood of caller cgroups (200 under the workload) fills `SM_CALLERS` accordingly;
-//! 3. a config needing more than a kernel table holds (MAX_BACKEND_STATS / 256 + 1 services x 256 backends plus the
-//!    6 pairs of the services above is 65,798 (service, backend) stats entries; the table
-//!    holds 65,536): rejected whole by the plan
-//!    with the capacity error in `/status` `config.last_error` (and by `sockmesh-agent
-//!    check`), the previous config stays, routing through the existing VIPs still works;
-//!    the time from writing it to the rejection is printed;
+//! 3. a config needing more than a kernel table holds (MAX_BACKEND_STATS / 256 + 1 services x
+//!    256 backends plus the 6 pairs of the services above: more (service, backend) pairs than
+//!    the stats table's 131,072): rejected whole by the model's `MAX_BACKEND_PAIRS` rule (the
+//!    same rule that keeps the control plane from serving it), naming the first service that
+//!    does not fit, in `/status` `config.last_error` (and by `sockmesh-agent check`); the
+//!    previous config stays, routing through the existing VIPs still works; the time from
+//!    writing it to the rejection is printed;
 //! 4. `SM_SOCK_STAMPS` (262,144) and `SM_CALLER_CONNS` (65,536) filled beyond capacity from
 //!    user space (what 262,144 open sockets or 65,536 (service, caller) pairs would do): the
 //!    gauges show them full and capped, one warning line each (not one per second),
@@ -191,13 +192,18 @@ fn full_maps_reject_or_evict_and_existing_flows_keep_working() {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    // The base services add 6 pairs to the big ones.
-    let needed = BIG_SERVICES * 256 + 6;
+    // The base services' 6 pairs come first; the first big service that does not fit is
+    // the one the model names.
+    let limit = sockmesh_model::MAX_BACKEND_PAIRS as u32;
+    assert_eq!(limit, sockmesh_common::MAX_BACKEND_STATS);
+    let first_over = (limit - 6) / 256;
+    let index = 3 + first_over;
+    let needed = 6 + (first_over + 1) * 256;
     let expected = format!(
-        "backend stats ((service, backend) pair) table full: {needed} entries needed, capacity {}",
-        sockmesh_common::MAX_BACKEND_STATS
+        "services[{index}].backends: services[0..={index}] list {needed} backends together, \
+         more than the {limit} (service, backend) pairs the kernel's tables hold"
     );
-    assert!(last_error.contains(&expected), "{status:#}");
+    assert!(last_error.contains(&expected), "{expected}\n{status:#}");
     assert_eq!(
         status["config"]["fingerprint"],
         before["config"]["fingerprint"]
@@ -206,8 +212,10 @@ fn full_maps_reject_or_evict_and_existing_flows_keep_working() {
     assert_eq!(bed.agent().get("/ready").unwrap().status, 200);
     let check = Agent::run_check(bed.config_path()).unwrap();
     assert_eq!(check.status.code(), Some(1), "{check:?}");
-    assert!(String::from_utf8_lossy(&check.stderr)
-        .contains(&format!("table full: {needed} entries needed")));
+    assert!(
+        String::from_utf8_lossy(&check.stderr).contains(&expected),
+        "{check:?}"
+    );
     let report = ConnectClient::new(vip(1), 300)
         .run(Some(bed.cgroup()), None)
         .unwrap();

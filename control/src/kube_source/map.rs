@@ -45,8 +45,9 @@ use super::crd::MeshPolicy;
 use crate::SourceError;
 use sockmesh_model::{
     check_allowed_callers, check_zone, BackendSpec, Enrollment, LbPolicy, MeshConfig, Priority,
-    ServiceSpec, WorkloadSpec, CONFIG_VERSION, MAX_BACKENDS_PER_SERVICE, MAX_LABEL_KEY_LEN,
-    MAX_LABEL_VALUE_LEN, MAX_MESH_WORKLOADS, MAX_SERVICE_NAME_LEN, MAX_WORKLOADS,
+    ServiceSpec, WorkloadSpec, CONFIG_VERSION, MAX_BACKENDS_PER_SERVICE, MAX_BACKEND_PAIRS,
+    MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN, MAX_MESH_WORKLOADS, MAX_SERVICE_NAME_LEN,
+    MAX_WORKLOADS,
 };
 
 /// The enrolment label, on namespaces, pods and Services.
@@ -196,6 +197,17 @@ pub fn build(
             services.push(spec);
         }
     }
+    let left_out = fit_backend_budget(&mut services, MAX_BACKEND_PAIRS);
+    if let Some(first) = left_out.first() {
+        out.rejections.push(SourceError {
+            path: Some("services".to_owned()),
+            message: format!(
+                "{} services left out (first: {first}): their backends would take the mesh past \
+                 the {MAX_BACKEND_PAIRS} (service, backend) pairs the kernel's tables hold",
+                left_out.len()
+            ),
+        });
+    }
     out.config.services = services;
     out.config.workloads = workloads;
 
@@ -229,6 +241,25 @@ pub fn build(
     }
     out.config.validate().map_err(SourceError::from)?;
     Ok(out)
+}
+
+/// Keeps the services, in order, whose backends fit in `budget` (service, backend) pairs
+/// together and leaves out each one that would not (a later, smaller one may still fit);
+/// returns the names left out. One pass, so a cluster far over the kernel's budget costs no
+/// more than one at it.
+pub fn fit_backend_budget(services: &mut Vec<ServiceSpec>, budget: usize) -> Vec<String> {
+    let mut used = 0usize;
+    let mut left_out = Vec::new();
+    services.retain(|s| {
+        if used + s.backends.len() > budget {
+            left_out.push(s.name.clone());
+            false
+        } else {
+            used += s.backends.len();
+            true
+        }
+    });
+    left_out
 }
 
 /// `i` of a path starting `prefix` `i` `]`.

@@ -689,3 +689,33 @@ fn labels_the_model_cannot_carry_are_dropped() {
     let kept = model_labels(&Some(labels));
     assert_eq!(kept.keys().collect::<Vec<_>>(), ["app"]);
 }
+
+#[test]
+fn services_past_the_kernels_backend_budget_are_left_out_one_pass() {
+    let svc = |name: &str, n: usize| {
+        ServiceSpec::new(
+            name,
+            "127.100.200.1".parse().unwrap(),
+            80,
+            LbPolicy::default(),
+            (0..n)
+                .map(|i| {
+                    sockmesh_model::BackendSpec::new(
+                        std::net::SocketAddr::from(([127, 0, 10, i as u8 + 1], 8080)),
+                        1,
+                    )
+                })
+                .collect(),
+        )
+    };
+    let mut services = vec![svc("a", 3), svc("b", 4), svc("c", 2), svc("d", 1)];
+    // Budget 6: a (3) fits, b (4) would make 7, c (2) makes 5, d (1) makes 6.
+    let left_out = fit_backend_budget(&mut services, 6);
+    assert_eq!(left_out, ["b"]);
+    let kept: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(kept, ["a", "c", "d"]);
+    // Under the budget nothing changes.
+    let mut services = vec![svc("a", 3)];
+    assert!(fit_backend_budget(&mut services, sockmesh_model::MAX_BACKEND_PAIRS).is_empty());
+    assert_eq!(services.len(), 1);
+}

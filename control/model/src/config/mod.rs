@@ -105,6 +105,22 @@ pub const MAX_SERVICES: usize = sockmesh_common::MAX_SERVICES as usize - 1;
 /// backend a few slots, so weights keep their meaning.
 pub const MAX_BACKENDS_PER_SERVICE: usize = sockmesh_common::MAX_SLOTS / 4;
 
+/// Most (service, backend) pairs one mesh may hold, the backends of every service together:
+/// the agent keeps one kernel entry per pair for its TCP signals (`SM_BACKEND_TCP`,
+/// `sockmesh_common::MAX_BACKEND_STATS`, 131,072), the tightest of the per-backend tables (the
+/// backend table itself, `MAX_BACKENDS`, holds twice that: an address shared by services is
+/// one entry there). A config over it would be refused by every agent; the model refuses it
+/// first, so the control plane never serves it.
+pub const MAX_BACKEND_PAIRS: usize = {
+    let stats = sockmesh_common::MAX_BACKEND_STATS as usize;
+    let backends = sockmesh_common::MAX_BACKENDS as usize - 1;
+    if stats < backends {
+        stats
+    } else {
+        backends
+    }
+};
+
 /// Largest backend weight. Weights are relative shares, not slot counts; the bound catches a
 /// stray extra digit and keeps a service's total (at most 256 x 10,000) far from overflow.
 pub const MAX_WEIGHT: u32 = 10_000;

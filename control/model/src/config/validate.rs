@@ -10,8 +10,8 @@ use std::net::{IpAddr, SocketAddr};
 use super::route::check_zone;
 use super::workload::check_labels;
 use super::{
-    ConfigError, MeshConfig, ServiceSpec, CONFIG_VERSION, MAX_BACKENDS_PER_SERVICE, MAX_SERVICES,
-    MAX_SERVICE_NAME_LEN, MAX_WEIGHT,
+    ConfigError, MeshConfig, ServiceSpec, CONFIG_VERSION, MAX_BACKENDS_PER_SERVICE,
+    MAX_BACKEND_PAIRS, MAX_SERVICES, MAX_SERVICE_NAME_LEN, MAX_WEIGHT,
 };
 
 impl MeshConfig {
@@ -46,7 +46,22 @@ impl MeshConfig {
             vips.entry(service.vip_port()).or_insert(i);
         }
         let mut names = HashMap::with_capacity(self.services.len());
+        let mut pairs = 0usize;
         for (i, service) in self.services.iter().enumerate() {
+            // The mesh-wide budget of the kernel's per-pair tables, charged in file order, so
+            // the error names the first service that does not fit (a source that builds the
+            // config can leave that one out and keep the rest).
+            pairs += service.backends.len();
+            if pairs > MAX_BACKEND_PAIRS {
+                return Err(ConfigError::invalid(
+                    &format!("services[{i}].backends"),
+                    format!(
+                        "services[0..={i}] list {pairs} backends together, more than the \
+                         {MAX_BACKEND_PAIRS} (service, backend) pairs the kernel's tables hold \
+                         (MAX_BACKEND_PAIRS)"
+                    ),
+                ));
+            }
             let checker = ServiceChecker {
                 index: i,
                 service,

@@ -3,7 +3,9 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::*;
-use crate::{CONFIG_VERSION, MAX_BACKENDS_PER_SERVICE, MAX_SERVICES, MAX_WEIGHT};
+use crate::{
+    CONFIG_VERSION, MAX_BACKENDS_PER_SERVICE, MAX_BACKEND_PAIRS, MAX_SERVICES, MAX_WEIGHT,
+};
 
 #[test]
 fn unsupported_version() {
@@ -47,6 +49,55 @@ fn backend_count_limit() {
         &cfg,
         "services[0].backends",
         "257 backends, more than the limit of 256",
+    );
+}
+
+/// The mesh-wide (service, backend) budget of the kernel's per-pair tables: a config at it is
+/// valid, one backend more is refused at the first service that does not fit.
+#[test]
+fn backend_pair_limit_is_the_kernels() {
+    assert_eq!(MAX_BACKEND_PAIRS, 131_072);
+    assert!(MAX_BACKEND_PAIRS < sockmesh_common::MAX_BACKENDS as usize);
+    // Services of 256 backends each on 127.x.y.z (distinct per service), VIPs 127.100.a.b.
+    let service = |s: usize, n: usize| {
+        let mut svc = web_with_backends(vec![]);
+        svc.name = format!("s{s}");
+        svc.vip = IpAddr::V4(Ipv4Addr::new(
+            127,
+            100,
+            (s / 250) as u8,
+            (s % 250 + 1) as u8,
+        ));
+        svc.backends = (0..n)
+            .map(|i| BackendSpec {
+                addr: (
+                    Ipv4Addr::new(127, 1 + (s / 250) as u8, (s % 250) as u8, i as u8),
+                    8081,
+                )
+                    .into(),
+                weight: 1,
+                labels: Default::default(),
+                zone: None,
+            })
+            .collect();
+        svc
+    };
+    let full = MAX_BACKEND_PAIRS / MAX_BACKENDS_PER_SERVICE;
+    assert_eq!(full * MAX_BACKENDS_PER_SERVICE, MAX_BACKEND_PAIRS);
+    let mut cfg = mesh(
+        (0..full)
+            .map(|s| service(s, MAX_BACKENDS_PER_SERVICE))
+            .collect(),
+    );
+    cfg.validate().unwrap();
+    cfg.services.push(service(full, 1));
+    assert_invalid(
+        &cfg,
+        &format!("services[{full}].backends"),
+        &format!(
+            "services[0..={full}] list 131073 backends together, more than the 131072 (service, \
+             backend) pairs the kernel's tables hold (MAX_BACKEND_PAIRS)"
+        ),
     );
 }
 
