@@ -54,7 +54,7 @@ impl MeshConfig {
             pairs += service.backends.len();
             if pairs > MAX_BACKEND_PAIRS {
                 return Err(ConfigError::invalid(
-                    &format!("services[{i}].backends"),
+                    format!("services[{i}].backends"),
                     format!(
                         "services[0..={i}] list {pairs} backends together, more than the \
                          {MAX_BACKEND_PAIRS} (service, backend) pairs the kernel's tables hold \
