@@ -187,6 +187,11 @@ impl ControlServer {
         bail!("sockmesh-control ignored SIGTERM; killed it")
     }
 
+    /// The running process's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL and reap: the control plane gone at once, as when its node dies.
     pub fn kill(&mut self) -> Result<()> {
         let mut child = self

@@ -30,6 +30,7 @@ mod proc_stats;
 mod refusal;
 mod report;
 mod same_node;
+mod scale;
 
 use std::fs;
 use std::net::SocketAddr;
@@ -88,6 +89,22 @@ pub struct BenchArgs {
     /// Client threads for the connect-rate measurement.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// Instead of the above: the control plane on the Kubernetes source and `--agents`
+    /// agents at `--services` x `--backends` (docs/bench.md, "Scale").
+    #[arg(long)]
+    scale: bool,
+    /// `--scale`: Services in the fake API server.
+    #[arg(long, default_value_t = 10_000)]
+    services: usize,
+    /// `--scale`: endpoints per Service.
+    #[arg(long, default_value_t = 10)]
+    backends: usize,
+    /// `--scale`: agents, each a node of the cluster testbed.
+    #[arg(long, default_value_t = 8)]
+    agents: usize,
+    /// `--scale`: one-endpoint changes measured.
+    #[arg(long, default_value_t = 100)]
+    changes: usize,
 }
 
 /// The routes, in table order: the issues' (a)/(b)/(c) with (b') after (b).
@@ -127,6 +144,14 @@ struct Programs {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if args.scale {
+        return scale::run(scale::ScaleArgs {
+            services: args.services,
+            backends: args.backends,
+            agents: args.agents,
+            changes: args.changes,
+        });
+    }
     if args.rounds == 0 || args.duration_ms > 10_000 || args.rounds > 10 {
         bail!("bench keeps to 1..=10 rounds of at most 10 s each");
     }

@@ -1,0 +1,268 @@
+//! `cargo xtask bench --scale`: the control plane with the Kubernetes source against the fake
+//! API server holding `--services` Services x `--backends` endpoints, and `--agents` real
+//! agents following it, each in its own node of the cluster testbed (bpf-tests/src/cluster:
+//! its own network namespace, cgroup subtree and pins). Prints:
+//!
+//! - initial sync: from the API objects being loaded to every agent's kernel tables holding
+//!   them (the agents already run, as after an install);
+//! - one EndpointSlice change (one endpoint's address replaced) to every agent's kernel
+//!   tables, p50/p99/max over `--changes` changes;
+//! - the bytes one change costs per agent (the version's snapshot, which agents fetch whole);
+//! - agent RSS and CPU idle and during the churn, the control plane's too.
+//!
+//! Endpoints are addresses in 198.19.0.0/16 that nothing serves (no connect is made);
+//! ClusterIPs in 127.100.0.0/16.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use sockmesh_bpf_tests::cluster::{Cluster, ClusterOptions, NodeSpec};
+
+use super::proc_stats;
+use crate::{agent_build, interrupt, setup};
+
+/// How long one change may take to reach every agent before the bench gives up.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What `--scale` was asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct ScaleArgs {
+    pub services: usize,
+    pub backends: usize,
+    pub agents: usize,
+    pub changes: usize,
+}
+
+fn vip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 100, (i / 250) as u8, (i % 250 + 1) as u8)
+}
+
+/// Endpoint `e` of service `i`, generation `g` (a change bumps it): 198.19.x.y.
+fn endpoint(i: usize, e: usize, g: usize) -> Ipv4Addr {
+    let n = (i * 16 + e + g * 7) % (1 << 16);
+    Ipv4Addr::new(198, 19, (n >> 8) as u8, (n & 0xff) as u8)
+}
+
+fn service(i: usize) -> serde_json::Value {
+    json!({
+        "metadata": {"name": format!("s{i}"), "namespace": "scale"},
+        "spec": {"type": "ClusterIP", "clusterIP": vip(i).to_string(),
+                 "clusterIPs": [vip(i).to_string()],
+                 "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]}
+    })
+}
+
+fn slice(i: usize, backends: usize, generation: usize) -> serde_json::Value {
+    let endpoints: Vec<_> = (0..backends)
+        .map(|e| {
+            let g = if e == 0 { generation } else { 0 };
+            json!({"addresses": [endpoint(i, e, g).to_string()], "conditions": {"ready": true},
+                   "nodeName": "node-1", "zone": "zone-a"})
+        })
+        .collect();
+    json!({
+        "metadata": {"name": format!("s{i}-slice"), "namespace": "scale",
+                     "labels": {"kubernetes.io/service-name": format!("s{i}")}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": endpoints
+    })
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// (RSS MiB, CPU seconds) of each pid.
+fn usage(pids: &[u32]) -> Vec<(f64, f64)> {
+    pids.iter()
+        .map(|p| {
+            let rss = proc_stats::memory(*p).map_or(0.0, |m| m.rss_kib as f64 / 1024.0);
+            (rss, proc_stats::cpu_seconds(*p).unwrap_or(0.0))
+        })
+        .collect()
+}
+
+/// Waits until every running agent runs the control plane's head and the head has
+/// `services` services; returns the head's fingerprint.
+fn wait_all(bed: &mut Cluster, services: usize, started: Instant) -> Result<String> {
+    loop {
+        interrupt::check()?;
+        if started.elapsed() > CHANGE_TIMEOUT {
+            bail!("agents did not converge within {CHANGE_TIMEOUT:?}");
+        }
+        let head = bed.control().snapshot()?;
+        let count = head["config"]["services"].as_array().map_or(0, Vec::len);
+        let fp = head["fingerprint"].as_str().unwrap_or("").to_owned();
+        if count == services {
+            let mut all = true;
+            for n in 0..bed.node_count() {
+                let s = bed.agent(n).status()?;
+                all &= s["config"]["fingerprint"].as_str() == Some(fp.as_str());
+            }
+            if all {
+                return Ok(fp);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn run(args: ScaleArgs) -> Result<()> {
+    if !(1..=sockmesh_model::MAX_SERVICES.min(60_000)).contains(&args.services)
+        || !(1..=16).contains(&args.backends)
+        || !(1..=16).contains(&args.agents)
+        || !(1..=1_000).contains(&args.changes)
+    {
+        bail!(
+            "--scale keeps to 1..=60000 services, 1..=16 backends, 1..=16 agents, 1..=1000 changes"
+        );
+    }
+    interrupt::install();
+    setup::run()?;
+    let agent = std::fs::canonicalize(agent_build::run()?)?;
+    std::env::set_var("SOCKMESH_AGENT_BIN", &agent);
+    std::env::set_var("SOCKMESH_CONTROL_BIN", agent_build::control_bin());
+    std::env::set_var("SOCKMESH_CLI_BIN", agent_build::cli_bin());
+    let mut opts = ClusterOptions::new("bench-scale");
+    opts.nodes = (0..args.agents)
+        .map(|i| NodeSpec {
+            name: format!("node-{}", i + 1),
+            zone: "zone-a".to_owned(),
+        })
+        .collect();
+    println!(
+        "scale: {} agents (one per testbed node), control plane on the Kubernetes source",
+        args.agents
+    );
+    let mut bed = Cluster::start(opts)?;
+    bed.add_namespace("scale", true);
+
+    let loading = Instant::now();
+    for i in 0..args.services {
+        bed.kube().apply("Service", service(i));
+        bed.kube()
+            .apply("EndpointSlice", slice(i, args.backends, 0));
+    }
+    let loaded = loading.elapsed();
+    let fp = wait_all(&mut bed, args.services, loading)?;
+    let initial = loading.elapsed();
+    let snapshot_bytes = bed.control().snapshot()?.to_string().len();
+    println!(
+        "scale: {} Services x {} endpoints loaded into the API server in {:.2} s; every agent's \
+         kernel tables hold them {:.2} s after the first write (version {fp})",
+        args.services,
+        args.backends,
+        loaded.as_secs_f64(),
+        initial.as_secs_f64()
+    );
+
+    let mut pids: Vec<u32> = (0..bed.node_count())
+        .filter_map(|n| bed.agent(n).pid())
+        .collect();
+    pids.push(bed.control().pid().context("control plane not running")?);
+    let idle_from = Instant::now();
+    let before = usage(&pids);
+    interrupt::sleep(Duration::from_secs(10))?;
+    let idle = usage(&pids);
+    let idle_secs = idle_from.elapsed().as_secs_f64();
+
+    let mut times = Vec::with_capacity(args.changes);
+    let mut peak = idle.clone();
+    let churn_from = Instant::now();
+    for k in 0..args.changes {
+        let i = (k * 7919) % args.services;
+        let written = Instant::now();
+        bed.kube()
+            .apply("EndpointSlice", slice(i, args.backends, k + 1));
+        let want = endpoint(i, 0, k + 1).to_string();
+        loop {
+            interrupt::check()?;
+            if written.elapsed() > CHANGE_TIMEOUT {
+                bail!("change {k} did not reach every agent within {CHANGE_TIMEOUT:?}");
+            }
+            let head = bed.control().snapshot()?;
+            let has = head["config"]["services"]
+                .as_array()
+                .and_then(|s| s.iter().find(|s| s["name"] == format!("scale-s{i}-80")))
+                .is_some_and(|s| {
+                    s["backends"]
+                        .as_array()
+                        .is_some_and(|b| b.iter().any(|b| b["addr"] == format!("{want}:8080")))
+                });
+            if has {
+                let fp = head["fingerprint"].as_str().unwrap_or("").to_owned();
+                let mut all = true;
+                for n in 0..bed.node_count() {
+                    let s = bed.agent(n).status()?;
+                    all &= s["config"]["fingerprint"].as_str() == Some(fp.as_str());
+                }
+                if all {
+                    break;
+                }
+            }
+            for (p, now) in peak.iter_mut().zip(usage(&pids)) {
+                p.0 = p.0.max(now.0);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        times.push(written.elapsed().as_secs_f64() * 1000.0);
+    }
+    let churn_secs = churn_from.elapsed().as_secs_f64();
+    let after = usage(&pids);
+    times.sort_by(f64::total_cmp);
+
+    println!();
+    println!(
+        "| measure at {} services x {} backends, {} agents | value |",
+        args.services, args.backends, args.agents
+    );
+    println!("|---|---|");
+    println!(
+        "| initial sync, API objects -> every agent's kernel | {:.2} s |",
+        initial.as_secs_f64()
+    );
+    println!(
+        "| one EndpointSlice change -> every agent's kernel, p50 / p99 / max over {} | {:.0} / {:.0} / {:.0} ms |",
+        args.changes,
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        times[times.len() - 1]
+    );
+    println!(
+        "| bytes per change per agent (the whole version's snapshot) | {:.1} MiB |",
+        snapshot_bytes as f64 / 1_048_576.0
+    );
+    let n = args.agents;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let agents_idle_rss: Vec<f64> = idle[..n].iter().map(|u| u.0).collect();
+    let agents_peak_rss: Vec<f64> = peak[..n].iter().map(|u| u.0).collect();
+    let agents_idle_cpu: Vec<f64> = (0..n)
+        .map(|i| (idle[i].1 - before[i].1) / idle_secs * 100.0)
+        .collect();
+    let agents_churn_cpu: Vec<f64> = (0..n)
+        .map(|i| (after[i].1 - idle[i].1) / churn_secs * 100.0)
+        .collect();
+    println!(
+        "| agent RSS idle / peak during churn (mean of {n}) | {:.0} / {:.0} MiB |",
+        mean(&agents_idle_rss),
+        mean(&agents_peak_rss)
+    );
+    println!(
+        "| agent CPU idle / during churn (mean of {n}, % of a core) | {:.1} / {:.1} % |",
+        mean(&agents_idle_cpu),
+        mean(&agents_churn_cpu)
+    );
+    println!(
+        "| control plane RSS idle / peak, CPU idle / churn | {:.0} / {:.0} MiB, {:.1} / {:.1} % |",
+        idle[n].0,
+        peak[n].0,
+        (idle[n].1 - before[n].1) / idle_secs * 100.0,
+        (after[n].1 - idle[n].1) / churn_secs * 100.0
+    );
+    println!("scale: cleaning up");
+    drop(bed);
+    Ok(())
+}
