@@ -85,28 +85,34 @@ fn usage(pids: &[u32]) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// Waits until every running agent runs the control plane's head and the head has
-/// `services` services; returns the head's fingerprint.
-fn wait_all(bed: &mut Cluster, services: usize, started: Instant) -> Result<String> {
+/// The control plane's head version (its small `/v1/status`).
+fn head_version(bed: &mut Cluster) -> Result<u64> {
+    let status = bed.control().status()?;
+    status["version"]
+        .as_u64()
+        .with_context(|| format!("control status without a version: {status}"))
+}
+
+/// Waits until every agent has applied (and acked: the agent acks once its kernel tables
+/// are written) version `version` or a later one. Reads `/v1/agents` only: small at any
+/// scale, where each agent's `/status` lists every service.
+fn wait_applied(bed: &mut Cluster, version: u64, started: Instant) -> Result<()> {
+    let agents = bed.node_count();
     loop {
         interrupt::check()?;
         if started.elapsed() > CHANGE_TIMEOUT {
-            bail!("agents did not converge within {CHANGE_TIMEOUT:?}");
+            bail!("agents did not apply version {version} within {CHANGE_TIMEOUT:?}");
         }
-        let head = bed.control().snapshot()?;
-        let count = head["config"]["services"].as_array().map_or(0, Vec::len);
-        let fp = head["fingerprint"].as_str().unwrap_or("").to_owned();
-        if count == services {
-            let mut all = true;
-            for n in 0..bed.node_count() {
-                let s = bed.agent(n).status()?;
-                all &= s["config"]["fingerprint"].as_str() == Some(fp.as_str());
-            }
-            if all {
-                return Ok(fp);
-            }
+        let rows = bed.control().get_json("/v1/agents")?;
+        let done = rows.as_array().map_or(0, |rows| {
+            rows.iter()
+                .filter(|r| r["applied_version"].as_u64().is_some_and(|v| v >= version))
+                .count()
+        });
+        if done == agents {
+            return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -147,16 +153,42 @@ pub fn run(args: ScaleArgs) -> Result<()> {
             .apply("EndpointSlice", slice(i, args.backends, 0));
     }
     let loaded = loading.elapsed();
-    let fp = wait_all(&mut bed, args.services, loading)?;
+    // The version holding every Service: checked on each new head (a snapshot is large, so
+    // only when the version moves).
+    let mut seen = 0;
+    let full = loop {
+        interrupt::check()?;
+        if loading.elapsed() > CHANGE_TIMEOUT {
+            bail!(
+                "the control plane never served all {} Services",
+                args.services
+            );
+        }
+        let v = head_version(&mut bed)?;
+        if v != seen {
+            seen = v;
+            let snapshot = bed.control().snapshot()?;
+            let count = snapshot["config"]["services"]
+                .as_array()
+                .map_or(0, Vec::len);
+            if count == args.services {
+                break (v, snapshot.to_string().len());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (full_version, snapshot_bytes) = full;
+    wait_applied(&mut bed, full_version, loading)?;
     let initial = loading.elapsed();
-    let snapshot_bytes = bed.control().snapshot()?.to_string().len();
+    let fp = format!("{full_version}");
     println!(
         "scale: {} Services x {} endpoints loaded into the API server in {:.2} s; every agent's \
-         kernel tables hold them {:.2} s after the first write (version {fp})",
+         kernel tables hold them {:.2} s after the first write (version {fp}, {} bytes)",
         args.services,
         args.backends,
         loaded.as_secs_f64(),
-        initial.as_secs_f64()
+        initial.as_secs_f64(),
+        snapshot_bytes
     );
 
     let mut pids: Vec<u32> = (0..bed.node_count())
@@ -174,39 +206,28 @@ pub fn run(args: ScaleArgs) -> Result<()> {
     let churn_from = Instant::now();
     for k in 0..args.changes {
         let i = (k * 7919) % args.services;
+        let before = head_version(&mut bed)?;
         let written = Instant::now();
         bed.kube()
             .apply("EndpointSlice", slice(i, args.backends, k + 1));
-        let want = endpoint(i, 0, k + 1).to_string();
-        loop {
+        // One change, one new version (nothing else writes to the API meanwhile).
+        let version = loop {
             interrupt::check()?;
             if written.elapsed() > CHANGE_TIMEOUT {
-                bail!("change {k} did not reach every agent within {CHANGE_TIMEOUT:?}");
+                bail!("change {k} never became a version within {CHANGE_TIMEOUT:?}");
             }
-            let head = bed.control().snapshot()?;
-            let has = head["config"]["services"]
-                .as_array()
-                .and_then(|s| s.iter().find(|s| s["name"] == format!("scale-s{i}-80")))
-                .is_some_and(|s| {
-                    s["backends"]
-                        .as_array()
-                        .is_some_and(|b| b.iter().any(|b| b["addr"] == format!("{want}:8080")))
-                });
-            if has {
-                let fp = head["fingerprint"].as_str().unwrap_or("").to_owned();
-                let mut all = true;
-                for n in 0..bed.node_count() {
-                    let s = bed.agent(n).status()?;
-                    all &= s["config"]["fingerprint"].as_str() == Some(fp.as_str());
-                }
-                if all {
-                    break;
-                }
+            let v = head_version(&mut bed)?;
+            if v > before {
+                break v;
             }
             for (p, now) in peak.iter_mut().zip(usage(&pids)) {
                 p.0 = p.0.max(now.0);
             }
             std::thread::sleep(Duration::from_millis(5));
+        };
+        wait_applied(&mut bed, version, written)?;
+        for (p, now) in peak.iter_mut().zip(usage(&pids)) {
+            p.0 = p.0.max(now.0);
         }
         times.push(written.elapsed().as_secs_f64() * 1000.0);
     }
