@@ -60,6 +60,7 @@ pub(crate) struct EventInbox {
 impl EventInbox {
     /// Queues the outcome of `ev` (if the engine folds one) and wakes the engine.
     pub(crate) fn push(&self, ev: &ConnEvent) {
+        // Closes and the mesh's other refusals take no lock: the engine folds nothing of them.
         if Outcome::of(ev).is_none() {
             return;
         }
