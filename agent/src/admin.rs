@@ -259,7 +259,7 @@ async fn post(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes
         refuse_ppm,
         reply,
     };
-    if state.engine.commands.send(cmd).is_err() {
+    if state.engine.commands.send(cmd).await.is_err() {
         return json_reply(
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({"error": "engine stopped"}),

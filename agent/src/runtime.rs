@@ -183,10 +183,13 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
         .apply(&initial, &overlay, None)
         .context("applying the initial config")?;
     signals.set_config(&views, &initial);
-    let _ = engine.commands.send(Command::Config {
-        config: initial.clone(),
-        views: views.clone(),
-    });
+    let _ = engine
+        .commands
+        .send(Command::Config {
+            config: initial.clone(),
+            views: views.clone(),
+        })
+        .await;
     record_applied(
         &status,
         &config_metrics,
@@ -236,7 +239,7 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
                     status: &status,
                     node: &opts.node,
                 };
-                let _ = reconcile.take(change, started);
+                let _ = reconcile.take(change, started).await;
             }
             Some(offer) = next_offer(&mut offers) => {
                 let started = Instant::now();
@@ -254,7 +257,7 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
                     status: &status,
                     node: &opts.node,
                 };
-                let _ = offer.reply.send(reconcile.take(change, started));
+                let _ = offer.reply.send(reconcile.take(change, started).await);
             }
         }
     }
@@ -279,7 +282,7 @@ impl Reconcile<'_> {
     /// Applies a valid config, or records why a change was refused; on any failure the
     /// previous config stays active. The file watcher and the control follower share it.
     /// `started`: when reading the change began (its apply time is measured from there).
-    fn take(&mut self, change: Change, started: Instant) -> Result<(), String> {
+    async fn take(&mut self, change: Change, started: Instant) -> Result<(), String> {
         let received = match change {
             Change::Valid(cfg) => cfg,
             Change::Invalid(e) => {
@@ -293,10 +296,15 @@ impl Reconcile<'_> {
         match self.dataplane.apply(&cfg, self.overlay, Some(self.current)) {
             Ok(views) => {
                 self.signals.set_config(&views, &cfg);
-                let _ = self.engine.commands.send(Command::Config {
-                    config: cfg.clone(),
-                    views: views.clone(),
-                });
+                // Bounded: waits while the engine is behind; a config change is never lost.
+                let _ = self
+                    .engine
+                    .commands
+                    .send(Command::Config {
+                        config: cfg.clone(),
+                        views: views.clone(),
+                    })
+                    .await;
                 record_applied(
                     self.status,
                     self.config_metrics,

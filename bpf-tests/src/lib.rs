@@ -61,6 +61,7 @@
 //! | `health_acl.rs` | `allowed_callers`: other workloads and unknown callers `denied`, open service unaffected | 18460-18461 | 127.100.46.1-2 |
 //! | `health_fault.rs` | `POST /v1/fault` 100/50/0 %: `result="fault"`, no ban, circuit closed | 18470-18471 | 127.100.47.1 |
 //! | `health_drain.rs` | a banned backend's long-lived connection destroyed after `drain_grace`, not before | 18480-18481 | 127.100.48.1 |
+//! | `connect_storm.rs` | 60,000 refused connects from 4 workers against dead backends: agent RSS (sampled) under baseline + 64 MiB; connects counted + events lost = connects made; engine queue drops nothing, a `consecutive_failures` ban, panic mode | 18990-18999 | 127.100.99.10 |
 //! | `drain_netns.rs` | drain reaches a pod (netns + child cgroup, backends behind a veth in 198.18.0.0/24): its VIP connection destroyed, an unrouted one kept, reconnect to the new backend; own-netns drain too; without `SYS_ADMIN`/`SYS_PTRACE` only the agent's namespace, counted, warned once | 18250-18257; 198.18.0.10-11 in its netns | 127.100.16.1-4 |
 //! | **diagnosis** | | | |
 //! | `diagnose_dead_backend.rs` | `/v1/diagnose` ranks `backends_failing`; `/v1/lines`, `/v1/top`, CLI | 18500-18509 | 127.100.50.1-3 |
@@ -241,7 +242,8 @@ pub mod pressure_fill;
 
 // Caller-route and locality harness pieces; used by tests/route_*.rs and
 // tests/locality_*.rs (ports 18900-18999, VIPs 127.100.90-99.x): route_callers 18900-18909
-// (127.100.90.x), locality_failover 18910-18919 (127.100.91.x).
+// (127.100.90.x), locality_failover 18910-18919 (127.100.91.x). connect_storm.rs takes
+// 18990-18999 and 127.100.99.10+ from the end of that range (harness.rs has 127.100.99.1).
 pub mod route_mesh;
 /// The same-node fast path's stock python3 peers.
 pub mod same_node_py;

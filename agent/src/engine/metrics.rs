@@ -1,6 +1,7 @@
 //! Health metrics, owned by the engine's task (the only writer): bans by reason, banned
 //! backends, circuit state, panic mode, drained connections (by network namespace: the
-//! agent's or a workload's) and workload namespaces a drain could not enter.
+//! agent's or a workload's), workload namespaces a drain could not enter, and connect
+//! outcomes the event queue coalesced or dropped ([`super::queue`]).
 //! `sockmesh_backend_bans_total` and the drain counters count as the engine acts; the three gauges are
 //! written from the engine's state after each step, only where a value changed
 //! ([`HealthExport`]).
@@ -67,6 +68,8 @@ pub(crate) struct HealthMetrics {
     panic_mode: Family<ServiceLabels, Gauge>,
     drained: Family<DrainLabels, Counter>,
     netns_denied: Counter,
+    events_coalesced: Counter,
+    events_dropped: Counter,
 }
 
 impl HealthMetrics {
@@ -78,6 +81,8 @@ impl HealthMetrics {
             panic_mode: Family::default(),
             drained: Family::default(),
             netns_denied: Counter::default(),
+            events_coalesced: Counter::default(),
+            events_dropped: Counter::default(),
         };
         // Both paths show from the start, at 0, so a rate over either is defined.
         for netns in [DrainNetns::Agent, DrainNetns::Workload] {
@@ -115,7 +120,25 @@ impl HealthMetrics {
              CAP_SYS_ADMIN or CAP_SYS_PTRACE); connections there stay open",
             m.netns_denied.clone(),
         );
+        registry.register(
+            "engine_events_coalesced",
+            "Connect outcomes folded into the previous run of the same outcome for the same \
+             backend on their way to the health engine (engine::queue)",
+            m.events_coalesced.clone(),
+        );
+        registry.register(
+            "engine_events_dropped",
+            "Connect outcomes the health engine never saw: its event queue held its bound of \
+             runs (engine::queue::MAX_RUNS)",
+            m.events_dropped.clone(),
+        );
         m
+    }
+
+    /// What the event queue coalesced and dropped since the engine last took it.
+    pub(crate) fn events_queued(&self, coalesced: u64, dropped: u64) {
+        self.events_coalesced.inc_by(coalesced);
+        self.events_dropped.inc_by(dropped);
     }
 
     pub(crate) fn banned(&self, reason: BanReason) {

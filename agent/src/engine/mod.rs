@@ -9,6 +9,7 @@
 
 pub(crate) mod drain;
 pub(crate) mod metrics;
+pub(crate) mod queue;
 mod service;
 pub(crate) mod task;
 #[cfg(test)]
@@ -17,14 +18,15 @@ mod tests;
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use serde_json::{json, Value};
-use sockmesh_common::{
-    is_mesh_refusal, BackendKey, BackendTcpStats, ConnEvent, EVENT_ESTABLISHED, EVENT_FAILED,
-    RESULT_LIMITED,
-};
+#[cfg(test)]
+use sockmesh_common::ConnEvent;
+use sockmesh_common::{BackendKey, BackendTcpStats};
 use sockmesh_model::{MeshConfig, Priority};
 use tokio::time::Instant;
 
 pub(crate) use service::ServiceHealth;
+
+use self::queue::{Outcome, Run};
 
 use crate::{
     health::{
@@ -87,20 +89,33 @@ impl Engine {
         self.services = next;
     }
 
-    /// Folds one lifecycle event (only connect outcomes matter here).
+    /// Folds one lifecycle event (only connect outcomes matter here): a run of one.
+    #[cfg(test)]
     pub(crate) fn on_event(&mut self, now: Instant, ev: &ConnEvent) {
-        if ev.kind == EVENT_FAILED && ev.result == RESULT_LIMITED {
-            self.last_limited.insert(ev.service_id, now);
+        if let Some(outcome) = Outcome::of(ev) {
+            let run = Run {
+                service: ev.service_id,
+                backend: ev.backend_id,
+                outcome,
+                count: 1,
+                latency_sum: Duration::from_nanos(ev.duration_ns),
+            };
+            self.on_run(now, &run);
         }
-        let Some(svc) = self.services.get_mut(&ev.service_id) else {
+    }
+
+    /// Folds one run of outcomes from the event queue: the same as its events one by one.
+    pub(crate) fn on_run(&mut self, now: Instant, run: &Run) {
+        if run.outcome == Outcome::Limited {
+            self.last_limited.insert(run.service, now);
+        }
+        let Some(svc) = self.services.get_mut(&run.service) else {
             return;
         };
-        match ev.kind {
-            EVENT_ESTABLISHED => {
-                svc.on_success(now, ev.backend_id, Duration::from_nanos(ev.duration_ns))
-            }
-            EVENT_FAILED if !is_mesh_refusal(ev.result) => svc.on_failure(now, ev.backend_id),
-            _ => {}
+        match run.outcome {
+            Outcome::Success => svc.on_successes(now, run.backend, run.count, run.latency_sum),
+            Outcome::Failure => svc.on_failures(now, run.backend, run.count),
+            Outcome::Limited => {}
         }
     }
 

@@ -16,7 +16,7 @@ use crate::{
         ban::{BanBook, BanPolicy},
         circuit::{Circuit, CircuitPolicy, CircuitState},
         outlier::{detect, BackendSignals, BanReason, OutlierPolicy},
-        window::OutcomeWindow,
+        window::{OutcomeWindow, Tally},
     },
     tables::{CircuitFlag, ServiceOverlay},
 };
@@ -202,22 +202,48 @@ impl ServiceHealth {
         }
     }
 
-    pub(crate) fn on_success(&mut self, now: Instant, backend: u32, handshake: Duration) {
+    /// `count` connects in a row to `backend` established, with `latency_sum` of handshakes
+    /// (a run from the event queue): the same as one success at a time.
+    pub(crate) fn on_successes(
+        &mut self,
+        now: Instant,
+        backend: u32,
+        count: u64,
+        latency_sum: Duration,
+    ) {
         self.touched(now);
         if let Some(b) = self.backends.get_mut(&backend) {
-            b.window.record_success(now, Some(handshake));
+            b.window.record(
+                now,
+                &Tally {
+                    attempts: count,
+                    failures: 0,
+                    latency_samples: count,
+                    latency_sum,
+                },
+            );
             b.consecutive_failures = 0;
         }
-        self.circuit.record(now, 1, 0);
+        self.circuit.record(now, count, 0);
     }
 
-    pub(crate) fn on_failure(&mut self, now: Instant, backend: u32) {
+    /// `count` connects in a row to `backend` failed (a run from the event queue): the
+    /// same as one failure at a time.
+    pub(crate) fn on_failures(&mut self, now: Instant, backend: u32, count: u64) {
         self.touched(now);
         if let Some(b) = self.backends.get_mut(&backend) {
-            b.window.record_failure(now);
-            b.consecutive_failures = b.consecutive_failures.saturating_add(1);
+            b.window.record(
+                now,
+                &Tally {
+                    attempts: count,
+                    failures: count,
+                    ..Tally::default()
+                },
+            );
+            let add = u32::try_from(count).unwrap_or(u32::MAX);
+            b.consecutive_failures = b.consecutive_failures.saturating_add(add);
         }
-        self.circuit.record(now, 0, 1);
+        self.circuit.record(now, 0, count);
     }
 
     pub(crate) fn on_tcp(&mut self, now: Instant, backend: u32, s: &BackendTcpStats) {

@@ -1,20 +1,26 @@
 //! The engine's task: feeds [`Engine`] events, TCP counters and probe results, runs probes
 //! and drains, exports health metrics, and publishes the overlay the dataplane applies.
+//!
+//! Every input is bounded. Connect outcomes arrive through the [`EventInbox`], a coalescing
+//! queue of bounded size ([`super::queue`]) the ring drain pushes to without ever waiting;
+//! commands (config changes, admin requests) through a bounded channel whose senders wait
+//! when it is full (they are rare, and none may be lost); probe results through a bounded
+//! channel their probe tasks wait on.
 
 use std::{
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::Duration,
 };
 
 use serde_json::Value;
-use sockmesh_common::{is_mesh_refusal, ConnEvent, EVENT_FAILED};
+use sockmesh_common::ConnEvent;
 use sockmesh_model::MeshConfig;
 use tokio::{
-    sync::{mpsc, oneshot, watch},
+    sync::{mpsc, oneshot, watch, Notify},
     time::Instant,
 };
 use tracing::{info, warn};
@@ -24,6 +30,7 @@ use prometheus_client::registry::Registry;
 use super::{
     drain::{self, netns::DrainReport},
     metrics::{DrainNetns, HealthExport, HealthMetrics},
+    queue::{Batch, EventQueue, Outcome},
     Engine,
 };
 use crate::{
@@ -35,6 +42,44 @@ use crate::{
 pub(crate) const TICK: Duration = Duration::from_millis(50);
 /// How often kernel TCP counters are folded in.
 const TCP_EVERY: Duration = Duration::from_secs(1);
+/// Commands waiting for the engine at most; a sender waits beyond (config changes and admin
+/// requests are rare: this is never reached but by a stuck engine).
+const COMMANDS_QUEUED: usize = 64;
+/// Probe results waiting for the engine at most; a probe task waits beyond. Probes run for
+/// banned backends only, so this is rarely near.
+const PROBES_QUEUED: usize = 1024;
+
+/// Where the ring drain leaves connect outcomes for the engine: a bounded coalescing queue
+/// and the engine's wake-up. Pushing never waits for the engine.
+#[derive(Default)]
+pub(crate) struct EventInbox {
+    queue: Mutex<EventQueue>,
+    wake: Notify,
+}
+
+impl EventInbox {
+    /// Queues the outcome of `ev` (if the engine folds one) and wakes the engine.
+    pub(crate) fn push(&self, ev: &ConnEvent) {
+        // Closes and the mesh's other refusals take no lock: the engine folds nothing of them.
+        if Outcome::of(ev).is_none() {
+            return;
+        }
+        let was_empty = {
+            let mut q = self.queue.lock().expect("event queue lock");
+            let was_empty = q.is_empty();
+            q.push_event(ev);
+            was_empty
+        };
+        // The engine empties the queue when it wakes: one wake-up per non-empty queue.
+        if was_empty {
+            self.wake.notify_one();
+        }
+    }
+
+    fn take(&self) -> Batch {
+        self.queue.lock().expect("event queue lock").take()
+    }
+}
 
 pub(crate) enum Command {
     Config {
@@ -62,15 +107,15 @@ pub(crate) struct EngineViews {
 
 #[derive(Clone)]
 pub(crate) struct EngineHandle {
-    pub events: mpsc::UnboundedSender<ConnEvent>,
-    pub commands: mpsc::UnboundedSender<Command>,
+    pub events: Arc<EventInbox>,
+    pub commands: mpsc::Sender<Command>,
 }
 
 impl EngineHandle {
     /// The engine's views now; `None` if the engine task is gone.
     pub(crate) async fn views(&self) -> Option<EngineViews> {
         let (reply, answer) = oneshot::channel();
-        self.commands.send(Command::Views { reply }).ok()?;
+        self.commands.send(Command::Views { reply }).await.ok()?;
         answer.await.ok()
     }
 }
@@ -84,11 +129,14 @@ pub(crate) fn spawn(
     signals: Arc<Signals>,
     registry: &mut Registry,
 ) -> (EngineHandle, watch::Receiver<Overlay>) {
-    let (events, mut event_rx) = mpsc::unbounded_channel::<ConnEvent>();
-    let (commands, mut command_rx) = mpsc::unbounded_channel::<Command>();
-    let (probe_tx, mut probe_rx) = mpsc::unbounded_channel::<(u32, u32, bool)>();
+    let events = Arc::new(EventInbox::default());
+    let (commands, mut command_rx) = mpsc::channel::<Command>(COMMANDS_QUEUED);
+    let (probe_tx, mut probe_rx) = mpsc::channel::<(u32, u32, bool)>(PROBES_QUEUED);
     let (overlay_tx, overlay_rx) = watch::channel(Overlay::new());
-    let handle = EngineHandle { events, commands };
+    let handle = EngineHandle {
+        events: events.clone(),
+        commands,
+    };
     let mut ctx = Ctx {
         map_dir,
         cgroup,
@@ -104,12 +152,20 @@ pub(crate) fn spawn(
         let mut last_tcp = Instant::now();
         loop {
             tokio::select! {
-                Some(ev) = event_rx.recv() => {
-                    engine.on_event(Instant::now(), &ev);
-                    // A backend failure may complete a ban: decide now, not at the next tick,
-                    // because the caller keeps connecting meanwhile.
-                    if ev.kind == EVENT_FAILED && !is_mesh_refusal(ev.result) {
-                        step(&mut engine, &mut ctx);
+                () = events.wake.notified() => {
+                    let batch = events.take();
+                    ctx.exported
+                        .metrics()
+                        .events_queued(batch.coalesced, batch.dropped);
+                    let now = Instant::now();
+                    for run in &batch.runs {
+                        engine.on_run(now, run);
+                        // Backend failures may complete a ban: decide now, not at the next
+                        // tick (the caller keeps connecting meanwhile), and before a later
+                        // run of successes for the same backend ends the streak.
+                        if run.outcome == Outcome::Failure {
+                            step(&mut engine, &mut ctx);
+                        }
                     }
                 }
                 Some((svc, backend, ok)) = probe_rx.recv() => {
@@ -157,7 +213,7 @@ struct Ctx {
     /// Set once the agent said it cannot enter workload network namespaces (said once).
     denied_said: Arc<AtomicBool>,
     signals: Arc<Signals>,
-    probe_tx: mpsc::UnboundedSender<(u32, u32, bool)>,
+    probe_tx: mpsc::Sender<(u32, u32, bool)>,
     overlay_tx: watch::Sender<Overlay>,
     exported: HealthExport,
 }
@@ -179,7 +235,7 @@ fn step(engine: &mut Engine, ctx: &mut Ctx) {
                 Ok(Ok(_))
             );
             info!(backend = %addr, ok, "probe");
-            let _ = tx.send((svc, backend, ok));
+            let _ = tx.send((svc, backend, ok)).await;
         });
     }
     let roots = if out.drains.is_empty() {

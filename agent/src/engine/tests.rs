@@ -244,3 +244,35 @@ async fn idle_services_settle_and_wake_on_any_input() {
     assert_eq!(out.bans.len(), 1, "banned after 5 failures in a row");
     assert!(!settled(&e), "a ban keeps it evaluated");
 }
+
+/// A run from the event queue is folded as its events one by one: five failures in one run
+/// ban as five failure events do; four do not.
+#[tokio::test(start_paused = true)]
+async fn a_run_of_failures_bans_like_the_same_failures_one_by_one() {
+    use super::queue::{Outcome, Run};
+    let run = |backend, outcome, count| Run {
+        service: 1,
+        backend,
+        outcome,
+        count,
+        latency_sum: Duration::from_micros(100) * count as u32,
+    };
+    let mut e = engine(&config(3));
+    e.on_run(Instant::now(), &run(2, Outcome::Failure, 4));
+    assert!(
+        e.tick(Instant::now()).bans.is_empty(),
+        "4 failures in a row"
+    );
+    e.on_run(Instant::now(), &run(2, Outcome::Success, 3));
+    e.on_run(Instant::now(), &run(2, Outcome::Failure, 4));
+    assert!(
+        e.tick(Instant::now()).bans.is_empty(),
+        "a success ended the streak"
+    );
+    e.on_run(Instant::now(), &run(2, Outcome::Failure, 1));
+    let out = e.tick(Instant::now());
+    assert_eq!(out.bans.len(), 1, "the fifth failure in a row bans");
+    assert!(e.overlay(Instant::now())["web"]
+        .excluded
+        .contains(&"127.0.0.3:81".parse().unwrap()));
+}

@@ -30,6 +30,7 @@ pub(crate) struct Tally {
 
 impl Tally {
     /// One successful connect, with its handshake latency when the kernel measured it.
+    #[cfg(test)]
     pub(crate) fn success(handshake: Option<Duration>) -> Self {
         Self {
             attempts: 1,
@@ -40,6 +41,7 @@ impl Tally {
     }
 
     /// One failed connect.
+    #[cfg(test)]
     pub(crate) fn failure() -> Self {
         Self {
             attempts: 1,
@@ -115,10 +117,12 @@ impl OutcomeWindow {
         Duration::from_nanos(self.width_ns.saturating_mul(self.buckets.len() as u64))
     }
 
+    #[cfg(test)]
     pub(crate) fn record_success(&mut self, now: Instant, handshake: Option<Duration>) {
         self.record(now, &Tally::success(handshake));
     }
 
+    #[cfg(test)]
     pub(crate) fn record_failure(&mut self, now: Instant) {
         self.record(now, &Tally::failure());
     }

@@ -45,6 +45,7 @@ use self::{
 };
 use crate::{
     diagnose::Recorder,
+    engine::task::EventInbox,
     metrics::BackendLabels,
     slo::{SloSample, SloTracker},
     status::unix_ms_now,
@@ -67,7 +68,7 @@ struct Inner {
 pub(crate) struct Signals {
     inner: Mutex<Inner>,
     /// Connect outcomes are also fed to the health engine (set once it runs).
-    engine: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<ConnEvent>>,
+    engine: std::sync::OnceLock<Arc<EventInbox>>,
     maps: Mutex<SignalMaps>,
     metrics: ConnectionMetrics,
     /// Shared with the kernel-map collectors, which encode it at scrape time.
@@ -163,8 +164,8 @@ impl Signals {
         self.metrics.events_drained(n as u64);
     }
 
-    pub(crate) fn feed_engine(&self, tx: tokio::sync::mpsc::UnboundedSender<ConnEvent>) {
-        let _ = self.engine.set(tx);
+    pub(crate) fn feed_engine(&self, inbox: Arc<EventInbox>) {
+        let _ = self.engine.set(inbox);
     }
 
     /// The latest per-backend kernel TCP counters.
@@ -191,10 +192,9 @@ impl Signals {
     }
 
     pub(crate) fn on_event(&self, ev: ConnEvent) {
-        if matches!(ev.kind, EVENT_ESTABLISHED | EVENT_FAILED) {
-            if let Some(tx) = self.engine.get() {
-                let _ = tx.send(ev);
-            }
+        if let Some(inbox) = self.engine.get() {
+            // Bounded and coalescing: never waits for the engine (engine::queue).
+            inbox.push(&ev);
         }
         if matches!(ev.kind, EVENT_ESTABLISHED | EVENT_FAILED | EVENT_CLOSED) {
             // Taken and released before the signals lock: the two are never held together.
