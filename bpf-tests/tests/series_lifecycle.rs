@@ -10,9 +10,13 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use sockmesh_bpf_tests::{BackendMode, ConnectClient, ServiceYaml, TcpBackendSet, TestBed};
+use sockmesh_bpf_tests::{
+    metric_value, sum_metric, wait_counter_settled, BackendMode, ConnectClient, ServiceYaml,
+    TcpBackendSet, TestBed,
+};
 
 const SERVICE: &str = "lifecycle";
+const CONNECTIONS: &str = "sockmesh_connections_total";
 const PORT: u16 = 18980;
 /// Backends per config: each edit replaces all of them (100 edits = 1,000 replacements).
 const PER_EDIT: usize = 10;
@@ -206,5 +210,75 @@ fn replaced_backends_lose_their_series_after_the_drain_grace() {
     assert!(
         !overflow,
         "no backend label folded under the default --max-series"
+    );
+}
+
+/// `--max-series 3` with six backends, all connected to: at most three addresses get series
+/// of their own, the rest fold into `backend="other"`, every connect is still counted, and
+/// the folding is counted in `sockmesh_label_overflow_total{label="backend"}`.
+/// (`sockmesh_backend_banned`, one gauge per configured backend, is outside the budget.)
+#[test]
+fn backends_beyond_max_series_fold_into_other_and_are_counted() {
+    const MAX_SERIES: usize = 3;
+    const BACKENDS: usize = 6;
+    let backends: Vec<SocketAddr> = (1..=BACKENDS as u8)
+        .map(|i| SocketAddr::from((Ipv4Addr::new(127, 0, 16, i), 18982)))
+        .collect();
+    let vip: SocketAddr = "127.100.98.2:18983".parse().unwrap();
+    let svc = ServiceYaml::new("budget", vip, "round_robin").backends(&backends, &[1; BACKENDS]);
+    let set = TcpBackendSet::start(&backends, BackendMode::Identify).unwrap();
+    let mut bed = TestBed::new("series-budget", &ServiceYaml::mesh(&[svc])).unwrap();
+    bed.start_agent_with(["--max-series", &MAX_SERIES.to_string()])
+        .unwrap();
+    let mut connects = 0;
+    for _ in 0..20 {
+        ConnectClient::new(vip, 2 * BACKENDS)
+            .run(Some(bed.cgroup()), None)
+            .unwrap()
+            .assert_all_ok("budget");
+        connects += 2 * BACKENDS;
+        if set.accepts().iter().all(|&a| a > 0) {
+            break;
+        }
+    }
+    assert!(
+        set.accepts().iter().all(|&a| a > 0),
+        "{:?}",
+        set.accepts_by_addr()
+    );
+    let ok = |t: &str| sum_metric(t, CONNECTIONS, &[("service", "budget"), ("result", "ok")]);
+    let text = wait_counter_settled(bed.agent(), "ok connects", connects as f64, ok).unwrap();
+    let values: BTreeSet<String> = text
+        .lines()
+        // `sockmesh_backend_banned` is written per configured backend, outside the budget
+        // (bounded by the config, reset with each config; README "Metrics").
+        .filter(|l| !l.starts_with('#') && !l.starts_with("sockmesh_backend_banned{"))
+        .filter(|l| l.contains("service=\"budget\""))
+        .filter_map(|l| {
+            let rest = &l[l.find("backend=\"")? + "backend=\"".len()..];
+            Some(rest[..rest.find('"')?].to_owned())
+        })
+        .collect();
+    let overflow = metric_value(
+        &text,
+        "sockmesh_label_overflow_total",
+        &[("label", "backend")],
+    );
+    let other = sum_metric(
+        &text,
+        CONNECTIONS,
+        &[("service", "budget"), ("backend", "other")],
+    );
+    eprintln!(
+        "backend values {values:?}; {connects} connects, {other} under other; overflow {overflow:?}"
+    );
+    assert_eq!(ok(&text), connects as f64, "every connect is counted");
+    let addressed = values.iter().filter(|b| b.as_str() != "other").count();
+    assert!(addressed <= MAX_SERIES, "backend values {values:?}");
+    assert!(values.contains("other"), "no `other` backend: {values:?}");
+    assert!(other > 0.0, "no connect folded into other");
+    assert!(
+        overflow.is_some_and(|n| n >= other),
+        "sockmesh_label_overflow_total{{label=\"backend\"}} is {overflow:?}, {other} folded connects"
     );
 }
