@@ -98,6 +98,10 @@ struct RunArgs {
     /// Most distinct caller workloads used as metric label values; the rest become `other`.
     #[arg(long, default_value_t = 64)]
     max_callers: usize,
+    /// Most (service, backend) label sets of the per-backend series; the rest fold into
+    /// `backend="other"`. Series of backends that left the config go after their drain grace.
+    #[arg(long, default_value_t = signals::series::DEFAULT_MAX_SERIES)]
+    max_series: usize,
     /// Attach the observation programs (sock_ops, tracepoints). `false` routes only; it
     /// exists to measure what observation costs. Without sock_ops no close is seen, so
     /// `least_conn` counts only grow and the policy degrades to fewest connections ever.
@@ -196,6 +200,7 @@ fn run(args: RunArgs) -> Result<()> {
         admin_token,
         metrics_addr: args.metrics_addr,
         max_callers: args.max_callers,
+        max_series: args.max_series,
         observe: args.observe,
         zone: args.zone,
         node,

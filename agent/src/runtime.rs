@@ -39,6 +39,8 @@ pub(crate) struct RunOptions {
     pub metrics_addr: SocketAddr,
     pub watch_interval: Duration,
     pub max_callers: usize,
+    /// `--max-series`: per-backend label sets before folding into `other`.
+    pub max_series: usize,
     pub observe: bool,
     /// This node's zone (`--zone`): callers without a workload zone are in it.
     pub zone: Option<String>,
@@ -104,6 +106,7 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
     let signals = Signals::new(
         SignalMaps::open(&attached.layout.maps)?,
         opts.max_callers,
+        opts.max_series,
         opts.cgroup2_root.clone(),
         &mut registry,
     );

@@ -74,6 +74,7 @@
 //! | `pressure_maps.rs` | map gauges exact, over-capacity config rejected whole, full LRU maps never stop routing | 18720-18729 | 127.100.71.x (127.100.72-73.x in the rejected config) |
 //! | `upgrade.rs` | an old layout's pins are not adopted; new set attached beside it, old retired, no failed connect | 18760-18769 | 127.100.76.1 |
 //! | `enrollment.rs` | `enrollment: workloads`: only workload cgroups routed, others dial the VIP itself; `all` live | 18770-18771 | 127.100.77.1 |
+//! | `series_lifecycle.rs` | 1,000 backend replacements (100 edits of 10, `drain_grace: 1s`), each new address routed to: replaced backends' series removed, `/metrics` ends with as many backend series as after the first; `--max-series 3` over 6 backends folds into `other`, counted | 18980-18983; backends 127.0.10.1-127.0.15.10, 127.0.16.1-6 | 127.100.98.1-2 |
 //! | `same_node.rs` | sk_msg redirect byte-exact both ways, close and reset; fallback to TCP once for an outside server | 18960-18963 | 127.100.96.1-2 |
 //! | **control plane, caller routes, locality** | | | |
 //! | `control_follow.rs` | an agent follows `sockmesh-control`: edits, invalid edits, persisted snapshot, watch reconnect, 401, rollback | test N: 188N0-188N9 | 127.100.8N.1 |

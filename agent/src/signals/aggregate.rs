@@ -37,6 +37,22 @@ pub(crate) enum ConnectResult {
 }
 
 impl ConnectResult {
+    /// Every outcome (to remove a backend's series of each).
+    pub(crate) const ALL: [Self; 12] = [
+        Self::Ok,
+        Self::Refused,
+        Self::Timeout,
+        Self::Unreachable,
+        Self::Reset,
+        Self::NoBackend,
+        Self::Denied,
+        Self::CircuitOpen,
+        Self::Shed,
+        Self::Limited,
+        Self::Fault,
+        Self::Other,
+    ];
+
     pub(crate) fn from_code(result: u32) -> Self {
         match result {
             RESULT_OK => Self::Ok,

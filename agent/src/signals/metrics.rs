@@ -46,6 +46,8 @@ struct InboundLabels {
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub(crate) enum BoundedLabel {
     Caller,
+    /// `--max-series`: (service, backend) pairs beyond it ([`super::series`]).
+    Backend,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -74,6 +76,7 @@ impl EncodeLabelValue for BoundedLabel {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
         let value = match self {
             BoundedLabel::Caller => "caller",
+            BoundedLabel::Backend => "backend",
         };
         std::fmt::Write::write_str(encoder, value)
     }
@@ -220,6 +223,41 @@ impl ConnectionMetrics {
             .inc_by(n);
     }
 
+    /// Removes every series of (service, backend) (it left the config and its drain grace
+    /// passed): connections for each of `callers` and outcome, durations and bytes; and the
+    /// backend's inbound series if `inbound` (its address is no backend of any service now).
+    pub(crate) fn remove_backend(
+        &self,
+        labels: &BackendLabels,
+        callers: &std::collections::BTreeSet<String>,
+        inbound: bool,
+    ) {
+        for caller in callers {
+            for result in ConnectResult::ALL {
+                self.connections.remove(&ConnLabels {
+                    service: labels.service.clone(),
+                    backend: labels.backend.clone(),
+                    caller: caller.clone(),
+                    result,
+                });
+            }
+        }
+        self.connect_duration.remove(labels);
+        self.connection_duration.remove(labels);
+        for direction in [Direction::Sent, Direction::Received] {
+            self.bytes.remove(&BytesLabels {
+                service: labels.service.clone(),
+                backend: labels.backend.clone(),
+                direction,
+            });
+        }
+        if inbound {
+            self.inbound.remove(&InboundLabels {
+                backend: labels.backend.clone(),
+            });
+        }
+    }
+
     /// `n` lifecycle events were read from the ring buffer.
     pub(crate) fn events_drained(&self, n: u64) {
         self.events_drained.inc_by(n);
@@ -230,5 +268,57 @@ fn backend_labels(service: &str, backend: &str) -> BackendLabels {
     BackendLabels {
         service: service.to_owned(),
         backend: backend.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use sockmesh_common::{EVENT_CLOSED, RESULT_OK, RESULT_RESET};
+
+    use super::*;
+
+    #[test]
+    fn remove_backend_drops_every_series_of_the_pair_and_keeps_the_rest() {
+        let mut registry = crate::metrics::registry();
+        let m = ConnectionMetrics::new(&mut registry);
+        let ev = |kind, result| ConnEvent {
+            kind,
+            result,
+            duration_ns: 1_000_000,
+            bytes_acked: 10,
+            ..ConnEvent::ZERO
+        };
+        for backend in ["127.0.0.2:80", "127.0.0.3:80"] {
+            for caller in ["a", "b"] {
+                m.connect(&ev(EVENT_ESTABLISHED, RESULT_OK), "web", backend, caller);
+            }
+            m.closed(
+                &ev(EVENT_CLOSED, RESULT_RESET),
+                "web",
+                backend,
+                Some("a".into()),
+            );
+            m.inbound(backend.to_owned());
+        }
+        let gone = backend_labels("web", "127.0.0.2:80");
+        let callers = BTreeSet::from(["a".to_owned(), "b".to_owned()]);
+        m.remove_backend(&gone, &callers, true);
+        let text = crate::metrics::encode(&registry);
+        assert!(!text.contains("127.0.0.2:80"), "{text}");
+        for family in [
+            "sockmesh_connections_total{",
+            "sockmesh_connect_duration_seconds_count{",
+            "sockmesh_connection_duration_seconds_count{",
+            "sockmesh_bytes_total{",
+            "sockmesh_inbound_connections_total{",
+        ] {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(family) && l.contains("127.0.0.3:80")),
+                "{family} lost the kept backend:\n{text}"
+            );
+        }
     }
 }

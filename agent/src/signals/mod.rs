@@ -16,6 +16,7 @@ pub(crate) mod metrics;
 pub(crate) mod pressure;
 pub(crate) mod ring;
 pub(crate) mod same_node_metrics;
+pub(crate) mod series;
 pub(crate) mod topology;
 mod views;
 pub(crate) mod workloads;
@@ -40,6 +41,7 @@ use self::{
     kernel_metrics::{KernelCollector, KernelSnapshot, WorkloadSample},
     metrics::{BoundedLabel, ConnectionMetrics},
     pressure::gauges::MapPressure,
+    series::BackendSeries,
     topology::{CallerLabels, Topology},
     workloads::ResolvedWorkload,
 };
@@ -61,6 +63,9 @@ struct Inner {
     views: Vec<ServiceView>,
     tcp: BTreeMap<BackendKey, BackendTcpStats>,
     overflow_reported: u64,
+    /// Which (service, backend) series exist, and when those of removed backends go.
+    series: BackendSeries,
+    backend_overflow_reported: u64,
     /// Lines, per-backend and per-workload history for `/v1/lines`, `/v1/top`, `/v1/diagnose`.
     diag: Recorder,
 }
@@ -89,6 +94,7 @@ impl Signals {
     pub(crate) fn new(
         mut maps: SignalMaps,
         max_callers: usize,
+        max_series: usize,
         cgroup2: PathBuf,
         registry: &mut Registry,
     ) -> Arc<Self> {
@@ -110,6 +116,8 @@ impl Signals {
                 views: Vec::new(),
                 tcp: BTreeMap::new(),
                 overflow_reported: 0,
+                series: BackendSeries::new(max_series),
+                backend_overflow_reported: 0,
                 diag: Recorder::new(tokio::time::Instant::now()),
             }),
             maps: Mutex::new(maps),
@@ -146,8 +154,25 @@ impl Signals {
                 "could not create all per-backend stats entries yet; retrying every second"
             );
         }
+        let graces: BTreeMap<&str, std::time::Duration> = config
+            .services
+            .iter()
+            .map(|s| (s.name.as_str(), s.drain_grace.0))
+            .collect();
+        let mut configured: BTreeMap<String, (BTreeSet<String>, std::time::Duration)> =
+            BTreeMap::new();
+        for v in views {
+            let grace = graces.get(v.name.as_str()).copied().unwrap_or_default();
+            let entry = configured
+                .entry(v.name.clone())
+                .or_insert_with(|| (BTreeSet::new(), grace));
+            entry.0.extend(v.backends.iter().map(|b| b.addr.clone()));
+        }
         {
             let mut inner = self.inner.lock().expect("signals lock");
+            inner
+                .series
+                .set_config(tokio::time::Instant::now(), &configured);
             inner.topology = topology;
             inner.views = views.to_vec();
             inner.workload_specs = config.workloads.clone();
@@ -209,6 +234,7 @@ impl Signals {
             callers,
             aggregates,
             diag,
+            series,
             ..
         } = &mut *inner;
         let service = topology.service(ev.service_id).to_owned();
@@ -232,7 +258,9 @@ impl Signals {
                 let caller = callers.label(ev.cgroup_id);
                 let now = tokio::time::Instant::now();
                 diag.on_connect(now, &service, &backend, &caller, &ev);
-                m.connect(&ev, &service, &backend, &caller);
+                let label = series.label(&service, &backend);
+                series.note_caller(&service, &label, &caller);
+                m.connect(&ev, &service, &label, &caller);
                 aggregates.fold(&ev, || Failure {
                     unix_ms: unix_ms_now(),
                     service,
@@ -245,7 +273,11 @@ impl Signals {
             EVENT_CLOSED => {
                 // Only a reset is counted per caller (labelling one may fold it into `other`).
                 let reset_by = (ev.result == RESULT_RESET).then(|| callers.label(ev.cgroup_id));
-                m.closed(&ev, &service, &backend, reset_by);
+                let label = series.label(&service, &backend);
+                if let Some(caller) = &reset_by {
+                    series.note_caller(&service, &label, caller);
+                }
+                m.closed(&ev, &service, &label, reset_by);
                 aggregates.fold(&ev, || unreachable!("closed events are not failures"));
             }
             _ => {}
@@ -254,6 +286,14 @@ impl Signals {
         if overflow > inner.overflow_reported {
             m.labels_folded(BoundedLabel::Caller, overflow - inner.overflow_reported);
             inner.overflow_reported = overflow;
+        }
+        let overflow = inner.series.overflowed;
+        if overflow > inner.backend_overflow_reported {
+            m.labels_folded(
+                BoundedLabel::Backend,
+                overflow - inner.backend_overflow_reported,
+            );
+            inner.backend_overflow_reported = overflow;
         }
     }
 
@@ -310,16 +350,7 @@ impl Signals {
             .flat_map(|w| w.cgroup_ids.iter().map(|id| (*id, w.name.clone())))
             .collect();
         inner.callers.set_workloads(by_cgroup);
-        let backends = tcp
-            .iter()
-            .map(|(k, s)| {
-                let labels = BackendLabels {
-                    service: inner.topology.service(k.service_id).to_owned(),
-                    backend: inner.topology.backend(k.backend_id).to_owned(),
-                };
-                (labels, *s)
-            })
-            .collect();
+        let backends = self.kernel_rows(&mut inner, &tcp, now);
         let snapshot = KernelSnapshot {
             backends,
             workloads: samples,
@@ -332,6 +363,69 @@ impl Signals {
         *self.snapshot.lock().expect("snapshot lock") = snapshot;
         inner.tcp = tcp;
         inner.workloads = resolved;
+    }
+}
+
+impl Signals {
+    /// The kernel snapshot's per-backend rows: admitted pairs under their own labels, the
+    /// rest (over `--max-series`) summed into their service's `other` row. Also removes the
+    /// series of pairs whose drain grace after leaving the config has passed.
+    fn kernel_rows(
+        &self,
+        inner: &mut Inner,
+        tcp: &BTreeMap<BackendKey, BackendTcpStats>,
+        now: tokio::time::Instant,
+    ) -> Vec<(BackendLabels, BackendTcpStats)> {
+        let Inner {
+            topology, series, ..
+        } = inner;
+        for gone in series.expire(now) {
+            let inbound_gone = !topology.backend_by_addr.contains_key(&gone.labels.backend);
+            self.metrics
+                .remove_backend(&gone.labels, &gone.callers, inbound_gone);
+        }
+        let mut rows = Vec::with_capacity(tcp.len());
+        let mut folded: BTreeMap<String, BackendTcpStats> = BTreeMap::new();
+        for (k, s) in tcp {
+            let service = topology.service(k.service_id);
+            let backend = topology.backend(k.backend_id);
+            if series.admit(service, backend) {
+                let labels = BackendLabels {
+                    service: service.to_owned(),
+                    backend: backend.to_owned(),
+                };
+                rows.push((labels, *s));
+            } else {
+                add_stats(
+                    folded
+                        .entry(service.to_owned())
+                        .or_insert(BackendTcpStats::ZERO),
+                    s,
+                );
+            }
+        }
+        for (service, s) in folded {
+            series.admit(&service, topology::OTHER);
+            let labels = BackendLabels {
+                service,
+                backend: topology::OTHER.to_owned(),
+            };
+            rows.push((labels, s));
+        }
+        rows
+    }
+}
+
+/// Adds `b`'s counters and histogram to `a` (backends folded into `other`).
+fn add_stats(a: &mut BackendTcpStats, b: &BackendTcpStats) {
+    a.established += b.established;
+    a.closed += b.closed;
+    a.retransmits += b.retransmits;
+    a.rtos += b.rtos;
+    a.srtt_count += b.srtt_count;
+    a.srtt_sum_us += b.srtt_sum_us;
+    for (x, y) in a.srtt_hist.iter_mut().zip(b.srtt_hist.iter()) {
+        *x += y;
     }
 }
 
