@@ -20,6 +20,7 @@ use serde_json::json;
 use sockmesh_bpf_tests::cluster::{service_backends, Cluster, ClusterOptions, NodeSpec, PodSpec};
 use sockmesh_bpf_tests::{sum_metric, BackendMode, ConnectClient, RunningClient};
 
+use crate::bench::proc_stats;
 use crate::demo::screen::Screen;
 use crate::{agent_build, interrupt, setup};
 
@@ -39,27 +40,10 @@ pub struct ClusterArgs {
     rate: u32,
 }
 
-/// (RSS in MiB, CPU seconds) of a process, from /proc; zeros once it is gone.
+/// (RSS in MiB, CPU seconds) of a process; zeros once it is gone.
 fn usage(pid: u32) -> (f64, f64) {
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        })
-        .unwrap_or(0.0);
-    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let rest = stat.get(stat.rfind(')')? + 2..)?.to_owned();
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
-        })
-        .unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (rss / 1024.0, cpu / hz)
+    let rss = proc_stats::memory(pid).map_or(0.0, |m| m.rss_kib as f64 / 1024.0);
+    (rss, proc_stats::cpu_seconds(pid).unwrap_or(0.0))
 }
 
 pub fn run(args: &ClusterArgs) -> Result<()> {

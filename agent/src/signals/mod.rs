@@ -259,8 +259,8 @@ impl Signals {
                 let now = tokio::time::Instant::now();
                 diag.on_connect(now, &service, &backend, &caller, &ev);
                 let label = series.label(&service, &backend);
-                series.note_caller(&service, &label, &caller);
-                m.connect(&ev, &service, &label, &caller);
+                series.note_caller(&service, label, &caller);
+                m.connect(&ev, &service, label, &caller);
                 aggregates.fold(&ev, || Failure {
                     unix_ms: unix_ms_now(),
                     service,
@@ -275,9 +275,9 @@ impl Signals {
                 let reset_by = (ev.result == RESULT_RESET).then(|| callers.label(ev.cgroup_id));
                 let label = series.label(&service, &backend);
                 if let Some(caller) = &reset_by {
-                    series.note_caller(&service, &label, caller);
+                    series.note_caller(&service, label, caller);
                 }
-                m.closed(&ev, &service, &label, reset_by);
+                m.closed(&ev, &service, label, reset_by);
                 aggregates.fold(&ev, || unreachable!("closed events are not failures"));
             }
             _ => {}

@@ -46,7 +46,10 @@ pub(crate) struct Expired {
 #[derive(Debug)]
 pub(crate) struct BackendSeries {
     max: usize,
-    pairs: HashMap<BackendLabels, Pair>,
+    /// Admitted pairs, service -> backend label -> pair: nested so the per-event lookups
+    /// borrow the event's strings instead of allocating a key, and a service's pairs are
+    /// found without a scan. A service has an entry only while it has a pair.
+    pairs: HashMap<String, HashMap<String, Pair>>,
     /// Admitted pairs with an address as backend (the ones the budget counts).
     budgeted: usize,
     /// Each configured service's drain grace; a service that left keeps its last one.
@@ -68,12 +71,12 @@ impl BackendSeries {
 
     /// The backend label value for a series of (service, backend): the backend if the pair
     /// is admitted (admitting it if the budget allows), else `other`, counted as folded.
-    pub(crate) fn label(&mut self, service: &str, backend: &str) -> String {
+    pub(crate) fn label<'a>(&mut self, service: &str, backend: &'a str) -> &'a str {
         if self.admit(service, backend) {
-            backend.to_owned()
+            backend
         } else {
             self.overflowed += 1;
-            OTHER.to_owned()
+            OTHER
         }
     }
 
@@ -81,11 +84,11 @@ impl BackendSeries {
     /// means its series fold into `other`. Nothing is counted (a scrape-time read, once a
     /// second, is not a folded value).
     pub(crate) fn admit(&mut self, service: &str, backend: &str) -> bool {
-        let labels = BackendLabels {
-            service: service.to_owned(),
-            backend: backend.to_owned(),
-        };
-        if self.pairs.contains_key(&labels) {
+        if self
+            .pairs
+            .get(service)
+            .is_some_and(|b| b.contains_key(backend))
+        {
             return true;
         }
         let counts = !reserved(backend);
@@ -93,20 +96,33 @@ impl BackendSeries {
             return false;
         }
         self.budgeted += usize::from(counts);
-        self.pairs.insert(labels, Pair::default());
+        self.service_pairs(service)
+            .insert(backend.to_owned(), Pair::default());
         true
     }
 
     /// A connection series of (service, `backend_label`) was written for `caller`.
     pub(crate) fn note_caller(&mut self, service: &str, backend_label: &str, caller: &str) {
-        let labels = BackendLabels {
-            service: service.to_owned(),
-            backend: backend_label.to_owned(),
-        };
-        let pair = self.pairs.entry(labels).or_default();
-        if !pair.callers.contains(caller) {
-            pair.callers.insert(caller.to_owned());
+        let known = self
+            .pairs
+            .get(service)
+            .and_then(|b| b.get(backend_label))
+            .is_some_and(|p| p.callers.contains(caller));
+        if known {
+            return;
         }
+        let pair = self
+            .service_pairs(service)
+            .entry(backend_label.to_owned())
+            .or_default();
+        pair.callers.insert(caller.to_owned());
+    }
+
+    fn service_pairs(&mut self, service: &str) -> &mut HashMap<String, Pair> {
+        if !self.pairs.contains_key(service) {
+            self.pairs.insert(service.to_owned(), HashMap::new());
+        }
+        self.pairs.get_mut(service).expect("inserted above")
     }
 
     /// A new config: `configured` maps each service to its backends and drain grace. Pairs no
@@ -120,45 +136,44 @@ impl BackendSeries {
         for (service, (_, grace)) in configured {
             self.graces.insert(service.clone(), *grace);
         }
-        for (labels, pair) in &mut self.pairs {
-            let kept = configured
-                .get(&labels.service)
-                .is_some_and(|(backends, _)| {
-                    reserved(&labels.backend) || backends.contains(&labels.backend)
-                });
-            if kept {
-                pair.due = None;
-            } else if pair.due.is_none() {
-                let grace = self
-                    .graces
-                    .get(&labels.service)
-                    .copied()
-                    .unwrap_or_default();
-                pair.due = Some(now + grace);
+        for (service, pairs) in &mut self.pairs {
+            let backends = configured.get(service).map(|(b, _)| b);
+            let grace = self.graces.get(service).copied().unwrap_or_default();
+            for (backend, pair) in pairs {
+                let kept = backends.is_some_and(|b| reserved(backend) || b.contains(backend));
+                if kept {
+                    pair.due = None;
+                } else if pair.due.is_none() {
+                    pair.due = Some(now + grace);
+                }
             }
         }
-        self.graces.retain(|s, _| {
-            configured.contains_key(s) || self.pairs.keys().any(|l| &l.service == s)
-        });
+        self.graces
+            .retain(|s, _| configured.contains_key(s) || self.pairs.contains_key(s));
     }
 
     /// The pairs due at `now`, forgotten (their budget freed); their series are to go.
     pub(crate) fn expire(&mut self, now: Instant) -> Vec<Expired> {
-        let due: Vec<BackendLabels> = self
-            .pairs
-            .iter()
-            .filter(|(_, p)| p.due.is_some_and(|d| d <= now))
-            .map(|(l, _)| l.clone())
-            .collect();
-        let mut out = Vec::with_capacity(due.len());
-        for labels in due {
-            let pair = self.pairs.remove(&labels).expect("listed above");
-            self.budgeted -= usize::from(!reserved(&labels.backend));
-            out.push(Expired {
-                labels,
-                callers: pair.callers,
-            });
+        let mut out = Vec::new();
+        for (service, pairs) in &mut self.pairs {
+            let due: Vec<String> = pairs
+                .iter()
+                .filter(|(_, p)| p.due.is_some_and(|d| d <= now))
+                .map(|(b, _)| b.clone())
+                .collect();
+            for backend in due {
+                let pair = pairs.remove(&backend).expect("listed above");
+                self.budgeted -= usize::from(!reserved(&backend));
+                out.push(Expired {
+                    labels: BackendLabels {
+                        service: service.clone(),
+                        backend,
+                    },
+                    callers: pair.callers,
+                });
+            }
         }
+        self.pairs.retain(|_, pairs| !pairs.is_empty());
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
         out
     }
@@ -166,7 +181,7 @@ impl BackendSeries {
     /// Admitted pairs (reserved rows included).
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.pairs.len()
+        self.pairs.values().map(HashMap::len).sum()
     }
 }
 

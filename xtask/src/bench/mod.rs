@@ -26,7 +26,7 @@ mod bpf_stats;
 mod config_apply;
 mod haproxy;
 pub mod loadgen;
-mod proc_stats;
+pub(crate) mod proc_stats;
 mod refusal;
 mod report;
 mod same_node;
