@@ -242,7 +242,7 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
                     status: &status,
                     node: &opts.node,
                 };
-                let _ = reconcile.take(change, started).await;
+                let _ = reconcile.take(change, None, started).await;
             }
             Some(offer) = next_offer(&mut offers) => {
                 let started = Instant::now();
@@ -260,7 +260,8 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
                     status: &status,
                     node: &opts.node,
                 };
-                let _ = offer.reply.send(reconcile.take(change, started).await);
+                let fingerprint = Some(offer.fingerprint);
+                let _ = offer.reply.send(reconcile.take(change, fingerprint, started).await);
             }
         }
     }
@@ -284,8 +285,14 @@ struct Reconcile<'a> {
 impl Reconcile<'_> {
     /// Applies a valid config, or records why a change was refused; on any failure the
     /// previous config stays active. The file watcher and the control follower share it.
+    /// `fingerprint`: the config's, when the source already computed it.
     /// `started`: when reading the change began (its apply time is measured from there).
-    async fn take(&mut self, change: Change, started: Instant) -> Result<(), String> {
+    async fn take(
+        &mut self,
+        change: Change,
+        fingerprint: Option<String>,
+        started: Instant,
+    ) -> Result<(), String> {
         let received = match change {
             Change::Valid(cfg) => cfg,
             Change::Invalid(e) => {
@@ -294,7 +301,7 @@ impl Reconcile<'_> {
             }
         };
         // Acks and /status name the config as received; the tables hold this node's part.
-        let fingerprint = received.fingerprint();
+        let fingerprint = fingerprint.unwrap_or_else(|| received.fingerprint());
         let cfg = received.into_node(self.node);
         match self.dataplane.apply(&cfg, self.overlay, Some(self.current)) {
             Ok(views) => {

@@ -86,9 +86,10 @@ impl Api {
                 agent,
                 after,
                 timeout,
+                delta,
             } => {
                 self.note_agent(agent.as_deref());
-                self.watch(after, timeout).await
+                self.watch(after, timeout, delta).await
             }
             ApiRequest::Ack(ack) => {
                 self.hub.ack(&ack);
@@ -140,13 +141,25 @@ impl Api {
     /// until the timeout and answers 204. "Not `after`" rather than "newer than `after`":
     /// an agent that is ahead (this control plane lost its history) is brought back to
     /// what is served now instead of waiting forever.
-    async fn watch(&self, after: u64, timeout: Duration) -> Reply {
+    ///
+    /// `delta`: the agent reads `Update`s; it gets the head as a delta from `after` when
+    /// `after` is still kept, else as a snapshot.
+    async fn watch(&self, after: u64, timeout: Duration, delta: bool) -> Reply {
         let mut heads = self.hub.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Some(head) = heads.borrow_and_update().clone() {
+            let head = heads.borrow_and_update().clone();
+            if let Some(head) = head {
                 if head.version != after {
-                    return snapshot_reply(&head);
+                    if !delta {
+                        return snapshot_reply(&head);
+                    }
+                    let body = self
+                        .hub
+                        .revision(after)
+                        .and_then(|base| head.delta_json(&base));
+                    self.hub.metrics.served(body.is_some());
+                    return json_bytes(body.unwrap_or_else(|| head.update_json()));
                 }
             }
             match tokio::time::timeout_at(deadline, heads.changed()).await {
@@ -164,10 +177,14 @@ impl Api {
 }
 
 fn snapshot_reply(revision: &Revision) -> Reply {
+    json_bytes(revision.snapshot_json())
+}
+
+fn json_bytes(body: Bytes) -> Reply {
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(revision.snapshot_json()))
+        .body(Full::new(body))
         .expect("static response parts are valid")
 }
 

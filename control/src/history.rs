@@ -13,8 +13,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::diff::diff;
-use sockmesh_model::protocol::{Changes, HistoryEntry, Origin, Snapshot};
-use sockmesh_model::MeshConfig;
+use sockmesh_model::protocol::{Changes, DeltaUpdate, HistoryEntry, Origin, Snapshot, Update};
+use sockmesh_model::{ConfigDelta, MeshConfig};
 
 /// How many revisions are kept unless `--keep` says otherwise.
 pub const DEFAULT_KEEP: usize = 20;
@@ -33,6 +33,13 @@ pub struct Revision {
     /// large mesh is worth serializing only once per version.
     #[serde(skip)]
     snapshot_json: OnceLock<Bytes>,
+    /// The same as an [`Update::Snapshot`], for agents that read deltas.
+    #[serde(skip)]
+    update_json: OnceLock<Bytes>,
+    /// The [`Update::Delta`] from the version before this one (what every agent that keeps
+    /// up asks for), made once; `None` inside when only a snapshot can say it.
+    #[serde(skip)]
+    delta_from_previous: OnceLock<Option<Bytes>>,
 }
 
 impl Revision {
@@ -59,6 +66,33 @@ impl Revision {
             .clone()
     }
 
+    /// [`Revision::snapshot`] as an [`Update::Snapshot`] (JSON, made on first use).
+    pub fn update_json(&self) -> Bytes {
+        self.update_json
+            .get_or_init(|| to_json(&Update::Snapshot(self.snapshot())))
+            .clone()
+    }
+
+    /// This revision as an [`Update::Delta`] from `base` (JSON), or `None` when only a
+    /// snapshot can say it. The one from the version just before is made once.
+    pub fn delta_json(&self, base: &Revision) -> Option<Bytes> {
+        let make = || {
+            let delta = ConfigDelta::between(&base.config, &self.config)?;
+            Some(to_json(&Update::<&MeshConfig>::Delta(DeltaUpdate {
+                version: self.version,
+                from: base.version,
+                fingerprint: self.fingerprint.clone(),
+                created_unix_ms: self.created_unix_ms,
+                delta,
+            })))
+        };
+        if base.version + 1 == self.version {
+            self.delta_from_previous.get_or_init(make).clone()
+        } else {
+            make()
+        }
+    }
+
     pub fn entry(&self) -> HistoryEntry {
         HistoryEntry {
             version: self.version,
@@ -69,6 +103,12 @@ impl Revision {
             changes: self.changes.clone(),
         }
     }
+}
+
+fn to_json<T: Serialize>(value: &T) -> Bytes {
+    let mut body = serde_json::to_vec(value).expect("replies always serialize to JSON");
+    body.push(b'\n');
+    Bytes::from(body)
 }
 
 /// What [`History::commit`] did.
@@ -178,6 +218,8 @@ impl History {
             changes,
             config,
             snapshot_json: OnceLock::new(),
+            update_json: OnceLock::new(),
+            delta_from_previous: OnceLock::new(),
         });
         self.revisions.push_back(revision.clone());
         let evicted = self.evict();

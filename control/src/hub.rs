@@ -4,7 +4,8 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -24,6 +25,27 @@ pub struct HubMetrics {
     pub config_version: Gauge,
     /// `sockmesh_control_rejected_total`: source edits refused.
     pub rejected: Counter,
+    /// `sockmesh_control_updates_served_total{kind}`: watch replies to agents that read
+    /// deltas, by what they carried.
+    pub updates_served: Family<UpdateKind, Counter>,
+}
+
+/// How a version reached an agent that reads deltas.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpdateKind {
+    /// `delta` or `snapshot` (the agent's version was no longer kept, or only a snapshot
+    /// could say the change).
+    pub kind: &'static str,
+}
+
+impl HubMetrics {
+    /// Counts one watch reply to a delta-reading agent.
+    pub fn served(&self, delta: bool) {
+        let kind = if delta { "delta" } else { "snapshot" };
+        self.updates_served
+            .get_or_create(&UpdateKind { kind })
+            .inc();
+    }
 }
 
 pub type Head = Option<Arc<Revision>>;

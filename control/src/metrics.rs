@@ -4,6 +4,8 @@
 //!
 //! - `sockmesh_control_config_version`: the head's version.
 //! - `sockmesh_control_rejected_total`: source edits refused (never served).
+//! - `sockmesh_control_updates_served_total{kind}`: versions sent to delta-reading agents as
+//!   a `delta` or as a whole `snapshot`.
 //! - `sockmesh_control_agent_version{agent}`: the version each agent last applied (0: none).
 //! - `sockmesh_control_agent_sync_age_seconds{agent}`: 0 while the agent runs the head, else
 //!   how long since the first version it lacks was made; alert when it stays above a bound.
@@ -84,6 +86,11 @@ pub fn registry(hub: &Arc<Hub>) -> Registry {
         "rejected",
         "Edits of the source refused by validation (never served)",
         hub.metrics.rejected.clone(),
+    );
+    registry.register(
+        "updates_served",
+        "Watch replies to agents that read deltas, by kind (delta, or snapshot when the agent's version is no longer kept)",
+        hub.metrics.updates_served.clone(),
     );
     registry.register_collector(Box::new(AgentCollector { hub: hub.clone() }));
     registry

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use control_process::{fingerprint, mesh, Control, TOKEN};
 use serde_json::json;
 use sockmesh_cli::control::ControlError;
-use sockmesh_model::protocol::Snapshot;
+use sockmesh_model::protocol::{Snapshot, Update};
 
 const PATHS: [&str; 6] = [
     "/v1/snapshot",
@@ -338,6 +338,66 @@ fn acks_show_per_agent_versions_and_sync_age_in_metrics() {
             ),
             "{bad}"
         );
+    }
+}
+
+/// `delta=1`: a version the agent can reach from its own comes as the services that changed;
+/// one it cannot (its version is not kept, or only the order changed) as a snapshot.
+#[test]
+fn watches_that_read_deltas_get_the_changed_services_only() {
+    let v1 = mesh(&[("web", 1, 1), ("api", 2, 1), ("db", 3, 1)]);
+    let control = Control::start(&v1);
+    let v2 = mesh(&[("web", 1, 1), ("api", 2, 7), ("db", 3, 1)]);
+    control.write_config(&v2);
+    control.wait_version(2);
+
+    let r = control.raw_get(
+        "/v1/watch?after=1&timeout=1s&delta=1",
+        Some(&format!("Bearer {TOKEN}")),
+    );
+    assert_eq!(r.status, 200);
+    let update: Update = serde_json::from_slice(&r.body).unwrap();
+    let Update::Delta(d) = update else {
+        panic!("expected a delta: {}", String::from_utf8_lossy(&r.body))
+    };
+    assert_eq!((d.from, d.version), (1, 2));
+    assert_eq!(d.fingerprint, fingerprint(&v2));
+    let changed: Vec<&str> = d.delta.changed.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(changed, ["api"]);
+    assert!(d.delta.added.is_empty() && d.delta.removed.is_empty());
+    let base = sockmesh_model::parse_config(&v1).unwrap();
+    assert_eq!(
+        d.delta.apply(base).unwrap(),
+        sockmesh_model::parse_config(&v2).unwrap()
+    );
+    assert!(r.body.len() < 1024, "{} bytes", r.body.len());
+
+    // Not kept (version 0 never existed): the head, whole.
+    let r = control.raw_get(
+        "/v1/watch?after=0&timeout=1s&delta=1",
+        Some(&format!("Bearer {TOKEN}")),
+    );
+    let Update::Snapshot(snap) = serde_json::from_slice::<Update>(&r.body).unwrap() else {
+        panic!("expected a snapshot")
+    };
+    assert_eq!(snap.version, 2);
+    // Only the order changed: a snapshot too.
+    control.write_config(&mesh(&[("db", 3, 1), ("web", 1, 1), ("api", 2, 7)]));
+    control.wait_version(3);
+    let r = control.raw_get(
+        "/v1/watch?after=2&timeout=1s&delta=1",
+        Some(&format!("Bearer {TOKEN}")),
+    );
+    assert!(matches!(
+        serde_json::from_slice::<Update>(&r.body).unwrap(),
+        Update::Snapshot(_)
+    ));
+    let metrics = control.metrics_text();
+    for line in [
+        "sockmesh_control_updates_served_total{kind=\"delta\"} 1\n",
+        "sockmesh_control_updates_served_total{kind=\"snapshot\"} 2\n",
+    ] {
+        assert!(metrics.contains(line), "{line:?} missing:\n{metrics}");
     }
 }
 

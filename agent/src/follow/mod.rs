@@ -1,11 +1,14 @@
 //! `--control URL`: the agent follows the control plane instead of a file.
 //!
 //! ```text
-//! start:  GET /v1/snapshot ── answer ──> apply, persist, ack
+//! start:  GET /v1/snapshot ── answer ──> apply, ack, persist (in the background)
 //!                          └─ none (3 s) ──> last-applied.yaml from --state-dir, if any
-//! follow: GET /v1/snapshot, then GET /v1/watch?after=V (long-poll) ... for ever
-//!         each version: offer it to the runtime (which applies it to the kernel or
-//!         refuses it, keeping what it had), persist it when applied, POST /v1/ack
+//! follow: GET /v1/snapshot, then GET /v1/watch?after=V&delta=1 (long-poll) ... for ever
+//!         each version: a delta from V (applied to the config the kernel runs, and
+//!         checked against the control plane's fingerprint; a snapshot when it does not
+//!         fit), or a snapshot when V is no longer kept; offer it to the runtime (which
+//!         applies it to the kernel or refuses it, keeping what it had), POST /v1/ack,
+//!         and persist it when applied
 //!         any error: reconnect after a capped exponential backoff with jitter, and
 //!         start over with a snapshot (which also re-sends the ack that may have been lost)
 //! ```
@@ -23,7 +26,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use sockmesh_model::protocol::{
-    decode_config, Ack, ErrorBody, Snapshot, ACK_PATH, SNAPSHOT_PATH, WATCH_PATH,
+    decode_config, Ack, DeltaUpdate, ErrorBody, Snapshot, Update, ACK_PATH, SNAPSHOT_PATH,
+    WATCH_PATH,
 };
 use sockmesh_model::ControlAddress;
 use sockmesh_model::MeshConfig;
@@ -78,6 +82,8 @@ pub(crate) struct Offer {
     /// `Err`: the snapshot could not even be read into the model (a field this agent does
     /// not know); the runtime counts and reports it like any rejected config.
     pub config: Result<MeshConfig, String>,
+    /// `config.fingerprint()`, already checked against the control plane's.
+    pub fingerprint: String,
     pub reply: oneshot::Sender<Result<(), String>>,
 }
 
@@ -85,6 +91,7 @@ pub(crate) struct Offer {
 /// its own; versions come out of the returned channel. The task ends when it is dropped.
 pub(crate) fn spawn(opts: FollowOptions, start: Start) -> mpsc::Receiver<Offer> {
     let (offers, rx) = mpsc::channel(1);
+    let (opts_state_dir, opts_control) = (opts.state_dir.clone(), opts.address.to_string());
     let follower = Follower {
         client: Client::new(opts.address.clone(), opts.token.clone()),
         seen: start.snapshot.version,
@@ -94,6 +101,7 @@ pub(crate) fn spawn(opts: FollowOptions, start: Start) -> mpsc::Receiver<Offer> 
         rejected: None,
         backoff: Backoff::new(BACKOFF_BASE, BACKOFF_CAP, Backoff::seed()),
         down: None,
+        saver: persist::spawn_saver(opts_state_dir, opts_control),
     };
     if !start.from_disk {
         follower.persist();
@@ -123,6 +131,8 @@ struct Follower {
     backoff: Backoff,
     /// Since when, and with which error, the control plane is unreachable.
     down: Option<(Instant, String)>,
+    /// Writes `last-applied.yaml` off the path of the ack.
+    saver: tokio::sync::watch::Sender<Option<Persisted>>,
 }
 
 impl Follower {
@@ -160,11 +170,9 @@ impl Follower {
 
     /// One connection's worth of following; returns why it ended.
     async fn follow(&mut self) -> Stop {
-        let path = format!("{SNAPSHOT_PATH}?agent={}", self.opts.node);
-        let snap = match fetch(&self.client, &path, REQUEST_TIMEOUT).await {
-            Ok(Some(snap)) => snap,
-            Ok(None) => return Stop::Control("no snapshot in the reply".into()),
-            Err(e) => return Stop::Control(e),
+        let snap = match self.snapshot().await {
+            Ok(snap) => snap,
+            Err(stop) => return stop,
         };
         if let Some((since, _)) = self.down.take() {
             info!(after = ?since.elapsed(), control = %self.opts.address, "control plane reachable again");
@@ -175,27 +183,104 @@ impl Follower {
         let timeout = self.opts.watch_timeout;
         loop {
             let path = format!(
-                "{WATCH_PATH}?after={}&timeout={}ms&agent={}",
+                "{WATCH_PATH}?after={}&timeout={}ms&agent={}&delta=1",
                 self.seen,
                 timeout.as_millis(),
                 self.opts.node
             );
-            match fetch(&self.client, &path, timeout + WATCH_GRACE).await {
-                Ok(Some(snap)) => {
-                    if let Err(stop) = self.take(snap).await {
-                        return stop;
-                    }
-                }
-                Ok(None) => {}
+            let taken = match fetch(&self.client, &path, timeout + WATCH_GRACE).await {
+                Ok(Some(Update::Snapshot(snap))) => self.take(snap).await,
+                Ok(Some(Update::Delta(delta))) => self.take_delta(delta).await,
+                Ok(None) => Ok(()),
                 Err(e) => return Stop::Control(e),
+            };
+            if let Err(stop) = taken {
+                return stop;
             }
             // A watch went through: the next failure starts the backoff from the bottom.
             self.backoff.reset();
         }
     }
 
-    /// Applies (or refuses) one version and acks it.
+    /// The head, whole (`GET /v1/snapshot`).
+    async fn snapshot(&self) -> Result<Snapshot<serde_json::Value>, Stop> {
+        let path = format!("{SNAPSHOT_PATH}?agent={}", self.opts.node);
+        match fetch(&self.client, &path, REQUEST_TIMEOUT).await {
+            Ok(Some(snap)) => Ok(snap),
+            Ok(None) => Err(Stop::Control("no snapshot in the reply".into())),
+            Err(e) => Err(Stop::Control(e)),
+        }
+    }
+
+    /// Takes a version that came as a delta: applied to the config the kernel runs, it must
+    /// give the control plane's fingerprint. A delta from another version than the applied
+    /// one (this agent refused the one in between), one that does not fit, or a result with
+    /// another fingerprint is not guessed at: the agent takes the head's snapshot instead.
+    async fn take_delta(&mut self, update: DeltaUpdate) -> Result<(), Stop> {
+        let version = update.version;
+        let assembled = if update.from != self.applied.version {
+            Err(format!(
+                "it applies to version {}, this agent runs {}",
+                update.from, self.applied.version
+            ))
+        } else {
+            match update.delta.apply(self.applied.config.clone()) {
+                Ok(config) => match config.fingerprint() {
+                    fp if fp == update.fingerprint => Ok(config),
+                    fp => Err(format!(
+                        "the assembled config has fingerprint {fp}, the control plane's is {}",
+                        update.fingerprint
+                    )),
+                },
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        match assembled {
+            Ok(config) => {
+                debug!(
+                    version,
+                    services = update.delta.services().count(),
+                    "version arrived as a delta"
+                );
+                let snap = Snapshot {
+                    version,
+                    fingerprint: update.fingerprint,
+                    created_unix_ms: update.created_unix_ms,
+                    service_versions: Default::default(),
+                    config,
+                };
+                self.take_decoded(snap).await
+            }
+            Err(why) => {
+                warn!(version, reason = %why, "a delta did not fit; taking a snapshot instead");
+                let snap = self.snapshot().await?;
+                self.take(snap).await
+            }
+        }
+    }
+
+    /// Applies (or refuses) one version read whole, and acks it.
     async fn take(&mut self, snap: Snapshot<serde_json::Value>) -> Result<(), Stop> {
+        let (snap, config) = split(snap);
+        let config = decode_config(config).map_err(|e| e.to_string());
+        self.take_version(with_config(snap, config)).await
+    }
+
+    /// Applies (or refuses) one version assembled from a delta, and acks it.
+    async fn take_decoded(&mut self, snap: Snapshot) -> Result<(), Stop> {
+        let (snap, config) = split(snap);
+        let config = config
+            .validate()
+            .map(|()| config)
+            .map_err(|e| e.to_string());
+        self.take_version(with_config(snap, config)).await
+    }
+
+    /// Applies (or refuses) one version and acks it.
+    async fn take_version(
+        &mut self,
+        snap: Snapshot<Result<MeshConfig, String>>,
+    ) -> Result<(), Stop> {
         let version = snap.version;
         self.seen = version;
         let outcome = if snap.fingerprint == self.applied.fingerprint {
@@ -238,12 +323,13 @@ impl Follower {
     /// Hands a new config to the runtime and waits for its verdict.
     async fn offer(
         &mut self,
-        snap: Snapshot<serde_json::Value>,
+        snap: Snapshot<Result<MeshConfig, String>>,
     ) -> Result<Result<(), String>, Stop> {
-        let config = decode_config(snap.config).map_err(|e| e.to_string());
+        let config = snap.config;
         let (reply, verdict) = oneshot::channel();
         let offer = Offer {
             config: config.clone(),
+            fingerprint: snap.fingerprint.clone(),
             reply,
         };
         self.offers.send(offer).await.map_err(|_| Stop::Stopped)?;
@@ -265,29 +351,53 @@ impl Follower {
         })
     }
 
+    /// Hands the applied snapshot to the background saver.
     fn persist(&self) {
-        if let Err(e) = persist::save(
-            &self.opts.state_dir,
-            &self.applied,
-            &self.opts.address.to_string(),
-        ) {
-            // The version is live either way; only a start during an outage would miss it.
-            error!(error = %format!("{e:#}"), "could not persist the applied snapshot");
-        }
+        self.saver.send_replace(Some(self.applied.clone()));
     }
 }
 
-/// A snapshot from `path` (`GET /v1/snapshot` or a watch); `None` for a watch's 204.
-async fn fetch(
+/// A snapshot's fields, and its config apart.
+fn split<C>(snap: Snapshot<C>) -> (Snapshot<()>, C) {
+    let Snapshot {
+        version,
+        fingerprint,
+        created_unix_ms,
+        service_versions,
+        config,
+    } = snap;
+    let rest = Snapshot {
+        version,
+        fingerprint,
+        created_unix_ms,
+        service_versions,
+        config: (),
+    };
+    (rest, config)
+}
+
+fn with_config<C>(snap: Snapshot<()>, config: C) -> Snapshot<C> {
+    Snapshot {
+        version: snap.version,
+        fingerprint: snap.fingerprint,
+        created_unix_ms: snap.created_unix_ms,
+        service_versions: snap.service_versions,
+        config,
+    }
+}
+
+/// A snapshot from `GET /v1/snapshot`, or an [`Update`] from a watch; `None` for a
+/// watch's 204.
+async fn fetch<T: serde::de::DeserializeOwned>(
     client: &Client,
     path: &str,
     timeout: Duration,
-) -> Result<Option<Snapshot<serde_json::Value>>, String> {
+) -> Result<Option<T>, String> {
     let reply = client.get(path, timeout).await.map_err(|e| e.to_string())?;
     match reply.status.as_u16() {
         200 => serde_json::from_slice(&reply.body)
             .map(Some)
-            .map_err(|e| format!("the snapshot is not what this agent reads: {e}")),
+            .map_err(|e| format!("the reply is not what this agent reads: {e}")),
         204 => Ok(None),
         status => Err(format!("answered {status}: {}", reason(&reply.body))),
     }

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use sockmesh_model::{parse_config, MeshConfig};
+use tokio::sync::watch;
+use tracing::error;
 
 pub(super) const FILE_NAME: &str = "last-applied.yaml";
 const VERSION_KEY: &str = "# control-version: ";
@@ -25,6 +27,30 @@ pub(crate) struct Persisted {
     /// The control plane's fingerprint of this version.
     pub fingerprint: String,
     pub config: MeshConfig,
+}
+
+/// Writes the applied snapshot in the background, newest first: the ack and the next
+/// version never wait for the disk, and a burst of versions costs a write for the last.
+pub(super) fn spawn_saver(state_dir: PathBuf, control: String) -> watch::Sender<Option<Persisted>> {
+    let (tx, mut rx) = watch::channel::<Option<Persisted>>(None);
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let Some(snapshot) = rx.borrow_and_update().clone() else {
+                continue;
+            };
+            let (dir, control) = (state_dir.clone(), control.clone());
+            let saved = tokio::task::spawn_blocking(move || save(&dir, &snapshot, &control)).await;
+            match saved {
+                Ok(Ok(())) => {}
+                // The version is live either way; only a start during an outage would miss it.
+                Ok(Err(e)) => {
+                    error!(error = %format!("{e:#}"), "could not persist the applied snapshot")
+                }
+                Err(e) => error!(error = %e, "persisting the applied snapshot panicked"),
+            }
+        }
+    });
+    tx
 }
 
 pub(super) fn path(state_dir: &Path) -> PathBuf {

@@ -1,7 +1,7 @@
 //! The agent's first config in `--control` mode: the control plane's, or what it last gave.
 
 use anyhow::{bail, Result};
-use sockmesh_model::protocol::{decode_config, SNAPSHOT_PATH};
+use sockmesh_model::protocol::{decode_config, Snapshot, SNAPSHOT_PATH};
 use tracing::warn;
 
 use super::backoff::Backoff;
@@ -25,32 +25,33 @@ pub(crate) async fn start(opts: &FollowOptions) -> Result<Start> {
     let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP, Backoff::seed());
     let path = format!("{SNAPSHOT_PATH}?agent={}", opts.node);
     loop {
-        let failure = match fetch(&client, &path, STARTUP_TIMEOUT).await {
-            Ok(Some(snap)) => {
-                let version = snap.version;
-                match decode_config(snap.config) {
-                    Ok(config) => {
-                        return Ok(Start {
-                            snapshot: Persisted {
-                                version,
-                                fingerprint: snap.fingerprint,
-                                config,
-                            },
-                            from_disk: false,
-                        })
-                    }
-                    Err(e) => {
-                        let error = format!("{e}");
-                        send_ack(&client, opts, version, &Err(error.clone()), None)
-                            .await
-                            .ok();
-                        format!("version {version} cannot be applied: {error}")
+        let failure =
+            match fetch::<Snapshot<serde_json::Value>>(&client, &path, STARTUP_TIMEOUT).await {
+                Ok(Some(snap)) => {
+                    let version = snap.version;
+                    match decode_config(snap.config) {
+                        Ok(config) => {
+                            return Ok(Start {
+                                snapshot: Persisted {
+                                    version,
+                                    fingerprint: snap.fingerprint,
+                                    config,
+                                },
+                                from_disk: false,
+                            })
+                        }
+                        Err(e) => {
+                            let error = format!("{e}");
+                            send_ack(&client, opts, version, &Err(error.clone()), None)
+                                .await
+                                .ok();
+                            format!("version {version} cannot be applied: {error}")
+                        }
                     }
                 }
-            }
-            Ok(None) => "no snapshot in the reply".to_owned(),
-            Err(e) => e,
-        };
+                Ok(None) => "no snapshot in the reply".to_owned(),
+                Err(e) => e,
+            };
         if let Some(snapshot) = persisted {
             warn!(
                 control = %opts.address,

@@ -152,7 +152,7 @@ async fn follows_versions_acks_them_and_persists_what_it_applied() {
         a.applied_version == Some(1)
     })
     .await;
-    assert_eq!(persist::load(&opts.state_dir).unwrap().unwrap().version, 1);
+    wait_persisted(&opts.state_dir, 1).await;
 
     // A new version: offered, applied, persisted, acked. Watches that time out (1 s) in
     // between are fine.
@@ -168,8 +168,8 @@ async fn follows_versions_acks_them_and_persists_what_it_applied() {
     })
     .await;
     assert!(a.ok && a.in_sync, "{a:?}");
-    let saved = persist::load(&opts.state_dir).unwrap().unwrap();
-    assert_eq!((saved.version, saved.config), (2, cfg));
+    let saved = wait_persisted(&opts.state_dir, 2).await;
+    assert_eq!(saved.config, cfg);
 
     // A version the runtime refuses: acked with the error, the applied one stays.
     write(&dir.path().join("mesh.yaml"), &mesh(1, "refused"));
@@ -185,6 +185,23 @@ async fn follows_versions_acks_them_and_persists_what_it_applied() {
     assert!(!a.in_sync, "{a:?}");
     assert!(a.sync_age_seconds <= WAIT.as_secs_f64(), "{a:?}");
     assert_eq!(persist::load(&opts.state_dir).unwrap().unwrap().version, 2);
+}
+
+/// The persisted snapshot once it is `version` (it is written in the background).
+async fn wait_persisted(dir: &std::path::Path, version: u64) -> Persisted {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(Some(p)) = persist::load(dir) {
+            if p.version == version {
+                return p;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "version {version} not persisted in {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]

@@ -31,6 +31,7 @@
 pub mod address;
 pub mod agent_name;
 pub mod config;
+pub mod delta;
 pub mod exposition;
 pub mod protocol;
 pub mod request;
@@ -53,5 +54,6 @@ pub use config::{
     SERVICE_ACCOUNT_LABEL,
 };
 pub use default_config::{default_config, DEFAULT_CONFIG_YAML};
+pub use delta::{AddedService, ConfigDelta, DeltaError};
 pub use token::Token;
 pub use watch::{FileWatch, SourceError, SourceEvent};

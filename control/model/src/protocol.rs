@@ -6,11 +6,13 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ConfigError, MeshConfig};
+use crate::{ConfigDelta, ConfigError, MeshConfig};
 
 /// `GET`: the head revision ([`Snapshot`]); `?version=V` for a kept older one.
 pub const SNAPSHOT_PATH: &str = "/v1/snapshot";
-/// `GET ?after=V&timeout=30s`: the head once it is not `V` (a [`Snapshot`]), or 204.
+/// `GET ?after=V&timeout=30s`: the head once it is not `V` (a [`Snapshot`]), or 204. With
+/// `&delta=1`, an [`Update`]: the head as a delta from `V` when the control plane still
+/// keeps `V`, else as a snapshot.
 pub const WATCH_PATH: &str = "/v1/watch";
 /// `POST` an [`Ack`]: an agent says what it made of a version.
 pub const ACK_PATH: &str = "/v1/ack";
@@ -42,6 +44,28 @@ pub struct Snapshot<C = MeshConfig> {
     /// Per service, the global version at which its spec last changed.
     pub service_versions: BTreeMap<String, u64>,
     pub config: C,
+}
+
+/// A watch's answer to an agent that reads deltas (`delta=1`), tagged by `kind`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Update<C = MeshConfig> {
+    /// The whole config: the first sync, or an agent further behind than the kept history.
+    Snapshot(Snapshot<C>),
+    Delta(DeltaUpdate),
+}
+
+/// Revision `version` as the services that differ from revision `from`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeltaUpdate {
+    pub version: u64,
+    /// The version the delta applies to: the watch's `after`.
+    pub from: u64,
+    /// `MeshConfig::fingerprint()` of the config at `version`: the agent checks the config
+    /// it assembled against it, and asks for a snapshot when they differ.
+    pub fingerprint: String,
+    pub created_unix_ms: u64,
+    pub delta: ConfigDelta,
 }
 
 /// Reads a snapshot's `config` into the model and checks its rules: what an agent does

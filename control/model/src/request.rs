@@ -27,11 +27,14 @@ pub enum ApiRequest {
         agent: Option<String>,
         version: Option<u64>,
     },
-    /// `GET /v1/watch?after=V[&timeout=30s][&agent=NAME]`
+    /// `GET /v1/watch?after=V[&timeout=30s][&agent=NAME][&delta=1]`
     Watch {
         agent: Option<String>,
         after: u64,
         timeout: Duration,
+        /// `delta=1`: the agent reads [`crate::protocol::Update`] replies, so a version
+        /// it can reach from `after` comes as a per-service delta.
+        delta: bool,
     },
     /// `POST /v1/ack` with an [`Ack`] body.
     Ack(Ack),
@@ -116,10 +119,16 @@ pub fn decode(
                     Err(e) => return Err(BadRequest::bad(format!("timeout: {e}"))),
                 },
             };
+            let delta = match query.get("delta") {
+                None | Some("0") => false,
+                Some("1") => true,
+                Some(_) => return Err(BadRequest::bad("delta must be 0 or 1")),
+            };
             Ok(ApiRequest::Watch {
                 agent,
                 after,
                 timeout,
+                delta,
             })
         }
         ("POST", ACK_PATH) => {
@@ -214,7 +223,8 @@ mod tests {
             ApiRequest::Watch {
                 agent: None,
                 after: 3,
-                timeout: Duration::from_secs(5)
+                timeout: Duration::from_secs(5),
+                delta: false,
             }
         );
         assert_eq!(
@@ -222,9 +232,20 @@ mod tests {
             ApiRequest::Watch {
                 agent: None,
                 after: 0,
-                timeout: Duration::from_secs(DEFAULT_WATCH_TIMEOUT_SECS)
+                timeout: Duration::from_secs(DEFAULT_WATCH_TIMEOUT_SECS),
+                delta: false,
             }
         );
+        assert_eq!(
+            decode("GET", WATCH_PATH, "after=2&delta=1", b"").unwrap(),
+            ApiRequest::Watch {
+                agent: None,
+                after: 2,
+                timeout: Duration::from_secs(DEFAULT_WATCH_TIMEOUT_SECS),
+                delta: true,
+            }
+        );
+        assert!(decode("GET", WATCH_PATH, "after=2&delta=yes", b"").is_err());
     }
 
     #[test]
