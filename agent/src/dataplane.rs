@@ -1,13 +1,22 @@
 //! The dataplane as the reconcile loop sees it: pinned maps plus a mirror of what they hold,
 //! and the one operation that matters, "make the kernel match this config".
+//!
+//! A change that touches a few services (a config delta, a ban) is planned for those
+//! services only ([`plan_services`]); the first apply, a change of workloads or enrollment,
+//! a reordered config, and the apply after a failed one are planned whole.
+
+use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context, Result};
-use sockmesh_model::MeshConfig;
+use sockmesh_model::{ConfigDelta, MeshConfig};
 use tracing::{info, warn};
 
 use crate::{
     loader::PinLayout,
-    tables::{kernel::KernelMaps, plan_for, KernelState, Node, Overlay, ServiceView},
+    tables::{
+        kernel::KernelMaps, plan::Plan, plan_for, plan_services, KernelState, Node, Overlay,
+        ServiceView,
+    },
 };
 
 pub(crate) struct Dataplane {
@@ -15,6 +24,11 @@ pub(crate) struct Dataplane {
     mirror: KernelState,
     /// This node's zone (`--zone`), for services with `locality:`.
     node: Node,
+    /// What the last apply made of every service, in config order.
+    views: Vec<ServiceView>,
+    /// The overlay of the last apply; `None` until one succeeded (or after one failed):
+    /// the next plan is then whole.
+    overlay: Option<Overlay>,
 }
 
 impl Dataplane {
@@ -30,6 +44,8 @@ impl Dataplane {
             maps,
             mirror,
             node: Node::default(),
+            views: Vec::new(),
+            overlay: None,
         })
     }
 
@@ -39,33 +55,114 @@ impl Dataplane {
         self
     }
 
-    /// Makes the kernel maps match `config`. On a failed write the kernel holds a consistent
-    /// prefix of the plan; `previous` (the last good config) is then re-applied so the
-    /// mesh keeps routing as before, and the error is returned.
+    /// Makes the kernel maps match `config`. `previous` is the config the kernel holds (the
+    /// last one applied): only the services that differ from it are planned, and on a
+    /// failed write (the kernel then holds a consistent prefix of the plan) it is
+    /// re-applied so the mesh keeps routing as before, and the error is returned.
     pub(crate) fn apply(
         &mut self,
         config: &MeshConfig,
         overlay: &Overlay,
         previous: Option<&MeshConfig>,
     ) -> Result<Vec<ServiceView>> {
+        self.apply_from(config, overlay, previous, previous)
+    }
+
+    /// Makes the kernel maps match a new `overlay` (bans, circuits, shedding) for the
+    /// config they hold: only the services whose overlay entry changed are planned.
+    pub(crate) fn apply_overlay(
+        &mut self,
+        config: &MeshConfig,
+        overlay: &Overlay,
+    ) -> Result<Vec<ServiceView>> {
+        self.apply_from(config, overlay, Some(config), None)
+    }
+
+    fn apply_from(
+        &mut self,
+        config: &MeshConfig,
+        overlay: &Overlay,
+        base: Option<&MeshConfig>,
+        restore: Option<&MeshConfig>,
+    ) -> Result<Vec<ServiceView>> {
         let started = std::time::Instant::now();
-        let plan = plan_for(config, overlay, &self.mirror, &self.node)?;
+        let (plan, planned) = self.plan(config, overlay, base)?;
         let writes = plan.writes.len();
+        // Until this one succeeds, the next plan is whole.
+        let applied_overlay = self.overlay.take();
         if let Err(e) = self.maps.apply(&plan.writes, &mut self.mirror) {
             warn!(error = %e, "applying config failed; restoring the previous config");
             self.mirror = self.maps.read_state()?;
-            if let Some(prev) = previous {
-                let restore = plan_for(prev, overlay, &self.mirror, &self.node)?;
+            if let Some(prev) = restore {
+                let restore_overlay = applied_overlay.as_ref().unwrap_or(overlay);
+                let restore = plan_for(prev, restore_overlay, &self.mirror, &self.node)?;
                 self.maps.apply(&restore.writes, &mut self.mirror)?;
             }
             return Err(e.into());
         }
+        self.views = match planned {
+            None => plan.views,
+            Some(_) => merge(config, std::mem::take(&mut self.views), plan.views),
+        };
+        self.overlay = Some(overlay.clone());
         info!(
             services = config.services.len(),
+            planned = planned.unwrap_or(config.services.len()),
             writes,
             elapsed_us = started.elapsed().as_micros() as u64,
             "config applied to kernel tables"
         );
-        Ok(plan.views)
+        Ok(self.views.clone())
     }
+
+    /// The plan from what the kernel holds (`base`, with the last overlay) to `config`
+    /// with `overlay`, and how many services it planned when not all (`None`: whole).
+    fn plan(
+        &self,
+        config: &MeshConfig,
+        overlay: &Overlay,
+        base: Option<&MeshConfig>,
+    ) -> Result<(Plan, Option<usize>)> {
+        if let (Some(base), Some(last)) = (base, &self.overlay) {
+            let delta = ConfigDelta::between(base, config)
+                .filter(|d| d.workloads.is_none() && d.enrollment.is_none());
+            if let Some(delta) = delta {
+                let touched: HashSet<&str> = delta
+                    .services()
+                    .chain(overlay_changes(last, overlay))
+                    .collect();
+                let plan =
+                    plan_services(config, base, &touched, overlay, &self.mirror, &self.node)?;
+                if let Some(plan) = plan {
+                    return Ok((plan, Some(touched.len())));
+                }
+            }
+        }
+        Ok((plan_for(config, overlay, &self.mirror, &self.node)?, None))
+    }
+}
+
+/// Names of services whose overlay entry differs between `a` and `b`.
+fn overlay_changes<'a>(a: &'a Overlay, b: &'a Overlay) -> impl Iterator<Item = &'a str> {
+    a.keys()
+        .chain(b.keys().filter(|k| !a.contains_key(*k)))
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(String::as_str)
+}
+
+/// Every service's view in `config`'s order: the planned ones new, the others as they were.
+fn merge(
+    config: &MeshConfig,
+    old: Vec<ServiceView>,
+    planned: Vec<ServiceView>,
+) -> Vec<ServiceView> {
+    let mut planned: HashMap<String, ServiceView> =
+        planned.into_iter().map(|v| (v.name.clone(), v)).collect();
+    let mut old: HashMap<String, ServiceView> =
+        old.into_iter().map(|v| (v.name.clone(), v)).collect();
+    config
+        .services
+        .iter()
+        .filter_map(|s| planned.remove(&s.name).or_else(|| old.remove(&s.name)))
+        .collect()
 }

@@ -219,7 +219,7 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
             Ok(()) = overlay_rx.changed() => {
                 // The health engine banned, unbanned, opened or closed something.
                 overlay = overlay_rx.borrow_and_update().clone();
-                match dataplane.apply(&current, &overlay, None) {
+                match dataplane.apply_overlay(&current, &overlay) {
                     Ok(views) => {
                         signals.set_views(&views);
                         status.write().expect("status lock").services = views;

@@ -116,7 +116,7 @@ impl KernelMaps {
                 map: BACKENDS_MAP,
                 source,
             })?;
-            state.backends.insert(k, v);
+            state.insert_backend(k, v);
         }
         publish(&state);
         Ok(state)

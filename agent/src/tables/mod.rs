@@ -22,5 +22,5 @@ mod plan_tests;
 mod route_tests;
 
 pub(crate) use overlay::{CircuitFlag, Overlay, ServiceOverlay};
-pub(crate) use plan::{plan, plan_for, KernelState, ServiceView};
+pub(crate) use plan::{plan, plan_for, plan_services, KernelState, ServiceView};
 pub(crate) use route::Node;

@@ -7,7 +7,8 @@
 //!   them (the agents already run, as after an install);
 //! - one EndpointSlice change (one endpoint's address replaced) to every agent's kernel
 //!   tables, p50/p99/max over `--changes` changes;
-//! - the bytes one change costs per agent (the version's snapshot, which agents fetch whole);
+//! - the bytes one change costs per agent (the delta each agent's watch is answered with;
+//!   the whole snapshot beside it);
 //! - agent RSS and CPU idle and during the churn, the control plane's too.
 //!
 //! Endpoints are addresses in 198.19.0.0/16 that nothing serves (no connect is made);
@@ -202,6 +203,7 @@ pub fn run(args: ScaleArgs) -> Result<()> {
     let idle_secs = idle_from.elapsed().as_secs_f64();
 
     let mut times = Vec::with_capacity(args.changes);
+    let mut change_bytes = Vec::with_capacity(args.changes);
     let mut peak = idle.clone();
     let churn_from = Instant::now();
     for k in 0..args.changes {
@@ -230,6 +232,16 @@ pub fn run(args: ScaleArgs) -> Result<()> {
             p.0 = p.0.max(now.0);
         }
         times.push(written.elapsed().as_secs_f64() * 1000.0);
+        // What an agent at the version before got: the same (cached) reply every agent's
+        // watch was answered with.
+        let update = bed.control().get_json(&format!(
+            "/v1/watch?after={}&delta=1&timeout=1s",
+            version - 1
+        ))?;
+        if update["kind"] != "delta" {
+            bail!("change {k} (version {version}) was not served as a delta: {update}");
+        }
+        change_bytes.push(update.to_string().len() + 1);
     }
     let churn_secs = churn_from.elapsed().as_secs_f64();
     let after = usage(&pids);
@@ -252,8 +264,11 @@ pub fn run(args: ScaleArgs) -> Result<()> {
         percentile(&times, 0.99),
         times[times.len() - 1]
     );
+    change_bytes.sort_unstable();
     println!(
-        "| bytes per change per agent (the whole version's snapshot) | {:.1} MiB |",
+        "| bytes per change per agent (the delta), p50 / max; the whole snapshot | {} / {} B; {:.1} MiB |",
+        change_bytes[change_bytes.len() / 2],
+        change_bytes[change_bytes.len() - 1],
         snapshot_bytes as f64 / 1_048_576.0
     );
     let n = args.agents;
