@@ -186,6 +186,8 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
         .apply(&initial, &overlay, None)
         .context("applying the initial config")?;
     signals.set_config(&views, &initial);
+    let initial = Arc::new(initial);
+    let views = Arc::new(views);
     let _ = engine
         .commands
         .send(Command::Config {
@@ -222,7 +224,7 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
                 match dataplane.apply_overlay(&current, &overlay) {
                     Ok(views) => {
                         signals.set_views(&views);
-                        status.write().expect("status lock").services = views;
+                        status.write().expect("status lock").services = Arc::new(views);
                     }
                     Err(e) => error!(error = %format!("{e:#}"), "applying health decisions failed"),
                 }
@@ -274,7 +276,7 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
 struct Reconcile<'a> {
     dataplane: &'a mut Dataplane,
     overlay: &'a crate::tables::Overlay,
-    current: &'a mut MeshConfig,
+    current: &'a mut Arc<MeshConfig>,
     signals: &'a Signals,
     config_metrics: &'a ConfigMetrics,
     engine: &'a engine::task::EngineHandle,
@@ -306,6 +308,8 @@ impl Reconcile<'_> {
         match self.dataplane.apply(&cfg, self.overlay, Some(self.current)) {
             Ok(views) => {
                 self.signals.set_config(&views, &cfg);
+                let cfg = Arc::new(cfg);
+                let views = Arc::new(views);
                 // Bounded: waits while the engine is behind; a config change is never lost.
                 let _ = self
                     .engine
@@ -379,7 +383,7 @@ fn record_applied(
     status: &SharedStatus,
     metrics: &ConfigMetrics,
     fingerprint: String,
-    views: Vec<crate::tables::ServiceView>,
+    views: Arc<Vec<crate::tables::ServiceView>>,
     took: Duration,
 ) {
     metrics.version.inc();

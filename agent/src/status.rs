@@ -30,7 +30,7 @@ pub(crate) struct Status {
     /// The address /metrics is served on (resolved, so `--metrics-addr 127.0.0.1:0` works).
     pub metrics_addr: String,
     pub config: ConfigStatus,
-    pub services: Vec<ServiceView>,
+    pub services: std::sync::Arc<Vec<ServiceView>>,
 }
 
 /// Shared between the reconcile loop (writer) and the admin server (readers). A plain lock:

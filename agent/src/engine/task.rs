@@ -82,9 +82,10 @@ impl EventInbox {
 }
 
 pub(crate) enum Command {
+    /// The config the kernel now holds: shared with the runtime, never copied.
     Config {
-        config: MeshConfig,
-        views: Vec<ServiceView>,
+        config: Arc<MeshConfig>,
+        views: Arc<Vec<ServiceView>>,
     },
     /// Refuse `refuse_ppm` of the service's connects; replies false for an unknown service.
     Fault {

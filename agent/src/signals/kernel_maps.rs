@@ -29,6 +29,10 @@ pub(crate) struct SignalMaps {
     pub backend_stats_entries: usize,
     /// Configured pairs whose stats entry could not be created yet (retried each refresh).
     missing_backend_keys: BTreeSet<BackendKey>,
+    /// The stats map's keys: read from the kernel on the first sync, then kept with every
+    /// insert and remove (only the agent makes or removes keys; the kernel updates values
+    /// in place), so a sync does not walk 100,000 keys through system calls.
+    known_backend_keys: Option<BTreeSet<BackendKey>>,
     nr_cpus: usize,
 }
 
@@ -65,6 +69,7 @@ impl SignalMaps {
             }),
             backend_stats_entries: 0,
             missing_backend_keys: BTreeSet::new(),
+            known_backend_keys: None,
             nr_cpus,
         })
     }
@@ -74,16 +79,26 @@ impl SignalMaps {
     /// Removed pairs go first, so the map never holds more than the larger of the old and the
     /// new config (which the plan checked against its capacity).
     pub(crate) fn sync_backend_keys(&mut self, wanted: &BTreeSet<BackendKey>) -> Result<()> {
-        let existing: BTreeSet<BackendKey> =
-            self.backend_stats.keys().filter_map(Result::ok).collect();
-        let mut entries = existing.len();
-        for key in existing.difference(wanted) {
-            if self.backend_stats.remove(key).is_ok() {
-                entries -= 1;
+        let stats = &self.backend_stats;
+        let existing = self
+            .known_backend_keys
+            .get_or_insert_with(|| stats.keys().filter_map(Result::ok).collect());
+        let gone: Vec<BackendKey> = existing.difference(wanted).copied().collect();
+        for key in gone {
+            // Gone either way; any other failure keeps the key, to be removed next sync.
+            let gone = match self.backend_stats.remove(&key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => true,
+                Err(aya::maps::MapError::SyscallError(e)) => {
+                    e.io_error.raw_os_error() == Some(libc::ENOENT)
+                }
+                Err(_) => false,
+            };
+            if gone {
+                existing.remove(&key);
             }
         }
-        self.backend_stats_entries = entries;
-        self.missing_backend_keys = wanted.difference(&existing).copied().collect();
+        self.backend_stats_entries = existing.len();
+        self.missing_backend_keys = wanted.difference(existing).copied().collect();
         self.create_missing_backend_keys()
     }
 
@@ -102,6 +117,9 @@ impl SignalMaps {
                 )
             })?;
             self.missing_backend_keys.remove(&key);
+            if let Some(known) = &mut self.known_backend_keys {
+                known.insert(key);
+            }
             self.backend_stats_entries += 1;
         }
         Ok(())

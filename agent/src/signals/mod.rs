@@ -168,20 +168,28 @@ impl Signals {
                 .or_insert_with(|| (BTreeSet::new(), grace));
             entry.0.extend(v.backends.iter().map(|b| b.addr.clone()));
         }
-        {
+        let workloads_changed = {
             let mut inner = self.inner.lock().expect("signals lock");
             inner
                 .series
                 .set_config(tokio::time::Instant::now(), &configured);
             inner.topology = topology;
             inner.views = views.to_vec();
-            inner.workload_specs = config.workloads.clone();
-        }
+            let changed = inner.workload_specs != config.workloads;
+            if changed {
+                inner.workload_specs = config.workloads.clone();
+            }
+            changed
+        };
         self.slos
             .lock()
             .expect("slo lock")
             .reconfigure(tokio::time::Instant::now(), config, views);
-        self.refresh();
+        // New workloads: their threads and caller entries now, not at the next refresh
+        // (which picks up everything else within a second).
+        if workloads_changed {
+            self.refresh();
+        }
     }
 
     /// `n` lifecycle events were read from the ring buffer.
