@@ -305,9 +305,16 @@ impl Reconcile<'_> {
         // Acks and /status name the config as received; the tables hold this node's part.
         let fingerprint = fingerprint.unwrap_or_else(|| received.fingerprint());
         let cfg = received.into_node(self.node);
+        let planning = Instant::now();
         match self.dataplane.apply(&cfg, self.overlay, Some(self.current)) {
             Ok(views) => {
+                let tables_us = planning.elapsed().as_micros() as u64;
                 self.signals.set_config(&views, &cfg);
+                let signals_us = planning.elapsed().as_micros() as u64 - tables_us;
+                info!(
+                    received_us = (planning - started).as_micros() as u64,
+                    tables_us, signals_us, "config taken"
+                );
                 let cfg = Arc::new(cfg);
                 let views = Arc::new(views);
                 // Bounded: waits while the engine is behind; a config change is never lost.

@@ -101,6 +101,7 @@ pub(crate) fn spawn(opts: FollowOptions, start: Start) -> mpsc::Receiver<Offer> 
         rejected: None,
         backoff: Backoff::new(BACKOFF_BASE, BACKOFF_CAP, Backoff::seed()),
         down: None,
+        arrived: Instant::now(),
         saver: persist::spawn_saver(opts_state_dir, opts_control),
     };
     if !start.from_disk {
@@ -131,6 +132,8 @@ struct Follower {
     backoff: Backoff,
     /// Since when, and with which error, the control plane is unreachable.
     down: Option<(Instant, String)>,
+    /// When the reply being taken arrived: the log says how long it took to be live.
+    arrived: Instant,
     /// Writes `last-applied.yaml` off the path of the ack.
     saver: tokio::sync::watch::Sender<Option<Persisted>>,
 }
@@ -217,6 +220,7 @@ impl Follower {
     /// one (this agent refused the one in between), one that does not fit, or a result with
     /// another fingerprint is not guessed at: the agent takes the head's snapshot instead.
     async fn take_delta(&mut self, update: DeltaUpdate) -> Result<(), Stop> {
+        self.arrived = Instant::now();
         let version = update.version;
         let assembled = if update.from != self.applied.version {
             Err(format!(
@@ -261,6 +265,7 @@ impl Follower {
 
     /// Applies (or refuses) one version read whole, and acks it.
     async fn take(&mut self, snap: Snapshot<serde_json::Value>) -> Result<(), Stop> {
+        self.arrived = Instant::now();
         let (snap, config) = split(snap);
         let config = decode_config(config).map_err(|e| e.to_string());
         self.take_version(with_config(snap, config)).await
@@ -303,7 +308,12 @@ impl Follower {
         match &outcome {
             Ok(()) => {
                 self.rejected = None;
-                info!(version, fingerprint = %self.applied.fingerprint, "following control: version applied");
+                info!(
+                    version,
+                    fingerprint = %self.applied.fingerprint,
+                    took_us = self.arrived.elapsed().as_micros() as u64,
+                    "following control: version applied"
+                );
             }
             Err(e) => {
                 error!(version, error = %e, "following control: version refused; the previous config stays active")

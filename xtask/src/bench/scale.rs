@@ -72,6 +72,37 @@ fn slice(i: usize, backends: usize, generation: usize) -> serde_json::Value {
     })
 }
 
+/// The number in `name=N` of a log line, with or without colour escapes.
+fn field_u64(line: &str, name: &str) -> Option<u64> {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // `ESC [ ... m`
+            for e in chars.by_ref() {
+                if e == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    let key = format!("{name}=");
+    let rest = &plain[plain.find(&key)? + key.len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+#[test]
+fn log_fields_read_with_or_without_colour() {
+    let coloured = "\u{1b}[3mtook_us\u{1b}[0m\u{1b}[2m=\u{1b}[0m1234 \u{1b}[3mx\u{1b}[0m=5";
+    assert_eq!(field_u64(coloured, "took_us"), Some(1234));
+    assert_eq!(field_u64("version=3 took_us=77 done", "took_us"), Some(77));
+    assert_eq!(field_u64("version=3", "took_us"), None);
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -203,6 +234,9 @@ pub fn run(args: ScaleArgs) -> Result<()> {
     let idle_secs = idle_from.elapsed().as_secs_f64();
 
     let mut times = Vec::with_capacity(args.changes);
+    // The same change split: API write -> the control plane's new version -> every agent.
+    let mut to_version = Vec::with_capacity(args.changes);
+    let mut to_agents = Vec::with_capacity(args.changes);
     let mut change_bytes = Vec::with_capacity(args.changes);
     let mut peak = idle.clone();
     let churn_from = Instant::now();
@@ -227,11 +261,15 @@ pub fn run(args: ScaleArgs) -> Result<()> {
             }
             std::thread::sleep(Duration::from_millis(5));
         };
+        let versioned = written.elapsed();
         wait_applied(&mut bed, version, written)?;
         for (p, now) in peak.iter_mut().zip(usage(&pids)) {
             p.0 = p.0.max(now.0);
         }
-        times.push(written.elapsed().as_secs_f64() * 1000.0);
+        let total = written.elapsed();
+        times.push(total.as_secs_f64() * 1000.0);
+        to_version.push(versioned.as_secs_f64() * 1000.0);
+        to_agents.push((total - versioned).as_secs_f64() * 1000.0);
         // What an agent at the version before got: the same (cached) reply every agent's
         // watch was answered with.
         let update = bed.control().get_json(&format!(
@@ -246,6 +284,8 @@ pub fn run(args: ScaleArgs) -> Result<()> {
     let churn_secs = churn_from.elapsed().as_secs_f64();
     let after = usage(&pids);
     times.sort_by(f64::total_cmp);
+    to_version.sort_by(f64::total_cmp);
+    to_agents.sort_by(f64::total_cmp);
 
     println!();
     println!(
@@ -264,6 +304,64 @@ pub fn run(args: ScaleArgs) -> Result<()> {
         percentile(&times, 0.99),
         times[times.len() - 1]
     );
+    println!(
+        "| of which: API write -> control plane version, p50 / p99 | {:.0} / {:.0} ms |",
+        percentile(&to_version, 0.5),
+        percentile(&to_version, 0.99)
+    );
+    println!(
+        "| of which: version -> every agent's kernel (acked), p50 / p99 | {:.0} / {:.0} ms |",
+        percentile(&to_agents, 0.5),
+        percentile(&to_agents, 0.99)
+    );
+    // Each agent's own account: from a version's reply arriving to it being live in the
+    // kernel tables (the follower logs `took_us` with every version it applies).
+    let mut agent_us: Vec<f64> = (0..bed.node_count())
+        .flat_map(|n| {
+            let log = bed.agent(n).log();
+            let took: Vec<f64> = log
+                .lines()
+                .filter(|l| l.contains("following control: version applied"))
+                .filter_map(|l| field_u64(l, "took_us"))
+                .map(|us| us as f64)
+                .collect();
+            let skip = took.len().saturating_sub(args.changes);
+            took.into_iter().skip(skip).collect::<Vec<f64>>()
+        })
+        .collect();
+    agent_us.sort_by(f64::total_cmp);
+    if !agent_us.is_empty() {
+        println!(
+            "| agent apply of a one-service delta (reply in -> live in the kernel), p50 / p99 | {:.1} / {:.1} ms |",
+            percentile(&agent_us, 0.5) / 1000.0,
+            percentile(&agent_us, 0.99) / 1000.0
+        );
+    }
+    // Where the agent's time went, from its `config taken` lines: mean per section.
+    for field in ["received_us", "tables_us", "signals_us"] {
+        let mut v: Vec<f64> = (0..bed.node_count())
+            .flat_map(|n| {
+                let took: Vec<f64> = bed
+                    .agent(n)
+                    .log()
+                    .lines()
+                    .filter(|l| l.contains("config taken"))
+                    .filter_map(|l| field_u64(l, field))
+                    .map(|us| us as f64)
+                    .collect();
+                let skip = took.len().saturating_sub(args.changes);
+                took.into_iter().skip(skip).collect::<Vec<f64>>()
+            })
+            .collect();
+        v.sort_by(f64::total_cmp);
+        if !v.is_empty() {
+            println!(
+                "| of which {field}, p50 / p99 | {:.1} / {:.1} ms |",
+                percentile(&v, 0.5) / 1000.0,
+                percentile(&v, 0.99) / 1000.0
+            );
+        }
+    }
     change_bytes.sort_unstable();
     println!(
         "| bytes per change per agent (the delta), p50 / max; the whole snapshot | {} / {} B; {:.1} MiB |",
