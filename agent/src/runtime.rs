@@ -24,7 +24,7 @@ use crate::{
     dataplane::Dataplane,
     engine::{self, task::Command},
     follow, loader, metrics,
-    signals::{kernel_maps::SignalMaps, ring::EventReader, Signals},
+    signals::{kernel_maps::SignalMaps, ring::EventReader, Signals, SignalsUpdater},
     status::{unix_ms_now, SharedStatus, Status},
 };
 
@@ -188,6 +188,7 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
     signals.set_config(&views, &initial);
     let initial = Arc::new(initial);
     let views = Arc::new(views);
+    let signals_updater = SignalsUpdater::spawn(signals.clone(), initial.clone(), views.clone());
     let _ = engine
         .commands
         .send(Command::Config {
@@ -223,8 +224,9 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
                 overlay = overlay_rx.borrow_and_update().clone();
                 match dataplane.apply_overlay(&current, &overlay) {
                     Ok(views) => {
-                        signals.set_views(&views);
-                        status.write().expect("status lock").services = Arc::new(views);
+                        let views = Arc::new(views);
+                        signals_updater.views(views.clone());
+                        status.write().expect("status lock").services = views;
                     }
                     Err(e) => error!(error = %format!("{e:#}"), "applying health decisions failed"),
                 }
@@ -238,7 +240,7 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
                     dataplane: &mut dataplane,
                     overlay: &overlay,
                     current: &mut current,
-                    signals: &signals,
+                    signals: &signals_updater,
                     config_metrics: &config_metrics,
                     engine: &engine,
                     status: &status,
@@ -256,7 +258,7 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
                     dataplane: &mut dataplane,
                     overlay: &overlay,
                     current: &mut current,
-                    signals: &signals,
+                    signals: &signals_updater,
                     config_metrics: &config_metrics,
                     engine: &engine,
                     status: &status,
@@ -277,7 +279,7 @@ struct Reconcile<'a> {
     dataplane: &'a mut Dataplane,
     overlay: &'a crate::tables::Overlay,
     current: &'a mut Arc<MeshConfig>,
-    signals: &'a Signals,
+    signals: &'a SignalsUpdater,
     config_metrics: &'a ConfigMetrics,
     engine: &'a engine::task::EngineHandle,
     status: &'a SharedStatus,
@@ -309,14 +311,13 @@ impl Reconcile<'_> {
         match self.dataplane.apply(&cfg, self.overlay, Some(self.current)) {
             Ok(views) => {
                 let tables_us = planning.elapsed().as_micros() as u64;
-                self.signals.set_config(&views, &cfg);
-                let signals_us = planning.elapsed().as_micros() as u64 - tables_us;
                 info!(
                     received_us = (planning - started).as_micros() as u64,
-                    tables_us, signals_us, "config taken"
+                    tables_us, "config taken"
                 );
                 let cfg = Arc::new(cfg);
                 let views = Arc::new(views);
+                self.signals.config(cfg.clone(), views.clone());
                 // Bounded: waits while the engine is behind; a config change is never lost.
                 let _ = self
                     .engine

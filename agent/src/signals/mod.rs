@@ -18,8 +18,11 @@ pub(crate) mod ring;
 pub(crate) mod same_node_metrics;
 pub(crate) mod series;
 pub(crate) mod topology;
+mod updater;
 mod views;
 pub(crate) mod workloads;
+
+pub(crate) use updater::SignalsUpdater;
 
 use std::{
     collections::{BTreeMap, BTreeSet},

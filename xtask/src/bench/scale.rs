@@ -338,7 +338,7 @@ pub fn run(args: ScaleArgs) -> Result<()> {
         );
     }
     // Where the agent's time went, from its `config taken` lines: mean per section.
-    for field in ["received_us", "tables_us", "signals_us"] {
+    for field in ["received_us", "tables_us"] {
         let mut v: Vec<f64> = (0..bed.node_count())
             .flat_map(|n| {
                 let took: Vec<f64> = bed
