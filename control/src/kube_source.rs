@@ -1,52 +1,58 @@
 //! The Kubernetes source (`sockmesh-control --source kubernetes`, feature `kubernetes`):
 //! watches Namespaces, Nodes, Services, EndpointSlices, Pods and MeshPolicies with kube-rs
 //! (`watcher` + `reflector`: list, then watch from the list's resourceVersion, relist on
-//! `410 Gone`, backoff on errors) and turns what they hold into a [`MeshConfig`] with the
+//! `410 Gone`, backoff on errors) and turns what they hold into a [`MeshConfig`](sockmesh_model::MeshConfig) with the
 //! pure rules of [`map`] (docs/control-plane.md, "Kubernetes source").
 //!
 //! ```text
 //! 6 watch tasks ──> reflector stores ──(change counter)──> KubeSource::next_event
-//!                                                            debounce, snapshot the stores,
-//!                                                            map::build, validate
-//!                                                            -> Rejected (each new refusal)
-//!                                                            -> Desired (when the config changed)
+//!      └──(which Services, EndpointSlices changed)──┘       debounce, then map
+//!                                                           (only the Services touched, or the
+//!                                                           whole cluster: map::ServiceCache),
+//!                                                           validate
+//!                                                           -> Rejected (each new refusal)
+//!                                                           -> Desired (when the config changed)
 //! ```
 //!
 //! The first event waits until every watch has listed once, so the first config is the
 //! whole cluster, never a half-listed one. Later changes are debounced: a rollout that
-//! touches a hundred endpoints becomes one or two versions, not a hundred.
+//! touches a hundred endpoints becomes a few versions, not a hundred. When only Services and
+//! EndpointSlices changed, only those Services are mapped again, so a rebuild costs the
+//! change, not the cluster; a Namespace, Node, Pod or MeshPolicy change, or a relist, maps
+//! everything.
 
 pub mod crd;
 pub mod map;
+pub mod rebuild;
 
 #[cfg(test)]
 mod identity_tests;
 #[cfg(test)]
 mod map_tests;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::fmt::Debug;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::source::{Source, SourceEvent};
-use sockmesh_model::MeshConfig;
 
 pub use crd::MeshPolicy;
-pub use map::{CgroupDriver, MapOptions};
+pub use map::{CgroupDriver, MapOptions, ServiceChange};
+pub use rebuild::Rebuild;
 
 /// How the source behaves; the binary fills it from flags.
 #[derive(Debug, Clone)]
@@ -103,21 +109,37 @@ impl Stores {
     }
 }
 
+/// What changed since the last rebuild, as the watch tasks saw it.
+#[derive(Debug, Default)]
+struct Changed {
+    /// Something only a whole build covers: a Namespace, Node, Pod or MeshPolicy event, or
+    /// a (re)list of any collection.
+    whole: bool,
+    /// `namespace/name` of the Services and EndpointSlices added, modified or deleted.
+    services: BTreeSet<String>,
+    slices: BTreeSet<String>,
+}
+
+/// Which part of [`Changed`] a watch's events go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Collection {
+    Services,
+    EndpointSlices,
+    /// Everything else: any event needs a whole build.
+    Other,
+}
+
 /// A [`Source`] fed by the Kubernetes API.
 pub struct KubeSource {
     name: String,
     opts: KubeOptions,
     stores: Stores,
-    /// Bumped by the watch tasks on every event.
+    /// Bumped by the watch tasks on every event, after noting it in `changed`.
     changes: watch::Receiver<u64>,
+    changed: Arc<Mutex<Changed>>,
     tasks: Vec<JoinHandle<()>>,
-    memory: map::PolicyMemory,
+    rebuild: Rebuild,
     pending: VecDeque<SourceEvent>,
-    /// The last config reported as desired.
-    last: Option<MeshConfig>,
-    /// The refusals of the last build: a refusal is reported when it appears, not again
-    /// while it stays.
-    refused: HashSet<String>,
     started: bool,
 }
 
@@ -136,7 +158,11 @@ impl KubeSource {
     /// [`Source::next_event`] waits for the first lists.
     pub fn start(client: Client, name: String, opts: KubeOptions) -> Self {
         let (tx, changes) = watch::channel(0u64);
-        let tx = Arc::new(tx);
+        let changed = Arc::new(Mutex::new(Changed::default()));
+        let tx = Watchers {
+            changes: Arc::new(tx),
+            changed: changed.clone(),
+        };
         let mut tasks = Vec::new();
         let stores = Stores {
             namespaces: spawn_watch(Api::all(client.clone()), "namespaces", &tx, &mut tasks),
@@ -145,6 +171,7 @@ impl KubeSource {
             nodes: spawn_watch_trimmed(
                 Api::all(client.clone()),
                 "nodes",
+                Collection::Other,
                 &tx,
                 &mut tasks,
                 |n: &mut Node| {
@@ -152,8 +179,22 @@ impl KubeSource {
                     n.spec = None;
                 },
             ),
-            services: spawn_watch(Api::all(client.clone()), "services", &tx, &mut tasks),
-            slices: spawn_watch(Api::all(client.clone()), "endpointslices", &tx, &mut tasks),
+            services: spawn_watch_trimmed(
+                Api::all(client.clone()),
+                "services",
+                Collection::Services,
+                &tx,
+                &mut tasks,
+                |_| {},
+            ),
+            slices: spawn_watch_trimmed(
+                Api::all(client.clone()),
+                "endpointslices",
+                Collection::EndpointSlices,
+                &tx,
+                &mut tasks,
+                |_| {},
+            ),
             pods: spawn_watch(Api::all(client.clone()), "pods", &tx, &mut tasks),
             policies: spawn_watch(Api::all(client), "meshpolicies", &tx, &mut tasks),
         };
@@ -162,11 +203,10 @@ impl KubeSource {
             opts,
             stores,
             changes,
+            changed,
             tasks,
-            memory: map::PolicyMemory::default(),
+            rebuild: Rebuild::default(),
             pending: VecDeque::new(),
-            last: None,
-            refused: HashSet::new(),
             started: false,
         }
     }
@@ -235,38 +275,29 @@ impl KubeSource {
         self.changes.borrow_and_update();
     }
 
-    /// Builds the config of the stores now; queues what is new.
+    /// Builds the config of the stores now (only the Services touched since the last time,
+    /// when nothing else changed); queues what is new.
     fn rebuild(&mut self) {
-        let snap = self.stores.snapshot();
-        let built = map::build(&snap, &self.opts.map, &mut self.memory);
-        let (config, rejections) = match built {
-            Ok(b) => {
-                for w in &b.warnings {
-                    warn!("kubernetes source: {w}");
-                }
-                if !b.without_backends.is_empty() {
-                    debug!(services = ?b.without_backends, "kubernetes source: no ready endpoint yet");
-                }
-                (Some(b.config), b.rejections)
-            }
-            Err(e) => (None, vec![e]),
+        // Taken before the stores are read: an event after this is noted for the next
+        // rebuild (its object may already be read now, which is harmless).
+        let changed =
+            std::mem::take(&mut *self.changed.lock().unwrap_or_else(PoisonError::into_inner));
+        let events = if changed.whole {
+            None
+        } else {
+            let services = changed.services.into_iter().map(|key| {
+                let now = self.stores.services.get(&object_ref(&key));
+                ServiceChange::Service(key, now)
+            });
+            let slices = changed.slices.into_iter().map(|key| {
+                let now = self.stores.slices.get(&object_ref(&key));
+                ServiceChange::EndpointSlice(key, now)
+            });
+            self.rebuild.run_changes(services.chain(slices).collect())
         };
-        // The config first: a policy refused at start-up must not be the first event, which
-        // the server would take for an initial state that cannot be served.
-        if let Some(config) = config {
-            if self.last.as_ref() != Some(&config) {
-                self.last = Some(config.clone());
-                self.pending.push_back(SourceEvent::Desired(config));
-            }
-        }
-        let mut now_refused = HashSet::new();
-        for r in rejections {
-            if !self.refused.contains(&r.message) {
-                self.pending.push_back(SourceEvent::Rejected(r.clone()));
-            }
-            now_refused.insert(r.message);
-        }
-        self.refused = now_refused;
+        let events =
+            events.unwrap_or_else(|| self.rebuild.run(&self.stores.snapshot(), &self.opts.map));
+        self.pending.extend(events);
     }
 }
 
@@ -296,25 +327,76 @@ impl Source for KubeSource {
     }
 }
 
-/// Spawns a watch of `api` into a new store; every event bumps `changes`. Errors are logged
-/// and retried with kube's default backoff (the watcher relists when it must).
+/// The reference of a `namespace/name` key in a store.
+fn object_ref<K: Resource<DynamicType = ()>>(key: &str) -> ObjectRef<K> {
+    let (ns, name) = key.split_once('/').unwrap_or(("", key));
+    let r = ObjectRef::new(name);
+    if ns.is_empty() {
+        r
+    } else {
+        r.within(ns)
+    }
+}
+
+/// Where the watch tasks report: which objects changed, then the counter that wakes the
+/// source.
+#[derive(Clone)]
+struct Watchers {
+    changes: Arc<watch::Sender<u64>>,
+    changed: Arc<Mutex<Changed>>,
+}
+
+impl Watchers {
+    fn note<K: Resource>(&self, collection: Collection, event: &watcher::Event<K>) {
+        {
+            let mut changed = self.changed.lock().unwrap_or_else(PoisonError::into_inner);
+            let object = match event {
+                watcher::Event::Apply(o) | watcher::Event::Delete(o) => Some(o),
+                watcher::Event::Init | watcher::Event::InitApply(_) | watcher::Event::InitDone => {
+                    None
+                }
+            };
+            let keys = match collection {
+                Collection::Services => Some(&mut changed.services),
+                Collection::EndpointSlices => Some(&mut changed.slices),
+                Collection::Other => None,
+            };
+            match (object, keys) {
+                (Some(o), Some(keys)) => {
+                    let meta = o.meta();
+                    keys.insert(format!(
+                        "{}/{}",
+                        meta.namespace.as_deref().unwrap_or(""),
+                        meta.name.as_deref().unwrap_or("")
+                    ));
+                }
+                _ => changed.whole = true,
+            }
+        }
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// Spawns a watch of `api` into a new store; every event is noted in `watchers`. Errors are
+/// logged and retried with kube's default backoff (the watcher relists when it must).
 fn spawn_watch<K>(
     api: Api<K>,
     what: &'static str,
-    changes: &Arc<watch::Sender<u64>>,
+    watchers: &Watchers,
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    spawn_watch_trimmed(api, what, changes, tasks, |_| {})
+    spawn_watch_trimmed(api, what, Collection::Other, watchers, tasks, |_| {})
 }
 
 /// [`spawn_watch`] that also drops what `trim` clears from each object before it is stored.
 fn spawn_watch_trimmed<K>(
     api: Api<K>,
     what: &'static str,
-    changes: &Arc<watch::Sender<u64>>,
+    collection: Collection,
+    watchers: &Watchers,
     tasks: &mut Vec<JoinHandle<()>>,
     trim: fn(&mut K),
 ) -> Store<K>
@@ -330,18 +412,18 @@ where
             trim(o);
         });
     let stream = reflector::reflector(writer, stream);
-    let changes = changes.clone();
+    let watchers = watchers.clone();
     tasks.push(tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         let mut failing = false;
         while let Some(event) = stream.next().await {
             match event {
-                Ok(_) => {
+                Ok(event) => {
                     if failing {
                         info!(resource = what, "kubernetes source: watch recovered");
                         failing = false;
                     }
-                    changes.send_modify(|n| *n = n.wrapping_add(1));
+                    watchers.note(collection, &event);
                 }
                 Err(e) => {
                     warn!(resource = what, error = %e, "kubernetes source: watch failed, retrying");

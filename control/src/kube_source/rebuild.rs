@@ -1,0 +1,77 @@
+//! One rebuild of the Kubernetes source: the watches' objects at one moment (or the Services
+//! and EndpointSlices that changed since the last rebuild) in, the events for the hub out.
+//! Synchronous and free of API calls, so it is timed on its own (`examples/kube_rebuild.rs`)
+//! and [`KubeSource`](super::KubeSource) only adds the waiting.
+
+use std::collections::HashSet;
+
+use tracing::{debug, warn};
+
+use super::map::{self, Built, MapOptions, ServiceCache, ServiceChange, Snapshot};
+use crate::source::SourceEvent;
+use crate::SourceError;
+use sockmesh_model::MeshConfig;
+
+/// What a rebuild keeps from one call to the next.
+#[derive(Debug, Default)]
+pub struct Rebuild {
+    memory: map::PolicyMemory,
+    cache: ServiceCache,
+    /// The last config reported as desired.
+    last: Option<MeshConfig>,
+    /// The refusals of the last build: a refusal is reported when it appears, not again
+    /// while it stays.
+    refused: HashSet<String>,
+}
+
+impl Rebuild {
+    /// Maps the whole cluster `snap` and returns what is new: the config when it differs
+    /// from the last one reported (first), then each refusal that was not there last time.
+    pub fn run(&mut self, snap: &Snapshot, opts: &MapOptions) -> Vec<SourceEvent> {
+        let built = self.cache.build(snap, opts, &mut self.memory);
+        self.report(built)
+    }
+
+    /// [`Rebuild::run`] after only Services and EndpointSlices changed: maps those Services
+    /// again, nothing else. `None` before the first [`Rebuild::run`], which must come first.
+    pub fn run_changes(&mut self, changes: Vec<ServiceChange>) -> Option<Vec<SourceEvent>> {
+        if !self.cache.is_built() {
+            return None;
+        }
+        let built = self.cache.update(changes);
+        Some(self.report(built))
+    }
+
+    fn report(&mut self, built: Result<Built, SourceError>) -> Vec<SourceEvent> {
+        let mut events = Vec::new();
+        let (config, rejections) = match built {
+            Ok(b) => {
+                for w in &b.warnings {
+                    warn!("kubernetes source: {w}");
+                }
+                if !b.without_backends.is_empty() {
+                    debug!(services = ?b.without_backends, "kubernetes source: no ready endpoint yet");
+                }
+                (Some(b.config), b.rejections)
+            }
+            Err(e) => (None, vec![e]),
+        };
+        // The config first: a policy refused at start-up must not be the first event, which
+        // the server would take for an initial state that cannot be served.
+        if let Some(config) = config {
+            if self.last.as_ref() != Some(&config) {
+                self.last = Some(config.clone());
+                events.push(SourceEvent::Desired(config));
+            }
+        }
+        let mut now_refused = HashSet::new();
+        for r in rejections {
+            if !self.refused.contains(&r.message) {
+                events.push(SourceEvent::Rejected(r.clone()));
+            }
+            now_refused.insert(r.message);
+        }
+        self.refused = now_refused;
+        events
+    }
+}
