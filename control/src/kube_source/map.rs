@@ -53,7 +53,7 @@ use sockmesh_model::{
     check_zone, Enrollment, MeshConfig, ServiceSpec, CONFIG_VERSION, MAX_BACKEND_PAIRS,
 };
 
-pub use cache::{ServiceCache, ServiceChange};
+pub use cache::{Outcome, ServiceCache, ServiceChange};
 pub use naming::mesh_name;
 pub use policy::{apply_policy, check_policy, PolicyMemory};
 pub use service::{endpoint_zone, model_labels};
@@ -148,7 +148,10 @@ pub fn build(
     opts: &MapOptions,
     memory: &mut PolicyMemory,
 ) -> Result<Built, SourceError> {
-    ServiceCache::default().build(snap, opts, memory)
+    ServiceCache::default()
+        .build(snap, opts, memory)
+        .built
+        .cloned()
 }
 
 impl Built {

@@ -7,18 +7,15 @@ use std::collections::HashSet;
 
 use tracing::{debug, warn};
 
-use super::map::{self, Built, MapOptions, ServiceCache, ServiceChange, Snapshot};
+use super::map::{self, MapOptions, Outcome, ServiceCache, ServiceChange, Snapshot};
 use crate::source::SourceEvent;
-use crate::SourceError;
-use sockmesh_model::MeshConfig;
 
 /// What a rebuild keeps from one call to the next.
 #[derive(Debug, Default)]
 pub struct Rebuild {
     memory: map::PolicyMemory,
+    /// Also the last valid config, which is the last one reported as desired.
     cache: ServiceCache,
-    /// The last config reported as desired.
-    last: Option<MeshConfig>,
     /// The refusals of the last build: a refusal is reported when it appears, not again
     /// while it stays.
     refused: HashSet<String>,
@@ -28,8 +25,8 @@ impl Rebuild {
     /// Maps the whole cluster `snap` and returns what is new: the config when it differs
     /// from the last one reported (first), then each refusal that was not there last time.
     pub fn run(&mut self, snap: &Snapshot, opts: &MapOptions) -> Vec<SourceEvent> {
-        let built = self.cache.build(snap, opts, &mut self.memory);
-        self.report(built)
+        let outcome = self.cache.build(snap, opts, &mut self.memory);
+        report(outcome, &mut self.refused)
     }
 
     /// [`Rebuild::run`] after only Services and EndpointSlices changed: maps those Services
@@ -38,40 +35,39 @@ impl Rebuild {
         if !self.cache.is_built() {
             return None;
         }
-        let built = self.cache.update(changes);
-        Some(self.report(built))
+        let outcome = self.cache.update(changes);
+        Some(report(outcome, &mut self.refused))
     }
+}
 
-    fn report(&mut self, built: Result<Built, SourceError>) -> Vec<SourceEvent> {
-        let mut events = Vec::new();
-        let (config, rejections) = match built {
-            Ok(b) => {
-                for w in &b.warnings {
-                    warn!("kubernetes source: {w}");
-                }
-                if !b.without_backends.is_empty() {
-                    debug!(services = ?b.without_backends, "kubernetes source: no ready endpoint yet");
-                }
-                (Some(b.config), b.rejections)
+/// The events of `outcome`: the config when it changed (first), then each refusal not in
+/// `refused` (which becomes this outcome's refusals).
+fn report(outcome: Outcome<'_>, refused: &mut HashSet<String>) -> Vec<SourceEvent> {
+    let mut events = Vec::new();
+    let rejections = match outcome.built {
+        Ok(b) => {
+            for w in &b.warnings {
+                warn!("kubernetes source: {w}");
             }
-            Err(e) => (None, vec![e]),
-        };
-        // The config first: a policy refused at start-up must not be the first event, which
-        // the server would take for an initial state that cannot be served.
-        if let Some(config) = config {
-            if self.last.as_ref() != Some(&config) {
-                self.last = Some(config.clone());
-                events.push(SourceEvent::Desired(config));
+            if !b.without_backends.is_empty() {
+                debug!(services = ?b.without_backends, "kubernetes source: no ready endpoint yet");
             }
+            // The config first: a policy refused at start-up must not be the first event,
+            // which the server would take for an initial state that cannot be served.
+            if outcome.changed {
+                events.push(SourceEvent::Desired(b.config.clone()));
+            }
+            b.rejections.clone()
         }
-        let mut now_refused = HashSet::new();
-        for r in rejections {
-            if !self.refused.contains(&r.message) {
-                events.push(SourceEvent::Rejected(r.clone()));
-            }
-            now_refused.insert(r.message);
+        Err(e) => vec![e],
+    };
+    let mut now_refused = HashSet::new();
+    for r in rejections {
+        if !refused.contains(&r.message) {
+            events.push(SourceEvent::Rejected(r.clone()));
         }
-        self.refused = now_refused;
-        events
+        now_refused.insert(r.message);
     }
+    *refused = now_refused;
+    events
 }

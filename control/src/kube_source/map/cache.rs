@@ -17,8 +17,17 @@
 //! or renamed. Everything else (a Namespace, Node, Pod or MeshPolicy change, a relist) goes
 //! through [`ServiceCache::build`], the whole cluster. Both give exactly the same [`Built`]
 //! (`cache_tests.rs`, a property test over random change sequences).
+//!
+//! Validating the whole config again would still cost the cluster (most of an update at
+//! 10,000 Services), so an update that keeps every mesh service's name, VIP and port, after
+//! a build that left nothing out, patches the kept config in place instead: the services it
+//! did not touch passed the model's rules with the same names, VIPs and workloads, the
+//! touched ones are validated on their own (a config of just them), and what only the whole
+//! config can break is checked here: the (service, backend) pair budget and a backend that is
+//! some service's VIP:port. Anything else takes the whole [`settle`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
@@ -30,13 +39,24 @@ use super::service::{finalize, map_service, ChosenPolicy, Finalized, Inputs, Map
 use super::workload::{cap_per_node, workloads};
 use super::{key_of, settle, Built, Index, MapOptions, PolicyMemory, Snapshot};
 use crate::SourceError;
-use sockmesh_model::WorkloadSpec;
+use sockmesh_model::{
+    Enrollment, MeshConfig, ServiceSpec, WorkloadSpec, CONFIG_VERSION, MAX_BACKEND_PAIRS,
+};
 
 /// A Service or EndpointSlice as it is now, by `namespace/name`; `None` once deleted.
 #[derive(Debug, Clone)]
 pub enum ServiceChange {
     Service(String, Option<Arc<Service>>),
     EndpointSlice(String, Option<Arc<EndpointSlice>>),
+}
+
+/// What a build or an update made of the cluster.
+#[derive(Debug)]
+pub struct Outcome<'a> {
+    /// The config with what was refused, or why no valid config could be made.
+    pub built: Result<&'a Built, SourceError>,
+    /// Whether the config differs from the last valid one (true for the first).
+    pub changed: bool,
 }
 
 /// What the last build mapped, per Service and for the cluster.
@@ -52,6 +72,15 @@ pub struct ServiceCache {
     policies: HashMap<(String, String), ChosenPolicy>,
     policy_rejections: Vec<SourceError>,
     built: bool,
+    /// The last valid outcome: what an update patches and compares with.
+    last: Option<Built>,
+    /// Whether `last` holds exactly the finalized specs (none cut by the budget or left out
+    /// by validation): only then may an update patch it in place.
+    clean: bool,
+    /// VIP:port of every service of `last` (when `clean`).
+    vips: HashSet<SocketAddr>,
+    /// Backends of all services of `last` together (when `clean`).
+    pairs: usize,
 }
 
 #[derive(Debug)]
@@ -62,6 +91,8 @@ struct Entry {
     names: Vec<String>,
     /// Each of `mapped.ports`, finalized.
     out: Vec<Finalized>,
+    /// Where its first spec is in the last config's services (when `clean`).
+    at: usize,
 }
 
 impl ServiceCache {
@@ -76,7 +107,7 @@ impl ServiceCache {
         snap: &Snapshot,
         opts: &MapOptions,
         memory: &mut PolicyMemory,
-    ) -> Result<Built, SourceError> {
+    ) -> Outcome<'_> {
         let index = Index::new(snap);
         let mut scratch = Built::empty();
         // Workloads first: allowed_callers is filtered against them.
@@ -102,6 +133,7 @@ impl ServiceCache {
                     mapped,
                     names: Vec::new(),
                     out: Vec::new(),
+                    at: 0,
                 },
             );
         }
@@ -109,14 +141,14 @@ impl ServiceCache {
         self.name_all();
         self.finalize(&all);
         self.built = true;
-        self.assemble()
+        self.settle_all()
     }
 
     /// Applies `changes` (Services and EndpointSlices only; anything else needs
     /// [`ServiceCache::build`]) and returns the config of the cluster as it is now, equal to
     /// what a whole build of it would give. Maps again only the Services whose object or
     /// EndpointSlices changed.
-    pub fn update(&mut self, changes: Vec<ServiceChange>) -> Result<Built, SourceError> {
+    pub fn update(&mut self, changes: Vec<ServiceChange>) -> Outcome<'_> {
         debug_assert!(self.built, "update before the first build");
         let mut dirty: BTreeSet<String> = BTreeSet::new();
         let mut objects: HashMap<String, Option<Arc<Service>>> = HashMap::new();
@@ -164,19 +196,154 @@ impl ServiceCache {
                             mapped,
                             names: Vec::new(),
                             out: Vec::new(),
+                            at: 0,
                         },
                     );
                 }
             }
         }
         dirty.retain(|k| self.services.contains_key(k));
+        let before: HashMap<String, Vec<Finalized>> = dirty
+            .iter()
+            .filter_map(|k| {
+                let out = std::mem::take(&mut self.services.get_mut(k)?.out);
+                Some((k.clone(), out))
+            })
+            .collect();
         // Names depend only on the name parts of every port, in order: when none appeared,
         // went or changed, every name is taken again in the same order and stays.
         if renamed {
             dirty.extend(self.name_all());
         }
         self.finalize(&dirty);
-        self.assemble()
+        if !renamed {
+            if let Some(changed) = self.patch(&before) {
+                return Outcome {
+                    built: Ok(self.last.as_ref().expect("patched")),
+                    changed,
+                };
+            }
+        }
+        self.settle_all()
+    }
+
+    /// Patches the last config with the specs finalized again (`before`: what they were),
+    /// when that gives what [`settle`] would (module docs); `None` when it cannot tell.
+    /// Returns whether the config changed.
+    fn patch(&mut self, before: &HashMap<String, Vec<Finalized>>) -> Option<bool> {
+        if !self.clean {
+            return None;
+        }
+        let mut pairs = self.pairs;
+        let mut patches: Vec<(usize, &ServiceSpec)> = Vec::new();
+        for (key, old) in before {
+            let entry = self.services.get(key)?;
+            if old.len() != entry.out.len() {
+                return None;
+            }
+            let mut at = entry.at;
+            for (was, now) in old.iter().zip(&entry.out) {
+                match (&was.spec, &now.spec) {
+                    (None, None) => continue,
+                    (Some(was), Some(now))
+                        if was.name == now.name && was.vip == now.vip && was.port == now.port =>
+                    {
+                        pairs = pairs - was.backends.len() + now.backends.len();
+                        if was != now {
+                            if now.backends.iter().any(|b| self.vips.contains(&b.addr)) {
+                                return None;
+                            }
+                            patches.push((at, now));
+                        }
+                    }
+                    _ => return None,
+                }
+                at += 1;
+            }
+        }
+        if pairs > MAX_BACKEND_PAIRS {
+            return None;
+        }
+        if !patches.is_empty() {
+            let callers = patches.iter().any(|(_, s)| s.allowed_callers.is_some());
+            let alone = MeshConfig {
+                version: CONFIG_VERSION,
+                services: patches.iter().map(|(_, s)| (*s).clone()).collect(),
+                workloads: if callers {
+                    self.workloads.clone()
+                } else {
+                    Vec::new()
+                },
+                enrollment: Enrollment::Workloads,
+            };
+            alone.validate().ok()?;
+        }
+        let (warnings, without_backends, rejections) = self.reports();
+        let last = self.last.as_mut()?;
+        let changed = !patches.is_empty();
+        for (at, spec) in patches {
+            last.config.services[at] = spec.clone();
+        }
+        last.warnings = warnings;
+        last.without_backends = without_backends;
+        last.rejections = rejections;
+        self.pairs = pairs;
+        Some(changed)
+    }
+
+    /// The warnings, services without backends and rejections of what is kept, in order,
+    /// before [`settle`] adds its own.
+    fn reports(&self) -> (Vec<String>, Vec<String>, Vec<SourceError>) {
+        let mut warnings = self.warnings.clone();
+        let mut without_backends = Vec::new();
+        let mut rejections = self.policy_rejections.clone();
+        for f in self.services.values().flat_map(|e| &e.out) {
+            warnings.extend(f.warning.clone());
+            without_backends.extend(f.without_backends.clone());
+            rejections.extend(f.rejection.clone());
+        }
+        (warnings, without_backends, rejections)
+    }
+
+    /// Assembles and settles the whole config; keeps it when valid.
+    fn settle_all(&mut self) -> Outcome<'_> {
+        let finalized: usize = self
+            .services
+            .values()
+            .flat_map(|e| &e.out)
+            .filter(|f| f.spec.is_some())
+            .count();
+        let built = match self.assemble() {
+            Ok(built) => built,
+            Err(e) => {
+                self.clean = false;
+                return Outcome {
+                    built: Err(e),
+                    changed: false,
+                };
+            }
+        };
+        let changed = self.last.as_ref().is_none_or(|l| l.config != built.config);
+        self.clean = built.config.services.len() == finalized
+            && built.config.workloads.len() == self.workloads.len();
+        if self.clean {
+            let mut at = 0;
+            for entry in self.services.values_mut() {
+                entry.at = at;
+                at += entry.out.iter().filter(|f| f.spec.is_some()).count();
+            }
+            self.vips = built
+                .config
+                .services
+                .iter()
+                .map(|s| SocketAddr::new(s.vip, s.port))
+                .collect();
+            self.pairs = built.config.services.iter().map(|s| s.backends.len()).sum();
+        }
+        Outcome {
+            built: Ok(self.last.insert(built)),
+            changed,
+        }
     }
 
     /// Names every mesh service again, in order; returns the Services whose names changed.
@@ -224,17 +391,13 @@ impl ServiceCache {
     fn assemble(&self) -> Result<Built, SourceError> {
         let mut out = Built::empty();
         out.config.workloads = self.workloads.clone();
-        out.warnings = self.warnings.clone();
-        out.rejections = self.policy_rejections.clone();
-        let mut services = Vec::with_capacity(self.services.len());
-        for entry in self.services.values() {
-            for f in &entry.out {
-                out.warnings.extend(f.warning.clone());
-                out.without_backends.extend(f.without_backends.clone());
-                out.rejections.extend(f.rejection.clone());
-                services.extend(f.spec.clone());
-            }
-        }
+        (out.warnings, out.without_backends, out.rejections) = self.reports();
+        let services = self
+            .services
+            .values()
+            .flat_map(|e| &e.out)
+            .filter_map(|f| f.spec.clone())
+            .collect();
         settle(out, services)
     }
 }

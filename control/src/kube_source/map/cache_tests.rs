@@ -91,12 +91,15 @@ fn service(i: usize, s: &ServiceShape) -> Arc<k8s_openapi::api::core::v1::Servic
     }))
 }
 
-/// An EndpointSlice: which Service of its namespace it belongs to, its family, and up to
-/// 3 endpoints (address from a pool, ready or not, pointing at a pod or not).
+/// An EndpointSlice: which Service of its namespace it belongs to, its family, its `http`
+/// port (8080, or 80: a backend can then be a VIP:port), and up to 3 endpoints (address from
+/// a pool that holds a VIP and an address no backend may have, ready or not, pointing at a
+/// pod or not).
 #[derive(Debug, Clone)]
 struct SliceShape {
     owner: u8,
     ipv6: bool,
+    port_80: bool,
     endpoints: Vec<(u8, bool, Option<u8>)>,
 }
 
@@ -104,14 +107,20 @@ fn slice_shape() -> impl Strategy<Value = SliceShape> {
     (
         0u8..3,
         prop::bool::weighted(0.2),
+        prop::bool::weighted(0.2),
         prop::collection::vec(
-            (0u8..4, prop::bool::weighted(0.8), prop::option::of(0u8..2)),
+            (
+                prop_oneof![8 => 0u8..3, 1 => Just(3), 1 => Just(4)],
+                prop::bool::weighted(0.8),
+                prop::option::of(0u8..2),
+            ),
             0..4,
         ),
     )
-        .prop_map(|(owner, ipv6, endpoints)| SliceShape {
+        .prop_map(|(owner, ipv6, port_80, endpoints)| SliceShape {
             owner,
             ipv6,
+            port_80,
             endpoints,
         })
 }
@@ -129,10 +138,13 @@ fn slice(j: usize, s: &SliceShape) -> Arc<k8s_openapi::api::discovery::v1::Endpo
         .endpoints
         .iter()
         .map(|(addr, ready, pod)| {
-            let address = if s.ipv6 {
-                format!("fd00:10::{}", addr + 1)
-            } else {
-                format!("127.0.10.{}", addr + 1)
+            let address = match (addr, s.ipv6) {
+                (3, false) => "127.100.0.1".to_owned(),
+                (3, true) => "fd00:100::1".to_owned(),
+                (4, false) => "0.0.0.0".to_owned(),
+                (4, true) => "::".to_owned(),
+                (_, false) => format!("127.0.10.{}", addr + 1),
+                (_, true) => format!("fd00:10::{}", addr + 1),
             };
             let mut ep = json!({"addresses": [address], "conditions": {"ready": ready},
                                 "zone": "zone-a"});
@@ -146,7 +158,7 @@ fn slice(j: usize, s: &SliceShape) -> Arc<k8s_openapi::api::discovery::v1::Endpo
         "metadata": {"name": name, "namespace": ns,
                      "labels": {"kubernetes.io/service-name": owner}},
         "addressType": if s.ipv6 { "IPv6" } else { "IPv4" },
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"},
+        "ports": [{"name": "http", "port": if s.port_80 { 80 } else { 8080 }, "protocol": "TCP"},
                   {"name": "https", "port": 8443}],
         "endpoints": endpoints
     }))
@@ -305,7 +317,10 @@ proptest! {
         let mut memory = PolicyMemory::default();
         let mut whole_memory = PolicyMemory::default();
         let first = cache.build(&cluster.snapshot(), &opts, &mut memory);
-        prop_assert_eq!(first, build(&cluster.snapshot(), &opts, &mut whole_memory));
+        prop_assert!(first.changed);
+        let first = first.built.cloned();
+        prop_assert_eq!(&first, &build(&cluster.snapshot(), &opts, &mut whole_memory));
+        let mut last_valid = first.ok().map(|b| b.config);
         let (mut updates, mut wholes) = (0, 0);
         for step in &steps {
             let changes: Vec<Option<ServiceChange>> = step.iter().map(|op| cluster.apply(op)).collect();
@@ -317,8 +332,16 @@ proptest! {
                 wholes += 1;
                 cache.build(&snap, &opts, &mut memory)
             };
+            let changed = got.changed;
+            let got = got.built.cloned();
             let want = build(&snap, &opts, &mut whole_memory);
-            prop_assert_eq!(got, want, "after {:?}", step);
+            prop_assert_eq!(&got, &want, "after {:?}", step);
+            if let Ok(b) = got {
+                prop_assert_eq!(changed, last_valid.as_ref() != Some(&b.config), "changed, after {:?}", step);
+                last_valid = Some(b.config);
+            } else {
+                prop_assert!(!changed);
+            }
         }
         prop_assert_eq!(updates + wholes, steps.len());
     }
@@ -339,6 +362,7 @@ fn the_objects_reach_every_path() {
     let ready = SliceShape {
         owner: 1,
         ipv6: false,
+        port_80: false,
         endpoints: vec![(0, true, Some(0))],
     };
     for op in [
@@ -383,6 +407,8 @@ fn the_objects_reach_every_path() {
             &MapOptions::default(),
             &mut PolicyMemory::default(),
         )
+        .built
+        .cloned()
         .unwrap();
     let names: Vec<&str> = built
         .config
@@ -411,5 +437,59 @@ fn the_objects_reach_every_path() {
             .iter()
             .any(|m| m.contains("service b-db-80 left out")),
         "{messages:?}"
+    );
+}
+
+/// The one rule the services of an update alone cannot check: a backend that is another
+/// service's VIP:port. After a clean build, an EndpointSlice update puts `b/db`'s backend on
+/// `a/web`'s VIP:port; the update must leave `b/db` out as a whole build does.
+#[test]
+fn an_update_onto_another_services_vip_is_validated_with_the_whole_mesh() {
+    let mut cluster = Cluster::default();
+    cluster.apply(&Op::Namespace(0, true));
+    let shape = ServiceShape {
+        vip: 0,
+        https: false,
+        http: true,
+        dual: false,
+        mesh: 1,
+    };
+    let endpoint = |addr| SliceShape {
+        owner: 0,
+        ipv6: false,
+        port_80: true,
+        endpoints: vec![(addr, true, None)],
+    };
+    cluster.apply(&Op::Service(0, Some(shape.clone())));
+    cluster.apply(&Op::Service(3, Some(ServiceShape { vip: 2, ..shape })));
+    cluster.apply(&Op::Slice(0, Some(endpoint(0))));
+    cluster.apply(&Op::Slice(3, Some(endpoint(0))));
+    let opts = MapOptions::default();
+    let mut cache = ServiceCache::default();
+    let first = cache.build(&cluster.snapshot(), &opts, &mut PolicyMemory::default());
+    let first = first.built.cloned().unwrap();
+    assert_eq!(first.config.services.len(), 2);
+    assert!(first.rejections.is_empty(), "{:?}", first.rejections);
+
+    // 127.100.0.1:80 is a/web's VIP:port.
+    let change = cluster.apply(&Op::Slice(3, Some(endpoint(3)))).unwrap();
+    let outcome = cache.update(vec![change]);
+    assert!(outcome.changed);
+    let got = outcome.built.cloned().unwrap();
+    let want = build(&cluster.snapshot(), &opts, &mut PolicyMemory::default()).unwrap();
+    assert_eq!(got, want);
+    let names: Vec<&str> = got
+        .config
+        .services
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(names, ["a-web-80"]);
+    assert!(
+        got.rejections[0]
+            .message
+            .contains("service b-db-80 left out"),
+        "{:?}",
+        got.rejections
     );
 }
