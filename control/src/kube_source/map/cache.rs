@@ -69,7 +69,8 @@ pub struct ServiceCache {
     workload_names: HashSet<String>,
     /// Of the workloads (caps), then of the policies (one ignored).
     warnings: Vec<String>,
-    policies: HashMap<(String, String), ChosenPolicy>,
+    /// The policy of each Service, by `namespace/name`.
+    policies: HashMap<String, ChosenPolicy>,
     policy_rejections: Vec<SourceError>,
     built: bool,
     /// The last valid outcome: what an update patches and compares with.
@@ -115,7 +116,10 @@ impl ServiceCache {
         cap_per_node(&mut workloads, &mut scratch.warnings);
         self.workload_names = workloads.iter().map(|w| w.name.clone()).collect();
         self.workloads = workloads;
-        self.policies = effective_policies(snap, memory, &mut scratch);
+        self.policies = effective_policies(snap, memory, &mut scratch)
+            .into_iter()
+            .map(|((ns, name), chosen)| (format!("{ns}/{name}"), chosen))
+            .collect();
         self.warnings = scratch.warnings;
         self.policy_rejections = scratch.rejections;
 
@@ -137,8 +141,8 @@ impl ServiceCache {
                 },
             );
         }
-        let all: BTreeSet<String> = self.services.keys().cloned().collect();
         self.name_all();
+        let all: Vec<String> = self.services.keys().cloned().collect();
         self.finalize(&all);
         self.built = true;
         self.settle_all()
@@ -213,8 +217,17 @@ impl ServiceCache {
         // Names depend only on the name parts of every port, in order: when none appeared,
         // went or changed, every name is taken again in the same order and stays.
         if renamed {
-            dirty.extend(self.name_all());
+            for key in self.name_all() {
+                // Renamed but not mapped again: its backends went into its specs.
+                if !dirty.contains(&key) {
+                    if let Some(e) = self.services.get_mut(&key) {
+                        e.mapped = map_service(&e.service, &self.inputs);
+                    }
+                    dirty.insert(key);
+                }
+            }
         }
+        let dirty: Vec<String> = dirty.into_iter().collect();
         self.finalize(&dirty);
         if !renamed {
             if let Some(changed) = self.patch(&before) {
@@ -368,19 +381,17 @@ impl ServiceCache {
         changed
     }
 
-    fn finalize(&mut self, keys: &BTreeSet<String>) {
+    /// Finalizes the ports of `keys`, which must have been mapped since they last were.
+    fn finalize(&mut self, keys: &[String]) {
         for key in keys {
             let Some(entry) = self.services.get_mut(key) else {
                 continue;
             };
-            let Some((ns, name)) = key.split_once('/') else {
-                continue;
-            };
-            let policy = self.policies.get(&(ns.to_owned(), name.to_owned()));
+            let policy = self.policies.get(key);
             entry.out = entry
                 .mapped
                 .ports
-                .iter()
+                .iter_mut()
                 .zip(&entry.names)
                 .map(|(port, name)| finalize(port, name, policy, &self.workload_names))
                 .collect();

@@ -28,9 +28,9 @@ pub(super) struct Inputs {
     enrolled_namespaces: HashSet<String>,
     /// namespace -> pod name -> pod.
     pods: HashMap<String, HashMap<String, Arc<Pod>>>,
-    /// (namespace, Service name) -> its EndpointSlices by `namespace/name`: the order the
+    /// namespace -> Service name -> its EndpointSlices by `namespace/name`: the order the
     /// mapping reads them in.
-    slices: HashMap<(String, String), BTreeMap<String, Arc<EndpointSlice>>>,
+    slices: HashMap<String, HashMap<String, BTreeMap<String, Arc<EndpointSlice>>>>,
     /// `namespace/name` of each filed EndpointSlice -> the Service it is filed under.
     slice_owner: HashMap<String, (String, String)>,
 }
@@ -71,14 +71,19 @@ impl Inputs {
         slice: Option<Arc<EndpointSlice>>,
     ) -> Vec<String> {
         let mut touched = Vec::new();
-        if let Some(owner) = self.slice_owner.remove(key) {
-            if let Some(filed) = self.slices.get_mut(&owner) {
-                filed.remove(key);
-                if filed.is_empty() {
-                    self.slices.remove(&owner);
+        if let Some((ns, svc)) = self.slice_owner.remove(key) {
+            if let Some(services) = self.slices.get_mut(&ns) {
+                if let Some(filed) = services.get_mut(&svc) {
+                    filed.remove(key);
+                    if filed.is_empty() {
+                        services.remove(&svc);
+                    }
+                }
+                if services.is_empty() {
+                    self.slices.remove(&ns);
                 }
             }
-            touched.push(format!("{}/{}", owner.0, owner.1));
+            touched.push(format!("{ns}/{svc}"));
         }
         let Some(slice) = slice else {
             return touched;
@@ -95,7 +100,9 @@ impl Inputs {
             touched.push(service_key);
         }
         self.slices
-            .entry(owner.clone())
+            .entry(owner.0.clone())
+            .or_default()
+            .entry(owner.1.clone())
             .or_default()
             .insert(key.to_owned(), slice);
         self.slice_owner.insert(key.to_owned(), owner);
@@ -109,7 +116,8 @@ impl Inputs {
     /// The EndpointSlices of Service `ns/name`, in `namespace/name` order.
     fn slices_of(&self, ns: &str, name: &str) -> Vec<&EndpointSlice> {
         self.slices
-            .get(&(ns.to_owned(), name.to_owned()))
+            .get(ns)
+            .and_then(|services| services.get(name))
             .map(|filed| filed.values().map(|s| &**s).collect())
             .unwrap_or_default()
     }
@@ -144,7 +152,8 @@ pub(super) struct MappedPort {
     pub(super) parts: Vec<String>,
     vip: IpAddr,
     port: u16,
-    /// Ready endpoints, sorted by address, at most [`MAX_BACKENDS_PER_SERVICE`].
+    /// Ready endpoints, sorted by address, at most [`MAX_BACKENDS_PER_SERVICE`]; moved
+    /// into the spec by [`finalize`] (a port is mapped again before it is finalized again).
     backends: Vec<BackendSpec>,
     /// How many ready endpoints there were (more than `backends` holds when capped).
     ready: usize,
@@ -221,15 +230,15 @@ pub(super) struct Finalized {
 pub(super) type ChosenPolicy = (String, Map<String, Value>);
 
 /// `port` named `name`, with its Service's policy applied and the `allowed_callers` names
-/// that are not workloads dropped.
+/// that are not workloads dropped. Takes the port's backends.
 pub(super) fn finalize(
-    port: &MappedPort,
+    port: &mut MappedPort,
     name: &str,
     policy: Option<&ChosenPolicy>,
     workload_names: &HashSet<String>,
 ) -> Finalized {
     let mut out = Finalized::default();
-    if port.backends.is_empty() {
+    if port.ready == 0 {
         out.without_backends = Some(name.to_owned());
         return out;
     }
@@ -245,7 +254,7 @@ pub(super) fn finalize(
         port.vip,
         port.port,
         LbPolicy::default(),
-        port.backends.clone(),
+        std::mem::take(&mut port.backends),
     );
     if let Some((key, patch)) = policy {
         match apply_policy(&spec, patch) {
