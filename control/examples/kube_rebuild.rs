@@ -137,7 +137,9 @@ fn main() {
         let change =
             ServiceChange::EndpointSlice(format!("scale/s{i}-slice"), Some(snap.slices[i].clone()));
         let t = Instant::now();
-        let events = rebuild.run_changes(vec![change]).expect("built once");
+        let events = rebuild
+            .run_changes(vec![change], None, &opts)
+            .expect("built once");
         per_change.push(ms(t.elapsed()));
         assert!(
             matches!(events.as_slice(), [SourceEvent::Desired(_)]),

@@ -16,10 +16,10 @@
 //!
 //! The first event waits until every watch has listed once, so the first config is the
 //! whole cluster, never a half-listed one. Later changes are debounced: a rollout that
-//! touches a hundred endpoints becomes a few versions, not a hundred. When only Services and
-//! EndpointSlices changed, only those Services are mapped again, so a rebuild costs the
-//! change, not the cluster; a Namespace, Node, Pod or MeshPolicy change, or a relist, maps
-//! everything.
+//! touches a hundred endpoints becomes a few versions, not a hundred. When only Services,
+//! EndpointSlices, Pods and Nodes changed, only the Services they touch are mapped again
+//! (the workloads are made again from the pods), so a rebuild costs the change, not the
+//! cluster; a Namespace or MeshPolicy change, or a relist, maps everything.
 
 pub mod crd;
 pub mod map;
@@ -57,17 +57,16 @@ pub use rebuild::Rebuild;
 /// How the source behaves; the binary fills it from flags.
 #[derive(Debug, Clone)]
 pub struct KubeOptions {
-    /// Quiet time after a Service or EndpointSlice change before the config is rebuilt
-    /// (further changes restart it). Default 25 ms: such a rebuild maps only the Services
-    /// touched (about 5 ms for one EndpointSlice at 10,000 Services, most of it the copy of
-    /// the config handed to the hub), so the wait is for what arrives together (a dual-stack
-    /// Service's IPv4 and IPv6 slices, a Service and its slices), not for the rebuild's
-    /// cost; continuous churn costs at most one such rebuild per 25 ms.
+    /// Quiet time after a Service, EndpointSlice, Pod or Node change before the config is
+    /// rebuilt (further changes restart it). Default 25 ms: such a rebuild maps only the
+    /// Services touched (about 5 ms for one EndpointSlice at 10,000 Services, most of it the
+    /// copy of the config handed to the hub), so the wait is for what arrives together (a
+    /// dual-stack Service's IPv4 and IPv6 slices, a pod's readiness and its slice), not for
+    /// the rebuild's cost; continuous churn costs at most one such rebuild per 25 ms.
     pub debounce: Duration,
-    /// The quiet time when the changes need the whole cluster mapped again (a Namespace,
-    /// Node, Pod or MeshPolicy changed, or a watch relisted): about 100 ms at 10,000
-    /// Services, so it stays 200 ms, which keeps a stream of pod updates from taking a
-    /// core. Never shorter than `debounce`.
+    /// The quiet time when the changes need the whole cluster mapped again (a Namespace or
+    /// MeshPolicy changed, or a watch relisted): about 100 ms at 10,000 Services, so it
+    /// stays 200 ms. Never shorter than `debounce`.
     pub whole_debounce: Duration,
     /// A rebuild happens at the latest this long after the first change of a burst, even if
     /// changes keep coming.
@@ -121,6 +120,16 @@ impl Stores {
         }
     }
 
+    /// What the workloads are made of: Namespaces, Nodes, Pods.
+    fn workload_snapshot(&self) -> map::Snapshot {
+        map::Snapshot {
+            namespaces: self.namespaces.state(),
+            nodes: self.nodes.state(),
+            pods: self.pods.state(),
+            ..map::Snapshot::default()
+        }
+    }
+
     /// Waits until every watch has listed once. Errs when a watch task ended.
     async fn ready(&self) -> Result<(), reflector::store::WriterDropped> {
         self.namespaces.wait_until_ready().await?;
@@ -135,12 +144,15 @@ impl Stores {
 /// What changed since the last rebuild, as the watch tasks saw it.
 #[derive(Debug, Default)]
 struct Changed {
-    /// Something only a whole build covers: a Namespace, Node, Pod or MeshPolicy event, or
-    /// a (re)list of any collection.
+    /// Something only a whole build covers: a Namespace or MeshPolicy event, or a (re)list
+    /// of any collection.
     whole: bool,
-    /// `namespace/name` of the Services and EndpointSlices added, modified or deleted.
+    /// `namespace/name` of the Services, EndpointSlices and Pods added, modified or deleted.
     services: BTreeSet<String>,
     slices: BTreeSet<String>,
+    pods: BTreeSet<String>,
+    /// A Node changed (its zone is its pods' workloads').
+    nodes: bool,
 }
 
 /// Which part of [`Changed`] a watch's events go to.
@@ -148,6 +160,8 @@ struct Changed {
 enum Collection {
     Services,
     EndpointSlices,
+    Pods,
+    Nodes,
     /// Everything else: any event needs a whole build.
     Other,
 }
@@ -194,7 +208,7 @@ impl KubeSource {
             nodes: spawn_watch_trimmed(
                 Api::all(client.clone()),
                 "nodes",
-                Collection::Other,
+                Collection::Nodes,
                 &tx,
                 &mut tasks,
                 |n: &mut Node| {
@@ -218,7 +232,14 @@ impl KubeSource {
                 &mut tasks,
                 |_| {},
             ),
-            pods: spawn_watch(Api::all(client.clone()), "pods", &tx, &mut tasks),
+            pods: spawn_watch_trimmed(
+                Api::all(client.clone()),
+                "pods",
+                Collection::Pods,
+                &tx,
+                &mut tasks,
+                |_| {},
+            ),
             policies: spawn_watch(Api::all(client), "meshpolicies", &tx, &mut tasks),
         };
         KubeSource {
@@ -321,7 +342,15 @@ impl KubeSource {
                 let now = self.stores.slices.get(&object_ref(&key));
                 ServiceChange::EndpointSlice(key, now)
             });
-            self.rebuild.run_changes(services.chain(slices).collect())
+            let workloads = !changed.pods.is_empty() || changed.nodes;
+            let pods = changed.pods.into_iter().map(|key| {
+                let now = self.stores.pods.get(&object_ref(&key));
+                ServiceChange::Pod(key, now)
+            });
+            let changes = services.chain(slices).chain(pods).collect();
+            let from = workloads.then(|| self.stores.workload_snapshot());
+            self.rebuild
+                .run_changes(changes, from.as_ref(), &self.opts.map)
         };
         let events =
             events.unwrap_or_else(|| self.rebuild.run(&self.stores.snapshot(), &self.opts.map));
@@ -376,32 +405,41 @@ struct Watchers {
 
 impl Watchers {
     fn note<K: Resource>(&self, collection: Collection, event: &watcher::Event<K>) {
-        {
-            let mut changed = self.changed.lock().unwrap_or_else(PoisonError::into_inner);
-            let object = match event {
-                watcher::Event::Apply(o) | watcher::Event::Delete(o) => Some(o),
-                watcher::Event::Init | watcher::Event::InitApply(_) | watcher::Event::InitDone => {
-                    None
-                }
-            };
-            let keys = match collection {
-                Collection::Services => Some(&mut changed.services),
-                Collection::EndpointSlices => Some(&mut changed.slices),
-                Collection::Other => None,
-            };
-            match (object, keys) {
-                (Some(o), Some(keys)) => {
-                    let meta = o.meta();
-                    keys.insert(format!(
-                        "{}/{}",
-                        meta.namespace.as_deref().unwrap_or(""),
-                        meta.name.as_deref().unwrap_or("")
-                    ));
-                }
-                _ => changed.whole = true,
+        let key = match event {
+            watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
+                let meta = o.meta();
+                Some(format!(
+                    "{}/{}",
+                    meta.namespace.as_deref().unwrap_or(""),
+                    meta.name.as_deref().unwrap_or("")
+                ))
             }
-        }
+            watcher::Event::Init | watcher::Event::InitApply(_) | watcher::Event::InitDone => None,
+        };
+        let mut changed = self.changed.lock().unwrap_or_else(PoisonError::into_inner);
+        changed.note(collection, key);
+        drop(changed);
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+impl Changed {
+    /// Notes one watch event of `collection`: the object's `namespace/name`, or `None` for
+    /// a (re)list, which only a whole build covers.
+    fn note(&mut self, collection: Collection, key: Option<String>) {
+        match (collection, key) {
+            (Collection::Services, Some(key)) => {
+                self.services.insert(key);
+            }
+            (Collection::EndpointSlices, Some(key)) => {
+                self.slices.insert(key);
+            }
+            (Collection::Pods, Some(key)) => {
+                self.pods.insert(key);
+            }
+            (Collection::Nodes, Some(_)) => self.nodes = true,
+            (Collection::Other, _) | (_, None) => self.whole = true,
+        }
     }
 }
 
@@ -465,8 +503,31 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::KubeOptions;
+    use super::{Changed, Collection, KubeOptions};
     use std::time::Duration;
+
+    #[test]
+    fn events_are_noted_by_collection_and_relists_need_a_whole_build() {
+        let mut changed = Changed::default();
+        changed.note(Collection::Services, Some("a/web".into()));
+        changed.note(Collection::EndpointSlices, Some("a/web-1".into()));
+        changed.note(Collection::Pods, Some("a/web-0".into()));
+        assert!(!changed.whole && !changed.nodes);
+        changed.note(Collection::Nodes, Some("/node-a".into()));
+        assert!(changed.nodes && !changed.whole);
+        assert_eq!(changed.services.iter().collect::<Vec<_>>(), ["a/web"]);
+        assert_eq!(changed.slices.iter().collect::<Vec<_>>(), ["a/web-1"]);
+        assert_eq!(changed.pods.iter().collect::<Vec<_>>(), ["a/web-0"]);
+        for (collection, key) in [
+            (Collection::Other, Some("a".to_owned())),
+            (Collection::Pods, None),
+            (Collection::EndpointSlices, None),
+        ] {
+            let mut changed = Changed::default();
+            changed.note(collection, key);
+            assert!(changed.whole, "{collection:?}");
+        }
+    }
 
     #[test]
     fn only_a_whole_rebuild_waits_the_long_quiet_time() {

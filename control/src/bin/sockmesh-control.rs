@@ -61,14 +61,13 @@ struct Cli {
     /// How often the config file is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 250)]
     watch_interval_ms: u64,
-    /// Kubernetes source: quiet time after a Service or EndpointSlice change before a new
-    /// config is built (changes that arrive together become one version), in milliseconds.
-    /// Such a rebuild maps only the Services touched.
+    /// Kubernetes source: quiet time after a Service, EndpointSlice, Pod or Node change
+    /// before a new config is built (changes that arrive together become one version), in
+    /// milliseconds. Such a rebuild maps only the Services touched.
     #[arg(long, default_value_t = 25)]
     kube_debounce_ms: u64,
     /// Kubernetes source: the quiet time when the whole cluster must be mapped again (a
-    /// Namespace, Node, Pod or MeshPolicy changed), in milliseconds; at least
-    /// --kube-debounce-ms.
+    /// Namespace or MeshPolicy changed), in milliseconds; at least --kube-debounce-ms.
     #[arg(long, default_value_t = 200)]
     kube_whole_debounce_ms: u64,
     /// Kubernetes source: the kubelets' cgroup driver, which names the pod cgroups that

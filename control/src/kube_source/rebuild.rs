@@ -29,13 +29,22 @@ impl Rebuild {
         report(outcome, &mut self.refused)
     }
 
-    /// [`Rebuild::run`] after only Services and EndpointSlices changed: maps those Services
-    /// again, nothing else. `None` before the first [`Rebuild::run`], which must come first.
-    pub fn run_changes(&mut self, changes: Vec<ServiceChange>) -> Option<Vec<SourceEvent>> {
+    /// [`Rebuild::run`] after only Services, EndpointSlices, Pods or Nodes changed: maps
+    /// the Services they touch again, nothing else (`workloads_from` when a Pod or Node
+    /// changed: [`ServiceCache::update`]). `None` before the first [`Rebuild::run`], which
+    /// must come first.
+    pub fn run_changes(
+        &mut self,
+        changes: Vec<ServiceChange>,
+        workloads_from: Option<&Snapshot>,
+        opts: &MapOptions,
+    ) -> Option<Vec<SourceEvent>> {
         if !self.cache.is_built() {
             return None;
         }
-        let outcome = self.cache.update(changes);
+        let outcome = self
+            .cache
+            .update(changes, workloads_from.map(|snap| (snap, opts)));
         Some(report(outcome, &mut self.refused))
     }
 }

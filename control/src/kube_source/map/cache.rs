@@ -8,19 +8,25 @@
 //! | [`map_service`] | the Service, its EndpointSlices, the labels of the pods they point at, whether its namespace is enrolled | Service |
 //! | names ([`Names`]) | every enrolled Service's name parts, in `namespace/name` order | mesh service |
 //! | [`finalize`] | the above, the Service's MeshPolicy, the workloads' names | mesh service |
-//! | workloads, policies | Pods, Nodes, Namespaces; MeshPolicies | cluster |
+//! | workloads | Pods, Nodes, Namespaces | cluster |
+//! | policies | MeshPolicies | cluster |
 //! | [`settle`] (budget, validation) | the assembled config | nothing: run each build |
 //!
-//! [`ServiceCache::update`] takes the Services and EndpointSlices that changed: it maps those
-//! Services again, names every mesh service again only when one of them gained, lost or
-//! renamed a port (names depend on the ones taken before them), and finalizes what was mapped
-//! or renamed. Everything else (a Namespace, Node, Pod or MeshPolicy change, a relist) goes
-//! through [`ServiceCache::build`], the whole cluster. Both give exactly the same [`Built`]
+//! [`ServiceCache::update`] takes the Services, EndpointSlices and Pods that changed (and
+//! whether a Node did): it maps again the Services whose object or EndpointSlices changed or
+//! whose EndpointSlices point at a changed pod (`Inputs` counts which do), makes the
+//! workloads again when a Pod or Node changed (and finalizes again the Services whose
+//! policy names callers, when they changed), names every mesh service again only when a
+//! port appeared, went or changed its name parts (names depend on the ones taken before
+//! them), and finalizes what was mapped or renamed. A Namespace or MeshPolicy change, or a
+//! relist, goes through [`ServiceCache::build`], the whole cluster: they move enrolment
+//! and policies of many Services at once. Both give exactly the same [`Built`]
 //! (`cache_tests.rs`, a property test over random change sequences).
 //!
 //! Validating the whole config again would still cost the cluster (most of an update at
-//! 10,000 Services), so an update that keeps every mesh service's name, VIP and port, after
-//! a build that left nothing out, patches the kept config in place instead: the services it
+//! 10,000 Services), so an update that keeps every mesh service's name, VIP and port and
+//! the workloads, after a build that left nothing out, patches the kept config in place
+//! instead: the services it
 //! did not touch passed the model's rules with the same names, VIPs and workloads, the
 //! touched ones are validated on their own (a config of just them), and what only the whole
 //! config can break is checked here: the (service, backend) pair budget and a backend that is
@@ -30,7 +36,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::naming::Names;
@@ -43,11 +49,14 @@ use sockmesh_model::{
     Enrollment, MeshConfig, ServiceSpec, WorkloadSpec, CONFIG_VERSION, MAX_BACKEND_PAIRS,
 };
 
-/// A Service or EndpointSlice as it is now, by `namespace/name`; `None` once deleted.
+/// A Service, EndpointSlice or Pod as it is now, by `namespace/name`; `None` once deleted.
 #[derive(Debug, Clone)]
 pub enum ServiceChange {
     Service(String, Option<Arc<Service>>),
     EndpointSlice(String, Option<Arc<EndpointSlice>>),
+    /// Maps again the Services whose EndpointSlices point at the pod; the workloads come
+    /// from the snapshot given to [`ServiceCache::update`].
+    Pod(String, Option<Arc<Pod>>),
 }
 
 /// What a build or an update made of the cluster.
@@ -67,8 +76,10 @@ pub struct ServiceCache {
     services: BTreeMap<String, Entry>,
     workloads: Vec<WorkloadSpec>,
     workload_names: HashSet<String>,
-    /// Of the workloads (caps), then of the policies (one ignored).
-    warnings: Vec<String>,
+    /// Of the workloads (caps).
+    workload_warnings: Vec<String>,
+    /// Of the policies (one ignored).
+    policy_warnings: Vec<String>,
     /// The policy of each Service, by `namespace/name`.
     policies: HashMap<String, ChosenPolicy>,
     policy_rejections: Vec<SourceError>,
@@ -109,18 +120,17 @@ impl ServiceCache {
         opts: &MapOptions,
         memory: &mut PolicyMemory,
     ) -> Outcome<'_> {
-        let index = Index::new(snap);
-        let mut scratch = Built::empty();
         // Workloads first: allowed_callers is filtered against them.
-        let mut workloads = workloads(snap, &index, opts);
-        cap_per_node(&mut workloads, &mut scratch.warnings);
+        let (workloads, warnings) = workloads_of(snap, opts);
         self.workload_names = workloads.iter().map(|w| w.name.clone()).collect();
         self.workloads = workloads;
+        self.workload_warnings = warnings;
+        let mut scratch = Built::empty();
         self.policies = effective_policies(snap, memory, &mut scratch)
             .into_iter()
             .map(|((ns, name), chosen)| (format!("{ns}/{name}"), chosen))
             .collect();
-        self.warnings = scratch.warnings;
+        self.policy_warnings = scratch.warnings;
         self.policy_rejections = scratch.rejections;
 
         self.inputs = Inputs::new(snap);
@@ -148,11 +158,16 @@ impl ServiceCache {
         self.settle_all()
     }
 
-    /// Applies `changes` (Services and EndpointSlices only; anything else needs
-    /// [`ServiceCache::build`]) and returns the config of the cluster as it is now, equal to
-    /// what a whole build of it would give. Maps again only the Services whose object or
-    /// EndpointSlices changed.
-    pub fn update(&mut self, changes: Vec<ServiceChange>) -> Outcome<'_> {
+    /// Applies `changes` and returns the config of the cluster as it is now, equal to what
+    /// a whole build of it would give. Maps again only the Services whose object,
+    /// EndpointSlices or pods changed. `workloads_from` (its Namespaces, Nodes and Pods; the
+    /// rest is not read) is required when a Pod or Node changed: the workloads are made
+    /// again from it. A Namespace or MeshPolicy change needs [`ServiceCache::build`].
+    pub fn update(
+        &mut self,
+        changes: Vec<ServiceChange>,
+        workloads_from: Option<(&Snapshot, &MapOptions)>,
+    ) -> Outcome<'_> {
         debug_assert!(self.built, "update before the first build");
         let mut dirty: BTreeSet<String> = BTreeSet::new();
         let mut objects: HashMap<String, Option<Arc<Service>>> = HashMap::new();
@@ -165,6 +180,28 @@ impl ServiceCache {
                 ServiceChange::EndpointSlice(key, slice) => {
                     dirty.extend(self.inputs.put_slice(&key, slice));
                 }
+                ServiceChange::Pod(key, pod) => {
+                    debug_assert!(workloads_from.is_some(), "a pod changed: workloads needed");
+                    dirty.extend(self.inputs.put_pod(&key, pod));
+                }
+            }
+        }
+        let mut workloads_changed = false;
+        if let Some((snap, opts)) = workloads_from {
+            let (workloads, warnings) = workloads_of(snap, opts);
+            self.workload_warnings = warnings;
+            if workloads != self.workloads {
+                workloads_changed = true;
+                self.workload_names = workloads.iter().map(|w| w.name.clone()).collect();
+                self.workloads = workloads;
+                // Their specs keep only the `allowed_callers` names that are workloads.
+                let callers = self
+                    .policies
+                    .iter()
+                    .filter(|(_, (_, patch))| patch.contains_key("allowed_callers"))
+                    .map(|(key, _)| key)
+                    .filter(|key| self.services.contains_key(*key));
+                dirty.extend(callers.cloned());
             }
         }
         let mut renamed = false;
@@ -229,7 +266,8 @@ impl ServiceCache {
         }
         let dirty: Vec<String> = dirty.into_iter().collect();
         self.finalize(&dirty);
-        if !renamed {
+        // Other workloads: validation of every service's callers and of the workloads.
+        if !renamed && !workloads_changed {
             if let Some(changed) = self.patch(&before) {
                 return Outcome {
                     built: Ok(self.last.as_ref().expect("patched")),
@@ -307,7 +345,8 @@ impl ServiceCache {
     /// The warnings, services without backends and rejections of what is kept, in order,
     /// before [`settle`] adds its own.
     fn reports(&self) -> (Vec<String>, Vec<String>, Vec<SourceError>) {
-        let mut warnings = self.warnings.clone();
+        let mut warnings = self.workload_warnings.clone();
+        warnings.extend(self.policy_warnings.iter().cloned());
         let mut without_backends = Vec::new();
         let mut rejections = self.policy_rejections.clone();
         for f in self.services.values().flat_map(|e| &e.out) {
@@ -411,6 +450,16 @@ impl ServiceCache {
             .collect();
         settle(out, services)
     }
+}
+
+/// The workloads of `snap`'s pods (its Namespaces and Nodes read too), capped, with the
+/// warnings of the caps.
+fn workloads_of(snap: &Snapshot, opts: &MapOptions) -> (Vec<WorkloadSpec>, Vec<String>) {
+    let index = Index::new(snap);
+    let mut warnings = Vec::new();
+    let mut workloads = workloads(snap, &index, opts);
+    cap_per_node(&mut workloads, &mut warnings);
+    (workloads, warnings)
 }
 
 /// Whether two mappings of a Service name the same mesh services.

@@ -1,8 +1,8 @@
 //! [`ServiceCache::update`] against a whole [`build`]: over random sequences of object
-//! changes (Services, EndpointSlices, and now and then a Namespace, Pod, Node or MeshPolicy,
-//! which take the whole path), the config, rejections, warnings and services without
-//! backends are exactly those of a whole build of the same cluster, with a policy memory
-//! that went through the same history.
+//! changes (Services, EndpointSlices, Pods, Nodes, and now and then a Namespace or
+//! MeshPolicy, which take the whole path), the config, rejections, warnings and services
+//! without backends are exactly those of a whole build of the same cluster, with a policy
+//! memory that went through the same history.
 //!
 //! The objects are few and collide on purpose: VIPs shared between Services (validation
 //! leaves one out), names that meet (`a/b-c` and `a-b/c` are both `a-b-c-80`), slices that
@@ -181,7 +181,7 @@ fn policy(variant: u8) -> Arc<MeshPolicy> {
     let spec = match variant {
         0 => json!({"service": "web", "lb": "round_robin"}),
         1 => json!({"service": "web", "lb": "nope"}),
-        _ => json!({"service": "web", "allowed_callers": [{"name": "a-p1"}, {"namespace": "b"}]}),
+        _ => json!({"service": "web", "allowed_callers": ["a-p1", {"namespace": "b"}]}),
     };
     obj(json!({"metadata": {"name": "pol", "namespace": "a"}, "spec": spec}))
 }
@@ -190,11 +190,11 @@ fn policy(variant: u8) -> Arc<MeshPolicy> {
 enum Op {
     Service(usize, Option<ServiceShape>),
     Slice(usize, Option<SliceShape>),
+    Pod(usize, Option<(u8, u8)>),
+    Node(bool),
     /// Those below take the whole path.
     Namespace(usize, bool),
-    Pod(usize, Option<(u8, u8)>),
     Policy(Option<u8>),
-    Node(bool),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -204,7 +204,7 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (0..SLICES.len(), prop::option::weighted(0.85, slice_shape()))
             .prop_map(|(j, s)| Op::Slice(j, s)),
         1 => (0..NAMESPACES.len(), any::<bool>()).prop_map(|(k, on)| Op::Namespace(k, on)),
-        1 => (0..PODS.len(), prop::option::of((0u8..3, 0u8..2))).prop_map(|(k, p)| Op::Pod(k, p)),
+        3 => (0..PODS.len(), prop::option::of((0u8..3, 0u8..2))).prop_map(|(k, p)| Op::Pod(k, p)),
         1 => prop::option::of(0u8..3).prop_map(Op::Policy),
         1 => any::<bool>().prop_map(Op::Node),
     ]
@@ -229,11 +229,27 @@ fn put<T>(map: &mut BTreeMap<String, Arc<T>>, key: String, v: Option<Arc<T>>) ->
     v
 }
 
+/// What [`ServiceCache::update`] is told of an op.
+enum Applied {
+    Change(ServiceChange),
+    /// A Node: the workloads are made again.
+    Workloads,
+    /// It does not take this one: a whole build.
+    Whole,
+}
+
 impl Cluster {
     /// Applies `op`; the change for [`ServiceCache::update`], or `None` for one it does not
     /// take.
     fn apply(&mut self, op: &Op) -> Option<ServiceChange> {
-        match op {
+        match self.applied(op) {
+            Applied::Change(change) => Some(change),
+            Applied::Workloads | Applied::Whole => None,
+        }
+    }
+
+    fn applied(&mut self, op: &Op) -> Applied {
+        Applied::Change(match op {
             Op::Service(i, s) => {
                 let key = format!("{}/{}", SERVICES[*i].0, SERVICES[*i].1);
                 let now = put(
@@ -241,7 +257,7 @@ impl Cluster {
                     key.clone(),
                     s.as_ref().map(|s| service(*i, s)),
                 );
-                Some(ServiceChange::Service(key, now))
+                ServiceChange::Service(key, now)
             }
             Op::Slice(j, s) => {
                 let key = format!("{}/{}", SLICES[*j].0, SLICES[*j].1);
@@ -250,7 +266,7 @@ impl Cluster {
                     key.clone(),
                     s.as_ref().map(|s| slice(*j, s)),
                 );
-                Some(ServiceChange::EndpointSlice(key, now))
+                ServiceChange::EndpointSlice(key, now)
             }
             Op::Namespace(k, on) => {
                 let name = NAMESPACES[*k];
@@ -261,20 +277,20 @@ impl Cluster {
                 };
                 let ns = obj(json!({"metadata": {"name": name, "labels": labels}}));
                 self.namespaces.insert(name.to_owned(), ns);
-                None
+                return Applied::Whole;
             }
             Op::Pod(k, p) => {
                 let key = format!("{}/{}", PODS[*k].0, PODS[*k].1);
-                put(
+                let now = put(
                     &mut self.pods,
-                    key,
+                    key.clone(),
                     p.map(|(mesh, track)| pod(*k, mesh, track)),
                 );
-                None
+                ServiceChange::Pod(key, now)
             }
             Op::Policy(v) => {
                 put(&mut self.policies, "a/pol".to_owned(), v.map(policy));
-                None
+                return Applied::Whole;
             }
             Op::Node(zoned) => {
                 let labels = if *zoned {
@@ -284,9 +300,9 @@ impl Cluster {
                 };
                 let node = obj(json!({"metadata": {"name": "node-a", "labels": labels}}));
                 self.nodes.insert("node-a".to_owned(), node);
-                None
+                return Applied::Workloads;
             }
-        }
+        })
     }
 
     fn snapshot(&self) -> Snapshot {
@@ -323,11 +339,21 @@ proptest! {
         let mut last_valid = first.ok().map(|b| b.config);
         let (mut updates, mut wholes) = (0, 0);
         for step in &steps {
-            let changes: Vec<Option<ServiceChange>> = step.iter().map(|op| cluster.apply(op)).collect();
+            let applied: Vec<Applied> = step.iter().map(|op| cluster.applied(op)).collect();
             let snap = cluster.snapshot();
-            let got = if changes.iter().all(Option::is_some) {
+            let got = if applied.iter().all(|a| !matches!(a, Applied::Whole)) {
                 updates += 1;
-                cache.update(changes.into_iter().flatten().collect())
+                let workloads = applied.iter().any(|a| {
+                    matches!(a, Applied::Workloads | Applied::Change(ServiceChange::Pod(..)))
+                });
+                let changes = applied
+                    .into_iter()
+                    .filter_map(|a| match a {
+                        Applied::Change(c) => Some(c),
+                        _ => None,
+                    })
+                    .collect();
+                cache.update(changes, workloads.then_some((&snap, &opts)))
             } else {
                 wholes += 1;
                 cache.build(&snap, &opts, &mut memory)
@@ -473,7 +499,7 @@ fn an_update_onto_another_services_vip_is_validated_with_the_whole_mesh() {
 
     // 127.100.0.1:80 is a/web's VIP:port.
     let change = cluster.apply(&Op::Slice(3, Some(endpoint(3)))).unwrap();
-    let outcome = cache.update(vec![change]);
+    let outcome = cache.update(vec![change], None);
     assert!(outcome.changed);
     let got = outcome.built.cloned().unwrap();
     let want = build(&cluster.snapshot(), &opts, &mut PolicyMemory::default()).unwrap();
@@ -492,4 +518,51 @@ fn an_update_onto_another_services_vip_is_validated_with_the_whole_mesh() {
         "{:?}",
         got.rejections
     );
+}
+
+/// A pod none of its endpoints point at still changes a Service whose policy names it as a
+/// caller: the names are kept only while they are workloads.
+#[test]
+fn a_new_workload_reaches_the_callers_of_a_policy() {
+    let mut cluster = Cluster::default();
+    cluster.apply(&Op::Namespace(0, true));
+    let shape = ServiceShape {
+        vip: 0,
+        https: false,
+        http: true,
+        dual: false,
+        mesh: 0,
+    };
+    cluster.apply(&Op::Service(0, Some(shape)));
+    cluster.apply(&Op::Slice(
+        0,
+        Some(SliceShape {
+            owner: 0,
+            ipv6: false,
+            port_80: false,
+            endpoints: vec![(0, true, None)],
+        }),
+    ));
+    cluster.apply(&Op::Policy(Some(2)));
+    let opts = MapOptions::default();
+    let mut cache = ServiceCache::default();
+    let mut memory = PolicyMemory::default();
+    let callers = |b: &Built| format!("{:?}", b.config.services[0].allowed_callers);
+    let first = cache.build(&cluster.snapshot(), &opts, &mut memory);
+    let first = first.built.cloned().unwrap();
+    assert!(
+        !callers(&first).contains("a-p1"),
+        "{} {:?}",
+        callers(&first),
+        first.rejections
+    );
+
+    let change = cluster.apply(&Op::Pod(0, Some((0, 0)))).unwrap();
+    let snap = cluster.snapshot();
+    let outcome = cache.update(vec![change], Some((&snap, &opts)));
+    assert!(outcome.changed);
+    let got = outcome.built.cloned().unwrap();
+    assert!(callers(&got).contains("a-p1"), "{}", callers(&got));
+    let want = build(&snap, &opts, &mut PolicyMemory::default()).unwrap();
+    assert_eq!(got, want);
 }

@@ -33,6 +33,10 @@ pub(super) struct Inputs {
     slices: HashMap<String, HashMap<String, BTreeMap<String, Arc<EndpointSlice>>>>,
     /// `namespace/name` of each filed EndpointSlice -> the Service it is filed under.
     slice_owner: HashMap<String, (String, String)>,
+    /// `namespace/name` of a pod -> the Services (`namespace/name`) whose EndpointSlices
+    /// point at it, with how many endpoints do: whose mapping a change of the pod can move
+    /// (its labels are their backends', its own enrolment may enrol them).
+    pod_refs: HashMap<String, HashMap<String, usize>>,
 }
 
 impl Inputs {
@@ -72,9 +76,10 @@ impl Inputs {
     ) -> Vec<String> {
         let mut touched = Vec::new();
         if let Some((ns, svc)) = self.slice_owner.remove(key) {
+            let mut gone = None;
             if let Some(services) = self.slices.get_mut(&ns) {
                 if let Some(filed) = services.get_mut(&svc) {
-                    filed.remove(key);
+                    gone = filed.remove(key);
                     if filed.is_empty() {
                         services.remove(&svc);
                     }
@@ -82,6 +87,9 @@ impl Inputs {
                 if services.is_empty() {
                     self.slices.remove(&ns);
                 }
+            }
+            if let Some(gone) = gone {
+                self.count_targets(&gone, &format!("{ns}/{svc}"), false);
             }
             touched.push(format!("{ns}/{svc}"));
         }
@@ -96,6 +104,7 @@ impl Inputs {
         };
         let owner = (ns, svc);
         let service_key = format!("{}/{}", owner.0, owner.1);
+        self.count_targets(&slice, &service_key, true);
         if !touched.contains(&service_key) {
             touched.push(service_key);
         }
@@ -107,6 +116,53 @@ impl Inputs {
             .insert(key.to_owned(), slice);
         self.slice_owner.insert(key.to_owned(), owner);
         touched
+    }
+
+    /// Counts the pods `slice`'s endpoints point at for Service `service` (or stops).
+    fn count_targets(&mut self, slice: &EndpointSlice, service: &str, add: bool) {
+        let slice_ns = slice.metadata.namespace.as_deref().unwrap_or("");
+        for ep in slice.endpoints.iter().flatten() {
+            let Some(pod) = target_key(slice_ns, ep) else {
+                continue;
+            };
+            let refs = self.pod_refs.entry(pod.clone()).or_default();
+            let n = refs.entry(service.to_owned()).or_default();
+            if add {
+                *n += 1;
+                continue;
+            }
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                refs.remove(service);
+            }
+            if refs.is_empty() {
+                self.pod_refs.remove(&pod);
+            }
+        }
+    }
+
+    /// Files the pod `key` (`namespace/name`) as it is now (`None`: deleted); returns the
+    /// Services (`namespace/name`) whose EndpointSlices point at it.
+    pub(super) fn put_pod(&mut self, key: &str, pod: Option<Arc<Pod>>) -> Vec<String> {
+        if let Some((ns, name)) = key.split_once('/') {
+            match pod {
+                Some(pod) => {
+                    self.pods
+                        .entry(ns.to_owned())
+                        .or_default()
+                        .insert(name.to_owned(), pod);
+                }
+                None => {
+                    if let Some(pods) = self.pods.get_mut(ns) {
+                        pods.remove(name);
+                    }
+                }
+            }
+        }
+        self.pod_refs
+            .get(key)
+            .map(|refs| refs.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn namespace_enrolled(&self, ns: &str) -> bool {
@@ -124,16 +180,26 @@ impl Inputs {
 
     /// The pod an endpoint points at, if it is a pod we know.
     fn target_pod(&self, slice_ns: &str, ep: &Endpoint) -> Option<&Pod> {
-        let target = ep.target_ref.as_ref()?;
-        if target.kind.as_deref().is_some_and(|k| k != "Pod") {
-            return None;
-        }
-        let ns = target.namespace.as_deref().unwrap_or(slice_ns);
-        self.pods
-            .get(ns)?
-            .get(target.name.as_deref()?)
-            .map(|p| &**p)
+        let (ns, name) = target(slice_ns, ep)?;
+        self.pods.get(ns)?.get(name).map(|p| &**p)
     }
+}
+
+/// (namespace, name) of the pod an endpoint points at.
+fn target<'a>(slice_ns: &'a str, ep: &'a Endpoint) -> Option<(&'a str, &'a str)> {
+    let target = ep.target_ref.as_ref()?;
+    if target.kind.as_deref().is_some_and(|k| k != "Pod") {
+        return None;
+    }
+    Some((
+        target.namespace.as_deref().unwrap_or(slice_ns),
+        target.name.as_deref()?,
+    ))
+}
+
+/// `namespace/name` of the pod an endpoint points at.
+fn target_key(slice_ns: &str, ep: &Endpoint) -> Option<String> {
+    target(slice_ns, ep).map(|(ns, name)| format!("{ns}/{name}"))
 }
 
 /// A Service mapped on its own: its mesh services before names and policies.
