@@ -4,18 +4,22 @@
 //! gets a new address and [`Rebuild::run_changes`] (map that Service again, assemble,
 //! validate, compare, hand the config on) is timed, next to [`Rebuild::run`] (the whole
 //! cluster, what every change cost before) and `map::build`. No API server: the watches'
-//! part is not in the number.
+//! part is not in the number. With a fourth argument, that many pods, each endpoint pointing
+//! at one, and two more rows: a pod's readiness flipping (the Services pointing at it are
+//! mapped again) and a new pod (a new workload: the whole config is validated again).
 //!
 //! ```sh
 //! cargo run --release -p sockmesh-control --example kube_rebuild -- 10000 10 50
+//! cargo run --release -p sockmesh-control --example kube_rebuild -- 10000 10 50 1000
 //! ```
 //!
-//! Prints numbers; asserts only that each change is one new config.
+//! Prints numbers; asserts only that each change is one new config (none for a readiness
+//! flip) and that both paths give the same config.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::json;
 use sockmesh_control::kube_source::map::{self, MapOptions, PolicyMemory, Snapshot};
@@ -42,12 +46,18 @@ fn service(i: usize) -> Arc<Service> {
     )
 }
 
-fn slice(i: usize, backends: usize, generation: usize) -> Arc<EndpointSlice> {
+/// With `pods`, endpoint `e` of Service `i` points at pod `(i * 16 + e) % pods`.
+fn slice(i: usize, backends: usize, generation: usize, pods: usize) -> Arc<EndpointSlice> {
     let endpoints: Vec<_> = (0..backends)
         .map(|e| {
             let g = if e == 0 { generation } else { 0 };
-            json!({"addresses": [endpoint(i, e, g)], "conditions": {"ready": true},
-                   "nodeName": "node-1", "zone": "zone-a"})
+            let mut ep = json!({"addresses": [endpoint(i, e, g)], "conditions": {"ready": true},
+                                "nodeName": "node-1", "zone": "zone-a"});
+            if pods > 0 {
+                ep["targetRef"] = json!({"kind": "Pod", "namespace": "scale",
+                                         "name": format!("p{}", (i * 16 + e) % pods)});
+            }
+            ep
         })
         .collect();
     Arc::new(
@@ -58,6 +68,22 @@ fn slice(i: usize, backends: usize, generation: usize) -> Arc<EndpointSlice> {
             "addressType": "IPv4",
             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
             "endpoints": endpoints
+        }))
+        .unwrap(),
+    )
+}
+
+/// Pod `name` (UID from `uid`), its status at `generation` (what readiness flips change;
+/// labels stay).
+fn pod(name: &str, uid: usize, generation: usize) -> Arc<Pod> {
+    Arc::new(
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "scale", "uid": format!("{uid:08x}"),
+                         "resourceVersion": format!("{generation}"),
+                         "labels": {"app": "scale"}},
+            "spec": {"nodeName": "node-1", "containers": []},
+            "status": {"phase": "Running", "qosClass": "BestEffort",
+                       "conditions": [{"type": "Ready", "status": if generation.is_multiple_of(2) { "True" } else { "False" }}]}
         }))
         .unwrap(),
     )
@@ -83,12 +109,14 @@ fn main() {
         .skip(1)
         .map(|a| {
             a.parse()
-                .expect("usage: kube_rebuild [services] [endpoints] [changes]")
+                .expect("usage: kube_rebuild [services] [endpoints] [changes] [pods]")
         })
         .collect();
     let services = args.first().copied().unwrap_or(10_000);
     let backends = args.get(1).copied().unwrap_or(10);
     let changes = args.get(2).copied().unwrap_or(50).max(1);
+    // 0: endpoints point at no pod, as in `cargo xtask bench --scale`.
+    let pods = args.get(3).copied().unwrap_or(0);
 
     let namespace: Namespace = serde_json::from_value(json!({
         "metadata": {"name": "scale", "labels": {"sockmesh.io/mesh": "enabled"}}
@@ -102,8 +130,8 @@ fn main() {
         namespaces: vec![Arc::new(namespace)],
         nodes: vec![Arc::new(node)],
         services: (0..services).map(service).collect(),
-        slices: (0..services).map(|i| slice(i, backends, 0)).collect(),
-        pods: Vec::new(),
+        slices: (0..services).map(|i| slice(i, backends, 0, pods)).collect(),
+        pods: (0..pods).map(|n| pod(&format!("p{n}"), n, 0)).collect(),
         policies: Vec::new(),
     };
     let opts = MapOptions::default();
@@ -117,7 +145,7 @@ fn main() {
     };
     assert_eq!(cfg.services.len(), services);
     println!(
-        "{services} Services x {backends} endpoints, {changes} changes of one EndpointSlice each"
+        "{services} Services x {backends} endpoints, {pods} pods, {changes} changes of one EndpointSlice each"
     );
     println!(
         "{:<44} {:>8.2} ms",
@@ -133,7 +161,7 @@ fn main() {
     for c in 0..changes {
         // Spread over the cluster; the slice's first endpoint gets a new address.
         let i = (c * 7919) % services;
-        snap.slices[i] = slice(i, backends, c + 1);
+        snap.slices[i] = slice(i, backends, c + 1, pods);
         let change =
             ServiceChange::EndpointSlice(format!("scale/s{i}-slice"), Some(snap.slices[i].clone()));
         let t = Instant::now();
@@ -186,4 +214,40 @@ fn main() {
     summary("  of which dropping a config", drop);
     summary("one change: Rebuild::run (whole cluster)", whole);
     summary("map::build alone (whole cluster)", full_map);
+    if pods == 0 {
+        return;
+    }
+
+    // A pod's readiness flips (its labels and so the workloads stay): the Services whose
+    // endpoints point at it are mapped again, nothing changes in the config.
+    let mut status = Vec::new();
+    for c in 0..changes {
+        let n = (c * 7919) % pods;
+        snap.pods[n] = pod(&format!("p{n}"), n, c + 1);
+        let change = ServiceChange::Pod(format!("scale/p{n}"), Some(snap.pods[n].clone()));
+        let t = Instant::now();
+        let events = rebuild
+            .run_changes(vec![change], Some(&snap), &opts)
+            .expect("built once");
+        status.push(ms(t.elapsed()));
+        assert!(events.is_empty(), "pod change {c}: the config stays");
+    }
+    // A new pod: one more workload, so the whole config is validated again.
+    let mut added = Vec::new();
+    for c in 0..changes.min(20) {
+        let name = format!("new{c}");
+        snap.pods.push(pod(&name, pods + c, 0));
+        let change = ServiceChange::Pod(format!("scale/{name}"), snap.pods.last().cloned());
+        let t = Instant::now();
+        let events = rebuild
+            .run_changes(vec![change], Some(&snap), &opts)
+            .expect("built once");
+        added.push(ms(t.elapsed()));
+        assert!(
+            matches!(events.as_slice(), [SourceEvent::Desired(_)]),
+            "new pod {c}: one new config"
+        );
+    }
+    summary("one pod's readiness: Rebuild::run_changes", status);
+    summary("one new pod (workload): Rebuild::run_changes", added);
 }

@@ -266,9 +266,8 @@ impl ServiceCache {
         }
         let dirty: Vec<String> = dirty.into_iter().collect();
         self.finalize(&dirty);
-        // Other workloads: validation of every service's callers and of the workloads.
-        if !renamed && !workloads_changed {
-            if let Some(changed) = self.patch(&before) {
+        if !renamed {
+            if let Some(changed) = self.patch(&before, workloads_changed) {
                 return Outcome {
                     built: Ok(self.last.as_ref().expect("patched")),
                     changed,
@@ -278,15 +277,26 @@ impl ServiceCache {
         self.settle_all()
     }
 
-    /// Patches the last config with the specs finalized again (`before`: what they were),
-    /// when that gives what [`settle`] would (module docs); `None` when it cannot tell.
-    /// Returns whether the config changed.
-    fn patch(&mut self, before: &HashMap<String, Vec<Finalized>>) -> Option<bool> {
+    /// Patches the last config with the specs finalized again (`before`: what they were)
+    /// and, when `workloads_changed`, the workloads, when that gives what [`settle`] would
+    /// (module docs); `None` when it cannot tell. Returns whether the config changed.
+    ///
+    /// Of the model's rules only `allowed_callers` (names must be workloads) and the
+    /// workloads' own read the workloads; every Service with callers is among `before` when
+    /// the workloads changed (`update`), so those are all checked with the new ones.
+    fn patch(
+        &mut self,
+        before: &HashMap<String, Vec<Finalized>>,
+        workloads_changed: bool,
+    ) -> Option<bool> {
         if !self.clean {
             return None;
         }
         let mut pairs = self.pairs;
         let mut patches: Vec<(usize, &ServiceSpec)> = Vec::new();
+        // Validated on their own: the changed specs, and those with callers when the
+        // workloads changed.
+        let mut checks: Vec<&ServiceSpec> = Vec::new();
         for (key, old) in before {
             let entry = self.services.get(key)?;
             if old.len() != entry.out.len() {
@@ -305,6 +315,9 @@ impl ServiceCache {
                                 return None;
                             }
                             patches.push((at, now));
+                            checks.push(now);
+                        } else if workloads_changed && now.allowed_callers.is_some() {
+                            checks.push(now);
                         }
                     }
                     _ => return None,
@@ -315,12 +328,12 @@ impl ServiceCache {
         if pairs > MAX_BACKEND_PAIRS {
             return None;
         }
-        if !patches.is_empty() {
-            let callers = patches.iter().any(|(_, s)| s.allowed_callers.is_some());
+        if !checks.is_empty() || workloads_changed {
+            let callers = checks.iter().any(|s| s.allowed_callers.is_some());
             let alone = MeshConfig {
                 version: CONFIG_VERSION,
-                services: patches.iter().map(|(_, s)| (*s).clone()).collect(),
-                workloads: if callers {
+                services: checks.into_iter().cloned().collect(),
+                workloads: if callers || workloads_changed {
                     self.workloads.clone()
                 } else {
                     Vec::new()
@@ -331,9 +344,12 @@ impl ServiceCache {
         }
         let (warnings, without_backends, rejections) = self.reports();
         let last = self.last.as_mut()?;
-        let changed = !patches.is_empty();
+        let changed = !patches.is_empty() || workloads_changed;
         for (at, spec) in patches {
             last.config.services[at] = spec.clone();
+        }
+        if workloads_changed {
+            last.config.workloads = self.workloads.clone();
         }
         last.warnings = warnings;
         last.without_backends = without_backends;

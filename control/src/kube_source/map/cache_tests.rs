@@ -164,12 +164,19 @@ fn slice(j: usize, s: &SliceShape) -> Arc<k8s_openapi::api::discovery::v1::Endpo
     }))
 }
 
+/// Pod `k`; on track 1 it shares its UID (so its cgroup) with any other pod on track 1,
+/// which validation refuses (one of the workloads is left out).
 fn pod(k: usize, mesh: u8, track: u8) -> Arc<k8s_openapi::api::core::v1::Pod> {
     let (ns, name) = PODS[k];
+    let uid = if track == 1 {
+        "0000-aa".to_owned()
+    } else {
+        format!("0000-{k}")
+    };
     let mut labels = mesh_labels(mesh);
     labels["track"] = json!(format!("t{track}"));
     obj(json!({
-        "metadata": {"name": name, "namespace": ns, "uid": format!("0000-{k}"), "labels": labels},
+        "metadata": {"name": name, "namespace": ns, "uid": uid, "labels": labels},
         "spec": {"nodeName": "node-a", "containers": []},
         "status": {"phase": "Running", "qosClass": "BestEffort"}
     }))
