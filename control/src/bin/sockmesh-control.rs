@@ -61,10 +61,15 @@ struct Cli {
     /// How often the config file is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 250)]
     watch_interval_ms: u64,
-    /// Kubernetes source: quiet time after a change before a new config is built (a burst
-    /// of endpoint changes becomes one version), in milliseconds.
-    #[arg(long, default_value_t = 200)]
+    /// Kubernetes source: quiet time after a Service, EndpointSlice, Pod or Node change
+    /// before a new config is built (changes that arrive together become one version), in
+    /// milliseconds. Such a rebuild maps only the Services touched.
+    #[arg(long, default_value_t = 25)]
     kube_debounce_ms: u64,
+    /// Kubernetes source: the quiet time when the whole cluster must be mapped again (a
+    /// Namespace or MeshPolicy changed), in milliseconds; at least --kube-debounce-ms.
+    #[arg(long, default_value_t = 200)]
+    kube_whole_debounce_ms: u64,
     /// Kubernetes source: the kubelets' cgroup driver, which names the pod cgroups that
     /// workloads point at: systemd or cgroupfs.
     #[arg(long, default_value = "systemd")]
@@ -171,9 +176,11 @@ fn kube_options(cli: &Cli) -> Result<KubeOptions> {
         .parse()
         .map_err(|e: String| anyhow::anyhow!("--kube-cgroup-driver: {e}"))?;
     let debounce = Duration::from_millis(cli.kube_debounce_ms);
+    let whole_debounce = Duration::from_millis(cli.kube_whole_debounce_ms);
     Ok(KubeOptions {
         debounce,
-        max_delay: (debounce * 10).max(Duration::from_secs(2)),
+        whole_debounce,
+        max_delay: (debounce.max(whole_debounce) * 10).max(Duration::from_secs(2)),
         map: MapOptions {
             cgroup_driver,
             cgroup_root: cli.kube_cgroup_root.clone(),
