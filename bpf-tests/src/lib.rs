@@ -15,6 +15,7 @@
 //! - [`EchoClient`]: a python3 client pushing bulk echo traffic through a VIP.
 //! - [`Netfault`]: `sockmesh-agent netfault` dropping SYNs or segments for one cgroup.
 //! - [`CpuQuota`]: a CFS quota on a workload cgroup (v2 `cpu.max`, or a v1 cpu cgroup).
+//! - [`BpfStats`]: `kernel.bpf_stats_enabled` for a test, and a program's run count.
 //! - [`Prometheus`]: a real Prometheus server scraping the agent; [`promtool_check_metrics`].
 //! - [`metric_value`], [`sum_metric`], [`histogram_mass_above`]: reading the agent's
 //!   `/metrics` ([`Agent::metrics_text`]).
@@ -51,6 +52,7 @@
 //! | `signals_cpu.rs` | throttled seconds and run-queue mass > 1 ms: busy yes, idle no | 18330-18331 | 127.100.33.1 |
 //! | `signals_prometheus.rs` | PromQL over scraped series = agent's counts; promtool clean | 18340-18341 | 127.100.34.1 |
 //! | `signals_cardinality.rs` | 12 callers, `--max-callers 4`: bounded `caller` values | 18350-18351 | 127.100.35.1 |
+//! | `signals_rtt_sampling.rs` | kept-alive exchanges: exactly `RTT_SAMPLES_PER_CONN` RTT samples plus one srtt at close per connection, sock_ops runs stop growing with the exchanges | 18360-18361 | 127.100.36.1 |
 //! | **health** | | | |
 //! | `health_ban.rs` | 5 refused connects ban a dead backend; failed probe doubles the ban; a passing probe lets it back | 18400-18401 | 127.100.40.1 |
 //! | `health_deviation.rs` | one lossy backend's retransmits stand out from the others': `deviation_*` ban, only it | 18410-18411 | 127.100.41.1 |
@@ -107,6 +109,7 @@ mod mesh_yaml;
 mod netfault;
 mod netns;
 mod operator;
+mod prog_stats;
 mod prometheus;
 mod testbed;
 
@@ -131,6 +134,7 @@ pub use netns::Netns;
 pub use operator::{
     sockmesh_cli, sockmesh_cli_json, wait_counter_settled, wait_workloads, SIGNAL_TIMEOUT,
 };
+pub use prog_stats::BpfStats;
 pub use prometheus::{promtool_check_metrics, Prometheus, PROMETHEUS_BIN, PROMTOOL_BIN};
 pub use testbed::TestBed;
 

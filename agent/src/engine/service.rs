@@ -95,6 +95,14 @@ impl BackendHealth {
     }
 
     /// (retransmits per connection, mean srtt µs) over the samples still in the window.
+    ///
+    /// The kernel samples srtt per connection, not per ACK (`RTT_SAMPLES_PER_CONN` callbacks,
+    /// then once at close), so the mean weighs connections alike: a bulk connection cannot
+    /// outvote a hundred short ones. A window in which no connection of the backend was
+    /// sampled (only long-lived connections past their samples) has no srtt mean: the
+    /// deviation rule then leaves the backend out of the srtt comparison instead of judging
+    /// it on a stale value. Backends are compared only once they have `min_requests`
+    /// connects in the window, and each of those is sampled from its handshake on.
     fn tcp_rates(&self) -> (Option<f64>, Option<f64>) {
         let (Some(first), Some(last)) = (self.tcp.front(), self.tcp.back()) else {
             return (None, None);
@@ -244,6 +252,13 @@ impl ServiceHealth {
             b.consecutive_failures = b.consecutive_failures.saturating_add(add);
         }
         self.circuit.record(now, 0, count);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn tcp_rates_of(&self, backend: u32) -> (Option<f64>, Option<f64>) {
+        self.backends
+            .get(&backend)
+            .map_or((None, None), BackendHealth::tcp_rates)
     }
 
     pub(crate) fn on_tcp(&mut self, now: Instant, backend: u32, s: &BackendTcpStats) {

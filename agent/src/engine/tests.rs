@@ -276,3 +276,51 @@ async fn a_run_of_failures_bans_like_the_same_failures_one_by_one() {
         .excluded
         .contains(&"127.0.0.3:81".parse().unwrap()));
 }
+
+/// The kernel samples srtt per connection (its first `RTT_SAMPLES_PER_CONN` RTT callbacks,
+/// then once at close), so the srtt mean is over the samples taken within the window, and a
+/// window with connections open but no new sample (long-lived ones past their samples) has
+/// no srtt mean at all rather than a stale one.
+#[tokio::test(start_paused = true)]
+async fn srtt_mean_is_over_the_window_samples_and_none_without_new_ones() {
+    use sockmesh_common::{BackendKey, BackendTcpStats, RTT_SAMPLES_PER_CONN};
+    let rates = |e: &Engine| e.services_by_id().next().unwrap().1.tcp_rates_of(2);
+    let per_conn = u64::from(RTT_SAMPLES_PER_CONN) + 1;
+    let mut e = engine(&config(3));
+    let key = BackendKey {
+        service_id: 1,
+        backend_id: 2,
+    };
+    let mut stats = BackendTcpStats::ZERO;
+    stats.established = 1;
+    stats.srtt_count = per_conn;
+    stats.srtt_sum_us = per_conn * 300;
+    e.on_tcp(Instant::now(), &[(key, stats)]);
+    assert_eq!(rates(&e).1, None, "one refresh is no window yet");
+
+    advance(Duration::from_secs(1)).await;
+    stats.established += 2;
+    stats.srtt_count += 2 * per_conn;
+    stats.srtt_sum_us += 2 * per_conn * 500;
+    e.on_tcp(Instant::now(), &[(key, stats)]);
+    assert_eq!(rates(&e).1, Some(500.0), "the window's samples only");
+
+    // Only long-lived connections now, past their samples: the counters stand still.
+    advance(Duration::from_secs(11)).await;
+    e.on_tcp(Instant::now(), &[(key, stats)]);
+    advance(Duration::from_secs(1)).await;
+    e.on_tcp(Instant::now(), &[(key, stats)]);
+    assert_eq!(
+        rates(&e),
+        (None, None),
+        "no sample in the window: nothing to judge"
+    );
+
+    // One of them closes: its srtt at close is the window's one sample.
+    advance(Duration::from_secs(1)).await;
+    stats.closed += 1;
+    stats.srtt_count += 1;
+    stats.srtt_sum_us += 4_000;
+    e.on_tcp(Instant::now(), &[(key, stats)]);
+    assert_eq!(rates(&e).1, Some(4_000.0));
+}

@@ -113,7 +113,7 @@ impl Collector for KernelCollector {
         }
         let mut m = enc.encode_descriptor(
             "tcp_srtt_seconds",
-            "Smoothed RTT samples (one per RTT callback), per backend; log2 buckets",
+            "Smoothed RTT samples, per backend: each connection's first RTT callbacks, then its srtt at close; log2 buckets",
             None,
             MetricType::Histogram,
         )?;

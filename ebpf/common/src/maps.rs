@@ -251,7 +251,9 @@ pub struct SockStamp {
     pub connect_ns: u64,
     /// The caller's workload (index + 1; 0 = unknown), for per-caller connection counts.
     pub workload: u32,
-    pub _pad: u32,
+    /// RTT samples sock_ops took of this connection; at [`crate::RTT_SAMPLES_PER_CONN`] it
+    /// turns the connection's RTT callbacks off. Zero at connect.
+    pub rtt_samples: u32,
 }
 const _: () = assert!(size_of::<SockStamp>() == 56);
 

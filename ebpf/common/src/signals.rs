@@ -101,6 +101,14 @@ pub const STAMP_SAME_NODE: u32 = 32;
 /// least-conn services); undone at close.
 pub const STAMP_BACKEND_COUNTED: u32 = 64;
 
+/// RTT callbacks (`BPF_SOCK_OPS_RTT_CB`, one per ACK that measures an RTT) sock_ops takes per
+/// routed connection before it clears the connection's `BPF_SOCK_OPS_RTT_CB_FLAG`. After
+/// that the connection costs no program run per ACK; its smoothed RTT (the kernel keeps it
+/// in `tcp_sock.srtt_us` either way) is sampled once more at close. Eight samples cover a
+/// short connection whole (handshake, a few requests) and let the kernel's srtt (a 1/8
+/// moving average) settle on a long one.
+pub const RTT_SAMPLES_PER_CONN: u32 = 8;
+
 /// One connection lifecycle event.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,7 +192,10 @@ pub struct BackendTcpStats {
     pub closed: u64,
     pub retransmits: u64,
     pub rtos: u64,
-    /// Number of srtt samples (one per RTT callback) and their sum in µs.
+    /// Number of srtt samples and their sum in µs: one per RTT callback for a connection's
+    /// first [`RTT_SAMPLES_PER_CONN`] callbacks, then (if it reached that many) one more
+    /// with its srtt at close. Each connection weighs at most `RTT_SAMPLES_PER_CONN + 1`
+    /// samples, however many ACKs it carried.
     pub srtt_count: u64,
     pub srtt_sum_us: u64,
     pub srtt_hist: [u64; HIST_BUCKETS],

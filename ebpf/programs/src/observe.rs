@@ -1,7 +1,11 @@
 //! sock_ops: watch routed connections for their whole life, and count inbound ones.
 //!
 //! Per-ACK and per-retransmit callbacks only touch per-CPU counters; the ring buffer carries
-//! one event per lifecycle change (established, failed, closed, inbound).
+//! one event per lifecycle change (established, failed, closed, inbound). RTT callbacks, the
+//! only per-ACK ones, are sampled: a connection's first [`RTT_SAMPLES_PER_CONN`], then the
+//! program clears its RTT callback flag and the kernel stops calling it per ACK; the srtt
+//! the kernel keeps anyway is sampled once more at close. Observation of a kept-alive or
+//! bulk connection therefore costs a bounded number of runs, not one per ACK.
 
 use core::ptr::{addr_of, read_volatile};
 
@@ -19,7 +23,8 @@ use aya_ebpf::{
 use sockmesh_common::{
     app_bytes, classify_failed_connect, log2_bucket, BackendKey, ConnEvent, SockStamp,
     EVENT_CLOSED, EVENT_ESTABLISHED, EVENT_FAILED, EVENT_INBOUND, FAMILY_INET6, RESULT_OK,
-    RESULT_RESET, STAMP_ESTABLISHED, STAMP_RESET_RECEIVED, STAMP_SAME_NODE, STAMP_SYN_RTO,
+    RESULT_RESET, RTT_SAMPLES_PER_CONN, STAMP_ESTABLISHED, STAMP_RESET_RECEIVED, STAMP_SAME_NODE,
+    STAMP_SYN_RTO,
 };
 
 use crate::{
@@ -29,6 +34,10 @@ use crate::{
     maps::{BACKEND_STATS, SOCK_STAMPS},
     same_node,
 };
+
+/// Callbacks of a routed connection once its RTT samples are taken: everything but RTT.
+const FLAGS_AFTER_SAMPLING: u32 =
+    BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RETRANS_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG;
 
 const TCP_SYN_SENT: u32 = 2;
 const TCP_CLOSE: u32 = 7;
@@ -53,10 +62,7 @@ pub fn sock_ops(ctx: &SockOpsContext) {
     let stamp = unsafe { &mut *stamp };
     match op {
         BPF_SOCK_OPS_TCP_CONNECT_CB => {
-            let flags = BPF_SOCK_OPS_STATE_CB_FLAG
-                | BPF_SOCK_OPS_RTT_CB_FLAG
-                | BPF_SOCK_OPS_RETRANS_CB_FLAG
-                | BPF_SOCK_OPS_RTO_CB_FLAG;
+            let flags = FLAGS_AFTER_SAMPLING | BPF_SOCK_OPS_RTT_CB_FLAG;
             let _ = ctx.set_cb_flags(flags as i32);
         }
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
@@ -72,7 +78,17 @@ pub fn sock_ops(ctx: &SockOpsContext) {
                 same_node::client_established(ctx);
             }
         }
-        BPF_SOCK_OPS_RTT_CB => rtt_sample(stamp, srtt_us(ctx)),
+        BPF_SOCK_OPS_RTT_CB => {
+            if stamp.rtt_samples < RTT_SAMPLES_PER_CONN {
+                rtt_sample(stamp, srtt_us(ctx));
+                stamp.rtt_samples += 1;
+            }
+            if stamp.rtt_samples >= RTT_SAMPLES_PER_CONN {
+                // bpf_sock_ops_cb_flags_set replaces the flags. Should it fail, the next
+                // callback tries again; the guard above keeps the count exact meanwhile.
+                let _ = ctx.set_cb_flags(FLAGS_AFTER_SAMPLING as i32);
+            }
+        }
         BPF_SOCK_OPS_RETRANS_CB => {
             if let Some(s) = BACKEND_STATS.get_ptr_mut(key(stamp)) {
                 // SAFETY: per-CPU value, this CPU only.
@@ -124,6 +140,11 @@ fn closed(ctx: &SockOpsContext, stamp: &SockStamp, old_state: u32, cookie: u64) 
         };
         (ev.bytes_acked, ev.bytes_received) = app_bytes(old_state, acked, received);
         ev.total_retrans = retrans;
+        if stamp.rtt_samples >= RTT_SAMPLES_PER_CONN {
+            // Its RTT callbacks stopped after the first samples: record where the kernel's
+            // smoothed RTT ended, so a long connection's later RTT is not lost.
+            rtt_sample(stamp, srtt_us(ctx));
+        }
         ev
     };
     ev.srtt_us = srtt_us(ctx);

@@ -343,7 +343,7 @@ unsafe fn stamp(ctx: &SockAddrContext, vip: &ServiceKey, family: u16, a: &Admitt
             cgroup_id: a.cgroup_id,
             connect_ns: bpf_ktime_get_ns(),
             workload: a.workload,
-            _pad: 0,
+            rtt_samples: 0,
         };
         // An LRU map always finds room. A lost stamp costs the getpeername rewrite and
         // observation of this socket, and would leak a taken connection-limit unit: undo it.

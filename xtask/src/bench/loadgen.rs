@@ -56,6 +56,17 @@ impl Mode {
             Mode::Refused => "refused",
         }
     }
+
+    /// Position among the measurements every round runs (conn-rate, latency, throughput);
+    /// `None` for the refusal measurement, which runs once after the rounds.
+    pub fn round_index(self) -> Option<usize> {
+        match self {
+            Mode::ConnRate => Some(0),
+            Mode::Latency => Some(1),
+            Mode::Throughput => Some(2),
+            Mode::Refused => None,
+        }
+    }
 }
 
 const WARMUP: Duration = Duration::from_millis(300);

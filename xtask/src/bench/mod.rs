@@ -89,6 +89,10 @@ pub struct BenchArgs {
     /// Client threads for the connect-rate measurement.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// Only the route rounds and their kernel stats: skip the refusal, same-node and
+    /// config-apply measurements (minutes, with the 10,000-service apply) while iterating.
+    #[arg(long)]
+    routes_only: bool,
     /// Instead of the above: the control plane on the Kubernetes source and `--agents`
     /// agents at `--services` x `--backends` (docs/bench.md, "Scale").
     #[arg(long)]
@@ -219,6 +223,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut connect4_total = ProgStats::default();
     let mut sock_ops_total = ProgStats::default();
     let mut connect4_off_total = ProgStats::default();
+    // (b)'s sock_ops runs per measurement (conn-rate, latency, throughput): where the
+    // per-packet callbacks land.
+    let mut sock_ops_by_mode = [ProgStats::default(); 3];
     let mut drains = Vec::new();
     let sched_before = sched_stats(&progs)?;
     let rounds_started = Instant::now();
@@ -260,10 +267,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 .with_context(|| format!("{} {}", route.label(), mode.as_str()))?;
                 let wall_s = started.elapsed().as_secs_f64();
                 let c4_delta = progs.connect4.stats()?.since(c4);
+                let mut sock_ops_delta = None;
                 let connect4_mean = match route {
                     Route::Sockmesh => {
                         connect4_total.add(c4_delta);
-                        sock_ops_total.add(progs.sock_ops.stats()?.since(so));
+                        let delta = progs.sock_ops.stats()?.since(so);
+                        sock_ops_total.add(delta);
+                        if let Some(i) = mode.round_index() {
+                            sock_ops_by_mode[i].add(delta);
+                        }
+                        sock_ops_delta = Some(delta);
                         c4_delta.mean_ns()
                     }
                     Route::Unobserved => {
@@ -273,7 +286,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     }
                     Route::Direct | Route::Haproxy => None,
                 };
-                print_sample(round, route, mode, &sample, connect4_mean);
+                print_sample(round, route, mode, &sample, connect4_mean, sock_ops_delta);
                 if let Some((before, cpu_before)) = counters_before {
                     interrupt::sleep(DRAIN_SETTLE)?;
                     let counters = agent_metrics::scrape(&agent)?.since(before);
@@ -298,12 +311,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let rounds_wall_s = rounds_started.elapsed().as_secs_f64();
     let sched_after = sched_stats(&progs)?;
-    interrupt::check()?;
-    let refusal = refusal::measure(args, &agent, &cgroup, pins.path(), vip)?;
-    interrupt::check()?;
-    let same_node = same_node::measure(args, &agent, &cgroup)?;
-    let bench_yaml = fs::read_to_string(&config)?;
-    let applies = config_apply::measure(&mut agent, agent_pid, &config, &bench_yaml)?;
+    let extras = if args.routes_only {
+        None
+    } else {
+        interrupt::check()?;
+        let refusal = refusal::measure(args, &agent, &cgroup, pins.path(), vip)?;
+        interrupt::check()?;
+        let same_node = same_node::measure(args, &agent, &cgroup)?;
+        let bench_yaml = fs::read_to_string(&config)?;
+        let applies = config_apply::measure(&mut agent, agent_pid, &config, &bench_yaml)?;
+        Some((refusal, same_node, applies))
+    };
 
     let mut rows = vec![
         ProgRow {
@@ -355,14 +373,30 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             sock_ops_total.run_time_ns as f64 / conns
         );
     }
+    println!(
+        "sock_ops over the (b) runs by measurement: {}",
+        [Mode::ConnRate, Mode::Latency, Mode::Throughput]
+            .iter()
+            .zip(&sock_ops_by_mode)
+            .map(|(m, s)| format!(
+                "{} {} runs, {:.1} ms",
+                m.as_str(),
+                s.run_cnt,
+                s.run_time_ns as f64 / 1e6
+            ))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
     println!();
     print!("{}", report::drain_table(&drains, metrics));
-    println!();
-    print!("{refusal}");
-    println!();
-    print!("{same_node}");
-    println!();
-    print!("{}", config_apply::table(&applies, memory_start));
+    if let Some((refusal, same_node, applies)) = extras {
+        println!();
+        print!("{refusal}");
+        println!();
+        print!("{same_node}");
+        println!();
+        print!("{}", config_apply::table(&applies, memory_start));
+    }
     if connect4_total.run_cnt == 0 {
         bail!("the connect4 program never ran during (b): the VIP was not routed by sockmesh");
     }
@@ -486,11 +520,25 @@ fn loadgen(
 }
 
 /// One line per load generator run; for (b) and (b') conn-rate runs also the mean run time of
-/// that agent's connect4 program over the run.
-fn print_sample(round: usize, route: Route, mode: Mode, s: &Sample, connect4_mean: Option<f64>) {
+/// that agent's connect4 program over the run, and for every (b) run its sock_ops runs.
+fn print_sample(
+    round: usize,
+    route: Route,
+    mode: Mode,
+    s: &Sample,
+    connect4_mean: Option<f64>,
+    sock_ops: Option<ProgStats>,
+) {
+    let sock_ops = sock_ops.map_or_else(String::new, |d| {
+        format!(
+            "  sock_ops {} runs, mean {:.0} ns",
+            d.run_cnt,
+            d.mean_ns().unwrap_or(0.0)
+        )
+    });
     match mode {
         Mode::ConnRate => println!(
-            "round {} {:<30} conn-rate {:>9.0} conn/s  errors {}{}",
+            "round {} {:<30} conn-rate {:>9.0} conn/s  errors {}{}{sock_ops}",
             round + 1,
             route.label(),
             s.ops_per_s,
@@ -498,7 +546,7 @@ fn print_sample(round: usize, route: Route, mode: Mode, s: &Sample, connect4_mea
             connect4_mean.map_or_else(String::new, |ns| format!("  connect4 mean {ns:.0} ns"))
         ),
         Mode::Latency => println!(
-            "round {} {:<30} latency   p50 {:>7.1} us  p99 {:>7.1} us  p999 {:>7.1} us  errors {}",
+            "round {} {:<30} latency   p50 {:>7.1} us  p99 {:>7.1} us  p999 {:>7.1} us  errors {}{sock_ops}",
             round + 1,
             route.label(),
             s.p50_us,
@@ -507,7 +555,7 @@ fn print_sample(round: usize, route: Route, mode: Mode, s: &Sample, connect4_mea
             s.errors
         ),
         Mode::Throughput => println!(
-            "round {} {:<30} throughput {:>8.0} MiB/s  errors {}",
+            "round {} {:<30} throughput {:>8.0} MiB/s  errors {}{sock_ops}",
             round + 1,
             route.label(),
             s.ops_per_s / (1024.0 * 1024.0),
