@@ -33,6 +33,8 @@ const TARGETS: &[(&str, &[&str])] = &[
     ("ring_event", &[]),
     // The control plane's request decoder (method, path, query, body -> request or 4xx).
     ("control_request", &[]),
+    // A watch reply as the agent reads it: a delta applied to a config never panics.
+    ("config_delta", &[]),
 ];
 
 /// Flags for every target: an input that takes over 10 s is reported as a hang, and the
