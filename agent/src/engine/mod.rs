@@ -12,6 +12,7 @@ pub(crate) mod metrics;
 pub(crate) mod queue;
 mod service;
 pub(crate) mod task;
+mod tcp_window;
 #[cfg(test)]
 mod tests;
 
@@ -20,7 +21,6 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 use serde_json::{json, Value};
 #[cfg(test)]
 use sockmesh_common::ConnEvent;
-use sockmesh_common::{BackendKey, BackendTcpStats};
 use sockmesh_model::{MeshConfig, Priority};
 use tokio::time::Instant;
 
@@ -35,6 +35,7 @@ use crate::{
         outlier::BanReason,
         shed,
     },
+    signals::TcpChange,
     tables::{Overlay, ServiceView},
 };
 
@@ -119,10 +120,12 @@ impl Engine {
         }
     }
 
-    pub(crate) fn on_tcp(&mut self, now: Instant, stats: &[(BackendKey, BackendTcpStats)]) {
-        for (k, s) in stats {
-            if let Some(svc) = self.services.get_mut(&k.service_id) {
-                svc.on_tcp(now, k.backend_id, s);
+    /// Kernel TCP counters that moved (or were read for the first time) since the last call;
+    /// a pair left out did not change.
+    pub(crate) fn on_tcp(&mut self, now: Instant, changes: &[TcpChange]) {
+        for c in changes {
+            if let Some(svc) = self.services.get_mut(&c.key.service_id) {
+                svc.on_tcp(now, c.key.backend_id, c.before.as_ref(), &c.after);
             }
         }
     }

@@ -195,7 +195,7 @@ pub(crate) fn spawn(
                 _ = tick.tick() => {
                     let now = Instant::now();
                     if now.saturating_duration_since(last_tcp) >= TCP_EVERY {
-                        engine.on_tcp(now, &ctx.signals.tcp_stats());
+                        engine.on_tcp(now, &ctx.signals.take_tcp_changes());
                         last_tcp = now;
                     }
                     step(&mut engine, &mut ctx);

@@ -202,6 +202,7 @@ async fn late_failures_do_not_reban_a_backend_whose_probe_passed() {
 
 #[tokio::test(start_paused = true)]
 async fn idle_services_settle_and_wake_on_any_input() {
+    use crate::signals::TcpChange;
     use sockmesh_common::{BackendKey, BackendTcpStats};
     let settled = |e: &Engine| e.services_by_id().next().unwrap().1.settled();
     let mut e = engine(&config(3));
@@ -217,13 +218,15 @@ async fn idle_services_settle_and_wake_on_any_input() {
         service_id: 1,
         backend_id: 2,
     };
+    let change = |before, after| TcpChange { key, before, after };
     let mut stats = BackendTcpStats::ZERO;
-    e.on_tcp(Instant::now(), &[(key, stats)]);
+    e.on_tcp(Instant::now(), &[change(None, stats)]);
     e.tick(Instant::now());
-    e.on_tcp(Instant::now(), &[(key, stats)]);
+    e.on_tcp(Instant::now(), &[change(Some(stats), stats)]);
     assert!(settled(&e), "the same counters again change nothing");
+    let before = stats;
     stats.established = 4;
-    e.on_tcp(Instant::now(), &[(key, stats)]);
+    e.on_tcp(Instant::now(), &[change(Some(before), stats)]);
     assert!(!settled(&e), "new TCP counters wake it");
 
     // One failure: awake while it is in the window, settled again once it left.
@@ -232,7 +235,6 @@ async fn idle_services_settle_and_wake_on_any_input() {
     e.tick(Instant::now());
     assert!(!settled(&e), "the failure is still in the window");
     advance(Duration::from_secs(600)).await;
-    e.on_tcp(Instant::now(), &[(key, stats)]);
     e.tick(Instant::now());
     assert!(settled(&e), "inputs left the windows: settled again");
 
