@@ -258,14 +258,16 @@ fn step(engine: &mut Engine, ctx: &mut Ctx) {
         });
     }
     ctx.exported.export(engine, now);
-    let overlay = engine.overlay(now);
-    ctx.overlay_tx.send_if_modified(|current| {
-        let changed = *current != overlay;
-        if changed {
-            *current = overlay;
-        }
-        changed
-    });
+    if let Some(overlay) = engine.overlay_update(now) {
+        ctx.overlay_tx.send_if_modified(|current| {
+            let changed = *current != overlay;
+            if changed {
+                *current = overlay;
+            }
+            changed
+        });
+    }
+    engine.settle(now);
 }
 
 /// Logs and counts one drain; says once that workload namespaces cannot be entered.

@@ -278,3 +278,60 @@ async fn a_run_of_failures_bans_like_the_same_failures_one_by_one() {
         .excluded
         .contains(&"127.0.0.3:81".parse().unwrap()));
 }
+
+/// What the engine's task does each step, with every probe passing; returns the overlay
+/// published so far.
+fn step(e: &mut Engine, published: &mut Overlay) {
+    let now = Instant::now();
+    let out = e.tick(now);
+    for (svc, backend, _, _) in out.probes {
+        e.probe_result(now, svc, backend, true);
+    }
+    if let Some(overlay) = e.overlay_update(now) {
+        *published = overlay;
+    }
+    e.settle(now);
+}
+
+/// Idle services are not visited by a tick, and the overlay kept per awake service equals the
+/// overlay computed whole, through a ban, its probe and the backend's return.
+#[tokio::test(start_paused = true)]
+async fn idle_services_sleep_and_the_kept_overlay_stays_exact() {
+    let mut e = engine(&config(3));
+    let mut published = Overlay::new();
+    assert_eq!(e.awake_count(), 1, "a new config wakes every service");
+    step(&mut e, &mut published);
+    assert_eq!(published, e.overlay(Instant::now()));
+    assert_eq!(e.awake_count(), 0, "no input: asleep after one step");
+    assert_eq!(e.overlay_update(Instant::now()), None, "nothing changed");
+
+    for _ in 0..5 {
+        e.on_event(Instant::now(), &ev(2, EVENT_FAILED, RESULT_REFUSED));
+    }
+    assert_eq!(e.awake_count(), 1, "an input wakes its service");
+    let mut banned = false;
+    for _ in 0..300 {
+        step(&mut e, &mut published);
+        let now = Instant::now();
+        assert_eq!(
+            published,
+            e.overlay(now),
+            "the kept overlay is the computed one"
+        );
+        banned |= !published["web"].excluded.is_empty();
+        if banned && e.awake_count() == 0 {
+            break;
+        }
+        advance(Duration::from_millis(500)).await;
+    }
+    assert!(banned, "five failures banned the backend");
+    assert!(
+        published["web"].excluded.is_empty(),
+        "the probe let it back"
+    );
+    assert_eq!(
+        e.awake_count(),
+        0,
+        "asleep again once the inputs left the windows"
+    );
+}
