@@ -223,7 +223,7 @@ mod tests {
             nr_throttled: 0,
         };
         KernelSnapshot {
-            backends: vec![(labels, stats)],
+            backends: [(labels, stats)].into(),
             workloads: vec![sample("front"), sample("db"), sample("bystander")],
             events_lost: 0,
             unenrolled_connects: 0,

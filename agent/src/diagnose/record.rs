@@ -16,7 +16,11 @@ use tokio::time::Instant;
 
 use super::periods::{Clock, Periods, Tally};
 pub(crate) use super::tally::{BackendTally, ConnTally, CpuTally, RefusalTally};
+use sockmesh_common::BackendTcpStats;
+
+#[cfg(test)]
 use crate::signals::kernel_metrics::KernelSnapshot;
+use crate::{metrics::BackendLabels, signals::kernel_metrics::WorkloadSample};
 
 /// Which buckets a question reads: `n` buckets ending `skip` buckets before the current one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,10 +176,26 @@ impl Recorder {
     /// The kernel's counters as of `now` (the agent reads them once a second). The increments
     /// since the previous read are recorded; the first read of a backend or workload only sets
     /// the starting point (its counters may hold hours of history, or a previous agent's).
+    #[cfg(test)]
     pub(crate) fn on_kernel(&mut self, now: Instant, snapshot: &KernelSnapshot) {
+        self.on_backend_rows(now, snapshot.backends.iter(), &[], true);
+        self.on_workloads(now, &snapshot.workloads);
+    }
+
+    /// Per-backend kernel counters read at `now`: every row when `complete` (rows left out
+    /// are gone), else only rows that changed, and `removed` rows that are gone. The
+    /// increments since a row's previous read are recorded; its first read only sets the
+    /// starting point.
+    pub(crate) fn on_backend_rows<'a>(
+        &mut self,
+        now: Instant,
+        rows: impl Iterator<Item = (&'a BackendLabels, &'a BackendTcpStats)>,
+        removed: &[BackendLabels],
+        complete: bool,
+    ) {
         let epoch = self.clock.epoch(now);
         let mut seen_tcp = BTreeMap::new();
-        for (labels, s) in &snapshot.backends {
+        for (labels, s) in rows {
             let key = (labels.service.clone(), labels.backend.clone());
             let point = TcpPoint {
                 established: s.established,
@@ -201,10 +221,22 @@ impl Recorder {
             }
             seen_tcp.insert(key, point);
         }
-        self.last_tcp = seen_tcp;
+        if complete {
+            self.last_tcp = seen_tcp;
+        } else {
+            for labels in removed {
+                self.last_tcp
+                    .remove(&(labels.service.clone(), labels.backend.clone()));
+            }
+            self.last_tcp.extend(seen_tcp);
+        }
+    }
 
+    /// Per-workload CPU counters read at `now` (every configured workload found).
+    pub(crate) fn on_workloads(&mut self, now: Instant, workloads: &[WorkloadSample]) {
+        let epoch = self.clock.epoch(now);
         let mut seen_cpu = BTreeMap::new();
-        for w in &snapshot.workloads {
+        for w in workloads {
             let last = self.last_cpu.get(&w.name).copied();
             // No run-queue reading this time: keep the last point, so the next reading's
             // increment covers the gap rather than counting from zero.

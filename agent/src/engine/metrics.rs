@@ -194,9 +194,11 @@ impl HealthExport {
         self.services.clear();
     }
 
+    /// Writes the gauges of the awake services whose values changed (a sleeping service's
+    /// cannot have changed since its last step awake, which exported them).
     pub(crate) fn export(&mut self, engine: &Engine, now: Instant) {
         let m = &self.metrics;
-        for (id, svc) in engine.services_by_id() {
+        for (id, svc) in engine.awake_services() {
             let circuit = svc.circuit.state(now).as_gauge();
             let panic = svc.bans.panic_mode();
             let excluded = svc.bans.excluded();

@@ -12,15 +12,19 @@ pub(crate) mod metrics;
 pub(crate) mod queue;
 mod service;
 pub(crate) mod task;
+mod tcp_window;
 #[cfg(test)]
 mod tests;
 
-use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    time::Duration,
+};
 
 use serde_json::{json, Value};
 #[cfg(test)]
 use sockmesh_common::ConnEvent;
-use sockmesh_common::{BackendKey, BackendTcpStats};
 use sockmesh_model::{MeshConfig, Priority};
 use tokio::time::Instant;
 
@@ -35,7 +39,8 @@ use crate::{
         outlier::BanReason,
         shed,
     },
-    tables::{Overlay, ServiceView},
+    signals::TcpChange,
+    tables::{Overlay, ServiceOverlay, ServiceView},
 };
 
 /// A limit refusal within this long marks a service overloaded (it sheds low priorities).
@@ -58,6 +63,15 @@ pub(crate) struct Engine {
     last_limited: BTreeMap<u32, Instant>,
     /// Highest caller priority level in the config: the one that keeps its access longest.
     top_priority: u32,
+    /// The services a tick visits: those with inputs since they settled, or whose state
+    /// moves with time (a ban, a drain, a circuit not closed, a recent overload). The
+    /// others' detection, gauges and overlay cannot change until an input wakes them, so
+    /// an idle mesh costs nothing per tick whatever its size.
+    awake: BTreeSet<u32>,
+    /// Each service's overlay as of its last tick awake ([`Engine::overlay_update`]).
+    overlay: Overlay,
+    /// The overlay above changed since [`Engine::overlay_update`] last returned it.
+    overlay_changed: bool,
 }
 
 impl Engine {
@@ -87,6 +101,10 @@ impl Engine {
             next.insert(view.id, health);
         }
         self.services = next;
+        // Every service is looked at again (its gauges were reset, its overlay may differ).
+        self.awake = self.services.keys().copied().collect();
+        self.overlay = Overlay::new();
+        self.overlay_changed = true;
     }
 
     /// Folds one lifecycle event (only connect outcomes matter here): a run of one.
@@ -106,6 +124,7 @@ impl Engine {
 
     /// Folds one run of outcomes from the event queue: the same as its events one by one.
     pub(crate) fn on_run(&mut self, now: Instant, run: &Run) {
+        self.awake.insert(run.service);
         if run.outcome == Outcome::Limited {
             self.last_limited.insert(run.service, now);
         }
@@ -119,17 +138,27 @@ impl Engine {
         }
     }
 
-    pub(crate) fn on_tcp(&mut self, now: Instant, stats: &[(BackendKey, BackendTcpStats)]) {
-        for (k, s) in stats {
-            if let Some(svc) = self.services.get_mut(&k.service_id) {
-                svc.on_tcp(now, k.backend_id, s);
+    /// Kernel TCP counters that moved (or were read for the first time) since the last call;
+    /// a pair left out did not change.
+    pub(crate) fn on_tcp(&mut self, now: Instant, changes: &[TcpChange]) {
+        for c in changes {
+            if let Some(svc) = self.services.get_mut(&c.key.service_id) {
+                self.awake.insert(c.key.service_id);
+                svc.on_tcp(now, c.key.backend_id, c.before.as_ref(), &c.after);
             }
         }
     }
 
+    /// Evaluates the awake services: bans, probes and drains due.
     pub(crate) fn tick(&mut self, now: Instant) -> TickOutput {
         let mut out = TickOutput::default();
-        for (id, svc) in &mut self.services {
+        let Self {
+            services, awake, ..
+        } = self;
+        for id in awake.iter() {
+            let Some(svc) = services.get_mut(id) else {
+                continue;
+            };
             for (backend, reason) in svc.evaluate(now) {
                 if let Some(b) = svc.backends.get(&backend) {
                     out.bans.push((svc.name.clone(), b.addr, reason));
@@ -151,6 +180,7 @@ impl Engine {
     }
 
     pub(crate) fn probe_result(&mut self, now: Instant, service: u32, backend: u32, ok: bool) {
+        self.awake.insert(service);
         if let Some(svc) = self.services.get_mut(&service) {
             if svc.bans.probe_result(now, backend, ok) == ProbeOutcome::Unbanned {
                 // Failures of connects still in flight at ban time must not re-ban it.
@@ -165,25 +195,85 @@ impl Engine {
             return false;
         };
         svc.fault_refuse_ppm = refuse_ppm;
+        self.awake.insert(svc.id);
         true
     }
 
+    /// Every service's overlay, computed now.
     pub(crate) fn overlay(&self, now: Instant) -> Overlay {
         self.services
             .values()
-            .map(|svc| {
-                let overloaded = self
-                    .last_limited
-                    .get(&svc.id)
-                    .is_some_and(|t| now.saturating_duration_since(*t) < OVERLOAD_HOLD);
-                let level = self.top_priority.min(u8::MAX as u32) as u8;
-                let min = shed::min_priority(svc.circuit.state(now), overloaded, level);
-                (svc.name.clone(), svc.overlay(now, u32::from(min)))
-            })
+            .map(|svc| (svc.name.clone(), self.service_overlay(svc, now)))
             .collect()
     }
 
+    fn overloaded(&self, service: u32, now: Instant) -> bool {
+        self.last_limited
+            .get(&service)
+            .is_some_and(|t| now.saturating_duration_since(*t) < OVERLOAD_HOLD)
+    }
+
+    fn service_overlay(&self, svc: &ServiceHealth, now: Instant) -> ServiceOverlay {
+        let level = self.top_priority.min(u8::MAX as u32) as u8;
+        let min = shed::min_priority(svc.circuit.state(now), self.overloaded(svc.id, now), level);
+        svc.overlay(now, u32::from(min))
+    }
+
+    /// The overlay with the awake services' entries computed now; `None` when it is what
+    /// the last call returned. Equal to [`Engine::overlay`] at the same moment (a sleeping
+    /// service's entry cannot have changed since it fell asleep).
+    pub(crate) fn overlay_update(&mut self, now: Instant) -> Option<Overlay> {
+        for id in &self.awake {
+            let Some(svc) = self.services.get(id) else {
+                continue;
+            };
+            let entry = self.service_overlay(svc, now);
+            if self.overlay.get(&svc.name) != Some(&entry) {
+                self.overlay.insert(svc.name.clone(), entry);
+                self.overlay_changed = true;
+            }
+        }
+        std::mem::take(&mut self.overlay_changed).then(|| self.overlay.clone())
+    }
+
+    /// Puts to sleep the services whose state cannot change without an input: detection
+    /// settled (nothing banned, no panic), nothing left to drain, the circuit closed and
+    /// no recent overload. Called after a tick's gauges and overlay were taken.
+    pub(crate) fn settle(&mut self, now: Instant) {
+        let asleep: Vec<u32> = self
+            .awake
+            .iter()
+            .copied()
+            .filter(|id| {
+                self.services.get(id).is_none_or(|svc| {
+                    svc.settled()
+                        && svc.excluded_since.is_empty()
+                        && svc.circuit.state(now) == CircuitState::Closed
+                        && !self.overloaded(*id, now)
+                })
+            })
+            .collect();
+        for id in asleep {
+            self.awake.remove(&id);
+            self.last_limited.remove(&id);
+        }
+    }
+
+    /// The awake services with their ids (the ones whose gauges may have changed).
+    pub(crate) fn awake_services(&self) -> impl Iterator<Item = (&u32, &ServiceHealth)> {
+        self.awake
+            .iter()
+            .filter_map(|id| self.services.get_key_value(id))
+    }
+
+    /// How many services a tick visits now.
+    #[cfg(test)]
+    pub(crate) fn awake_count(&self) -> usize {
+        self.awake.len()
+    }
+
     /// The services with their ids.
+    #[cfg(test)]
     pub(crate) fn services_by_id(&self) -> impl Iterator<Item = (&u32, &ServiceHealth)> {
         self.services.iter()
     }

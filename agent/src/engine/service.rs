@@ -2,7 +2,7 @@
 //! operator's fault injection. Pure; every call takes `now`.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, VecDeque},
+    collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     time::Duration,
 };
@@ -11,6 +11,7 @@ use sockmesh_common::BackendTcpStats;
 use sockmesh_model::{CircuitSpec, OutlierSpec, ServiceSpec};
 use tokio::time::Instant;
 
+use super::tcp_window::TcpWindow;
 use crate::{
     health::{
         ban::{BanBook, BanPolicy},
@@ -49,39 +50,12 @@ pub(super) fn circuit_policy(s: &CircuitSpec) -> CircuitPolicy {
     }
 }
 
-/// Kernel TCP counters of one backend at one refresh, for rates over the window.
-#[derive(Clone, Copy, Debug)]
-struct TcpSample {
-    at: Instant,
-    established: u64,
-    retransmits: u64,
-    srtt_sum_us: u64,
-    srtt_count: u64,
-}
-
-impl TcpSample {
-    /// The same counters (at any time): rates over samples that all agree are none.
-    fn same_counters(&self, other: &TcpSample) -> bool {
-        (
-            self.established,
-            self.retransmits,
-            self.srtt_sum_us,
-            self.srtt_count,
-        ) == (
-            other.established,
-            other.retransmits,
-            other.srtt_sum_us,
-            other.srtt_count,
-        )
-    }
-}
-
 #[derive(Debug)]
 pub(crate) struct BackendHealth {
     pub addr: SocketAddr,
     window: OutcomeWindow,
     consecutive_failures: u32,
-    tcp: VecDeque<TcpSample>,
+    tcp: TcpWindow,
 }
 
 impl BackendHealth {
@@ -90,30 +64,8 @@ impl BackendHealth {
             addr,
             window: OutcomeWindow::new(now, window),
             consecutive_failures: 0,
-            tcp: VecDeque::new(),
+            tcp: TcpWindow::default(),
         }
-    }
-
-    /// (retransmits per connection, mean srtt µs) over the samples still in the window.
-    ///
-    /// The kernel samples srtt per connection, not per ACK (`RTT_SAMPLES_PER_CONN` callbacks,
-    /// then once at close), so the mean weighs connections alike: a bulk connection cannot
-    /// outvote a hundred short ones. A window in which no connection of the backend was
-    /// sampled (only long-lived connections past their samples) has no srtt mean: the
-    /// deviation rule then leaves the backend out of the srtt comparison instead of judging
-    /// it on a stale value. Backends are compared only once they have `min_requests`
-    /// connects in the window, and each of those is sampled from its handshake on.
-    fn tcp_rates(&self) -> (Option<f64>, Option<f64>) {
-        let (Some(first), Some(last)) = (self.tcp.front(), self.tcp.back()) else {
-            return (None, None);
-        };
-        let conns = last.established.saturating_sub(first.established);
-        let rtts = last.srtt_count.saturating_sub(first.srtt_count);
-        let retrans = last.retransmits.saturating_sub(first.retransmits);
-        let rate = (conns > 0).then(|| retrans as f64 / conns as f64);
-        let srtt = (rtts > 0)
-            .then(|| last.srtt_sum_us.saturating_sub(first.srtt_sum_us) as f64 / rtts as f64);
-        (rate, srtt)
     }
 }
 
@@ -255,37 +207,26 @@ impl ServiceHealth {
     }
 
     #[cfg(test)]
-    pub(crate) fn tcp_rates_of(&self, backend: u32) -> (Option<f64>, Option<f64>) {
+    pub(crate) fn tcp_rates_of(&self, now: Instant, backend: u32) -> (Option<f64>, Option<f64>) {
         self.backends
             .get(&backend)
-            .map_or((None, None), BackendHealth::tcp_rates)
+            .map_or((None, None), |b| b.tcp.rates(now, self.policy.window))
     }
 
-    pub(crate) fn on_tcp(&mut self, now: Instant, backend: u32, s: &BackendTcpStats) {
+    /// `backend`'s kernel TCP counters moved from `before` (unknown on a first read) to
+    /// `after` ([`TcpWindow::record`]).
+    pub(crate) fn on_tcp(
+        &mut self,
+        now: Instant,
+        backend: u32,
+        before: Option<&BackendTcpStats>,
+        after: &BackendTcpStats,
+    ) {
         let window = self.policy.window;
-        let mut changed = false;
-        if let Some(b) = self.backends.get_mut(&backend) {
-            let sample = TcpSample {
-                at: now,
-                established: s.established,
-                retransmits: s.retransmits,
-                srtt_sum_us: s.srtt_sum_us,
-                srtt_count: s.srtt_count,
-            };
-            // A first sample, or one equal to the last, leaves every rate as it was.
-            changed = b
-                .tcp
-                .back()
-                .is_some_and(|last| !last.same_counters(&sample));
-            b.tcp.push_back(sample);
-            while b
-                .tcp
-                .front()
-                .is_some_and(|f| now.saturating_duration_since(f.at) > window)
-            {
-                b.tcp.pop_front();
-            }
-        }
+        let changed = self
+            .backends
+            .get_mut(&backend)
+            .is_some_and(|b| b.tcp.record(now, window, before, after));
         if changed {
             self.touched(now);
         }
@@ -311,7 +252,7 @@ impl ServiceHealth {
             .filter(|(id, _)| !self.bans.is_excluded(**id))
             .map(|(id, b)| {
                 let t = b.window.totals(now);
-                let (retransmit_rate, srtt_mean_us) = b.tcp_rates();
+                let (retransmit_rate, srtt_mean_us) = b.tcp.rates(now, self.policy.window);
                 BackendSignals {
                     id: *id,
                     consecutive_failures: b.consecutive_failures,

@@ -196,7 +196,7 @@ pub(crate) fn spawn(
                 _ = tick.tick() => {
                     let now = Instant::now();
                     if now.saturating_duration_since(last_tcp) >= TCP_EVERY {
-                        engine.on_tcp(now, &ctx.signals.tcp_stats());
+                        engine.on_tcp(now, &ctx.signals.take_tcp_changes());
                         last_tcp = now;
                     }
                     step(&mut engine, &mut ctx);
@@ -259,14 +259,16 @@ fn step(engine: &mut Engine, ctx: &mut Ctx) {
         });
     }
     ctx.exported.export(engine, now);
-    let overlay = engine.overlay(now);
-    ctx.overlay_tx.send_if_modified(|current| {
-        let changed = *current != overlay;
-        if changed {
-            *current = overlay;
-        }
-        changed
-    });
+    if let Some(overlay) = engine.overlay_update(now) {
+        ctx.overlay_tx.send_if_modified(|current| {
+            let changed = *current != overlay;
+            if changed {
+                *current = overlay;
+            }
+            changed
+        });
+    }
+    engine.settle(now);
 }
 
 /// Logs and counts one drain; says once that workload namespaces cannot be entered.

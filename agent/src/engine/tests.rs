@@ -202,6 +202,7 @@ async fn late_failures_do_not_reban_a_backend_whose_probe_passed() {
 
 #[tokio::test(start_paused = true)]
 async fn idle_services_settle_and_wake_on_any_input() {
+    use crate::signals::TcpChange;
     use sockmesh_common::{BackendKey, BackendTcpStats};
     let settled = |e: &Engine| e.services_by_id().next().unwrap().1.settled();
     let mut e = engine(&config(3));
@@ -217,13 +218,15 @@ async fn idle_services_settle_and_wake_on_any_input() {
         service_id: 1,
         backend_id: 2,
     };
+    let change = |before, after| TcpChange { key, before, after };
     let mut stats = BackendTcpStats::ZERO;
-    e.on_tcp(Instant::now(), &[(key, stats)]);
+    e.on_tcp(Instant::now(), &[change(None, stats)]);
     e.tick(Instant::now());
-    e.on_tcp(Instant::now(), &[(key, stats)]);
+    e.on_tcp(Instant::now(), &[change(Some(stats), stats)]);
     assert!(settled(&e), "the same counters again change nothing");
+    let before = stats;
     stats.established = 4;
-    e.on_tcp(Instant::now(), &[(key, stats)]);
+    e.on_tcp(Instant::now(), &[change(Some(before), stats)]);
     assert!(!settled(&e), "new TCP counters wake it");
 
     // One failure: awake while it is in the window, settled again once it left.
@@ -232,7 +235,6 @@ async fn idle_services_settle_and_wake_on_any_input() {
     e.tick(Instant::now());
     assert!(!settled(&e), "the failure is still in the window");
     advance(Duration::from_secs(600)).await;
-    e.on_tcp(Instant::now(), &[(key, stats)]);
     e.tick(Instant::now());
     assert!(settled(&e), "inputs left the windows: settled again");
 
@@ -277,39 +279,104 @@ async fn a_run_of_failures_bans_like_the_same_failures_one_by_one() {
         .contains(&"127.0.0.3:81".parse().unwrap()));
 }
 
+/// What the engine's task does each step, with every probe passing; returns the overlay
+/// published so far.
+fn step(e: &mut Engine, published: &mut Overlay) {
+    let now = Instant::now();
+    let out = e.tick(now);
+    for (svc, backend, _, _) in out.probes {
+        e.probe_result(now, svc, backend, true);
+    }
+    if let Some(overlay) = e.overlay_update(now) {
+        *published = overlay;
+    }
+    e.settle(now);
+}
+
+/// Idle services are not visited by a tick, and the overlay kept per awake service equals the
+/// overlay computed whole, through a ban, its probe and the backend's return.
+#[tokio::test(start_paused = true)]
+async fn idle_services_sleep_and_the_kept_overlay_stays_exact() {
+    let mut e = engine(&config(3));
+    let mut published = Overlay::new();
+    assert_eq!(e.awake_count(), 1, "a new config wakes every service");
+    step(&mut e, &mut published);
+    assert_eq!(published, e.overlay(Instant::now()));
+    assert_eq!(e.awake_count(), 0, "no input: asleep after one step");
+    assert_eq!(e.overlay_update(Instant::now()), None, "nothing changed");
+
+    for _ in 0..5 {
+        e.on_event(Instant::now(), &ev(2, EVENT_FAILED, RESULT_REFUSED));
+    }
+    assert_eq!(e.awake_count(), 1, "an input wakes its service");
+    let mut banned = false;
+    for _ in 0..300 {
+        step(&mut e, &mut published);
+        let now = Instant::now();
+        assert_eq!(
+            published,
+            e.overlay(now),
+            "the kept overlay is the computed one"
+        );
+        banned |= !published["web"].excluded.is_empty();
+        if banned && e.awake_count() == 0 {
+            break;
+        }
+        advance(Duration::from_millis(500)).await;
+    }
+    assert!(banned, "five failures banned the backend");
+    assert!(
+        published["web"].excluded.is_empty(),
+        "the probe let it back"
+    );
+    assert_eq!(
+        e.awake_count(),
+        0,
+        "asleep again once the inputs left the windows"
+    );
+}
+
 /// The kernel samples srtt per connection (its first `RTT_SAMPLES_PER_CONN` RTT callbacks,
 /// then once at close), so the srtt mean is over the samples taken within the window, and a
 /// window with connections open but no new sample (long-lived ones past their samples) has
 /// no srtt mean at all rather than a stale one.
 #[tokio::test(start_paused = true)]
 async fn srtt_mean_is_over_the_window_samples_and_none_without_new_ones() {
+    use crate::signals::TcpChange;
     use sockmesh_common::{BackendKey, BackendTcpStats, RTT_SAMPLES_PER_CONN};
-    let rates = |e: &Engine| e.services_by_id().next().unwrap().1.tcp_rates_of(2);
+    let rates = |e: &Engine| {
+        e.services_by_id()
+            .next()
+            .unwrap()
+            .1
+            .tcp_rates_of(Instant::now(), 2)
+    };
     let per_conn = u64::from(RTT_SAMPLES_PER_CONN) + 1;
     let mut e = engine(&config(3));
     let key = BackendKey {
         service_id: 1,
         backend_id: 2,
     };
+    let change = |before, after| TcpChange { key, before, after };
     let mut stats = BackendTcpStats::ZERO;
     stats.established = 1;
     stats.srtt_count = per_conn;
     stats.srtt_sum_us = per_conn * 300;
-    e.on_tcp(Instant::now(), &[(key, stats)]);
-    assert_eq!(rates(&e).1, None, "one refresh is no window yet");
+    e.on_tcp(Instant::now(), &[change(None, stats)]);
+    assert_eq!(rates(&e).1, None, "one read is no window yet");
 
     advance(Duration::from_secs(1)).await;
+    let before = stats;
     stats.established += 2;
     stats.srtt_count += 2 * per_conn;
     stats.srtt_sum_us += 2 * per_conn * 500;
-    e.on_tcp(Instant::now(), &[(key, stats)]);
+    e.on_tcp(Instant::now(), &[change(Some(before), stats)]);
     assert_eq!(rates(&e).1, Some(500.0), "the window's samples only");
 
     // Only long-lived connections now, past their samples: the counters stand still.
     advance(Duration::from_secs(11)).await;
-    e.on_tcp(Instant::now(), &[(key, stats)]);
+    e.on_tcp(Instant::now(), &[change(Some(stats), stats)]);
     advance(Duration::from_secs(1)).await;
-    e.on_tcp(Instant::now(), &[(key, stats)]);
     assert_eq!(
         rates(&e),
         (None, None),
@@ -318,9 +385,10 @@ async fn srtt_mean_is_over_the_window_samples_and_none_without_new_ones() {
 
     // One of them closes: its srtt at close is the window's one sample.
     advance(Duration::from_secs(1)).await;
+    let before = stats;
     stats.closed += 1;
     stats.srtt_count += 1;
     stats.srtt_sum_us += 4_000;
-    e.on_tcp(Instant::now(), &[(key, stats)]);
+    e.on_tcp(Instant::now(), &[change(Some(before), stats)]);
     assert_eq!(rates(&e).1, Some(4_000.0));
 }

@@ -68,7 +68,7 @@ fn exposition() -> String {
         backend: "127.0.0.2:8081".into(),
     };
     *snapshot.lock().unwrap() = KernelSnapshot {
-        backends: vec![(backend.clone(), BackendTcpStats::ZERO)],
+        backends: [(backend.clone(), BackendTcpStats::ZERO)].into(),
         workloads: vec![WorkloadSample {
             name: "client".into(),
             runq: Some(RunqHist {

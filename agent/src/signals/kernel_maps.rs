@@ -130,6 +130,29 @@ impl SignalMaps {
         self.missing_backend_keys.len()
     }
 
+    /// The pairs whose stats entry is not created yet.
+    pub(crate) fn missing_keys(&self) -> impl Iterator<Item = &BackendKey> {
+        self.missing_backend_keys.iter()
+    }
+
+    pub(crate) fn is_missing(&self, key: &BackendKey) -> bool {
+        self.missing_backend_keys.contains(key)
+    }
+
+    /// These pairs' counters summed over CPUs, one lookup each (pairs without an entry are
+    /// left out): for the few pairs with traffic, cheaper than walking the whole map.
+    pub(crate) fn backend_stats_of(
+        &self,
+        keys: &[BackendKey],
+    ) -> Vec<(BackendKey, BackendTcpStats)> {
+        keys.iter()
+            .filter_map(|k| {
+                let values = self.backend_stats.get(k, 0).ok()?;
+                Some((*k, sum_tcp(values.iter())))
+            })
+            .collect()
+    }
+
     /// Every (service, backend)'s counters summed over CPUs, read in batches (a chunk of
     /// entries per system call: at 100,000 backends, one lookup per key was a third of the
     /// agent's CPU).

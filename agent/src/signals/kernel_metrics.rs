@@ -5,7 +5,10 @@
 //! event. The same-node fast path's counters, read in the same pass, are
 //! [`super::same_node_metrics`]'s.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
 
 use prometheus_client::{
     collector::Collector,
@@ -33,7 +36,8 @@ pub(crate) struct WorkloadSample {
 /// The kernel-side numbers as of the last read (summed over CPUs).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct KernelSnapshot {
-    pub(crate) backends: Vec<(BackendLabels, BackendTcpStats)>,
+    /// Per-backend rows, updated in place as pairs' counters change.
+    pub(crate) backends: BTreeMap<BackendLabels, BackendTcpStats>,
     pub(crate) workloads: Vec<WorkloadSample>,
     pub(crate) events_lost: u64,
     /// Connects to a VIP from callers that are not enrolled (`enrollment: workloads`).

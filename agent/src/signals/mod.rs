@@ -8,6 +8,7 @@
 //! kernel reads feed the diagnosis recorder ([`crate::diagnose`]).
 
 pub(crate) mod aggregate;
+pub(crate) mod backend_reads;
 mod diagnosis;
 pub(crate) mod kernel_maps;
 pub(crate) mod kernel_metrics;
@@ -40,6 +41,7 @@ use tracing::{debug, info, warn};
 
 use self::{
     aggregate::{result_name, Aggregates, Failure},
+    backend_reads::{fold_read, merge_changes, Read, ReadSchedule},
     kernel_maps::SignalMaps,
     kernel_metrics::{KernelCollector, KernelSnapshot, WorkloadSample},
     metrics::{BoundedLabel, ConnectionMetrics},
@@ -56,6 +58,7 @@ use crate::{
     status::unix_ms_now,
     tables::{addr::words_to_socket_addr, ServiceView},
 };
+pub(crate) use backend_reads::TcpChange;
 
 struct Inner {
     topology: Topology,
@@ -64,7 +67,14 @@ struct Inner {
     workload_specs: Vec<WorkloadSpec>,
     workloads: Vec<ResolvedWorkload>,
     views: Vec<ServiceView>,
+    /// Every pair's counters as of its last read.
     tcp: BTreeMap<BackendKey, BackendTcpStats>,
+    /// Which pairs the next refresh reads ([`backend_reads`]).
+    reads: ReadSchedule,
+    /// Counters that moved since the health engine last took them.
+    tcp_changes: BTreeMap<BackendKey, TcpChange>,
+    /// The per-backend rows must be rebuilt whole (new topology, or series expired).
+    rows_stale: bool,
     overflow_reported: u64,
     /// Which (service, backend) series exist, and when those of removed backends go.
     series: BackendSeries,
@@ -89,6 +99,9 @@ pub(crate) struct Signals {
     cgroup2: PathBuf,
     /// When the kernel-written maps are counted next ([`pressure`]).
     counts: Mutex<pressure::CountSchedule>,
+    /// Held from reading per-backend stats to folding them in, so reads fold in the order
+    /// they were made (a refresh and a scrape may read at once).
+    backend_read: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Signals {
@@ -102,34 +115,42 @@ impl Signals {
         registry: &mut Registry,
     ) -> Arc<Self> {
         let counted = maps.counted.take();
-        let metrics = ConnectionMetrics::new(registry);
-        let snapshot = KernelCollector::register(registry);
-        same_node_metrics::register(registry, snapshot.clone());
-        let pressure = MapPressure::new(registry);
-        let slos = Arc::new(Mutex::new(SloTracker::default()));
-        crate::slo::metrics::register(registry, slos.clone());
-        Arc::new(Self {
-            engine: std::sync::OnceLock::new(),
-            inner: Mutex::new(Inner {
-                topology: Topology::default(),
-                callers: CallerLabels::new(max_callers),
-                aggregates: Aggregates::default(),
-                workload_specs: Vec::new(),
-                workloads: Vec::new(),
-                views: Vec::new(),
-                tcp: BTreeMap::new(),
-                overflow_reported: 0,
-                series: BackendSeries::new(max_series),
-                backend_overflow_reported: 0,
-                diag: Recorder::new(tokio::time::Instant::now()),
-            }),
-            maps: Mutex::new(maps),
-            metrics,
-            snapshot,
-            pressure,
-            slos,
-            cgroup2,
-            counts: Mutex::new(pressure::CountSchedule::new(counted)),
+        Arc::new_cyclic(|signals| {
+            // Encoded before the kernel-map families, so a scrape sees every pair read now.
+            registry.register_collector(Box::new(ScrapeRead(signals.clone())));
+            let metrics = ConnectionMetrics::new(registry);
+            let snapshot = KernelCollector::register(registry);
+            same_node_metrics::register(registry, snapshot.clone());
+            let pressure = MapPressure::new(registry);
+            let slos = Arc::new(Mutex::new(SloTracker::default()));
+            crate::slo::metrics::register(registry, slos.clone());
+            Self {
+                engine: std::sync::OnceLock::new(),
+                inner: Mutex::new(Inner {
+                    topology: Topology::default(),
+                    callers: CallerLabels::new(max_callers),
+                    aggregates: Aggregates::default(),
+                    workload_specs: Vec::new(),
+                    workloads: Vec::new(),
+                    views: Vec::new(),
+                    tcp: BTreeMap::new(),
+                    reads: ReadSchedule::default(),
+                    tcp_changes: BTreeMap::new(),
+                    rows_stale: true,
+                    overflow_reported: 0,
+                    series: BackendSeries::new(max_series),
+                    backend_overflow_reported: 0,
+                    diag: Recorder::new(tokio::time::Instant::now()),
+                }),
+                maps: Mutex::new(maps),
+                metrics,
+                snapshot,
+                pressure,
+                slos,
+                cgroup2,
+                counts: Mutex::new(pressure::CountSchedule::new(counted)),
+                backend_read: Mutex::new(None),
+            }
         })
     }
 
@@ -177,6 +198,8 @@ impl Signals {
                 .series
                 .set_config(tokio::time::Instant::now(), &configured);
             inner.topology = topology;
+            inner.reads.read_all();
+            inner.rows_stale = true;
             inner.views = views.to_vec();
             let changed = inner.workload_specs != config.workloads;
             if changed {
@@ -204,10 +227,13 @@ impl Signals {
         let _ = self.engine.set(inbox);
     }
 
-    /// The latest per-backend kernel TCP counters.
-    pub(crate) fn tcp_stats(&self) -> Vec<(BackendKey, BackendTcpStats)> {
-        let inner = self.inner.lock().expect("signals lock");
-        inner.tcp.iter().map(|(k, v)| (*k, *v)).collect()
+    /// The per-backend kernel TCP counters that changed since the last call (with what
+    /// they were before), for the health engine.
+    pub(crate) fn take_tcp_changes(&self) -> Vec<TcpChange> {
+        let mut inner = self.inner.lock().expect("signals lock");
+        std::mem::take(&mut inner.tcp_changes)
+            .into_values()
+            .collect()
     }
 
     /// The cgroups of the workloads found on this node (as of the last refresh).
@@ -246,8 +272,15 @@ impl Signals {
             aggregates,
             diag,
             series,
+            reads,
             ..
         } = &mut *inner;
+        if matches!(ev.kind, EVENT_ESTABLISHED | EVENT_FAILED | EVENT_CLOSED) {
+            reads.touched(BackendKey {
+                service_id: ev.service_id,
+                backend_id: ev.backend_id,
+            });
+        }
         let service = topology.service(ev.service_id).to_owned();
         let backend = topology.backend(ev.backend_id).to_owned();
         let m = &self.metrics;
@@ -308,7 +341,8 @@ impl Signals {
         }
     }
 
-    /// Re-reads workloads (cgroup ids, threads, throttling) and the per-CPU maps.
+    /// Re-reads workloads (cgroup ids, threads, throttling), the per-CPU counters, and the
+    /// per-backend stats of the pairs that had traffic ([`backend_reads`]).
     pub(crate) fn refresh(&self) {
         let specs = self
             .inner
@@ -320,9 +354,8 @@ impl Signals {
         let mut maps = self.maps.lock().expect("maps lock");
         let tids = sync_tids(&mut maps, &resolved);
         let callers = sync_callers(&mut maps, &resolved);
-        retry_backend_keys(&mut maps);
+        let created = retry_backend_keys(&mut maps);
         let backend_stats = maps.backend_stats_entries;
-        let tcp: BTreeMap<BackendKey, BackendTcpStats> = maps.backend_stats().into_iter().collect();
         let previous = self
             .snapshot
             .lock()
@@ -354,76 +387,217 @@ impl Signals {
         self.record_pressure(tids, callers, backend_stats);
         let now = tokio::time::Instant::now();
         self.scan_listeners(now, &resolved);
+        {
+            let mut inner = self.inner.lock().expect("signals lock");
+            let by_cgroup: BTreeMap<u64, String> = resolved
+                .iter()
+                .flat_map(|w| w.cgroup_ids.iter().map(|id| (*id, w.name.clone())))
+                .collect();
+            inner.callers.set_workloads(by_cgroup);
+            for key in created {
+                inner.reads.touched(key);
+            }
+        }
+        self.read_backends(Some(events_lost), now);
 
         let mut inner = self.inner.lock().expect("signals lock");
-        let by_cgroup: BTreeMap<u64, String> = resolved
-            .iter()
-            .flat_map(|w| w.cgroup_ids.iter().map(|id| (*id, w.name.clone())))
-            .collect();
-        inner.callers.set_workloads(by_cgroup);
-        let backends = self.kernel_rows(&mut inner, &tcp, now);
-        let snapshot = KernelSnapshot {
-            backends,
-            workloads: samples,
-            events_lost,
-            unenrolled_connects,
-            unknown_policy_connects,
-            same_node,
-        };
-        inner.diag.on_kernel(now, &snapshot);
-        *self.snapshot.lock().expect("snapshot lock") = snapshot;
-        inner.tcp = tcp;
+        inner.diag.on_workloads(now, &samples);
+        let mut snapshot = self.snapshot.lock().expect("snapshot lock");
+        snapshot.workloads = samples;
+        snapshot.events_lost = events_lost;
+        snapshot.unenrolled_connects = unenrolled_connects;
+        snapshot.unknown_policy_connects = unknown_policy_connects;
+        snapshot.same_node = same_node;
+        drop(snapshot);
         inner.workloads = resolved;
+    }
+
+    /// Before a scrape: every pair's stats read now (at most once per refresh period), so
+    /// what Prometheus sees is exact also for pairs whose counters moved without an event yet
+    /// (connects in flight).
+    fn read_backends_for_scrape(&self) {
+        let now = tokio::time::Instant::now();
+        let last = *self.backend_read.lock().expect("backend read lock");
+        if last.is_some_and(|t| now.saturating_duration_since(t) < SCRAPE_READ_EVERY) {
+            return;
+        }
+        self.inner.lock().expect("signals lock").reads.read_all();
+        self.read_backends(None, now);
+    }
+
+    /// Reads the per-backend stats the schedule asks for and folds them into the last known
+    /// counters, the health engine's pending changes, the kernel rows and the diagnosis.
+    /// `events_lost`: the kernel's lost-event counter now, if read.
+    fn read_backends(&self, events_lost: Option<u64>, now: tokio::time::Instant) {
+        let mut last_all = self.backend_read.lock().expect("backend read lock");
+        let read = {
+            let mut inner = self.inner.lock().expect("signals lock");
+            inner.reads.next(events_lost)
+        };
+        let stats = {
+            let maps = self.maps.lock().expect("maps lock");
+            match &read {
+                Read::All => maps.backend_stats(),
+                Read::Pairs(keys) => maps.backend_stats_of(keys),
+            }
+        };
+        if read == Read::All {
+            *last_all = Some(now);
+        }
+        let mut inner = self.inner.lock().expect("signals lock");
+        inner.reads.read_done(&read, &stats);
+        let (changes, gone) = fold_read(&mut inner.tcp, &read, stats);
+        merge_changes(&mut inner.tcp_changes, &changes);
+        let changed: Vec<BackendKey> = changes.iter().map(|c| c.key).collect();
+        self.kernel_rows(&mut inner, &changed, &gone, now);
     }
 }
 
+/// A collector that encodes nothing: it makes a scrape read every per-backend entry first
+/// ([`Signals::read_backends_for_scrape`]).
+#[derive(Debug)]
+struct ScrapeRead(std::sync::Weak<Signals>);
+
+impl prometheus_client::collector::Collector for ScrapeRead {
+    fn encode(
+        &self,
+        _: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        if let Some(signals) = self.0.upgrade() {
+            signals.read_backends_for_scrape();
+        }
+        Ok(())
+    }
+}
+
+/// A scrape reads every per-backend entry at most this often (the refresh period).
+const SCRAPE_READ_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Signals {
-    /// The kernel snapshot's per-backend rows: admitted pairs under their own labels, the
-    /// rest (over `--max-series`) summed into their service's `other` row. Also removes the
-    /// series of pairs whose drain grace after leaving the config has passed.
+    /// Updates the kernel snapshot's per-backend rows for pairs whose counters changed or
+    /// whose entry is gone: admitted pairs under their own labels, the rest (over
+    /// `--max-series`) summed into their service's `other` row; the diagnosis gets the rows
+    /// that changed. All rows are rebuilt after a new config or when series expired. Also
+    /// removes the series of pairs whose drain grace after leaving the config has passed.
     fn kernel_rows(
         &self,
         inner: &mut Inner,
-        tcp: &BTreeMap<BackendKey, BackendTcpStats>,
+        changed: &[BackendKey],
+        gone: &[BackendKey],
         now: tokio::time::Instant,
-    ) -> Vec<(BackendLabels, BackendTcpStats)> {
+    ) {
         let Inner {
-            topology, series, ..
+            topology,
+            series,
+            tcp,
+            diag,
+            rows_stale,
+            ..
         } = inner;
-        for gone in series.expire(now) {
+        let expired = series.expire(now);
+        for gone in &expired {
             let inbound_gone = !topology.backend_by_addr.contains_key(&gone.labels.backend);
             self.metrics
                 .remove_backend(&gone.labels, &gone.callers, inbound_gone);
         }
-        let mut rows = Vec::with_capacity(tcp.len());
-        let mut folded: BTreeMap<String, BackendTcpStats> = BTreeMap::new();
-        for (k, s) in tcp {
+        let mut snap = self.snapshot.lock().expect("snapshot lock");
+        if std::mem::take(rows_stale) || !expired.is_empty() {
+            let mut rows = BTreeMap::new();
+            let mut folded: BTreeMap<String, BackendTcpStats> = BTreeMap::new();
+            for (k, s) in tcp.iter() {
+                let service = topology.service(k.service_id);
+                let backend = topology.backend(k.backend_id);
+                if series.admit(service, backend) {
+                    rows.insert(backend_labels(service, backend), *s);
+                } else {
+                    add_stats(
+                        folded
+                            .entry(service.to_owned())
+                            .or_insert(BackendTcpStats::ZERO),
+                        s,
+                    );
+                }
+            }
+            for (service, s) in folded {
+                series.admit(&service, topology::OTHER);
+                rows.insert(backend_labels(&service, topology::OTHER), s);
+            }
+            diag.on_backend_rows(now, rows.iter(), &[], true);
+            snap.backends = rows;
+            return;
+        }
+        let mut updated: BTreeMap<BackendLabels, BackendTcpStats> = BTreeMap::new();
+        let mut removed = Vec::new();
+        let mut fold_again = BTreeSet::new();
+        for k in gone {
+            let labels = backend_labels(
+                topology.service(k.service_id),
+                topology.backend(k.backend_id),
+            );
+            if snap.backends.remove(&labels).is_some() {
+                removed.push(labels);
+            } else {
+                fold_again.insert(k.service_id);
+            }
+        }
+        for k in changed {
             let service = topology.service(k.service_id);
             let backend = topology.backend(k.backend_id);
             if series.admit(service, backend) {
-                let labels = BackendLabels {
-                    service: service.to_owned(),
-                    backend: backend.to_owned(),
-                };
-                rows.push((labels, *s));
+                let labels = backend_labels(service, backend);
+                let s = tcp[k];
+                snap.backends.insert(labels.clone(), s);
+                updated.insert(labels, s);
             } else {
-                add_stats(
-                    folded
-                        .entry(service.to_owned())
-                        .or_insert(BackendTcpStats::ZERO),
-                    s,
-                );
+                fold_again.insert(k.service_id);
             }
         }
-        for (service, s) in folded {
-            series.admit(&service, topology::OTHER);
-            let labels = BackendLabels {
-                service,
-                backend: topology::OTHER.to_owned(),
+        for service_id in fold_again {
+            let service = topology.service(service_id);
+            let mut sum = None;
+            let pairs = BackendKey {
+                service_id,
+                backend_id: 0,
+            }..=BackendKey {
+                service_id,
+                backend_id: u32::MAX,
             };
-            rows.push((labels, s));
+            for (k, s) in tcp.range(pairs) {
+                let backend = topology.backend(k.backend_id);
+                if !series.admit(service, backend) {
+                    add_stats(sum.get_or_insert(BackendTcpStats::ZERO), s);
+                } else if !snap
+                    .backends
+                    .contains_key(&backend_labels(service, backend))
+                {
+                    // Admitted now (the budget allows it): its own row from here on.
+                    let labels = backend_labels(service, backend);
+                    snap.backends.insert(labels.clone(), *s);
+                    updated.insert(labels, *s);
+                }
+            }
+            let labels = backend_labels(service, topology::OTHER);
+            match sum {
+                Some(s) => {
+                    series.admit(service, topology::OTHER);
+                    snap.backends.insert(labels.clone(), s);
+                    updated.insert(labels, s);
+                }
+                None => {
+                    if snap.backends.remove(&labels).is_some() {
+                        removed.push(labels);
+                    }
+                }
+            }
         }
-        rows
+        diag.on_backend_rows(now, updated.iter(), &removed, false);
+    }
+}
+
+fn backend_labels(service: &str, backend: &str) -> BackendLabels {
+    BackendLabels {
+        service: service.to_owned(),
+        backend: backend.to_owned(),
     }
 }
 
@@ -486,11 +660,13 @@ fn sync_callers(maps: &mut SignalMaps, resolved: &[ResolvedWorkload]) -> usize {
 }
 
 /// Creates the per-backend stats entries an earlier sync could not (see
-/// [`SignalMaps::create_missing_backend_keys`]); logs once when all exist.
-fn retry_backend_keys(maps: &mut SignalMaps) {
+/// [`SignalMaps::create_missing_backend_keys`]); logs once when all exist. Returns the pairs
+/// whose entry was created (their rows are due).
+fn retry_backend_keys(maps: &mut SignalMaps) -> Vec<BackendKey> {
     if maps.missing_backend_keys() == 0 {
-        return;
+        return Vec::new();
     }
+    let before: Vec<BackendKey> = maps.missing_keys().copied().collect();
     match maps.create_missing_backend_keys() {
         Ok(()) => info!(
             entries = maps.backend_stats_entries,
@@ -498,6 +674,7 @@ fn retry_backend_keys(maps: &mut SignalMaps) {
         ),
         Err(e) => debug!(error = %format!("{e:#}"), "per-backend stats entries still missing"),
     }
+    before.into_iter().filter(|k| !maps.is_missing(k)).collect()
 }
 
 /// Makes the kernel's tid -> workload map match the threads found in the workloads' cgroups.

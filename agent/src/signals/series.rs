@@ -54,6 +54,8 @@ pub(crate) struct BackendSeries {
     budgeted: usize,
     /// Each configured service's drain grace; a service that left keeps its last one.
     graces: HashMap<String, Duration>,
+    /// The earliest `due` of any pair, so [`BackendSeries::expire`] costs nothing until then.
+    next_due: Option<Instant>,
     /// Label values folded into `other` so far.
     pub(crate) overflowed: u64,
 }
@@ -65,6 +67,7 @@ impl BackendSeries {
             pairs: HashMap::new(),
             budgeted: 0,
             graces: HashMap::new(),
+            next_due: None,
             overflowed: 0,
         }
     }
@@ -150,10 +153,22 @@ impl BackendSeries {
         }
         self.graces
             .retain(|s, _| configured.contains_key(s) || self.pairs.contains_key(s));
+        self.next_due = self.earliest_due();
+    }
+
+    fn earliest_due(&self) -> Option<Instant> {
+        self.pairs
+            .values()
+            .flat_map(HashMap::values)
+            .filter_map(|p| p.due)
+            .min()
     }
 
     /// The pairs due at `now`, forgotten (their budget freed); their series are to go.
     pub(crate) fn expire(&mut self, now: Instant) -> Vec<Expired> {
+        if self.next_due.is_none_or(|due| due > now) {
+            return Vec::new();
+        }
         let mut out = Vec::new();
         for (service, pairs) in &mut self.pairs {
             let due: Vec<String> = pairs
@@ -174,6 +189,7 @@ impl BackendSeries {
             }
         }
         self.pairs.retain(|_, pairs| !pairs.is_empty());
+        self.next_due = self.earliest_due();
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
         out
     }

@@ -109,6 +109,10 @@ pub struct BenchArgs {
     /// `--scale`: one-endpoint changes measured.
     #[arg(long, default_value_t = 100)]
     changes: usize,
+    /// `--scale`: seconds to wait after the initial sync before the 10 s idle measurement
+    /// (0: right after it, while the agents may still be creating stats entries).
+    #[arg(long, default_value_t = 0)]
+    idle_wait: u64,
 }
 
 /// The routes, in table order: the issues' (a)/(b)/(c) with (b') after (b).
@@ -154,6 +158,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             backends: args.backends,
             agents: args.agents,
             changes: args.changes,
+            idle_wait: args.idle_wait,
         });
     }
     if args.rounds == 0 || args.duration_ms > 10_000 || args.rounds > 10 {

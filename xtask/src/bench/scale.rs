@@ -34,6 +34,8 @@ pub struct ScaleArgs {
     pub backends: usize,
     pub agents: usize,
     pub changes: usize,
+    /// Seconds between the initial sync and the idle measurement.
+    pub idle_wait: u64,
 }
 
 fn vip(i: usize) -> Ipv4Addr {
@@ -153,9 +155,11 @@ pub fn run(args: ScaleArgs) -> Result<()> {
         || !(1..=16).contains(&args.backends)
         || !(1..=16).contains(&args.agents)
         || !(1..=1_000).contains(&args.changes)
+        || args.idle_wait > 600
     {
         bail!(
-            "--scale keeps to 1..=60000 services, 1..=16 backends, 1..=16 agents, 1..=1000 changes"
+            "--scale keeps to 1..=60000 services, 1..=16 backends, 1..=16 agents, 1..=1000 \
+             changes, --idle-wait <= 600"
         );
     }
     interrupt::install();
@@ -227,11 +231,16 @@ pub fn run(args: ScaleArgs) -> Result<()> {
         .filter_map(|n| bed.agent(n).pid())
         .collect();
     pids.push(bed.control().pid().context("control plane not running")?);
+    interrupt::sleep(Duration::from_secs(args.idle_wait))?;
     let idle_from = Instant::now();
     let before = usage(&pids);
     interrupt::sleep(Duration::from_secs(10))?;
     let idle = usage(&pids);
     let idle_secs = idle_from.elapsed().as_secs_f64();
+    println!(
+        "scale: idle measured over {idle_secs:.1} s, from {} s after the initial sync",
+        args.idle_wait
+    );
 
     let mut times = Vec::with_capacity(args.changes);
     // The same change split: API write -> the control plane's new version -> every agent.

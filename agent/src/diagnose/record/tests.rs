@@ -154,7 +154,7 @@ fn snapshot(
         }
     });
     KernelSnapshot {
-        backends: vec![(labels, stats)],
+        backends: [(labels, stats)].into(),
         workloads: vec![WorkloadSample {
             name: "front".into(),
             runq,
