@@ -249,7 +249,12 @@ pub fn run(args: ScaleArgs) -> Result<()> {
     let mut change_bytes = Vec::with_capacity(args.changes);
     let mut peak = idle.clone();
     let churn_from = Instant::now();
+    // RSS once a tenth of the changes are done, against the end: growth over the churn.
+    let mut early_rss: Option<Vec<(f64, f64)>> = None;
     for k in 0..args.changes {
+        if k == args.changes / 10 {
+            early_rss = Some(usage(&pids));
+        }
         let i = (k * 7919) % args.services;
         let before = head_version(&mut bed)?;
         let written = Instant::now();
@@ -292,6 +297,7 @@ pub fn run(args: ScaleArgs) -> Result<()> {
     }
     let churn_secs = churn_from.elapsed().as_secs_f64();
     let after = usage(&pids);
+    let early_rss = early_rss.unwrap_or_else(|| idle.clone());
     times.sort_by(f64::total_cmp);
     to_version.sort_by(f64::total_cmp);
     to_agents.sort_by(f64::total_cmp);
@@ -392,6 +398,15 @@ pub fn run(args: ScaleArgs) -> Result<()> {
         "| agent RSS idle / peak during churn (mean of {n}) | {:.0} / {:.0} MiB |",
         mean(&agents_idle_rss),
         mean(&agents_peak_rss)
+    );
+    let early: Vec<f64> = early_rss[..n].iter().map(|u| u.0).collect();
+    let end: Vec<f64> = after[..n].iter().map(|u| u.0).collect();
+    println!(
+        "| agent RSS after {} changes / after all {} (mean of {n}) | {:.0} / {:.0} MiB |",
+        args.changes / 10,
+        args.changes,
+        mean(&early),
+        mean(&end)
     );
     println!(
         "| agent CPU idle / during churn (mean of {n}, % of a core) | {:.1} / {:.1} % |",
