@@ -311,10 +311,7 @@ impl Reconcile<'_> {
         match self.dataplane.apply(&cfg, self.overlay, Some(self.current)) {
             Ok(views) => {
                 let tables_us = planning.elapsed().as_micros() as u64;
-                info!(
-                    received_us = (planning - started).as_micros() as u64,
-                    tables_us, "config taken"
-                );
+                info!(tables_us, "config taken");
                 let cfg = Arc::new(cfg);
                 let views = Arc::new(views);
                 self.signals.config(cfg.clone(), views.clone());

@@ -1,37 +1,15 @@
-use std::net::SocketAddr;
-
 use proptest::prelude::*;
 
 use super::*;
-use crate::{BackendSpec, LbPolicy};
+use crate::config::tests::{mesh, service};
 
 fn spec(name: usize, vip: u8, backends: &[(u8, u32)]) -> ServiceSpec {
-    ServiceSpec::new(
-        &format!("s{name}"),
-        format!("127.100.0.{vip}").parse().unwrap(),
-        80,
-        LbPolicy::WeightedRandom,
-        backends
-            .iter()
-            .map(|(host, weight)| BackendSpec {
-                addr: format!("127.0.0.{host}:8080")
-                    .parse::<SocketAddr>()
-                    .unwrap(),
-                weight: *weight,
-                labels: Default::default(),
-                zone: None,
-            })
-            .collect(),
-    )
-}
-
-fn mesh(services: Vec<ServiceSpec>) -> MeshConfig {
-    MeshConfig {
-        version: 1,
-        services,
-        workloads: Vec::new(),
-        enrollment: Enrollment::All,
-    }
+    let addrs: Vec<(String, u32)> = backends
+        .iter()
+        .map(|(host, weight)| (format!("127.0.0.{host}:8080"), *weight))
+        .collect();
+    let refs: Vec<(&str, u32)> = addrs.iter().map(|(a, w)| (a.as_str(), *w)).collect();
+    service(&format!("s{name}"), &format!("127.100.0.{vip}"), 80, &refs)
 }
 
 /// One edit a source can make to a config.

@@ -74,6 +74,27 @@ fn slice(i: usize, backends: usize, generation: usize) -> serde_json::Value {
     })
 }
 
+/// `field` (µs) of the last `last` log lines containing `line`, of every agent, in ms,
+/// sorted.
+fn logged_ms(bed: &mut Cluster, line: &str, field: &str, last: usize) -> Vec<f64> {
+    let mut ms: Vec<f64> = (0..bed.node_count())
+        .flat_map(|n| {
+            let took: Vec<f64> = bed
+                .agent(n)
+                .log()
+                .lines()
+                .filter(|l| l.contains(line))
+                .filter_map(|l| field_u64(l, field))
+                .map(|us| us as f64 / 1000.0)
+                .collect();
+            let skip = took.len().saturating_sub(last);
+            took.into_iter().skip(skip).collect::<Vec<f64>>()
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    ms
+}
+
 /// The number in `name=N` of a log line, with or without colour escapes.
 fn field_u64(line: &str, name: &str) -> Option<u64> {
     let mut plain = String::with_capacity(line.len());
@@ -330,50 +351,22 @@ pub fn run(args: ScaleArgs) -> Result<()> {
         percentile(&to_agents, 0.99)
     );
     // Each agent's own account: from a version's reply arriving to it being live in the
-    // kernel tables (the follower logs `took_us` with every version it applies).
-    let mut agent_us: Vec<f64> = (0..bed.node_count())
-        .flat_map(|n| {
-            let log = bed.agent(n).log();
-            let took: Vec<f64> = log
-                .lines()
-                .filter(|l| l.contains("following control: version applied"))
-                .filter_map(|l| field_u64(l, "took_us"))
-                .map(|us| us as f64)
-                .collect();
-            let skip = took.len().saturating_sub(args.changes);
-            took.into_iter().skip(skip).collect::<Vec<f64>>()
-        })
-        .collect();
-    agent_us.sort_by(f64::total_cmp);
-    if !agent_us.is_empty() {
-        println!(
-            "| agent apply of a one-service delta (reply in -> live in the kernel), p50 / p99 | {:.1} / {:.1} ms |",
-            percentile(&agent_us, 0.5) / 1000.0,
-            percentile(&agent_us, 0.99) / 1000.0
-        );
-    }
-    // Where the agent's time went, from its `config taken` lines: mean per section.
-    for field in ["received_us", "tables_us"] {
-        let mut v: Vec<f64> = (0..bed.node_count())
-            .flat_map(|n| {
-                let took: Vec<f64> = bed
-                    .agent(n)
-                    .log()
-                    .lines()
-                    .filter(|l| l.contains("config taken"))
-                    .filter_map(|l| field_u64(l, field))
-                    .map(|us| us as f64)
-                    .collect();
-                let skip = took.len().saturating_sub(args.changes);
-                took.into_iter().skip(skip).collect::<Vec<f64>>()
-            })
-            .collect();
-        v.sort_by(f64::total_cmp);
-        if !v.is_empty() {
+    // kernel tables (the follower's `took_us`), and of that the plan and kernel writes (the
+    // runtime's `tables_us`).
+    for (line, field, what) in [
+        (
+            "following control: version applied",
+            "took_us",
+            "agent apply of a one-service delta (reply in -> live in the kernel)",
+        ),
+        ("config taken", "tables_us", "of which plan + kernel writes"),
+    ] {
+        let ms = logged_ms(&mut bed, line, field, args.changes);
+        if !ms.is_empty() {
             println!(
-                "| of which {field}, p50 / p99 | {:.1} / {:.1} ms |",
-                percentile(&v, 0.5) / 1000.0,
-                percentile(&v, 0.99) / 1000.0
+                "| {what}, p50 / p99 | {:.1} / {:.1} ms |",
+                percentile(&ms, 0.5),
+                percentile(&ms, 0.99)
             );
         }
     }

@@ -27,7 +27,7 @@ services:
       - addr: 127.0.0.3:8081
 ";
 
-fn service(name: &str, vip: &str, port: u16, backends: &[(&str, u32)]) -> ServiceSpec {
+pub(crate) fn service(name: &str, vip: &str, port: u16, backends: &[(&str, u32)]) -> ServiceSpec {
     ServiceSpec::new(
         name,
         vip.parse().unwrap(),
@@ -45,7 +45,7 @@ fn service(name: &str, vip: &str, port: u16, backends: &[(&str, u32)]) -> Servic
     )
 }
 
-fn mesh(services: Vec<ServiceSpec>) -> MeshConfig {
+pub(crate) fn mesh(services: Vec<ServiceSpec>) -> MeshConfig {
     MeshConfig {
         version: 1,
         services,
