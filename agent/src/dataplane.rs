@@ -59,13 +59,16 @@ impl Dataplane {
     /// last one applied): only the services that differ from it are planned, and on a
     /// failed write (the kernel then holds a consistent prefix of the plan) it is
     /// re-applied so the mesh keeps routing as before, and the error is returned.
+    /// `touched`: the services that differ from `previous`, when the caller knows (a delta
+    /// that kept the workloads and enrollment); else they are found by comparing.
     pub(crate) fn apply(
         &mut self,
         config: &MeshConfig,
         overlay: &Overlay,
         previous: Option<&MeshConfig>,
+        touched: Option<&[String]>,
     ) -> Result<Vec<ServiceView>> {
-        self.apply_from(config, overlay, previous, previous)
+        self.apply_from(config, overlay, previous, previous, touched)
     }
 
     /// Makes the kernel maps match a new `overlay` (bans, circuits, shedding) for the
@@ -75,7 +78,7 @@ impl Dataplane {
         config: &MeshConfig,
         overlay: &Overlay,
     ) -> Result<Vec<ServiceView>> {
-        self.apply_from(config, overlay, Some(config), None)
+        self.apply_from(config, overlay, Some(config), None, Some(&[]))
     }
 
     fn apply_from(
@@ -84,9 +87,10 @@ impl Dataplane {
         overlay: &Overlay,
         base: Option<&MeshConfig>,
         restore: Option<&MeshConfig>,
+        touched: Option<&[String]>,
     ) -> Result<Vec<ServiceView>> {
         let started = std::time::Instant::now();
-        let (plan, planned) = self.plan(config, overlay, base)?;
+        let (plan, planned) = self.plan(config, overlay, base, touched)?;
         let writes = plan.writes.len();
         // Until this one succeeds, the next plan is whole.
         let applied_overlay = self.overlay.take();
@@ -122,15 +126,23 @@ impl Dataplane {
         config: &MeshConfig,
         overlay: &Overlay,
         base: Option<&MeshConfig>,
+        touched: Option<&[String]>,
     ) -> Result<(Plan, Option<usize>)> {
         if let (Some(base), Some(last)) = (base, &self.overlay) {
-            let delta = ConfigDelta::between(base, config)
-                .filter(|d| d.workloads.is_none() && d.enrollment.is_none());
-            if let Some(delta) = delta {
-                let touched: HashSet<&str> = delta
-                    .services()
-                    .chain(overlay_changes(last, overlay))
-                    .collect();
+            let found;
+            let changed: Option<Box<dyn Iterator<Item = &str>>> = match touched {
+                Some(names) => Some(Box::new(names.iter().map(String::as_str))),
+                None => {
+                    found = ConfigDelta::between(base, config)
+                        .filter(|d| d.workloads.is_none() && d.enrollment.is_none());
+                    found
+                        .as_ref()
+                        .map(|d| Box::new(d.services()) as Box<dyn Iterator<Item = &str>>)
+                }
+            };
+            if let Some(changed) = changed {
+                let touched: HashSet<&str> =
+                    changed.chain(overlay_changes(last, overlay)).collect();
                 let plan =
                     plan_services(config, base, &touched, overlay, &self.mirror, &self.node)?;
                 if let Some(plan) = plan {

@@ -75,7 +75,7 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
     // Validate before touching the kernel: a bad file at start is a clear error, and any
     // routing an earlier agent left pinned keeps running meanwhile.
     let received = match &started {
-        Some(start) => start.snapshot.config.clone(),
+        Some(start) => MeshConfig::clone(&start.snapshot.config),
         None => match watcher.poll() {
             Some(Change::Valid(cfg)) => cfg,
             Some(Change::Invalid(e)) => {
@@ -183,7 +183,7 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
     let mut overlay = crate::tables::Overlay::new();
     let initial_started = Instant::now();
     let views = dataplane
-        .apply(&initial, &overlay, None)
+        .apply(&initial, &overlay, None, None)
         .context("applying the initial config")?;
     signals.set_config(&views, &initial);
     let initial = Arc::new(initial);
@@ -246,14 +246,14 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
                     status: &status,
                     node: &opts.node,
                 };
-                let _ = reconcile.take(change, None, started).await;
+                let change = match change {
+                    Change::Valid(cfg) => Ok(Arc::new(cfg)),
+                    Change::Invalid(e) => Err(e),
+                };
+                let _ = reconcile.take(change, None, None, started).await;
             }
             Some(offer) = next_offer(&mut offers) => {
                 let started = Instant::now();
-                let change = match offer.config {
-                    Ok(cfg) => Change::Valid(cfg),
-                    Err(e) => Change::Invalid(e),
-                };
                 let mut reconcile = Reconcile {
                     dataplane: &mut dataplane,
                     overlay: &overlay,
@@ -265,7 +265,10 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
                     node: &opts.node,
                 };
                 let fingerprint = Some(offer.fingerprint);
-                let _ = offer.reply.send(reconcile.take(change, fingerprint, started).await);
+                let taken = reconcile
+                    .take(offer.config, fingerprint, offer.touched.as_deref(), started)
+                    .await;
+                let _ = offer.reply.send(taken);
             }
         }
     }
@@ -293,26 +296,29 @@ impl Reconcile<'_> {
     /// `started`: when reading the change began (its apply time is measured from there).
     async fn take(
         &mut self,
-        change: Change,
+        change: Result<Arc<MeshConfig>, String>,
         fingerprint: Option<String>,
+        touched: Option<&[String]>,
         started: Instant,
     ) -> Result<(), String> {
         let received = match change {
-            Change::Valid(cfg) => cfg,
-            Change::Invalid(e) => {
+            Ok(cfg) => cfg,
+            Err(e) => {
                 error!(error = %e, "config rejected; the previous config stays active");
                 return Err(self.rejected(e));
             }
         };
         // Acks and /status name the config as received; the tables hold this node's part.
         let fingerprint = fingerprint.unwrap_or_else(|| received.fingerprint());
-        let cfg = received.into_node(self.node);
+        let cfg = received.shared_into_node(self.node);
         let planning = Instant::now();
-        match self.dataplane.apply(&cfg, self.overlay, Some(self.current)) {
+        match self
+            .dataplane
+            .apply(&cfg, self.overlay, Some(self.current), touched)
+        {
             Ok(views) => {
                 let tables_us = planning.elapsed().as_micros() as u64;
                 info!(tables_us, "config taken");
-                let cfg = Arc::new(cfg);
                 let views = Arc::new(views);
                 self.signals.config(cfg.clone(), views.clone());
                 // Bounded: waits while the engine is behind; a config change is never lost.

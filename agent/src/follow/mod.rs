@@ -23,6 +23,7 @@ mod persist;
 mod start;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sockmesh_model::protocol::{
@@ -30,7 +31,7 @@ use sockmesh_model::protocol::{
     WATCH_PATH,
 };
 use sockmesh_model::ControlAddress;
-use sockmesh_model::MeshConfig;
+use sockmesh_model::{ConfigIndex, MeshConfig};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
@@ -81,9 +82,13 @@ pub(crate) struct Start {
 pub(crate) struct Offer {
     /// `Err`: the snapshot could not even be read into the model (a field this agent does
     /// not know); the runtime counts and reports it like any rejected config.
-    pub config: Result<MeshConfig, String>,
+    pub config: Result<Arc<MeshConfig>, String>,
     /// `config.fingerprint()`, already checked against the control plane's.
     pub fingerprint: String,
+    /// The services that differ from the applied config, when the version came as a delta
+    /// that kept the workloads and enrollment: the runtime plans those only. `None`: it
+    /// finds out itself.
+    pub touched: Option<Vec<String>>,
     pub reply: oneshot::Sender<Result<(), String>>,
 }
 
@@ -96,6 +101,7 @@ pub(crate) fn spawn(opts: FollowOptions, start: Start) -> mpsc::Receiver<Offer> 
         client: Client::new(opts.address.clone(), opts.token.clone()),
         seen: start.snapshot.version,
         applied: start.snapshot,
+        index: None,
         opts,
         offers,
         rejected: None,
@@ -124,6 +130,9 @@ struct Follower {
     offers: mpsc::Sender<Offer>,
     /// What the kernel runs, as the control plane named it.
     applied: Persisted,
+    /// The index of `applied.config`, made at the first delta after a snapshot: a delta is
+    /// checked and fingerprinted from the services it touches.
+    index: Option<ConfigIndex>,
     /// The last version taken (applied or refused): the watch's `after`.
     seen: u64,
     /// The last version refused, its fingerprint and why: offered again (after a
@@ -228,63 +237,75 @@ impl Follower {
                 update.from, self.applied.version
             ))
         } else {
-            match update.delta.apply(self.applied.config.clone()) {
-                Ok(config) => match config.fingerprint() {
-                    fp if fp == update.fingerprint => Ok(config),
-                    fp => Err(format!(
-                        "the assembled config has fingerprint {fp}, the control plane's is {}",
-                        update.fingerprint
-                    )),
-                },
+            let base = &self.applied.config;
+            match update.delta.apply(MeshConfig::clone(base)) {
+                Ok(config) => {
+                    let index = self.index.get_or_insert_with(|| ConfigIndex::of(base));
+                    let step = index.step(base, &update.delta, &config);
+                    match step.fingerprint() {
+                        fp if fp == update.fingerprint => Ok((config, step)),
+                        fp => Err(format!(
+                            "the assembled config has fingerprint {fp}, the control plane's is {}",
+                            update.fingerprint
+                        )),
+                    }
+                }
                 Err(e) => Err(e.to_string()),
             }
         };
-        match assembled {
-            Ok(config) => {
-                debug!(
-                    version,
-                    services = update.delta.services().count(),
-                    "version arrived as a delta"
-                );
-                let snap = Snapshot {
-                    version,
-                    fingerprint: update.fingerprint,
-                    created_unix_ms: update.created_unix_ms,
-                    service_versions: Default::default(),
-                    config,
-                };
-                self.take_decoded(snap).await
-            }
+        let (config, step) = match assembled {
+            Ok(assembled) => assembled,
             Err(why) => {
                 warn!(version, reason = %why, "a delta did not fit; taking a snapshot instead");
                 let snap = self.snapshot().await?;
-                self.take(snap).await
+                return self.take(snap).await;
+            }
+        };
+        let touched = (update.delta.workloads.is_none() && update.delta.enrollment.is_none())
+            .then(|| update.delta.services().map(str::to_owned).collect());
+        debug!(
+            version,
+            services = update.delta.services().count(),
+            "version arrived as a delta"
+        );
+        let index = self.index.as_ref().expect("made above");
+        let config = index
+            .validate(&step, &config)
+            .map(|()| Arc::new(config))
+            .map_err(|e| e.to_string());
+        let snap = Snapshot {
+            version,
+            fingerprint: update.fingerprint,
+            created_unix_ms: update.created_unix_ms,
+            service_versions: Default::default(),
+            config,
+        };
+        self.take_version(snap, touched).await?;
+        if self.applied.version == version && self.applied.fingerprint == step.fingerprint() {
+            if let Some(index) = &mut self.index {
+                index.commit(step);
             }
         }
+        Ok(())
     }
 
     /// Applies (or refuses) one version read whole, and acks it.
     async fn take(&mut self, snap: Snapshot<serde_json::Value>) -> Result<(), Stop> {
         self.arrived = Instant::now();
+        // A snapshot replaces the config the index describes (or might).
+        self.index = None;
         let (snap, config) = split(snap);
-        let config = decode_config(config).map_err(|e| e.to_string());
-        self.take_version(with_config(snap, config)).await
-    }
-
-    /// Applies (or refuses) one version assembled from a delta, and acks it.
-    async fn take_decoded(&mut self, snap: Snapshot) -> Result<(), Stop> {
-        let (snap, config) = split(snap);
-        let config = config
-            .validate()
-            .map(|()| config)
+        let config = decode_config(config)
+            .map(Arc::new)
             .map_err(|e| e.to_string());
-        self.take_version(with_config(snap, config)).await
+        self.take_version(with_config(snap, config), None).await
     }
 
     /// Applies (or refuses) one version and acks it.
     async fn take_version(
         &mut self,
-        snap: Snapshot<Result<MeshConfig, String>>,
+        snap: Snapshot<Result<Arc<MeshConfig>, String>>,
+        touched: Option<Vec<String>>,
     ) -> Result<(), Stop> {
         let version = snap.version;
         self.seen = version;
@@ -300,10 +321,10 @@ impl Follower {
             if *v == version && *fp == snap.fingerprint {
                 Err(e.clone())
             } else {
-                self.offer(snap).await?
+                self.offer(snap, touched).await?
             }
         } else {
-            self.offer(snap).await?
+            self.offer(snap, touched).await?
         };
         match &outcome {
             Ok(()) => {
@@ -333,13 +354,15 @@ impl Follower {
     /// Hands a new config to the runtime and waits for its verdict.
     async fn offer(
         &mut self,
-        snap: Snapshot<Result<MeshConfig, String>>,
+        snap: Snapshot<Result<Arc<MeshConfig>, String>>,
+        touched: Option<Vec<String>>,
     ) -> Result<Result<(), String>, Stop> {
         let config = snap.config;
         let (reply, verdict) = oneshot::channel();
         let offer = Offer {
             config: config.clone(),
             fingerprint: snap.fingerprint.clone(),
+            touched,
             reply,
         };
         self.offers.send(offer).await.map_err(|_| Stop::Stopped)?;

@@ -11,6 +11,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use sockmesh_model::{parse_config, MeshConfig};
@@ -26,7 +27,8 @@ pub(crate) struct Persisted {
     pub version: u64,
     /// The control plane's fingerprint of this version.
     pub fingerprint: String,
-    pub config: MeshConfig,
+    /// Shared with the runtime (and through it the signals, engine and `/status`).
+    pub config: Arc<MeshConfig>,
 }
 
 /// Writes the applied snapshot in the background, newest first: the ack and the next
@@ -104,7 +106,7 @@ pub(super) fn load(state_dir: &Path) -> Result<Option<Persisted>> {
     Ok(Some(Persisted {
         version,
         fingerprint,
-        config,
+        config: Arc::new(config),
     }))
 }
 
@@ -119,12 +121,12 @@ mod tests {
         let snap = Persisted {
             version: 7,
             fingerprint: sockmesh_model::default_config().fingerprint(),
-            config: sockmesh_model::default_config(),
+            config: Arc::new(sockmesh_model::default_config()),
         };
         save(&dir, &snap, "http://127.0.0.1:9480").unwrap();
         assert_eq!(load(&dir).unwrap(), Some(snap.clone()));
         let text = fs::read_to_string(path(&dir)).unwrap();
-        assert_eq!(parse_config(&text).unwrap(), snap.config);
+        assert_eq!(parse_config(&text).unwrap(), *snap.config);
         use std::os::unix::fs::PermissionsExt;
         let mode = fs::metadata(path(&dir)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);

@@ -1,5 +1,7 @@
 //! The agent's first config in `--control` mode: the control plane's, or what it last gave.
 
+use std::sync::Arc;
+
 use anyhow::{bail, Result};
 use sockmesh_model::protocol::{decode_config, Snapshot, SNAPSHOT_PATH};
 use tracing::warn;
@@ -35,7 +37,7 @@ pub(crate) async fn start(opts: &FollowOptions) -> Result<Start> {
                                 snapshot: Persisted {
                                     version,
                                     fingerprint: snap.fingerprint,
-                                    config,
+                                    config: Arc::new(config),
                                 },
                                 from_disk: false,
                             })

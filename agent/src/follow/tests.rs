@@ -113,7 +113,7 @@ async fn wait_agent(dir: &Path, what: &str, pred: impl Fn(&AgentReport) -> bool)
 }
 
 /// Answers offers like the runtime: a config with a service named `refused` fails.
-fn runtime(mut offers: mpsc::Receiver<Offer>) -> mpsc::UnboundedReceiver<MeshConfig> {
+fn runtime(mut offers: mpsc::Receiver<Offer>) -> mpsc::UnboundedReceiver<Arc<MeshConfig>> {
     let (applied, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(offer) = offers.recv().await {
@@ -144,7 +144,7 @@ async fn follows_versions_acks_them_and_persists_what_it_applied() {
     assert!(!start.from_disk);
     assert_eq!(start.snapshot.version, 1);
     assert_eq!(
-        start.snapshot.config,
+        *start.snapshot.config,
         parse_config(&mesh(1, "web")).unwrap()
     );
     let mut applied = runtime(spawn(opts.clone(), start));
@@ -211,7 +211,7 @@ async fn starts_from_the_persisted_snapshot_when_control_is_unreachable() {
     let snapshot = Persisted {
         version: 9,
         fingerprint: "f".into(),
-        config: parse_config(&mesh(3, "web")).unwrap(),
+        config: Arc::new(parse_config(&mesh(3, "web")).unwrap()),
     };
     persist::save(&opts.state_dir, &snapshot, "unix:x").unwrap();
     let start = start(&opts).await.unwrap();

@@ -44,14 +44,14 @@ pub use address::ControlAddress;
 pub use agent_name::{check_agent_name, MAX_AGENT_NAME_LEN};
 pub use config::{
     admitted_workloads, check_allowed_callers, check_node_name, check_zone, parse_config,
-    BackendSpec, CallerSelector, CallerSpec, CircuitSpec, ConfigError, Enrollment, Fallback,
-    LbPolicy, LimitsSpec, LocalitySpec, Location, MeshConfig, OutlierSpec, Priority, RouteSpec,
-    ServiceSpec, SliKind, SloSpec, Span, SplitSpec, WorkloadSpec, CONFIG_VERSION,
-    MAX_BACKENDS_PER_SERVICE, MAX_BACKEND_PAIRS, MAX_CALLER_SELECTORS, MAX_LABEL_KEY_LEN,
-    MAX_LABEL_VALUE_LEN, MAX_MESH_WORKLOADS, MAX_NODE_NAME_LEN, MAX_ROUTES_PER_SERVICE,
-    MAX_SELECTOR_LABELS, MAX_SERVICES, MAX_SERVICE_NAME_LEN, MAX_SLOS_PER_SERVICE,
-    MAX_SPLITS_PER_ROUTE, MAX_WEIGHT, MAX_WORKLOADS, MAX_ZONE_LEN, NAMESPACE_LABEL,
-    SERVICE_ACCOUNT_LABEL,
+    BackendSpec, CallerSelector, CallerSpec, CircuitSpec, ConfigError, ConfigIndex, Enrollment,
+    Fallback, IndexStep, LbPolicy, LimitsSpec, LocalitySpec, Location, MeshConfig, OutlierSpec,
+    Priority, RouteSpec, ServiceSpec, SliKind, SloSpec, Span, SplitSpec, WorkloadSpec,
+    CONFIG_VERSION, MAX_BACKENDS_PER_SERVICE, MAX_BACKEND_PAIRS, MAX_CALLER_SELECTORS,
+    MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN, MAX_MESH_WORKLOADS, MAX_NODE_NAME_LEN,
+    MAX_ROUTES_PER_SERVICE, MAX_SELECTOR_LABELS, MAX_SERVICES, MAX_SERVICE_NAME_LEN,
+    MAX_SLOS_PER_SERVICE, MAX_SPLITS_PER_ROUTE, MAX_WEIGHT, MAX_WORKLOADS, MAX_ZONE_LEN,
+    NAMESPACE_LABEL, SERVICE_ACCOUNT_LABEL,
 };
 pub use default_config::{default_config, DEFAULT_CONFIG_YAML};
 pub use delta::{AddedService, ConfigDelta, DeltaError};

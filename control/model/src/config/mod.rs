@@ -59,6 +59,7 @@ mod caller;
 mod duration;
 mod error;
 mod fingerprint;
+mod index;
 mod parse;
 mod policy;
 mod route;
@@ -81,6 +82,7 @@ pub use caller::{
 };
 pub use duration::Span;
 pub use error::{ConfigError, Location};
+pub use index::{ConfigIndex, IndexStep};
 pub use parse::parse_config;
 pub use policy::{CircuitSpec, LimitsSpec, OutlierSpec, Priority};
 pub use route::{

@@ -65,8 +65,12 @@ impl MeshConfig {
             let checker = ServiceChecker {
                 index: i,
                 service,
-                services: &self.services,
-                vips: &vips,
+                // The first service that claims an address, when it is not this one.
+                other_owner: |addr: SocketAddr| {
+                    vips.get(&addr)
+                        .filter(|&&first| first != i)
+                        .map(|&first| (first, self.services[first].name.as_str()))
+                },
             };
             checker.name(&mut names)?;
             checker.vip()?;
@@ -78,21 +82,32 @@ impl MeshConfig {
 }
 
 impl ServiceSpec {
-    fn vip_port(&self) -> SocketAddr {
+    pub(crate) fn vip_port(&self) -> SocketAddr {
         SocketAddr::new(self.vip, self.port)
     }
 }
 
 /// The checks for one service, with what they need to know about the rest of the mesh.
-struct ServiceChecker<'a> {
-    index: usize,
-    service: &'a ServiceSpec,
-    services: &'a [ServiceSpec],
-    /// VIP:port -> index of the first service that claims it.
-    vips: &'a HashMap<SocketAddr, usize>,
+pub(crate) struct ServiceChecker<'a, F> {
+    /// Where the service is in the config (for the field paths of errors).
+    pub index: usize,
+    pub service: &'a ServiceSpec,
+    /// The service (index, name) that claims a VIP:port, when it is another one than this.
+    pub other_owner: F,
 }
 
-impl<'a> ServiceChecker<'a> {
+impl<'a, 'm, F: Fn(SocketAddr) -> Option<(usize, &'m str)>> ServiceChecker<'a, F> {
+    /// The checks that depend on this service, the VIPs of the mesh and its workloads only:
+    /// all but the uniqueness of its name.
+    pub(crate) fn check_alone(&self, workloads: &[super::WorkloadSpec]) -> Result<(), ConfigError> {
+        if let Err(reason) = check_name("service", &self.service.name) {
+            return self.fail("name", reason);
+        }
+        self.vip()?;
+        self.backends()?;
+        self.policy(workloads)
+    }
+
     /// Health policy ranges, allowed callers (names of configured workloads, valid selectors),
     /// SLOs, routes and locality.
     fn policy(&self, workloads: &[super::WorkloadSpec]) -> Result<(), ConfigError> {
@@ -157,15 +172,12 @@ impl<'a> ServiceChecker<'a> {
             return self.fail("port", "port 0 cannot be a VIP port".to_owned());
         }
         let vip_port = self.service.vip_port();
-        match self.vips.get(&vip_port) {
-            Some(&first) if first != self.index => self.fail(
+        match (self.other_owner)(vip_port) {
+            Some((first, name)) => self.fail(
                 "port",
-                format!(
-                    "duplicate VIP {vip_port}, already used by services[{first}] ({})",
-                    self.services[first].name
-                ),
+                format!("duplicate VIP {vip_port}, already used by services[{first}] ({name})"),
             ),
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 
@@ -251,12 +263,11 @@ impl<'a> ServiceChecker<'a> {
                 "routing loop: backend {addr} is this service's own VIP:port"
             ));
         }
-        if let Some(&other) = self.vips.get(&addr) {
+        if let Some((other, name)) = (self.other_owner)(addr) {
             // The kernel rewrites a connection's destination once, at connect; a connection
             // sent to another VIP is not routed again and would reach no backend.
             return Err(format!(
-                "backend {addr} is the VIP:port of services[{other}] ({}); VIPs are not routed twice",
-                self.services[other].name
+                "backend {addr} is the VIP:port of services[{other}] ({name}); VIPs are not routed twice"
             ));
         }
         Ok(())

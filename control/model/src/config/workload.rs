@@ -270,10 +270,10 @@ impl super::MeshConfig {
     /// they match whichever of the remaining workloads fit. Valid whenever `self` is;
     /// unchanged (and not copied) when every workload is local.
     pub fn into_node(mut self, node: &str) -> super::MeshConfig {
-        let here = |w: &WorkloadSpec| w.node.as_deref().is_none_or(|n| n == node);
-        if self.workloads.iter().all(here) {
+        if self.is_all_on(node) {
             return self;
         }
+        let here = |w: &WorkloadSpec| w.node.as_deref().is_none_or(|n| n == node);
         self.workloads.retain(here);
         let names: std::collections::HashSet<&str> =
             self.workloads.iter().map(|w| w.name.as_str()).collect();
@@ -283,5 +283,22 @@ impl super::MeshConfig {
             }
         }
         self
+    }
+
+    /// [`into_node`](Self::into_node) of a shared config: the same `Arc` (nothing copied)
+    /// when every workload is local.
+    pub fn shared_into_node(self: std::sync::Arc<Self>, node: &str) -> std::sync::Arc<Self> {
+        if self.is_all_on(node) {
+            self
+        } else {
+            std::sync::Arc::new(std::sync::Arc::unwrap_or_clone(self).into_node(node))
+        }
+    }
+
+    /// Every workload is on `node` or on every node.
+    fn is_all_on(&self, node: &str) -> bool {
+        self.workloads
+            .iter()
+            .all(|w| w.node.as_deref().is_none_or(|n| n == node))
     }
 }

@@ -119,9 +119,10 @@ fn fingerprint_is_stable_across_runs_and_builds() {
     assert_eq!(fingerprint, PINNED_EXAMPLE_FINGERPRINT);
 }
 
-/// Cross-checked outside Rust: FNV-1a-64 of the compact JSON
-/// `{"version":1,"services":[{"name":"web","vip":"127.100.0.1","port":80,...}]}` of `EXAMPLE`.
-const PINNED_EXAMPLE_FINGERPRINT: &str = "ce1108f033799158";
+/// Cross-checked outside Rust: FNV-1a-64 of `sockmesh config v`, the version as 4
+/// little-endian bytes, then for each service `s` and the 8 little-endian bytes of the
+/// FNV-1a-64 of its compact JSON (`{"name":"web","vip":"127.100.0.1","port":80,...}`).
+const PINNED_EXAMPLE_FINGERPRINT: &str = "28010e0cec013ed8";
 
 #[test]
 fn fingerprint_ignores_formatting_and_explicit_defaults() {

@@ -54,7 +54,7 @@ pub(crate) fn mesh(services: Vec<ServiceSpec>) -> MeshConfig {
     }
 }
 
-fn workload(name: &str, cgroup: &str, labels: &[(&str, &str)]) -> WorkloadSpec {
+pub(crate) fn workload(name: &str, cgroup: &str, labels: &[(&str, &str)]) -> WorkloadSpec {
     WorkloadSpec {
         name: name.to_owned(),
         cgroup: cgroup.to_owned(),
