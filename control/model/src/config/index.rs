@@ -10,9 +10,9 @@
 //! [`MeshConfig::validate`], so an error is always the one (and worded as) the whole check
 //! reports.
 
-use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
+use super::fingerprint::{FnvMap as HashMap, FnvSet as HashSet};
 use super::validate::ServiceChecker;
 use super::workload::check_workloads;
 use super::{ConfigError, MeshConfig, MAX_BACKEND_PAIRS, MAX_SERVICES};
@@ -53,8 +53,8 @@ impl ConfigIndex {
     /// Reads every service of `config`.
     pub fn of(config: &MeshConfig) -> Self {
         let mut index = ConfigIndex {
-            hashes: HashMap::with_capacity(config.services.len()),
-            vips: HashMap::with_capacity(config.services.len()),
+            hashes: HashMap::with_capacity_and_hasher(config.services.len(), Default::default()),
+            vips: HashMap::with_capacity_and_hasher(config.services.len(), Default::default()),
             ..Default::default()
         };
         for service in &config.services {
@@ -86,8 +86,8 @@ impl ConfigIndex {
     pub fn step(&self, base: &MeshConfig, delta: &ConfigDelta, after: &MeshConfig) -> IndexStep {
         let touched: HashSet<&str> = delta.services().collect();
         let mut hashes = Vec::with_capacity(touched.len());
-        let mut vips = HashMap::new();
-        let mut backends = HashMap::new();
+        let mut vips = HashMap::default();
+        let mut backends = HashMap::default();
         let mut pairs = self.pairs;
         for old in base
             .services
@@ -103,7 +103,8 @@ impl ConfigIndex {
         }
         let workloads = delta.workloads.is_some();
         let mut recheck = Vec::new();
-        let mut fresh: HashMap<&str, u64> = HashMap::with_capacity(touched.len());
+        let mut fresh: HashMap<&str, u64> =
+            HashMap::with_capacity_and_hasher(touched.len(), Default::default());
         for (i, new) in after.services.iter().enumerate() {
             if touched.contains(new.name.as_str()) {
                 *vips.entry(new.vip_port()).or_default() += 1;
