@@ -61,19 +61,22 @@ pub fn diff(
             .iter()
             .zip(&new.services)
             .any(|(a, b)| a.name != b.name);
-    changes.other = reordered || top_level(old) != top_level(new);
+    changes.other = reordered || top_level_differs(old, new);
     (changes, versions)
 }
 
-/// Everything in a config but its services and workloads, as JSON: whatever top-level
-/// fields the model has now or grows later, without listing them here.
-fn top_level(cfg: &MeshConfig) -> serde_json::Value {
-    let mut value = serde_json::to_value(cfg).expect("MeshConfig always serializes to JSON");
-    if let Some(map) = value.as_object_mut() {
-        map.remove("services");
-        map.remove("workloads");
-    }
-    value
+/// Whether anything in the configs but their services and workloads differs. Every field
+/// by name, so a new top-level field of the model does not compile until it is listed here
+/// (a JSON comparison did that without a list, at the cost of serializing both whole
+/// configs: 300 ms per version at 10,000 services).
+fn top_level_differs(old: &MeshConfig, new: &MeshConfig) -> bool {
+    let MeshConfig {
+        version,
+        services: _,
+        workloads: _,
+        enrollment,
+    } = old;
+    *version != new.version || *enrollment != new.enrollment
 }
 
 #[cfg(test)]

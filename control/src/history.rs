@@ -198,6 +198,17 @@ impl History {
     /// Makes `config` the head with the next version, unless it already is the head's.
     pub fn commit(&mut self, config: MeshConfig, origin: Origin, now_unix_ms: u64) -> Commit {
         let fingerprint = config.fingerprint();
+        self.commit_with(config, fingerprint, origin, now_unix_ms)
+    }
+
+    /// [`commit`](Self::commit) of a config whose fingerprint the caller already has.
+    pub fn commit_with(
+        &mut self,
+        config: MeshConfig,
+        fingerprint: String,
+        origin: Origin,
+        now_unix_ms: u64,
+    ) -> Commit {
         if let Some(head) = self.head() {
             if head.fingerprint == fingerprint && head.config == config {
                 return Commit::Unchanged(head.clone());

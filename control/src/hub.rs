@@ -163,7 +163,9 @@ impl Hub {
         let origin = Origin::Source {
             source: self.source.clone(),
         };
-        let commit = state.history.commit(config, origin, unix_ms_now());
+        let commit = state
+            .history
+            .commit_with(config, fingerprint, origin, unix_ms_now());
         self.publish(&commit);
     }
 
