@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
+use sockmesh_model::FileWatch;
 use sockmesh_model::{parse_config, MeshConfig, DEFAULT_CONFIG_YAML};
-use sockmesh_model::{FileWatch, SourceEvent};
 
 pub(crate) enum ConfigSource {
     File(PathBuf),
@@ -64,9 +64,9 @@ impl Watcher {
                 Err(e) => Change::Invalid(e.to_string()),
             });
         };
-        Some(match file.poll()? {
-            SourceEvent::Desired(cfg) => Change::Valid(cfg),
-            SourceEvent::Rejected(e) => Change::Invalid(e.message),
+        Some(match file.poll()?.into_desired() {
+            Ok(cfg) => Change::Valid(cfg),
+            Err(e) => Change::Invalid(e.message),
         })
     }
 }

@@ -2,7 +2,7 @@
 //! follow from that: a service keeps its version while its spec stays the same and takes
 //! the new global version when it changes (or first appears).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use sockmesh_model::protocol::Changes;
 use sockmesh_model::{MeshConfig, ServiceSpec};
@@ -62,6 +62,54 @@ pub fn diff(
             .zip(&new.services)
             .any(|(a, b)| a.name != b.name);
     changes.other = reordered || top_level_differs(old, new);
+    (changes, versions)
+}
+
+/// [`diff`] from a config the source patched: only the services in `touched` (at least
+/// every service that differs) are compared, the others keep their versions; `workloads`:
+/// the workloads may differ. Nothing else may differ (the source's [`Patch`] says so).
+///
+/// [`Patch`]: sockmesh_model::Patch
+pub fn diff_touched(
+    old: (&MeshConfig, &BTreeMap<String, u64>),
+    new: &MeshConfig,
+    touched: &[String],
+    workloads: bool,
+    version: u64,
+) -> (Changes, BTreeMap<String, u64>) {
+    let (old, old_versions) = old;
+    let touched: HashSet<&str> = touched.iter().map(String::as_str).collect();
+    let before: HashMap<&str, &ServiceSpec> = old
+        .services
+        .iter()
+        .filter(|s| touched.contains(s.name.as_str()))
+        .map(|s| (s.name.as_str(), s))
+        .collect();
+    let mut changes = Changes::default();
+    let mut versions = old_versions.clone();
+    let mut after = HashSet::new();
+    for service in new
+        .services
+        .iter()
+        .filter(|s| touched.contains(s.name.as_str()))
+    {
+        after.insert(service.name.as_str());
+        match before.get(service.name.as_str()) {
+            None => changes.added.push(service.name.clone()),
+            Some(&previous) if previous != service => changes.changed.push(service.name.clone()),
+            Some(_) => continue,
+        }
+        versions.insert(service.name.clone(), version);
+    }
+    for service in old
+        .services
+        .iter()
+        .filter(|s| before.contains_key(s.name.as_str()) && !after.contains(s.name.as_str()))
+    {
+        changes.removed.push(service.name.clone());
+        versions.remove(&service.name);
+    }
+    changes.workloads = workloads && old.workloads != new.workloads;
     (changes, versions)
 }
 
@@ -134,6 +182,63 @@ mod tests {
         assert!(changes.added.is_empty() && changes.changed.is_empty());
         assert!(changes.other, "{changes:?}");
         assert_eq!(s2, s1);
+    }
+
+    /// For any patch, the touched-only diff is the whole diff.
+    #[test]
+    fn a_touched_diff_equals_the_whole_diff() {
+        let v1 = mesh(&[("a", 1, 1), ("b", 2, 1), ("c", 3, 1), ("d", 4, 1)]);
+        let (_, s1) = diff(None, &v1, 1);
+        type Services<'a> = &'a [(&'a str, u8, u32)];
+        let cases: [(Services, &[&str]); 5] = [
+            (
+                &[("a", 1, 1), ("b", 2, 5), ("c", 3, 1), ("d", 4, 1)],
+                &["b"],
+            ),
+            (
+                &[("a", 1, 1), ("b", 2, 5), ("c", 3, 1), ("d", 4, 1)],
+                &["b", "c", "x"],
+            ),
+            (&[("a", 1, 1), ("c", 3, 1), ("d", 4, 1)], &["b"]),
+            (
+                &[
+                    ("a", 1, 1),
+                    ("b", 2, 1),
+                    ("e", 5, 1),
+                    ("c", 3, 1),
+                    ("d", 4, 2),
+                ],
+                &["e", "d"],
+            ),
+            (
+                &[("a", 1, 1), ("b", 2, 1), ("c", 3, 1), ("d", 4, 1)],
+                &["a", "d"],
+            ),
+        ];
+        for (services, touched) in cases {
+            let v2 = mesh(services);
+            let touched: Vec<String> = touched.iter().map(|s| s.to_string()).collect();
+            let whole = diff(Some((&v1, &s1)), &v2, 2);
+            let patched = diff_touched((&v1, &s1), &v2, &touched, false, 2);
+            assert_eq!(patched.1, whole.1, "{touched:?}");
+            let sorted = |mut v: Vec<String>| {
+                v.sort();
+                v
+            };
+            assert_eq!(
+                sorted(patched.0.added.clone()),
+                sorted(whole.0.added.clone())
+            );
+            assert_eq!(
+                sorted(patched.0.changed.clone()),
+                sorted(whole.0.changed.clone())
+            );
+            assert_eq!(
+                sorted(patched.0.removed.clone()),
+                sorted(whole.0.removed.clone())
+            );
+            assert_eq!(patched.0.other, whole.0.other);
+        }
     }
 
     #[test]

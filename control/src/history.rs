@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::diff::diff;
+use crate::diff::{diff, diff_touched};
 use sockmesh_model::protocol::{Changes, DeltaUpdate, HistoryEntry, Origin, Snapshot, Update};
 use sockmesh_model::{ConfigDelta, MeshConfig};
 
@@ -209,17 +209,40 @@ impl History {
         origin: Origin,
         now_unix_ms: u64,
     ) -> Commit {
+        self.commit_patch(config, fingerprint, None, origin, now_unix_ms)
+    }
+
+    /// [`commit_with`](Self::commit_with) of a config that differs from the head's only in
+    /// the services `patched` names and, when it says so, the workloads (a source's
+    /// [`Patch`](sockmesh_model::Patch)): only those are compared.
+    pub fn commit_patch(
+        &mut self,
+        config: MeshConfig,
+        fingerprint: String,
+        patched: Option<(&[String], bool)>,
+        origin: Origin,
+        now_unix_ms: u64,
+    ) -> Commit {
         if let Some(head) = self.head() {
             if head.fingerprint == fingerprint && head.config == config {
                 return Commit::Unchanged(head.clone());
             }
         }
         let version = self.head().map_or(1, |h| h.version + 1);
-        let (changes, service_versions) = diff(
-            self.head().map(|h| (&h.config, &h.service_versions)),
-            &config,
-            version,
-        );
+        let (changes, service_versions) = match (self.head(), patched) {
+            (Some(h), Some((touched, workloads))) => diff_touched(
+                (&h.config, &h.service_versions),
+                &config,
+                touched,
+                workloads,
+                version,
+            ),
+            (head, _) => diff(
+                head.map(|h| (&h.config, &h.service_versions)),
+                &config,
+                version,
+            ),
+        };
         let revision = Arc::new(Revision {
             version,
             fingerprint,

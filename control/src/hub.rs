@@ -11,12 +11,12 @@ use tracing::{error, info, warn};
 
 use crate::agents::Agents;
 use crate::history::{Commit, History, HistoryError, Revision};
-use crate::source::SourceEvent;
+use crate::source::{Patch, SourceEvent};
 use crate::store::{Store, StoreError};
 use sockmesh_model::protocol::{
     Ack, AgentReport, HistoryReply, Origin, Rejection, RollbackReply, StatusReply,
 };
-use sockmesh_model::MeshConfig;
+use sockmesh_model::{ConfigIndex, MeshConfig};
 
 /// The series the hub moves itself (the per-agent ones are computed at scrape time).
 #[derive(Debug, Clone, Default)]
@@ -57,6 +57,10 @@ struct State {
     /// The last state the source produced, so a repeat (or the same file after a restart)
     /// is not a change, and a rollback holds until the source really changes.
     source_fingerprint: Option<String>,
+    /// The index of the head's config (and the head's version), made at the first patch
+    /// from the source after a version made otherwise: a patch is fingerprinted from the
+    /// services it names.
+    index: Option<(u64, ConfigIndex)>,
     rejected: u64,
     last_rejection: Option<Rejection>,
 }
@@ -97,6 +101,7 @@ impl Hub {
                 history,
                 agents: Agents::default(),
                 source_fingerprint,
+                index: None,
                 rejected: 0,
                 last_rejection: None,
             }),
@@ -121,7 +126,12 @@ impl Hub {
     /// never served.
     pub fn on_source(&self, event: SourceEvent) {
         match event {
-            SourceEvent::Desired(config) => self.on_desired(config),
+            SourceEvent::Desired(config) => self.on_desired(config, None),
+            SourceEvent::Patched(Patch {
+                config,
+                services,
+                workloads,
+            }) => self.on_desired(config, Some((services, workloads))),
             SourceEvent::Rejected(err) => {
                 let mut state = self.lock();
                 state.rejected += 1;
@@ -142,9 +152,35 @@ impl Hub {
         }
     }
 
-    fn on_desired(&self, config: MeshConfig) {
-        let fingerprint = config.fingerprint();
+    /// `patched`: the services that differ from the source's previous state, and whether
+    /// its workloads do.
+    fn on_desired(&self, config: MeshConfig, patched: Option<(Vec<String>, bool)>) {
         let mut state = self.lock();
+        let state = &mut *state;
+        // A patch says what differs from the source's previous state; when that is the head
+        // (no rollback since), the head's index gives the fingerprint from those services.
+        let step = match (&patched, state.history.head()) {
+            (Some((services, workloads)), Some(head))
+                if state.source_fingerprint.as_deref() == Some(head.fingerprint.as_str()) =>
+            {
+                let index = match &mut state.index {
+                    Some((version, index)) if *version == head.version => index,
+                    slot => &mut slot.insert((head.version, ConfigIndex::of(&head.config))).1,
+                };
+                let services = services.iter().map(String::as_str);
+                Some(index.step_touched(&head.config, services, *workloads, &config))
+            }
+            _ => None,
+        };
+        let fingerprint = match &step {
+            Some(step) => step.fingerprint().to_owned(),
+            None => config.fingerprint(),
+        };
+        debug_assert_eq!(
+            fingerprint,
+            config.fingerprint(),
+            "a patch named too little"
+        );
         if state.source_fingerprint.as_deref() == Some(fingerprint.as_str())
             && state.history.head().is_some()
         {
@@ -163,9 +199,21 @@ impl Hub {
         let origin = Origin::Source {
             source: self.source.clone(),
         };
+        let patch = step
+            .is_some()
+            .then(|| patched.as_ref().map(|(s, w)| (s.as_slice(), *w)))
+            .flatten();
         let commit = state
             .history
-            .commit_with(config, fingerprint, origin, unix_ms_now());
+            .commit_patch(config, fingerprint, patch, origin, unix_ms_now());
+        match (&commit, step, &mut state.index) {
+            (Commit::New { revision, .. }, Some(step), Some((version, index))) => {
+                index.commit(step);
+                *version = revision.version;
+            }
+            (Commit::New { .. }, _, index) => *index = None,
+            _ => {}
+        }
         self.publish(&commit);
     }
 
@@ -283,4 +331,75 @@ pub fn unix_ms_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use sockmesh_model::parse_config;
+
+    type Said = (u64, String, BTreeMap<String, u64>, Vec<String>, Vec<String>);
+
+    fn mesh(weights: &[(usize, u32)]) -> MeshConfig {
+        let mut y = String::from("services:\n");
+        for (i, w) in weights {
+            y.push_str(&format!(
+                "  - name: s{i}\n    vip: 127.100.0.{}\n    port: 80\n    backends:\n      - addr: 127.0.0.2:8081\n        weight: {w}\n",
+                i + 1
+            ));
+        }
+        parse_config(&y).unwrap()
+    }
+
+    /// What a version says about its config: the same whichever way the source said it.
+    fn head_of(hub: &Hub) -> Said {
+        let h = hub.head().unwrap();
+        let mut changed = h.changes.changed.clone();
+        changed.extend(h.changes.added.iter().cloned());
+        changed.sort();
+        let mut removed = h.changes.removed.clone();
+        removed.sort();
+        (
+            h.version,
+            h.fingerprint.clone(),
+            h.service_versions.clone(),
+            changed,
+            removed,
+        )
+    }
+
+    /// Patches (fingerprinted and diffed from the services they name) make the same
+    /// versions as whole configs, across a rollback (after which the hub reads a patch
+    /// whole, its base being no longer the head).
+    #[test]
+    fn a_patched_config_makes_the_version_a_whole_one_does() {
+        let steps: Vec<(MeshConfig, Vec<&str>)> = vec![
+            (mesh(&[(0, 1), (1, 1), (2, 1)]), vec![]),
+            (mesh(&[(0, 1), (1, 4), (2, 1)]), vec!["s1"]),
+            (mesh(&[(0, 1), (1, 4), (3, 1), (2, 1)]), vec!["s3", "s0"]),
+            (mesh(&[(0, 1), (3, 1), (2, 2)]), vec!["s1", "s2"]),
+        ];
+        let patched = Hub::new("test".into(), 8, None).unwrap();
+        let whole = Hub::new("test".into(), 8, None).unwrap();
+        for (k, (config, touched)) in steps.iter().enumerate() {
+            whole.on_source(SourceEvent::Desired(config.clone()));
+            patched.on_source(if k == 0 {
+                SourceEvent::Desired(config.clone())
+            } else {
+                SourceEvent::Patched(Patch {
+                    config: config.clone(),
+                    services: touched.iter().map(|s| s.to_string()).collect(),
+                    workloads: false,
+                })
+            });
+            assert_eq!(head_of(&patched), head_of(&whole), "step {k}");
+            assert_eq!(head_of(&patched).1, config.fingerprint(), "step {k}");
+            if k == 1 {
+                patched.rollback(1).unwrap();
+                whole.rollback(1).unwrap();
+            }
+        }
+    }
 }

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
-pub use sockmesh_model::watch::{FileWatch, SourceError, SourceEvent};
+pub use sockmesh_model::watch::{FileWatch, Patch, SourceError, SourceEvent};
 
 /// A provider of desired state. Object safe, so the binary picks one by its flags
 /// (`Box<dyn Source>`) and the Kubernetes source plugs in beside [`FileSource`].

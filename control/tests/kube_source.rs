@@ -209,12 +209,10 @@ async fn wait_config(
     let deadline = Instant::now() + WAIT;
     loop {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        match next(source).await {
-            SourceEvent::Desired(cfg) if pred(&cfg) => return cfg,
-            SourceEvent::Desired(_) => {}
-            SourceEvent::Rejected(e) => {
-                panic!("unexpected rejection while waiting for {what}: {e}")
-            }
+        match next(source).await.into_desired() {
+            Ok(cfg) if pred(&cfg) => return cfg,
+            Ok(_) => {}
+            Err(e) => panic!("unexpected rejection while waiting for {what}: {e}"),
         }
     }
 }
@@ -311,7 +309,7 @@ async fn kube_source_follows_endpoints_enrolment_and_policies() {
             ),
         );
     }
-    let SourceEvent::Desired(cfg) = next(&mut source).await else {
+    let Ok(cfg) = next(&mut source).await.into_desired() else {
         panic!("a config")
     };
     assert_eq!(backends(&cfg, "shop-web-80").unwrap(), ["127.0.10.14:8080"]);

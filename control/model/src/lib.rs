@@ -56,4 +56,4 @@ pub use config::{
 pub use default_config::{default_config, DEFAULT_CONFIG_YAML};
 pub use delta::{AddedService, ConfigDelta, DeltaError};
 pub use token::Token;
-pub use watch::{FileWatch, SourceError, SourceEvent};
+pub use watch::{FileWatch, Patch, SourceError, SourceEvent};

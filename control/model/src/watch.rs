@@ -11,8 +11,32 @@ use crate::{parse_config, ConfigError, MeshConfig};
 pub enum SourceEvent {
     /// A new desired state, valid under the model's rules.
     Desired(MeshConfig),
+    /// A new desired state, valid under the model's rules, that the source made by
+    /// patching the last one it reported: what differs is named, so a consumer need not
+    /// compare every service (it may also treat it as [`SourceEvent::Desired`]).
+    Patched(Patch),
     /// The source changed, but not into something that may be served.
     Rejected(SourceError),
+}
+
+/// A desired state and what differs from the source's previous one.
+#[derive(Debug, Clone)]
+pub struct Patch {
+    pub config: MeshConfig,
+    /// The services added, changed or removed (at least those).
+    pub services: Vec<String>,
+    /// The workloads differ. Nothing else does.
+    pub workloads: bool,
+}
+
+impl SourceEvent {
+    /// The desired state, whichever way it came, or the refusal.
+    pub fn into_desired(self) -> Result<MeshConfig, SourceError> {
+        match self {
+            SourceEvent::Desired(config) | SourceEvent::Patched(Patch { config, .. }) => Ok(config),
+            SourceEvent::Rejected(e) => Err(e),
+        }
+    }
 }
 
 /// Why a source's new content was refused.

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use tracing::{debug, warn};
 
 use super::map::{self, MapOptions, Outcome, ServiceCache, ServiceChange, Snapshot};
-use crate::source::SourceEvent;
+use crate::source::{Patch, SourceEvent};
 
 /// What a rebuild keeps from one call to the next.
 #[derive(Debug, Default)]
@@ -64,7 +64,14 @@ fn report(outcome: Outcome<'_>, refused: &mut HashSet<String>) -> Vec<SourceEven
             // The config first: a policy refused at start-up must not be the first event,
             // which the server would take for an initial state that cannot be served.
             if outcome.changed {
-                events.push(SourceEvent::Desired(b.config.clone()));
+                events.push(match outcome.patched {
+                    Some((services, workloads)) => SourceEvent::Patched(Patch {
+                        config: b.config.clone(),
+                        services,
+                        workloads,
+                    }),
+                    None => SourceEvent::Desired(b.config.clone()),
+                });
             }
             b.rejections.clone()
         }

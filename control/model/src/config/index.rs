@@ -84,7 +84,20 @@ impl ConfigIndex {
     /// `after` is `delta.apply(base)`. Reads the services the delta names, and looks up
     /// the others.
     pub fn step(&self, base: &MeshConfig, delta: &ConfigDelta, after: &MeshConfig) -> IndexStep {
-        let touched: HashSet<&str> = delta.services().collect();
+        self.step_touched(base, delta.services(), delta.workloads.is_some(), after)
+    }
+
+    /// [`step`](Self::step) from the names of the services that differ between `base` and
+    /// `after` (at least those: a name more only costs its reading), and whether the
+    /// workloads differ. Nothing else may differ.
+    pub fn step_touched<'n>(
+        &self,
+        base: &MeshConfig,
+        touched: impl IntoIterator<Item = &'n str>,
+        workloads: bool,
+        after: &MeshConfig,
+    ) -> IndexStep {
+        let touched: HashSet<&str> = touched.into_iter().collect();
         let mut hashes = Vec::with_capacity(touched.len());
         let mut vips = HashMap::default();
         let mut backends = HashMap::default();
@@ -101,7 +114,6 @@ impl ConfigIndex {
             pairs -= old.backends.len().min(pairs);
             hashes.push((old.name.clone(), None));
         }
-        let workloads = delta.workloads.is_some();
         let mut recheck = Vec::new();
         let mut fresh: HashMap<&str, u64> =
             HashMap::with_capacity_and_hasher(touched.len(), Default::default());

@@ -66,6 +66,9 @@ pub struct Outcome<'a> {
     pub built: Result<&'a Built, SourceError>,
     /// Whether the config differs from the last valid one (true for the first).
     pub changed: bool,
+    /// When the config was patched from the last valid one: the services patched, and
+    /// whether the workloads were replaced (nothing else differs). `None`: built whole.
+    pub patched: Option<(Vec<String>, bool)>,
 }
 
 /// What the last build mapped, per Service and for the cluster.
@@ -267,10 +270,11 @@ impl ServiceCache {
         let dirty: Vec<String> = dirty.into_iter().collect();
         self.finalize(&dirty);
         if !renamed {
-            if let Some(changed) = self.patch(&before, workloads_changed) {
+            if let Some((changed, names)) = self.patch(&before, workloads_changed) {
                 return Outcome {
                     built: Ok(self.last.as_ref().expect("patched")),
                     changed,
+                    patched: Some((names, workloads_changed)),
                 };
             }
         }
@@ -279,7 +283,8 @@ impl ServiceCache {
 
     /// Patches the last config with the specs finalized again (`before`: what they were)
     /// and, when `workloads_changed`, the workloads, when that gives what [`settle`] would
-    /// (module docs); `None` when it cannot tell. Returns whether the config changed.
+    /// (module docs); `None` when it cannot tell. Returns whether the config changed, and
+    /// the names of the services patched.
     ///
     /// Of the model's rules only `allowed_callers` (names must be workloads) and the
     /// workloads' own read the workloads; every Service with callers is among `before` when
@@ -288,7 +293,7 @@ impl ServiceCache {
         &mut self,
         before: &HashMap<String, Vec<Finalized>>,
         workloads_changed: bool,
-    ) -> Option<bool> {
+    ) -> Option<(bool, Vec<String>)> {
         if !self.clean {
             return None;
         }
@@ -345,6 +350,7 @@ impl ServiceCache {
         let (warnings, without_backends, rejections) = self.reports();
         let last = self.last.as_mut()?;
         let changed = !patches.is_empty() || workloads_changed;
+        let names = patches.iter().map(|(_, spec)| spec.name.clone()).collect();
         for (at, spec) in patches {
             last.config.services[at] = spec.clone();
         }
@@ -355,7 +361,7 @@ impl ServiceCache {
         last.without_backends = without_backends;
         last.rejections = rejections;
         self.pairs = pairs;
-        Some(changed)
+        Some((changed, names))
     }
 
     /// The warnings, services without backends and rejections of what is kept, in order,
@@ -388,6 +394,7 @@ impl ServiceCache {
                 return Outcome {
                     built: Err(e),
                     changed: false,
+                    patched: None,
                 };
             }
         };
@@ -411,6 +418,7 @@ impl ServiceCache {
         Outcome {
             built: Ok(self.last.insert(built)),
             changed,
+            patched: None,
         }
     }
 
