@@ -291,3 +291,58 @@ fn the_table_admits_up_to_the_cap_then_evicts_then_refuses() {
         drop((busy_a, busy_c, a, b));
     });
 }
+
+/// A listener whose accept always fails, counting the calls.
+struct Failing(Arc<std::sync::atomic::AtomicU32>);
+
+impl Listener for Failing {
+    type Io = DuplexStream;
+    async fn accept(&self) -> io::Result<DuplexStream> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Err(io::Error::from_raw_os_error(libc::EMFILE))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn accept_errors_back_off_instead_of_spinning() {
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let metrics = ServeMetrics::default();
+    let server = Server::new(Endpoint::Admin, limits(1000, 1000, 4), metrics.clone());
+    let task = tokio::spawn(server.serve(Failing(calls.clone()), |_req| async { ok(b"") }));
+    // 10 + 20 + ... + 640 ms = 1.27 s, then 1 s each: 7 + 3 waits in 4.3 s (virtual time).
+    tokio::time::sleep(Duration::from_millis(4300)).await;
+    task.abort();
+    let n = calls.load(std::sync::atomic::Ordering::Relaxed);
+    assert!((10..=12).contains(&n), "{n} accepts in 4.3 s");
+    assert_eq!(
+        metrics.get(Endpoint::Admin, ConnEvent::AcceptError),
+        u64::from(n)
+    );
+}
+
+/// An upgrade (where TLS goes) that never completes its handshake.
+#[derive(Clone)]
+struct StalledHandshake;
+
+impl<Io: Send + 'static> Upgrade<Io> for StalledHandshake {
+    type Out = DuplexStream;
+    async fn upgrade(&self, _io: Io) -> io::Result<DuplexStream> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_upgrade_is_closed_by_the_header_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let metrics = ServeMetrics::default();
+    let server = Server::new(Endpoint::Api, limits(200, 60_000, 4), metrics.clone());
+    tokio::spawn(server.serve_with(listener, StalledHandshake, |_req| async { ok(b"") }));
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    assert!(until_closed(&mut s).await.is_empty());
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while metrics.get(Endpoint::Api, ConnEvent::HeaderTimeout) < 1 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
