@@ -4,20 +4,16 @@
 //! Served on a unix socket created with mode 0600 (only root or the owner can connect: no token
 //! to leak), and optionally on TCP, where every request must carry the operator's bearer token.
 
-use std::{convert::Infallible, os::unix::fs::PermissionsExt, path::Path, sync::Arc};
+use std::{os::unix::fs::PermissionsExt, path::Path, sync::Arc};
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{body::Incoming, service::service_fn, Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{body::Incoming, Method, Request, Response, StatusCode};
 use serde_json::json;
 use sockmesh_model::Token;
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::{TcpListener, UnixListener},
-};
-use tracing::{debug, warn};
+use sockmesh_serve::{Listener, Server};
+use tokio::net::UnixListener;
 
 mod endpoint;
 
@@ -59,51 +55,31 @@ pub(crate) fn bind_unix(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-pub(crate) async fn serve_unix(listener: UnixListener, state: AdminState) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => spawn_conn(stream, state.clone()),
-            Err(e) => warn!(error = %e, "admin accept failed"),
-        }
-    }
-}
-
-pub(crate) async fn serve_tcp(listener: TcpListener, state: AdminState) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => spawn_conn(stream, state.clone()),
-            Err(e) => warn!(error = %e, "admin accept failed"),
-        }
-    }
-}
-
-fn spawn_conn<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S, state: AdminState) {
-    tokio::spawn(async move {
-        let svc = service_fn(move |req: Request<Incoming>| {
+/// Serves the admin API on `listener` (the unix socket, or TCP with `state.token` set)
+/// through the hardened loop of `sockmesh-serve`.
+pub(crate) async fn serve<L: Listener>(listener: L, state: AdminState, server: Server) {
+    server
+        .serve(listener, move |req: Request<Incoming>| {
             let state = state.clone();
-            async move {
-                if req.method() == Method::POST && authorized(&req, state.token.as_ref()) {
-                    return Ok::<_, Infallible>(post(req, &state).await);
-                }
-                // The engine's views are built by the engine task, on request.
-                let views = if req.method() == Method::GET
-                    && Endpoint::from_path(req.uri().path()).is_some_and(Endpoint::needs_engine)
-                    && authorized(&req, state.token.as_ref())
-                {
-                    state.engine.views().await
-                } else {
-                    None
-                };
-                Ok::<_, Infallible>(handle(&req, &state, views.as_ref()))
-            }
-        });
-        if let Err(e) = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(stream), svc)
-            .await
-        {
-            debug!(error = %e, "admin connection ended with an error");
-        }
-    });
+            async move { answer(req, &state).await }
+        })
+        .await
+}
+
+async fn answer(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+    if req.method() == Method::POST && authorized(&req, state.token.as_ref()) {
+        return post(req, state).await;
+    }
+    // The engine's views are built by the engine task, on request.
+    let views = if req.method() == Method::GET
+        && Endpoint::from_path(req.uri().path()).is_some_and(Endpoint::needs_engine)
+        && authorized(&req, state.token.as_ref())
+    {
+        state.engine.views().await
+    } else {
+        None
+    };
+    handle(&req, state, views.as_ref())
 }
 
 fn reply(code: StatusCode, ctype: &str, body: String) -> Response<Full<Bytes>> {

@@ -111,6 +111,8 @@ struct RunArgs {
     /// a `zone:` of its own are in this zone. Without it they have no zone preference.
     #[arg(long, env = "SOCKMESH_ZONE", value_parser = parse_zone)]
     zone: Option<String>,
+    #[command(flatten)]
+    http: sockmesh_serve::HttpTimeoutArgs,
 }
 
 fn parse_zone(zone: &str) -> Result<String, String> {
@@ -169,6 +171,8 @@ fn check(path: &PathBuf) -> Result<()> {
 }
 
 fn run(args: RunArgs) -> Result<()> {
+    // Before anything opens descriptors: sockets, probes, map and cgroup files.
+    sockmesh_serve::fd_limit::raise_nofile_logged();
     let cgroup2_root = loader::cgroup2_mount()?;
     let cgroup = args.cgroup.unwrap_or_else(|| cgroup2_root.clone());
     // The same rules as the control plane's token file: first line, trimmed, printable.
@@ -212,6 +216,7 @@ fn run(args: RunArgs) -> Result<()> {
         node,
         control,
         watch_interval: Duration::from_millis(args.watch_interval_ms),
+        http: args.http,
     }))
 }
 

@@ -15,6 +15,7 @@ use prometheus_client::{
     registry::Registry,
 };
 use sockmesh_model::MeshConfig;
+use sockmesh_serve::{Endpoint, ServeMetrics, Server};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
@@ -49,7 +50,18 @@ pub(crate) struct RunOptions {
     pub node: String,
     /// `--control`: follow the control plane instead of `config`.
     pub control: Option<follow::FollowOptions>,
+    /// `--http-header-timeout-secs`, `--http-idle-timeout-secs`: /metrics and admin API.
+    pub http: sockmesh_serve::HttpTimeoutArgs,
 }
+
+/// Connection caps of the agent's HTTP endpoints (each listener has its own). A scrape or
+/// an admin call holds a connection for milliseconds and its clients are a few Prometheus
+/// replicas, kubelet probes and an operator's CLI: 512 is far above that, and bounds what
+/// one endpoint can take of the descriptors (the agent raises its limit to the hard one at
+/// start). At the cap the longest-idle connection makes room (sockmesh-serve), so held
+/// connections cannot lock out a scraper.
+const METRICS_MAX_CONNECTIONS: usize = 512;
+const ADMIN_MAX_CONNECTIONS: usize = 512;
 
 /// How often queued events are drained when the kernel has not forced a wake-up.
 const DRAIN_TICK: Duration = Duration::from_millis(20);
@@ -111,6 +123,9 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
         &mut registry,
     );
     let config_metrics = ConfigMetrics::new(&mut registry);
+    let serve_metrics = ServeMetrics::new(&mut registry);
+    let server =
+        |endpoint, cap| Server::new(endpoint, opts.http.limits(cap), serve_metrics.clone());
     let mut events = EventReader::open(&attached.layout.maps)?;
     let (engine, mut overlay_rx) = engine::task::spawn(
         attached.layout.maps.clone(),
@@ -131,16 +146,21 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
         .await
         .with_context(|| format!("binding metrics on {}", opts.metrics_addr))?;
     status.write().expect("status lock").metrics_addr = metrics_listener.local_addr()?.to_string();
-    tokio::spawn(metrics::serve(metrics_listener, Arc::new(registry)));
+    tokio::spawn(metrics::serve(
+        metrics_listener,
+        Arc::new(registry),
+        server(Endpoint::Metrics, METRICS_MAX_CONNECTIONS),
+    ));
     let admin_state = AdminState {
         status: status.clone(),
         signals: signals.clone(),
         engine: engine.clone(),
         token: None,
     };
-    tokio::spawn(admin::serve_unix(
+    tokio::spawn(admin::serve(
         admin::bind_unix(&opts.admin_socket)?,
         admin_state.clone(),
+        server(Endpoint::Admin, ADMIN_MAX_CONNECTIONS),
     ));
     if let Some(addr) = opts.admin_addr {
         let token = opts
@@ -151,12 +171,13 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
             .await
             .with_context(|| format!("binding admin API on {addr}"))?;
         info!(%addr, "admin API on TCP (bearer token required)");
-        tokio::spawn(admin::serve_tcp(
+        tokio::spawn(admin::serve(
             listener,
             AdminState {
                 token: Some(token),
                 ..admin_state
             },
+            server(Endpoint::Admin, ADMIN_MAX_CONNECTIONS),
         ));
     }
 

@@ -79,6 +79,7 @@
 //! | `series_lifecycle.rs` | 1,000 backend replacements (100 edits of 10, `drain_grace: 1s`), each new address routed to: replaced backends' series removed, `/metrics` ends with as many backend series as after the first; `--max-series 3` over 6 backends folds into `other`, counted | 18980-18983; backends 127.0.10.1-127.0.15.10, 127.0.16.1-6 | 127.100.98.1-2 |
 //! | `same_node.rs` | sk_msg redirect byte-exact both ways, close and reset; fallback to TCP once for an outside server | 18960-18963 | 127.100.96.1-2 |
 //! | **control plane, caller routes, locality** | | | |
+//! | `slowloris.rs` | 2,000 held half-requests against the agent's `/metrics` (cap 512: the longest-idle make room) and the control plane's API: scrapes, admin socket, routing and a ban keep working, a config change reaches the agent; descriptors bounded; every held connection closed by the server (evicted or header timeout) | 18970-18979 | 127.100.97.1-2 |
 //! | `control_follow.rs` | an agent follows `sockmesh-control`: edits, invalid edits, persisted snapshot, watch reconnect, 401, rollback | test N: 188N0-188N9 | 127.100.8N.1 |
 //! | `route_callers.rs` | label rules: canary-only, 90/10 split, catch-all; `fallback: all` / `none` live | 18900-18909 | 127.100.90.1 |
 //! | `locality_failover.rs` | callers stay in their zone while >= `min_healthy_percent` of it is healthy, fail over below, return | 18910-18919 | 127.100.91.1 |
@@ -258,3 +259,7 @@ pub mod same_node_py;
 // plane's API on 188N0) and VIP 127.100.8N.1.
 pub mod control_bed;
 pub mod control_server;
+
+// Held connections against HTTP endpoints; used by tests/slowloris.rs (ports 18970-18979,
+// VIPs 127.100.97.x).
+pub mod slowloris;

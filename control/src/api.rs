@@ -89,6 +89,18 @@ impl Api {
                 delta,
             } => {
                 self.note_agent(agent.as_deref());
+                // Held until the reply is made (or the connection goes).
+                let Some(_slot) = self.hub.watches.enter(agent.as_deref()) else {
+                    self.hub.metrics.watches_refused.inc();
+                    return error(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        &format!(
+                            "agent {:?} already holds {} watches, the most one identity may",
+                            agent.as_deref().unwrap_or(crate::watch_cap::UNNAMED),
+                            self.hub.watches.per_identity()
+                        ),
+                    );
+                };
                 self.watch(after, timeout, delta).await
             }
             ApiRequest::Ack(ack) => {

@@ -13,6 +13,7 @@ use crate::agents::Agents;
 use crate::history::{Commit, History, HistoryError, Revision};
 use crate::source::{Patch, SourceEvent};
 use crate::store::{Store, StoreError};
+use crate::watch_cap::WatchCap;
 use sockmesh_model::protocol::{
     Ack, AgentReport, HistoryReply, Origin, Rejection, RollbackReply, StatusReply,
 };
@@ -28,6 +29,8 @@ pub struct HubMetrics {
     /// `sockmesh_control_updates_served_total{kind}`: watch replies to agents that read
     /// deltas, by what they carried.
     pub updates_served: Family<UpdateKind, Counter>,
+    /// `sockmesh_control_watches_refused_total`: watches over the per-identity cap (429).
+    pub watches_refused: Counter,
 }
 
 /// How a version reached an agent that reads deltas.
@@ -72,6 +75,8 @@ pub struct Hub {
     head: watch::Sender<Head>,
     store: Option<Store>,
     pub metrics: HubMetrics,
+    /// Long-polls held per agent (`crate::watch_cap`).
+    pub watches: WatchCap,
 }
 
 impl Hub {
@@ -108,6 +113,7 @@ impl Hub {
             head: watch::Sender::new(head),
             store,
             metrics,
+            watches: WatchCap::default(),
         })
     }
 

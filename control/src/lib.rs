@@ -18,7 +18,8 @@
 //!   ([`diff`](diff::diff)), eviction, rollback.
 //! - [`agents`]: per-agent acks and sync age, pure.
 //! - [`hub`]: the shared state tying them together; [`store`]: revisions on disk.
-//! - [`api`], [`listen`]: HTTP on TCP (bearer token) and a unix socket (0600).
+//! - [`api`], [`listen`]: HTTP on TCP (bearer token) and a unix socket (0600), through the
+//!   hardened accept loop of `sockmesh-serve`; [`watch_cap`]: long-polls per agent.
 //! - [`metrics`]: the `sockmesh_control_*` series.
 //!
 //! What travels on the wire (paths, bodies, the request decoder, the token, the exposition
@@ -36,6 +37,7 @@ pub mod listen;
 pub mod metrics;
 pub mod source;
 pub mod store;
+pub mod watch_cap;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,6 +48,7 @@ pub use hub::Hub;
 pub use source::{FileSource, FileWatch, Source, SourceError, SourceEvent};
 
 use sockmesh_model::Token;
+use sockmesh_serve::{Endpoint, ServeMetrics, Server};
 use tracing::info;
 
 /// Everything [`run`] needs; the binary fills it from flags.
@@ -60,7 +63,20 @@ pub struct ServerOptions {
     /// Where revisions are stored; `None` keeps them in memory only.
     pub state_dir: Option<PathBuf>,
     pub keep: usize,
+    /// Header and idle timeouts of every endpoint.
+    pub http: sockmesh_serve::HttpTimeoutArgs,
+    /// Connection cap of each API listener ([`DEFAULT_API_MAX_CONNECTIONS`]).
+    pub api_max_connections: usize,
 }
+
+/// The API's connection cap: an agent has one connection open at a time (a new one per
+/// snapshot, watch or ack; two for a moment when it restarts), so 16,384 covers a
+/// 5,000-node cluster three times over with operators on top, and bounds the descriptors
+/// (the binary raises its limit to the hard one). At the cap the longest-idle connection
+/// makes room; long-polls in progress are never taken.
+pub const DEFAULT_API_MAX_CONNECTIONS: usize = 16_384;
+/// The metrics endpoint's cap: Prometheus and probes hold a connection for milliseconds.
+const METRICS_MAX_CONNECTIONS: usize = 512;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -141,14 +157,30 @@ pub async fn run(mut source: Box<dyn Source>, opts: ServerOptions) -> Result<(),
         token,
         listening: listening.clone(),
     };
+    let mut registry = metrics::registry(&hub);
+    let serve_metrics = ServeMetrics::new(&mut registry);
+    let server =
+        |endpoint, cap| Server::new(endpoint, opts.http.limits(cap), serve_metrics.clone());
     for listener in tcp {
-        tokio::spawn(listen::serve_tcp(listener, api(opts.token.clone())));
+        tokio::spawn(listen::serve(
+            listener,
+            api(opts.token.clone()),
+            server(Endpoint::Api, opts.api_max_connections),
+        ));
     }
     if let Some(listener) = unix {
-        tokio::spawn(listen::serve_unix(listener, api(None)));
+        tokio::spawn(listen::serve(
+            listener,
+            api(None),
+            server(Endpoint::Api, opts.api_max_connections),
+        ));
     }
-    let registry = Arc::new(metrics::registry(&hub));
-    tokio::spawn(metrics::serve(metrics_listener, registry, hub.clone()));
+    tokio::spawn(metrics::serve(
+        metrics_listener,
+        Arc::new(registry),
+        hub.clone(),
+        server(Endpoint::Metrics, METRICS_MAX_CONNECTIONS),
+    ));
     info!(
         source = %hub.source(),
         listen = ?listening.tcp,

@@ -1,22 +1,16 @@
 //! Listeners: TCP (token required) and a unix socket created mode 0600 (file permissions
 //! are the guard). Connections are HTTP/1.1 with keep-alive, so an agent's watch after
-//! watch reuses one connection.
+//! watch reuses one connection; a long-poll in progress is never idle, and the header
+//! timeout bounds only the wait for a request head (docs/endpoints.md).
 
-use std::convert::Infallible;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::Duration;
 
-use hyper::{body::Incoming, service::service_fn, Request};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, UnixListener};
-use tracing::{debug, warn};
+use hyper::{body::Incoming, Request};
+use sockmesh_serve::{Listener, Server};
+use tokio::net::UnixListener;
 
 use crate::api::Api;
-
-/// A client must send its request head within this; long-polls wait on the reply, not here.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds `path` (replacing a stale socket from an earlier run), private from the start.
 pub fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
@@ -38,46 +32,13 @@ pub fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn serve_tcp(listener: TcpListener, api: Api) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let _ = stream.set_nodelay(true);
-                spawn_conn(stream, api.clone());
-            }
-            Err(e) => {
-                warn!(error = %e, "API accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-pub async fn serve_unix(listener: UnixListener, api: Api) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => spawn_conn(stream, api.clone()),
-            Err(e) => {
-                warn!(error = %e, "API accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-fn spawn_conn<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S, api: Api) {
-    tokio::spawn(async move {
-        let svc = service_fn(move |req: Request<Incoming>| {
+/// Serves the API on `listener` (TCP, or the unix socket) through the hardened loop of
+/// sockmesh-serve: header and idle timeouts, the connection cap, accept back-off.
+pub async fn serve<L: Listener>(listener: L, api: Api, server: Server) {
+    server
+        .serve(listener, move |req: Request<Incoming>| {
             let api = api.clone();
-            async move { Ok::<_, Infallible>(api.handle(req).await) }
-        });
-        if let Err(e) = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(TokioIo::new(stream), svc)
-            .await
-        {
-            debug!(error = %e, "API connection ended with an error");
-        }
-    });
+            async move { api.handle(req).await }
+        })
+        .await
 }

@@ -9,25 +9,28 @@
 //! - `sockmesh_control_agent_version{agent}`: the version each agent last applied (0: none).
 //! - `sockmesh_control_agent_sync_age_seconds{agent}`: 0 while the agent runs the head, else
 //!   how long since the first version it lacks was made; alert when it stays above a bound.
+//! - `sockmesh_control_watches_refused_total`: long-polls over the per-agent cap (429,
+//!   `crate::watch_cap`).
+//! - `sockmesh_control_http_connections_total{endpoint,event}` and
+//!   `sockmesh_control_http_connections_open{endpoint}`: the API's and this endpoint's
+//!   connections (sockmesh-serve, registered by `crate::run`).
 //!
 //! The per-agent series are computed at scrape time from the hub, so the age grows between
 //! acks without anyone updating it.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{body::Incoming, service::service_fn, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{body::Incoming, Request, Response, StatusCode};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
     metrics::{gauge::ConstGauge, MetricType},
     registry::Registry,
 };
+use sockmesh_serve::Server;
 use tokio::net::TcpListener;
-use tracing::{debug, warn};
 
 use crate::hub::Hub;
 use sockmesh_model::exposition;
@@ -92,34 +95,24 @@ pub fn registry(hub: &Arc<Hub>) -> Registry {
         "Watch replies to agents that read deltas, by kind (delta, or snapshot when the agent's version is no longer kept)",
         hub.metrics.updates_served.clone(),
     );
+    registry.register(
+        "watches_refused",
+        "Long-polls refused (429) because their agent already held the most watches one identity may",
+        hub.metrics.watches_refused.clone(),
+    );
     registry.register_collector(Box::new(AgentCollector { hub: hub.clone() }));
     registry
 }
 
-/// Serves `GET /metrics` and `GET /ready` (200 once there is a head to serve, else 503).
-pub async fn serve(listener: TcpListener, registry: Arc<Registry>, hub: Arc<Hub>) {
-    loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                warn!(error = %e, "metrics accept failed");
-                continue;
-            }
-        };
-        let (registry, hub) = (registry.clone(), hub.clone());
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let reply = answer(&req, &registry, &hub);
-                async move { Ok::<_, Infallible>(reply) }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                debug!(error = %e, "metrics connection ended with an error");
-            }
-        });
-    }
+/// Serves `GET /metrics` and `GET /ready` (200 once there is a head to serve, else 503)
+/// through the hardened loop of sockmesh-serve.
+pub async fn serve(listener: TcpListener, registry: Arc<Registry>, hub: Arc<Hub>, server: Server) {
+    server
+        .serve(listener, move |req: Request<Incoming>| {
+            let reply = answer(&req, &registry, &hub);
+            async move { reply }
+        })
+        .await
 }
 
 fn answer(req: &Request<Incoming>, registry: &Registry, hub: &Hub) -> Response<Full<Bytes>> {

@@ -62,6 +62,13 @@ fn exposition() -> String {
     // Config and health.
     ConfigMetrics::new(&mut registry);
     let health = HealthMetrics::new(&mut registry);
+    // The endpoints' connection counters (sockmesh-serve), one endpoint's series created.
+    let serve = sockmesh_serve::ServeMetrics::new(&mut registry);
+    let _ = sockmesh_serve::Server::new(
+        sockmesh_serve::Endpoint::Metrics,
+        sockmesh_serve::Limits::with_cap(1),
+        serve,
+    );
 
     let backend = BackendLabels {
         service: "web".into(),

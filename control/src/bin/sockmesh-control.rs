@@ -78,6 +78,12 @@ struct Cli {
     /// cgroup2 mount [default: none].
     #[arg(long, default_value = "")]
     kube_cgroup_root: String,
+    #[command(flatten)]
+    http: sockmesh_serve::HttpTimeoutArgs,
+    /// Most connections each API listener holds; at the cap the longest-idle one makes room
+    /// for a new one, and a new one is refused only when every one has a request running.
+    #[arg(long, default_value_t = sockmesh_control::DEFAULT_API_MAX_CONNECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    api_max_connections: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -106,6 +112,8 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    // Every agent holds a connection: raise the descriptor limit before serving any.
+    sockmesh_serve::fd_limit::raise_nofile_logged();
     let token = match &cli.token_file {
         Some(path) => Some(Token::read_file(path)?),
         None => match std::env::var(TOKEN_ENV) {
@@ -134,6 +142,8 @@ fn run(cli: Cli) -> Result<()> {
         metrics_addr: cli.metrics_addr,
         state_dir: cli.state_dir,
         keep: cli.keep as usize,
+        http: cli.http,
+        api_max_connections: cli.api_max_connections as usize,
     };
     // The work is a few long-polls and a file read per interval: two threads are plenty.
     let rt = tokio::runtime::Builder::new_multi_thread()
