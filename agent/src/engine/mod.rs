@@ -272,6 +272,11 @@ impl Engine {
         self.awake.len()
     }
 
+    /// A service by its id.
+    pub(crate) fn service(&self, id: u32) -> Option<&ServiceHealth> {
+        self.services.get(&id)
+    }
+
     /// The services with their ids.
     #[cfg(test)]
     pub(crate) fn services_by_id(&self) -> impl Iterator<Item = (&u32, &ServiceHealth)> {

@@ -177,7 +177,7 @@ pub(crate) fn spawn(
                 Some(cmd) = command_rx.recv() => match cmd {
                     Command::Config { config, views } => {
                         engine.on_config(Instant::now(), &config, &views);
-                        ctx.exported.reset();
+                        ctx.exported.reconfigure(&engine);
                     }
                     Command::Fault { service, refuse_ppm, reply } => {
                         let _ = reply.send(engine.set_fault(&service, refuse_ppm));

@@ -392,3 +392,68 @@ async fn srtt_mean_is_over_the_window_samples_and_none_without_new_ones() {
     e.on_tcp(Instant::now(), &[change(Some(before), stats)]);
     assert_eq!(rates(&e).1, Some(4_000.0));
 }
+
+/// After a new config the health gauges (kept where the service and its backends stayed,
+/// removed where they went) read exactly as if every gauge had been written afresh.
+#[tokio::test(start_paused = true)]
+async fn health_gauges_after_a_config_equal_a_fresh_export() {
+    use super::metrics::{HealthExport, HealthMetrics};
+    use prometheus_client::{encoding::text::encode, registry::Registry};
+
+    fn exposition(registry: &Registry) -> Vec<String> {
+        let mut text = String::new();
+        encode(&mut text, registry).unwrap();
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    let mut registry = Registry::default();
+    let mut exported = HealthExport::new(HealthMetrics::new(&mut registry));
+    let mut cfg = config(3);
+    let mut other = cfg.services[0].clone();
+    other.name = "api".into();
+    other.vip = "127.100.0.2".parse().unwrap();
+    cfg.services.push(other);
+    let mut e = engine(&cfg);
+    for _ in 0..5 {
+        e.on_event(Instant::now(), &ev(2, EVENT_FAILED, RESULT_REFUSED));
+    }
+    e.tick(Instant::now());
+    exported.export(&e, Instant::now());
+    let before = exposition(&registry);
+    assert!(
+        before
+            .iter()
+            .any(|l| l.contains("127.0.0.3:81") && l.ends_with(" 1")),
+        "{before:?}"
+    );
+
+    // `web` leaves the mesh; `api` stays as it was.
+    let mut next = cfg.clone();
+    next.services.remove(0);
+    let views = plan(&next, &Overlay::new(), &KernelState::default())
+        .unwrap()
+        .views;
+    e.on_config(Instant::now(), &next, &views);
+    exported.reconfigure(&e);
+    e.tick(Instant::now());
+    exported.export(&e, Instant::now());
+    let kept = exposition(&registry);
+
+    let mut fresh_registry = Registry::default();
+    HealthExport::new(HealthMetrics::new(&mut fresh_registry)).export(&e, Instant::now());
+    assert_eq!(kept, exposition(&fresh_registry));
+    assert!(
+        !kept.iter().any(|l| l.contains("service=\"web\"")),
+        "{kept:?}"
+    );
+    assert!(
+        kept.iter().any(|l| l.contains("service=\"api\"")),
+        "{kept:?}"
+    );
+}
