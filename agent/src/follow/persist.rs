@@ -21,9 +21,6 @@ use tracing::error;
 pub(super) const FILE_NAME: &str = "last-applied.yaml";
 const VERSION_KEY: &str = "# control-version: ";
 const FINGERPRINT_KEY: &str = "# fingerprint: ";
-/// At most one write of `last-applied.yaml` per this (the first change after a quiet spell
-/// is written at once; a burst, once more with its last version).
-const MIN_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Persisted {
@@ -53,8 +50,6 @@ pub(super) fn spawn_saver(state_dir: PathBuf, control: String) -> watch::Sender<
                 }
                 Err(e) => error!(error = %e, "persisting the applied snapshot panicked"),
             }
-            // Churn costs a write per interval, of the newest version, not one per version.
-            tokio::time::sleep(MIN_SAVE_INTERVAL).await;
         }
     });
     tx
