@@ -5,14 +5,17 @@
 //! retransmit and RTO callbacks of its open connections, and on RTOs and retransmitted SYNs
 //! of connects in flight (which end in an established or failed event). So a refresh reads
 //! the pairs named by events since the last read and the pairs with connections open at
-//! their last read; every other pair's entry is what it was. Everything is read at the
-//! first refresh, after a new config, when the ring buffer lost events (their pairs are
-//! unknown), and at a scrape (so a connect still in flight is exact there too). An idle
-//! mesh then reads nothing, whatever its size.
+//! their last read; every other pair's entry is what it was. A new config reads the pairs
+//! of the services it added, removed or changed ([`pairs_after_config`]). Everything is
+//! read at the first refresh, after a config that changed most of the mesh, when the ring
+//! buffer lost events (their pairs are unknown), and at a scrape (so a connect still in
+//! flight is exact there too). An idle mesh then reads nothing, whatever its size.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use sockmesh_common::{BackendKey, BackendTcpStats};
+
+use crate::tables::ServiceView;
 
 /// One pair's counters at a read that found them changed (or at its first read).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,6 +116,55 @@ impl ReadSchedule {
     }
 }
 
+/// The pairs a new config (`new`, after `old`) asks to read: those of services that are
+/// new, gone, or changed in id or backends (a new pair's first read is its baseline; a gone
+/// pair read by key is found gone). `None`: read every entry (the first config, or so many
+/// pairs that one batch read is cheaper). Services whose id and backends stayed keep their
+/// entries, counters and ids, so they need no read: at 10,000 x 10, reading all 100,000
+/// entries after every one-service change was 40% of a churning agent's CPU.
+pub(crate) fn pairs_after_config(
+    old: &[ServiceView],
+    new: &[ServiceView],
+) -> Option<Vec<BackendKey>> {
+    if old.is_empty() {
+        return None;
+    }
+    let mut before: HashMap<&str, &ServiceView> =
+        old.iter().map(|v| (v.name.as_str(), v)).collect();
+    let keys = |v: &ServiceView| {
+        v.backends
+            .iter()
+            .map(|b| BackendKey {
+                service_id: v.id,
+                backend_id: b.id,
+            })
+            .collect::<Vec<_>>()
+    };
+    let same = |a: &ServiceView, b: &ServiceView| {
+        a.id == b.id
+            && a.backends
+                .iter()
+                .map(|x| (x.id, &x.addr))
+                .eq(b.backends.iter().map(|x| (x.id, &x.addr)))
+    };
+    let mut read = Vec::new();
+    for v in new {
+        match before.remove(v.name.as_str()) {
+            Some(o) if same(o, v) => {}
+            Some(o) => {
+                read.extend(keys(o));
+                read.extend(keys(v));
+            }
+            None => read.extend(keys(v)),
+        }
+    }
+    for gone in before.values() {
+        read.extend(keys(gone));
+    }
+    let total: usize = new.iter().map(|v| v.backends.len()).sum();
+    (read.len() <= total / 4).then_some(read)
+}
+
 /// Folds a read into the last known counters of every pair. Returns the pairs whose
 /// counters changed or were read for the first time, and (after a read of every entry) the
 /// pairs whose entry is gone.
@@ -180,6 +232,67 @@ mod tests {
             closed,
             ..BackendTcpStats::ZERO
         }
+    }
+
+    fn view(name: &str, id: u32, backends: &[(u32, &str)]) -> ServiceView {
+        ServiceView {
+            name: name.into(),
+            vip: "127.100.0.1".into(),
+            port: 80,
+            lb: "round_robin",
+            id,
+            slot_table_len: 0,
+            backends: backends
+                .iter()
+                .map(|&(id, addr)| crate::tables::plan::BackendView {
+                    addr: addr.into(),
+                    weight: 1,
+                    id,
+                    slots: 0,
+                })
+                .collect(),
+            classes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_new_config_reads_the_pairs_of_the_services_it_changed() {
+        let many: Vec<ServiceView> = (1..=40)
+            .map(|i| view(&format!("s{i}"), i, &[(1, "a:1"), (2, "b:1")]))
+            .collect();
+        assert_eq!(pairs_after_config(&[], &many), None, "the first config");
+        assert_eq!(pairs_after_config(&many, &many), Some(vec![]));
+        let mut next = many.clone();
+        next[2].backends[1] = crate::tables::plan::BackendView {
+            addr: "c:1".into(),
+            ..next[2].backends[1].clone()
+        };
+        next.remove(5);
+        next.push(view("new", 41, &[(3, "d:1")]));
+        let mut read = pairs_after_config(&many, &next).unwrap();
+        read.sort();
+        assert_eq!(
+            read,
+            [
+                key(3, 1),
+                key(3, 1),
+                key(3, 2),
+                key(3, 2),
+                key(6, 1),
+                key(6, 2),
+                key(41, 3)
+            ]
+        );
+        // A service that keeps its name under another id is read whole, old and new.
+        let mut renumbered = many.clone();
+        renumbered[0].id = 20;
+        let read = pairs_after_config(&many, &renumbered).unwrap();
+        assert_eq!(read, [key(1, 1), key(1, 2), key(20, 1), key(20, 2)]);
+        // Most of the mesh changed: one batch read of everything.
+        let other: Vec<ServiceView> = (1..=40)
+            .map(|i| view(&format!("t{i}"), i, &[(1, "a:1")]))
+            .collect();
+        assert_eq!(pairs_after_config(&many, &other), None);
     }
 
     #[test]

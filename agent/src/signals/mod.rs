@@ -198,7 +198,10 @@ impl Signals {
                 .series
                 .set_config(tokio::time::Instant::now(), &configured);
             inner.topology = topology;
-            inner.reads.read_all();
+            match backend_reads::pairs_after_config(&inner.views, views) {
+                Some(pairs) => pairs.into_iter().for_each(|k| inner.reads.touched(k)),
+                None => inner.reads.read_all(),
+            }
             inner.rows_stale = true;
             inner.views = views.to_vec();
             let changed = inner.workload_specs != config.workloads;
