@@ -206,9 +206,9 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
     let views = dataplane
         .apply(&initial, &overlay, None, None)
         .context("applying the initial config")?;
+    let views = Arc::new(views);
     signals.set_config(&views, &initial);
     let initial = Arc::new(initial);
-    let views = Arc::new(views);
     let signals_updater = SignalsUpdater::spawn(signals.clone(), initial.clone(), views.clone());
     let _ = engine
         .commands

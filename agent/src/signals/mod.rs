@@ -66,7 +66,8 @@ struct Inner {
     aggregates: Aggregates,
     workload_specs: Vec<WorkloadSpec>,
     workloads: Vec<ResolvedWorkload>,
-    views: Vec<ServiceView>,
+    /// The views of the last config and overlay, shared with the runtime (never copied).
+    views: Arc<Vec<ServiceView>>,
     /// Every pair's counters as of its last read.
     tcp: BTreeMap<BackendKey, BackendTcpStats>,
     /// Which pairs the next refresh reads ([`backend_reads`]).
@@ -132,7 +133,7 @@ impl Signals {
                     aggregates: Aggregates::default(),
                     workload_specs: Vec::new(),
                     workloads: Vec::new(),
-                    views: Vec::new(),
+                    views: Arc::default(),
                     tcp: BTreeMap::new(),
                     reads: ReadSchedule::default(),
                     tcp_changes: BTreeMap::new(),
@@ -156,7 +157,7 @@ impl Signals {
 
     /// A new config was applied: rename ids, create stats entries for new backends,
     /// re-resolve workloads, and track the services' SLOs.
-    pub(crate) fn set_config(&self, views: &[ServiceView], config: &MeshConfig) {
+    pub(crate) fn set_config(&self, views: &Arc<Vec<ServiceView>>, config: &MeshConfig) {
         let topology = Topology::from_views(views);
         let keys: BTreeSet<BackendKey> = views
             .iter()
@@ -185,7 +186,7 @@ impl Signals {
             .collect();
         let mut configured: BTreeMap<String, (BTreeSet<String>, std::time::Duration)> =
             BTreeMap::new();
-        for v in views {
+        for v in views.iter() {
             let grace = graces.get(v.name.as_str()).copied().unwrap_or_default();
             let entry = configured
                 .entry(v.name.clone())
@@ -203,7 +204,7 @@ impl Signals {
                 None => inner.reads.read_all(),
             }
             inner.rows_stale = true;
-            inner.views = views.to_vec();
+            inner.views = views.clone();
             let changed = inner.workload_specs != config.workloads;
             if changed {
                 inner.workload_specs = config.workloads.clone();
@@ -246,8 +247,8 @@ impl Signals {
     }
 
     /// Slot tables changed without a config change (a ban, a probe passed): new views only.
-    pub(crate) fn set_views(&self, views: &[ServiceView]) {
-        self.inner.lock().expect("signals lock").views = views.to_vec();
+    pub(crate) fn set_views(&self, views: &Arc<Vec<ServiceView>>) {
+        self.inner.lock().expect("signals lock").views = views.clone();
     }
 
     /// Every SLO's numbers now (`GET /v1/slos`).
