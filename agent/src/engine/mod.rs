@@ -77,14 +77,17 @@ pub(crate) struct Engine {
 impl Engine {
     pub(crate) fn on_config(&mut self, now: Instant, config: &MeshConfig, views: &[ServiceView]) {
         // Callers that are not a configured workload run at the default level, so it counts.
-        self.top_priority = config
+        let top_priority = config
             .workloads
             .iter()
             .map(|w| w.priority.level())
             .chain([Priority::default().level()])
             .max()
             .unwrap_or_default();
+        // The shedding level is in every service's overlay entry.
+        let all = std::mem::replace(&mut self.top_priority, top_priority) != top_priority;
         let mut next = BTreeMap::new();
+        let mut changed = Vec::new();
         for (spec, view) in config.services.iter().zip(views) {
             let backends: Vec<(u32, SocketAddr)> = spec
                 .backends
@@ -92,18 +95,31 @@ impl Engine {
                 .zip(&view.backends)
                 .map(|(b, v)| (v.id, b.addr))
                 .collect();
-            let mut health = self
+            let kept = self
                 .services
                 .remove(&view.id)
-                .filter(|h| h.name == spec.name)
-                .unwrap_or_else(|| ServiceHealth::new(now, view.id, spec));
-            health.reconfigure(now, spec, &backends);
+                .filter(|h| h.name == spec.name);
+            let is_new = kept.is_none();
+            let mut health = kept.unwrap_or_else(|| ServiceHealth::new(now, view.id, spec));
+            if health.reconfigure(now, spec, &backends) || is_new {
+                changed.push(view.id);
+            }
             next.insert(view.id, health);
         }
         self.services = next;
-        // Every service is looked at again (its gauges were reset, its overlay may differ).
-        self.awake = self.services.keys().copied().collect();
-        self.overlay = Overlay::new();
+        // Only the services that are new or changed are looked at again (with those already
+        // awake): an unchanged sleeping service's overlay entry and gauges are still right.
+        let services = &self.services;
+        let names: std::collections::HashSet<&str> =
+            services.values().map(|s| s.name.as_str()).collect();
+        self.overlay
+            .retain(|name, _| !all && names.contains(name.as_str()));
+        self.awake.retain(|id| services.contains_key(id));
+        if all {
+            self.awake = self.services.keys().copied().collect();
+        } else {
+            self.awake.extend(changed);
+        }
         self.overlay_changed = true;
     }
 

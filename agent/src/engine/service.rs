@@ -122,19 +122,31 @@ impl ServiceHealth {
             && !self.bans.panic_mode()
     }
 
-    /// The config changed: keep state for backends that stay, forget the others.
+    /// The config changed: keep state for backends that stay, forget the others. Returns
+    /// whether anything of this service changed (nothing: its state stays as it was).
     pub(crate) fn reconfigure(
         &mut self,
         now: Instant,
         spec: &ServiceSpec,
         backends: &[(u32, SocketAddr)],
-    ) {
+    ) -> bool {
+        let same_backends = self.backends.len() == backends.len()
+            && backends
+                .iter()
+                .all(|(id, addr)| self.backends.get(id).is_some_and(|b| b.addr == *addr));
         let policy = outlier_policy(&spec.outlier);
+        let circuit = circuit_policy(&spec.circuit);
+        if same_backends
+            && policy == self.policy
+            && &circuit == self.circuit.policy()
+            && self.drain_grace == spec.drain_grace.0
+        {
+            return false;
+        }
         if policy != self.policy {
             self.bans = BanBook::new(BanPolicy::from(&policy));
             self.policy = policy;
         }
-        let circuit = circuit_policy(&spec.circuit);
         if &circuit != self.circuit.policy() {
             self.circuit = Circuit::new(now, circuit);
         }
@@ -160,6 +172,7 @@ impl ServiceHealth {
                 .entry(*id)
                 .or_insert_with(|| BackendHealth::new(now, *addr, self.policy.window));
         }
+        true
     }
 
     /// `count` connects in a row to `backend` established, with `latency_sum` of handshakes

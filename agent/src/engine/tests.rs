@@ -457,3 +457,53 @@ async fn health_gauges_after_a_config_equal_a_fresh_export() {
         "{kept:?}"
     );
 }
+
+/// A new config wakes only the services it added or changed; the kept overlay still equals
+/// the overlay computed whole, a removed service leaves it, and a banned backend of an
+/// unchanged service stays banned.
+#[tokio::test(start_paused = true)]
+async fn a_config_wakes_only_what_it_changed() {
+    let mut cfg = config(3);
+    for (i, name) in ["api", "db", "cache"].iter().enumerate() {
+        let mut s = cfg.services[0].clone();
+        s.name = (*name).into();
+        s.vip = format!("127.100.0.{}", i + 2).parse().unwrap();
+        cfg.services.push(s);
+    }
+    let mut state = KernelState::default();
+    let first = plan(&cfg, &Overlay::new(), &state).unwrap();
+    for w in &first.writes {
+        state.apply(w);
+    }
+    let mut e = Engine::default();
+    e.on_config(Instant::now(), &cfg, &first.views);
+    let mut published = Overlay::new();
+    assert_eq!(e.awake_count(), 4);
+    for _ in 0..5 {
+        e.on_event(Instant::now(), &ev(2, EVENT_FAILED, RESULT_REFUSED));
+    }
+    step(&mut e, &mut published);
+    assert!(
+        !published["web"].excluded.is_empty(),
+        "web's backend banned"
+    );
+
+    // `db` gets a fourth backend, `cache` leaves; `web` (banned backend) and `api` stay.
+    let mut next = cfg.clone();
+    let mut extra = next.services[2].backends[0].clone();
+    extra.addr = "127.0.0.9:81".parse().unwrap();
+    next.services[2].backends.push(extra);
+    next.services.remove(3);
+    let views = plan(&next, &published, &state).unwrap().views;
+    let awake_before = e.awake_count();
+    e.on_config(Instant::now(), &next, &views);
+    assert_eq!(
+        e.awake_count(),
+        awake_before + 1,
+        "only db is woken (web was awake already)"
+    );
+    step(&mut e, &mut published);
+    assert_eq!(published, e.overlay(Instant::now()));
+    assert!(!published.contains_key("cache"));
+    assert!(!published["web"].excluded.is_empty(), "still banned");
+}
