@@ -9,7 +9,11 @@ use std::{convert::Infallible, os::unix::fs::PermissionsExt, path::Path, sync::A
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{body::Incoming, service::service_fn, Method, Request, Response, StatusCode};
+use hyper::{
+    body::{Body, Incoming},
+    service::service_fn,
+    Method, Request, Response, StatusCode,
+};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use sockmesh_model::Token;
@@ -19,9 +23,9 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-mod endpoint;
+pub(crate) mod endpoint;
 
-use endpoint::Endpoint;
+pub(crate) use endpoint::Endpoint;
 
 use crate::{
     diagnose::api as diagnose,
@@ -29,6 +33,9 @@ use crate::{
     signals::Signals,
     status::SharedStatus,
 };
+
+/// The largest body `POST /v1/fault` reads; a larger one is refused with 413.
+pub(crate) const MAX_POST_BYTES: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub(crate) struct AdminState {
@@ -81,21 +88,7 @@ fn spawn_conn<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S, sta
     tokio::spawn(async move {
         let svc = service_fn(move |req: Request<Incoming>| {
             let state = state.clone();
-            async move {
-                if req.method() == Method::POST && authorized(&req, state.token.as_ref()) {
-                    return Ok::<_, Infallible>(post(req, &state).await);
-                }
-                // The engine's views are built by the engine task, on request.
-                let views = if req.method() == Method::GET
-                    && Endpoint::from_path(req.uri().path()).is_some_and(Endpoint::needs_engine)
-                    && authorized(&req, state.token.as_ref())
-                {
-                    state.engine.views().await
-                } else {
-                    None
-                };
-                Ok::<_, Infallible>(handle(&req, &state, views.as_ref()))
-            }
+            async move { Ok::<_, Infallible>(route(req, &state).await) }
         });
         if let Err(e) = hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(stream), svc)
@@ -104,6 +97,29 @@ fn spawn_conn<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S, sta
             debug!(error = %e, "admin connection ended with an error");
         }
     });
+}
+
+/// Answers one request: the whole router, a function of the request and the state, with no
+/// socket in it (the server passes hyper's `Incoming` body; the fuzz targets an in-memory
+/// one).
+pub(crate) async fn route<B>(req: Request<B>, state: &AdminState) -> Response<Full<Bytes>>
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if req.method() == Method::POST && authorized(&req, state.token.as_ref()) {
+        return post(req, state).await;
+    }
+    // The engine's views are built by the engine task, on request.
+    let views = if req.method() == Method::GET
+        && Endpoint::from_path(req.uri().path()).is_some_and(Endpoint::needs_engine)
+        && authorized(&req, state.token.as_ref())
+    {
+        state.engine.views().await
+    } else {
+        None
+    };
+    handle(&req, state, views.as_ref())
 }
 
 fn reply(code: StatusCode, ctype: &str, body: String) -> Response<Full<Bytes>> {
@@ -135,7 +151,7 @@ fn unknown_service(name: &str) -> Response<Full<Bytes>> {
 }
 
 /// No token (the unix socket), or the request carries it (compared in constant time).
-pub(crate) fn authorized(req: &Request<Incoming>, token: Option<&Token>) -> bool {
+pub(crate) fn authorized<B>(req: &Request<B>, token: Option<&Token>) -> bool {
     token.is_none_or(|t| {
         t.matches_header(
             req.headers()
@@ -145,8 +161,8 @@ pub(crate) fn authorized(req: &Request<Incoming>, token: Option<&Token>) -> bool
     })
 }
 
-fn handle(
-    req: &Request<Incoming>,
+fn handle<B>(
+    req: &Request<B>,
     state: &AdminState,
     engine: Option<&EngineViews>,
 ) -> Response<Full<Bytes>> {
@@ -221,19 +237,29 @@ fn handle(
 
 /// `POST /v1/fault` `{"service": NAME, "refuse_percent": P}`: refuse P% of the service's
 /// connects (chaos drills); `0` ends the drill. Only callers with admin access reach this.
-async fn post(req: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
-    use http_body_util::BodyExt;
+async fn post<B>(req: Request<B>, state: &AdminState) -> Response<Full<Bytes>>
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::{BodyExt, LengthLimitError};
     if !Endpoint::from_path(req.uri().path()).is_some_and(Endpoint::is_post) {
         return json_reply(
             StatusCode::NOT_FOUND,
             &json!({"error": "POST goes to /v1/fault"}),
         );
     }
-    let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024)
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_POST_BYTES)
         .collect()
         .await
     {
         Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => {
+            return json_reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &json!({"error": format!("the body may be at most {MAX_POST_BYTES} bytes")}),
+            )
+        }
         Err(e) => return json_reply(StatusCode::BAD_REQUEST, &json!({"error": e.to_string()})),
     };
     #[derive(serde::Deserialize)]

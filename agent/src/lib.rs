@@ -1,8 +1,10 @@
 //! `sockmesh-agent`: the per-node daemon. Loads and attaches the kernel programs (or adopts a
 //! previous agent's), compiles the mesh config into the kernel's tables and keeps them in sync.
-
-// A binary: nothing here is an API, so `pub` only ever means `pub(crate)`; the lint keeps
-// it that way (a `pub` item reads as if other crates used it).
+//!
+//! A library only so that its binary (src/main.rs, which calls [`main`]) and the fuzz
+//! targets (feature `fuzzing`, [`fuzzing`]) can share it: nothing here is an API, so `pub`
+//! only ever means `pub(crate)`; the lint keeps it that way (a `pub` item reads as if other
+//! crates used it).
 #![warn(unreachable_pub)]
 
 mod admin;
@@ -11,6 +13,8 @@ mod dataplane;
 mod diagnose;
 mod engine;
 mod follow;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod health;
 mod loader;
 mod metrics;
@@ -117,13 +121,8 @@ fn parse_zone(zone: &str) -> Result<String, String> {
     sockmesh_model::check_zone(zone).map(|()| zone.to_owned())
 }
 
-/// mimalloc instead of glibc's malloc: at 10,000 services x 10 backends the agent's peak
-/// RSS during config churn was 492 MiB against 739-803 MiB with glibc (which keeps freed
-/// arenas), idle CPU the same (docs/bench.md, "Memory allocator").
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn main() -> ExitCode {
+/// The agent's command line: parses the arguments and runs what they ask for.
+pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
