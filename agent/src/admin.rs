@@ -319,14 +319,17 @@ fn query_param(query: &str, key: &str) -> Option<String> {
     })
 }
 
+/// `%XX` (two ASCII hex digits) becomes that byte and `+` a space, on bytes: slicing the
+/// string instead once cut through a multi-byte character (`%a` then `é`) and panicked the
+/// connection's task (docs/fuzzing.md, "Findings").
 fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
+        if let Some(&[b'%', hi, lo]) = bytes.get(i..i + 3) {
+            if let (Some(hi), Some(lo)) = (hex_digit(hi), hex_digit(lo)) {
+                out.push(hi << 4 | lo);
                 i += 3;
                 continue;
             }
@@ -335,6 +338,10 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    char::from(b).to_digit(16).map(|d| d as u8)
 }
 
 #[cfg(test)]
@@ -353,5 +360,24 @@ mod tests {
         );
         assert_eq!(query_param("x=1", "service"), None);
         assert_eq!(percent_decode("100%"), "100%");
+    }
+
+    #[test]
+    fn percent_escapes_are_decoded_on_bytes() {
+        // The fuzzer's first find (fuzz/seeds/admin_router/regress-percent-non-ascii): an
+        // escape cut inside a UTF-8 sequence panicked.
+        assert_eq!(
+            query_param("service=%a\u{e9}", "service").as_deref(),
+            Some("%a\u{e9}")
+        );
+        assert_eq!(percent_decode("%\u{e9}1"), "%\u{e9}1");
+        assert_eq!(percent_decode("%a\u{20ac}"), "%a\u{20ac}");
+        assert_eq!(percent_decode("%C3%A9+%e2%82%ac"), "\u{e9} \u{20ac}");
+        // Only hex digits: a sign is not one (`from_str_radix` took `%+1` as 0x01).
+        assert_eq!(percent_decode("%+1%-1"), "% 1%-1");
+        // A lone byte of a sequence decodes lossily rather than failing.
+        assert_eq!(percent_decode("a%C3"), "a\u{fffd}");
+        assert_eq!(percent_decode("%4"), "%4");
+        assert_eq!(percent_decode("%41%4"), "A%4");
     }
 }
