@@ -243,7 +243,7 @@ fn follow_options(
     check_agent_name(&node).map_err(|e| anyhow::anyhow!("--node-name: {e}"))?;
     Ok(follow::FollowOptions {
         address,
-        token: token.map(|t| t.as_str().to_owned()),
+        token,
         node,
         state_dir: state_dir.to_owned(),
         watch_timeout: Duration::from_secs(sockmesh_model::protocol::DEFAULT_WATCH_TIMEOUT_SECS),
