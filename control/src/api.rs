@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::{body::Incoming, header, Method, Request, Response, StatusCode};
+use hyper::{body::Body, header, Method, Request, Response, StatusCode};
 use serde::Serialize;
 
 use crate::history::Revision;
@@ -35,7 +35,14 @@ pub struct Api {
 }
 
 impl Api {
-    pub async fn handle(&self, req: Request<Incoming>) -> Reply {
+    /// Answers one request. Generic over the body so the router is a function of a plain
+    /// request (the server passes hyper's `Incoming`; the `control_router` fuzz target an
+    /// in-memory body) and needs no socket.
+    pub async fn handle<B>(&self, req: Request<B>) -> Reply
+    where
+        B: Body,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         if let Some(token) = &self.token {
             let given = req
                 .headers()

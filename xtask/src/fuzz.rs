@@ -35,6 +35,10 @@ const TARGETS: &[(&str, &[&str])] = &[
     ("control_request", &[]),
     // A watch reply as the agent reads it: a delta applied to a config never panics.
     ("config_delta", &[]),
+    // The agent's admin router on arbitrary requests, in-process: auth, methods, status codes.
+    ("admin_router", &[]),
+    // The control plane's router on arbitrary requests, against a real hub.
+    ("control_router", &[]),
 ];
 
 /// Flags for every target: an input that takes over 10 s is reported as a hang, and the
@@ -46,7 +50,8 @@ pub struct FuzzArgs {
     /// Seconds to fuzz each target (libFuzzer's -max_total_time).
     #[arg(long, default_value_t = 60)]
     seconds: u64,
-    /// Fuzz only this target (config_parse, admin_http_response, ring_event, control_request).
+    /// Fuzz only this target (config_parse, admin_http_response, ring_event, control_request,
+    /// config_delta, admin_router, control_router).
     #[arg(long)]
     target: Option<String>,
 }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{header, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use sockmesh_model::ControlAddress;
+use sockmesh_model::{ControlAddress, Token};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -36,11 +36,12 @@ pub(super) struct Reply {
 #[derive(Debug, Clone)]
 pub(super) struct Client {
     address: ControlAddress,
-    token: Option<String>,
+    /// Its `Debug` hides it, as this struct's does.
+    token: Option<Token>,
 }
 
 impl Client {
-    pub(super) fn new(address: ControlAddress, token: Option<String>) -> Self {
+    pub(super) fn new(address: ControlAddress, token: Option<Token>) -> Self {
         Client { address, token }
     }
 
@@ -75,7 +76,7 @@ impl Client {
             )
             .header(header::CONNECTION, "close");
         if let Some(token) = &self.token {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+            req = req.header(header::AUTHORIZATION, format!("Bearer {}", token.as_str()));
         }
         if body.is_some() {
             req = req.header(header::CONTENT_TYPE, "application/json");

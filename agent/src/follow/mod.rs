@@ -30,8 +30,7 @@ use sockmesh_model::protocol::{
     decode_config, Ack, DeltaUpdate, ErrorBody, Snapshot, Update, ACK_PATH, SNAPSHOT_PATH,
     WATCH_PATH,
 };
-use sockmesh_model::ControlAddress;
-use sockmesh_model::{ConfigIndex, MeshConfig};
+use sockmesh_model::{ConfigIndex, ControlAddress, MeshConfig, Token};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
@@ -52,8 +51,9 @@ const BACKOFF_CAP: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub(crate) struct FollowOptions {
     pub address: ControlAddress,
-    /// Required for `http://`; the unix socket needs none.
-    pub token: Option<String>,
+    /// Required for `http://`; the unix socket needs none. A [`Token`], whose `Debug` hides
+    /// it: these options are `Debug`, and may be logged.
+    pub token: Option<Token>,
     /// `--node-name`: how the control plane knows this agent.
     pub node: String,
     /// Where `last-applied.yaml` lives (`--state-dir`).
@@ -478,3 +478,5 @@ fn reason(body: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod token_tests;

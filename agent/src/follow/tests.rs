@@ -15,15 +15,15 @@ use tokio::sync::mpsc;
 
 use super::*;
 
-const WAIT: Duration = Duration::from_secs(10);
+pub(super) const WAIT: Duration = Duration::from_secs(10);
 
-fn mesh(weight: u32, name: &str) -> String {
+pub(super) fn mesh(weight: u32, name: &str) -> String {
     format!(
         "services:\n  - name: {name}\n    vip: 127.100.0.1\n    port: 80\n    backends:\n      - addr: 127.0.0.2:8081\n        weight: {weight}\n"
     )
 }
 
-fn write(path: &Path, yaml: &str) {
+pub(super) fn write(path: &Path, yaml: &str) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, yaml).unwrap();
     std::fs::rename(&tmp, path).unwrap();
@@ -41,7 +41,7 @@ fn options(dir: &Path) -> FollowOptions {
 
 /// The `sockmesh-control` binary: `SOCKMESH_CONTROL_BIN`, or the one cargo built beside this
 /// test binary (`target/<profile>/deps/<test>` -> `target/<profile>/sockmesh-control`).
-fn control_bin() -> PathBuf {
+pub(super) fn control_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("SOCKMESH_CONTROL_BIN") {
         return bin.into();
     }
@@ -62,7 +62,7 @@ fn control_bin() -> PathBuf {
 }
 
 /// The control plane process; killed when the test ends, also on panic.
-struct ControlProcess(Child);
+pub(super) struct ControlProcess(pub(super) Child);
 
 impl Drop for ControlProcess {
     fn drop(&mut self) {
@@ -100,7 +100,11 @@ async fn agents(dir: &Path) -> Vec<AgentReport> {
     serde_json::from_slice(&reply.body).unwrap()
 }
 
-async fn wait_agent(dir: &Path, what: &str, pred: impl Fn(&AgentReport) -> bool) -> AgentReport {
+pub(super) async fn wait_agent(
+    dir: &Path,
+    what: &str,
+    pred: impl Fn(&AgentReport) -> bool,
+) -> AgentReport {
     for _ in 0..500 {
         if let Some(a) = agents(dir).await.into_iter().find(|a| a.agent == "node-a") {
             if pred(&a) {
@@ -113,7 +117,9 @@ async fn wait_agent(dir: &Path, what: &str, pred: impl Fn(&AgentReport) -> bool)
 }
 
 /// Answers offers like the runtime: a config with a service named `refused` fails.
-fn runtime(mut offers: mpsc::Receiver<Offer>) -> mpsc::UnboundedReceiver<Arc<MeshConfig>> {
+pub(super) fn runtime(
+    mut offers: mpsc::Receiver<Offer>,
+) -> mpsc::UnboundedReceiver<Arc<MeshConfig>> {
     let (applied, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(offer) = offers.recv().await {

@@ -88,7 +88,8 @@ pub(crate) struct Signals {
     inner: Mutex<Inner>,
     /// Connect outcomes are also fed to the health engine (set once it runs).
     engine: std::sync::OnceLock<Arc<EventInbox>>,
-    maps: Mutex<SignalMaps>,
+    /// `None` only in [`Signals::without_kernel`]: nothing is read from or written to the kernel.
+    maps: Mutex<Option<SignalMaps>>,
     metrics: ConnectionMetrics,
     /// Shared with the kernel-map collectors, which encode it at scrape time.
     snapshot: Arc<Mutex<KernelSnapshot>>,
@@ -109,13 +110,36 @@ impl Signals {
     /// The signals over `maps`; their metrics (connections, kernel maps, same-node, map
     /// pressure, SLOs) are registered in `registry`.
     pub(crate) fn new(
-        mut maps: SignalMaps,
+        maps: SignalMaps,
         max_callers: usize,
         max_series: usize,
         cgroup2: PathBuf,
         registry: &mut Registry,
     ) -> Arc<Self> {
-        let counted = maps.counted.take();
+        Self::build(Some(maps), max_callers, max_series, cgroup2, registry)
+    }
+
+    /// Signals over no kernel maps: the views answer from the config alone and
+    /// [`Signals::refresh`] reads nothing. For driving the admin router in-process (fuzz/).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn without_kernel(registry: &mut Registry) -> Arc<Self> {
+        Self::build(
+            None,
+            64,
+            series::DEFAULT_MAX_SERIES,
+            PathBuf::from("/nonexistent"),
+            registry,
+        )
+    }
+
+    fn build(
+        mut maps: Option<SignalMaps>,
+        max_callers: usize,
+        max_series: usize,
+        cgroup2: PathBuf,
+        registry: &mut Registry,
+    ) -> Arc<Self> {
+        let counted = maps.as_mut().and_then(|m| m.counted.take());
         Arc::new_cyclic(|signals| {
             // Encoded before the kernel-map families, so a scrape sees every pair read now.
             registry.register_collector(Box::new(ScrapeRead(signals.clone())));
@@ -172,7 +196,8 @@ impl Signals {
             .maps
             .lock()
             .expect("maps lock")
-            .sync_backend_keys(&keys)
+            .as_mut()
+            .map_or(Ok(()), |m| m.sync_backend_keys(&keys))
         {
             warn!(
                 error = %format!("{e:#}"),
@@ -355,10 +380,13 @@ impl Signals {
             .workload_specs
             .clone();
         let resolved = workloads::resolve(&specs, &self.cgroup2);
-        let mut maps = self.maps.lock().expect("maps lock");
-        let tids = sync_tids(&mut maps, &resolved);
-        let callers = sync_callers(&mut maps, &resolved);
-        let created = retry_backend_keys(&mut maps);
+        let mut guard = self.maps.lock().expect("maps lock");
+        let Some(maps) = guard.as_mut() else {
+            return;
+        };
+        let tids = sync_tids(maps, &resolved);
+        let callers = sync_callers(maps, &resolved);
+        let created = retry_backend_keys(maps);
         let backend_stats = maps.backend_stats_entries;
         let previous = self
             .snapshot
@@ -387,7 +415,7 @@ impl Signals {
         let unenrolled_connects = maps.unenrolled_connects();
         let unknown_policy_connects = maps.unknown_policy_connects();
         let same_node = maps.same_node();
-        drop(maps);
+        drop(guard);
         self.record_pressure(tids, callers, backend_stats);
         let now = tokio::time::Instant::now();
         self.scan_listeners(now, &resolved);
@@ -439,7 +467,10 @@ impl Signals {
             inner.reads.next(events_lost)
         };
         let stats = {
-            let maps = self.maps.lock().expect("maps lock");
+            let guard = self.maps.lock().expect("maps lock");
+            let Some(maps) = guard.as_ref() else {
+                return;
+            };
             match &read {
                 Read::All => maps.backend_stats(),
                 Read::Pairs(keys) => maps.backend_stats_of(keys),

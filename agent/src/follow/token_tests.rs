@@ -1,0 +1,159 @@
+//! No secret in logs or `Debug` output: the follower and the real control plane (the
+//! `sockmesh-control` binary, on TCP with a token), both logging at `trace`, through a
+//! refused start with a wrong token, a start with the right one, and a watch that brings a
+//! new version. Neither token may appear in either log, nor in the options' or the
+//! client's `Debug`. The agent binary's own run (kernel needed) is
+//! bpf-tests/tests/control_follow.rs.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use tracing_subscriber::fmt::MakeWriter;
+
+use super::tests::{control_bin, mesh, runtime, wait_agent, write, ControlProcess, WAIT};
+use super::*;
+
+const SECRET: &str = "s3cret-follow-token-7f3a9c";
+const WRONG: &str = "wrong-follow-token-b41d20";
+
+/// Everything the agent's tracing writes, kept for grepping.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Logs {
+    type Writer = Logs;
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
+}
+
+fn assert_no_secret(what: &str, text: &str) {
+    for secret in [SECRET, WRONG] {
+        assert!(
+            !text.contains(secret),
+            "{what} shows a token:\n{}",
+            text.lines()
+                .filter(|l| l.contains(secret))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
+
+/// A current-thread runtime: every task the follower spawns logs through this thread's
+/// subscriber.
+#[tokio::test(flavor = "current_thread")]
+async fn tokens_never_reach_logs_or_debug_output() {
+    let logs = Logs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(logs.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir.path().join("mesh.yaml"), &mesh(1, "web"));
+    std::fs::write(dir.path().join("token"), format!("{SECRET}\n")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let socket = dir.path().join("control.sock");
+    let control_log = dir.path().join("control.log");
+    let log_file = std::fs::File::create(&control_log).unwrap();
+    let child = Command::new(control_bin())
+        .arg("--config")
+        .arg(dir.path().join("mesh.yaml"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--listen-unix")
+        .arg(&socket)
+        .arg("--token-file")
+        .arg(dir.path().join("token"))
+        .args(["--metrics-addr", "127.0.0.1:0", "--watch-interval-ms", "20"])
+        .env_remove("SOCKMESH_CONTROL_TOKEN")
+        .env("RUST_LOG", "trace")
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start sockmesh-control");
+    let control = ControlProcess(child);
+    tokio::time::timeout(WAIT, async {
+        while !socket.exists() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("control socket");
+
+    let address = ControlAddress::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+    let opts = FollowOptions {
+        address: address.clone(),
+        token: Some(Token::new(SECRET, "test").unwrap()),
+        node: "node-a".into(),
+        state_dir: dir.path().join("state"),
+        watch_timeout: Duration::from_secs(1),
+    };
+    assert_no_secret("FollowOptions' Debug", &format!("{opts:?} {opts:#?}"));
+    let client = Client::new(address, opts.token.clone());
+    assert_no_secret("the client's Debug", &format!("{client:?} {client:#?}"));
+
+    // A wrong token: refused (401), retried with backoff and logged, never shown.
+    let wrong = FollowOptions {
+        token: Some(Token::new(WRONG, "test").unwrap()),
+        state_dir: dir.path().join("wrong-state"),
+        ..opts.clone()
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), start(&wrong))
+            .await
+            .is_err(),
+        "a wrong token got a config"
+    );
+    assert!(logs.text().contains("401"), "{}", logs.text());
+
+    // The right one: version 1 applied and acked, then version 2 through a watch.
+    let first = start(&opts).await.unwrap();
+    let mut applied = runtime(spawn(opts.clone(), first));
+    wait_agent(dir.path(), "acked version 1", |a| {
+        a.applied_version == Some(1)
+    })
+    .await;
+    write(&dir.path().join("mesh.yaml"), &mesh(5, "web"));
+    tokio::time::timeout(WAIT, applied.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    wait_agent(dir.path(), "acked version 2", |a| {
+        a.applied_version == Some(2)
+    })
+    .await;
+    drop(control);
+
+    let agent_log = logs.text();
+    let control_text = std::fs::read_to_string(&control_log).unwrap();
+    // At `trace`, but the control plane logs little below `info`: what it logged of this
+    // agent is what must not carry the token.
+    assert!(control_text.contains("agent applied"), "{control_text}");
+    assert_no_secret("the agent's log", &agent_log);
+    assert_no_secret("the control plane's log", &control_text);
+}

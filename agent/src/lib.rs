@@ -1,0 +1,256 @@
+//! `sockmesh-agent`: the per-node daemon. Loads and attaches the kernel programs (or adopts a
+//! previous agent's), compiles the mesh config into the kernel's tables and keeps them in sync.
+//!
+//! A library only so that its binary (src/main.rs, which calls [`main`]) and the fuzz
+//! targets (feature `fuzzing`, [`fuzzing`]) can share it: nothing here is an API, so `pub`
+//! only ever means `pub(crate)`; the lint keeps it that way (a `pub` item reads as if other
+//! crates used it).
+#![warn(unreachable_pub)]
+
+mod admin;
+mod config_source;
+mod dataplane;
+mod diagnose;
+mod engine;
+mod follow;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+mod health;
+mod loader;
+mod metrics;
+mod netfault;
+mod runtime;
+mod signals;
+mod slo;
+mod status;
+mod tables;
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "sockmesh-agent", version, about = "sockmesh node agent")]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a config file offline; exits non-zero with the field path and reason.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Drop a share of SYNs or data segments leaving a cgroup (drills and tests; no netem).
+    Netfault(netfault::NetfaultArgs),
+    /// Detach and remove everything pinned under --bpffs.
+    Cleanup {
+        #[arg(long, default_value = "/sys/fs/bpf/sockmesh")]
+        bpffs: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Mesh config (YAML). Without it (and without --control) the embedded default config is used.
+    #[arg(long, env = "SOCKMESH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Follow the control plane at URL (http://HOST:PORT or unix:PATH) instead of a file.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "SOCKMESH_CONTROL_URL",
+        conflicts_with = "config"
+    )]
+    control: Option<String>,
+    /// File whose first line is the control plane's bearer token (or set SOCKMESH_CONTROL_TOKEN).
+    #[arg(long, value_name = "FILE", env = "SOCKMESH_CONTROL_TOKEN_FILE")]
+    control_token_file: Option<PathBuf>,
+    /// This agent's name at the control plane [default: the host name].
+    #[arg(long, env = "SOCKMESH_NODE_NAME")]
+    node_name: Option<String>,
+    /// cgroup v2 directory to attach to [default: the cgroup2 mount point from /proc/mounts].
+    #[arg(long, env = "SOCKMESH_CGROUP")]
+    cgroup: Option<PathBuf>,
+    /// Where programs, maps and links are pinned.
+    #[arg(long, env = "SOCKMESH_BPFFS", default_value = "/sys/fs/bpf/sockmesh")]
+    bpffs: PathBuf,
+    /// Runtime state directory.
+    #[arg(long, env = "SOCKMESH_STATE_DIR", default_value = "/run/sockmesh")]
+    state_dir: PathBuf,
+    /// Admin API unix socket (mode 0600) [default: <state-dir>/admin.sock].
+    #[arg(long)]
+    admin_socket: Option<PathBuf>,
+    /// How often the config file is checked for changes, in milliseconds.
+    #[arg(long, default_value_t = 250)]
+    watch_interval_ms: u64,
+    /// Prometheus metrics endpoint (GET /metrics).
+    #[arg(long, env = "SOCKMESH_METRICS_ADDR", default_value = "127.0.0.1:9477")]
+    metrics_addr: std::net::SocketAddr,
+    /// Also serve the admin API on TCP (requires --admin-token-file).
+    #[arg(long, env = "SOCKMESH_ADMIN_ADDR", requires = "admin_token_file")]
+    admin_addr: Option<std::net::SocketAddr>,
+    /// File whose first line is the bearer token TCP admin clients must present.
+    #[arg(long, env = "SOCKMESH_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// Most distinct caller workloads used as metric label values; the rest become `other`.
+    #[arg(long, default_value_t = 64)]
+    max_callers: usize,
+    /// Most (service, backend) label sets of the per-backend series; the rest fold into
+    /// `backend="other"`. Series of backends that left the config go after their drain grace.
+    #[arg(long, default_value_t = signals::series::DEFAULT_MAX_SERIES)]
+    max_series: usize,
+    /// Attach the observation programs (sock_ops, tracepoints). `false` routes only; it
+    /// exists to measure what observation costs. Without sock_ops no close is seen, so
+    /// `least_conn` counts only grow and the policy degrades to fewest connections ever.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    observe: bool,
+    /// This node's zone, for services with `locality:`: callers that are not a workload with
+    /// a `zone:` of its own are in this zone. Without it they have no zone preference.
+    #[arg(long, env = "SOCKMESH_ZONE", value_parser = parse_zone)]
+    zone: Option<String>,
+    #[command(flatten)]
+    http: sockmesh_serve::HttpTimeoutArgs,
+}
+
+fn parse_zone(zone: &str) -> Result<String, String> {
+    sockmesh_model::check_zone(zone).map(|()| zone.to_owned())
+}
+
+/// The agent's command line: parses the arguments and runs what they ask for.
+pub fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Check { config }) => check(&config),
+        Some(Command::Netfault(args)) => netfault::run(args),
+        Some(Command::Cleanup { bpffs }) => loader::cleanup(&bpffs).map(|n| {
+            eprintln!("removed {n} pins under {}", bpffs.display());
+        }),
+        None => run(cli.run),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &PathBuf) -> Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let cfg = sockmesh_model::parse_config(&text)?;
+    // Also compile it: capacity limits of the kernel tables are checked here too.
+    tables::plan(
+        &cfg,
+        &tables::Overlay::new(),
+        &tables::KernelState::default(),
+    )?;
+    println!(
+        "{}: ok ({} services, fingerprint {})",
+        path.display(),
+        cfg.services.len(),
+        cfg.fingerprint()
+    );
+    Ok(())
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    // Before anything opens descriptors: sockets, probes, map and cgroup files.
+    sockmesh_serve::fd_limit::raise_nofile_logged();
+    let cgroup2_root = loader::cgroup2_mount()?;
+    let cgroup = args.cgroup.unwrap_or_else(|| cgroup2_root.clone());
+    // The same rules as the control plane's token file: first line, trimmed, printable.
+    let admin_token = match &args.admin_token_file {
+        Some(f) => Some(sockmesh_model::Token::read_file(f)?),
+        None => None,
+    };
+    let admin_socket = args
+        .admin_socket
+        .unwrap_or_else(|| args.state_dir.join("admin.sock"));
+    let node = match &args.node_name {
+        Some(n) => n.clone(),
+        None => follow::default_node_name()?,
+    };
+    let control = match &args.control {
+        Some(url) => Some(follow_options(
+            url,
+            args.control_token_file.as_deref(),
+            args.node_name.clone(),
+            &args.state_dir,
+        )?),
+        None => None,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(runtime::run(runtime::RunOptions {
+        config: args.config,
+        cgroup,
+        cgroup2_root,
+        bpffs: args.bpffs,
+        admin_socket,
+        admin_addr: args.admin_addr,
+        admin_token,
+        metrics_addr: args.metrics_addr,
+        max_callers: args.max_callers,
+        max_series: args.max_series,
+        observe: args.observe,
+        zone: args.zone,
+        node,
+        control,
+        watch_interval: Duration::from_millis(args.watch_interval_ms),
+        http: args.http,
+    }))
+}
+
+/// `--control` and its companions, checked before anything touches the kernel.
+fn follow_options(
+    url: &str,
+    token_file: Option<&std::path::Path>,
+    node_name: Option<String>,
+    state_dir: &std::path::Path,
+) -> Result<follow::FollowOptions> {
+    use sockmesh_model::{check_agent_name, ControlAddress, Token};
+    let address = ControlAddress::parse(url)?;
+    let token = match token_file {
+        Some(f) => Some(Token::read_file(f)?),
+        None => match std::env::var("SOCKMESH_CONTROL_TOKEN") {
+            Ok(text) => Some(Token::new(&text, "in SOCKMESH_CONTROL_TOKEN")?),
+            Err(_) => None,
+        },
+    };
+    if matches!(address, ControlAddress::Tcp { .. }) && token.is_none() {
+        anyhow::bail!(
+            "--control {url} needs --control-token-file (or SOCKMESH_CONTROL_TOKEN): \
+             the control plane's TCP API always requires a token"
+        );
+    }
+    let node = match node_name {
+        Some(n) => n,
+        None => follow::default_node_name()?,
+    };
+    check_agent_name(&node).map_err(|e| anyhow::anyhow!("--node-name: {e}"))?;
+    Ok(follow::FollowOptions {
+        address,
+        token,
+        node,
+        state_dir: state_dir.to_owned(),
+        watch_timeout: Duration::from_secs(sockmesh_model::protocol::DEFAULT_WATCH_TIMEOUT_SECS),
+    })
+}
