@@ -84,13 +84,7 @@ async fn start_control(dir: &Path) -> ControlProcess {
         .spawn()
         .expect("start sockmesh-control");
     let control = ControlProcess(child);
-    tokio::time::timeout(WAIT, async {
-        while !socket.exists() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("control socket");
+    wait_for_socket(&socket).await;
     control
 }
 
@@ -223,4 +217,15 @@ async fn starts_from_the_persisted_snapshot_when_control_is_unreachable() {
     let start = start(&opts).await.unwrap();
     assert!(start.from_disk);
     assert_eq!(start.snapshot, snapshot);
+}
+
+/// Waits (up to [`WAIT`]) until the control plane has created its socket.
+pub(super) async fn wait_for_socket(socket: &Path) {
+    tokio::time::timeout(WAIT, async {
+        while !socket.exists() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("control socket");
 }

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use tracing_subscriber::fmt::MakeWriter;
 
-use super::tests::{control_bin, mesh, runtime, wait_agent, write, ControlProcess, WAIT};
+use super::tests::{
+    control_bin, mesh, runtime, wait_agent, wait_for_socket, write, ControlProcess, WAIT,
+};
 use super::*;
 
 const SECRET: &str = "s3cret-follow-token-7f3a9c";
@@ -97,13 +99,7 @@ async fn tokens_never_reach_logs_or_debug_output() {
         .spawn()
         .expect("start sockmesh-control");
     let control = ControlProcess(child);
-    tokio::time::timeout(WAIT, async {
-        while !socket.exists() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("control socket");
+    wait_for_socket(&socket).await;
 
     let address = ControlAddress::parse(&format!("http://127.0.0.1:{port}")).unwrap();
     let opts = FollowOptions {
