@@ -61,7 +61,8 @@ struct RunArgs {
     /// Mesh config (YAML). Without it (and without --control) the embedded default config is used.
     #[arg(long, env = "SOCKMESH_CONFIG")]
     config: Option<PathBuf>,
-    /// Follow the control plane at URL (http://HOST:PORT or unix:PATH) instead of a file.
+    /// Follow the control plane at URL (https://HOST:PORT, http://HOST:PORT with
+    /// --insecure-plaintext, or unix:PATH) instead of a file.
     #[arg(
         long,
         value_name = "URL",
@@ -72,6 +73,13 @@ struct RunArgs {
     /// File whose first line is the control plane's bearer token (or set SOCKMESH_CONTROL_TOKEN).
     #[arg(long, value_name = "FILE", env = "SOCKMESH_CONTROL_TOKEN_FILE")]
     control_token_file: Option<PathBuf>,
+    /// The CA bundle (PEM) that signed the control plane's certificate, for an https://
+    /// --control URL.
+    #[arg(long, value_name = "FILE", env = "SOCKMESH_CONTROL_CA")]
+    control_ca: Option<PathBuf>,
+    /// Accept an http:// --control URL: the token and the configs travel in the clear.
+    #[arg(long)]
+    insecure_plaintext: bool,
     /// This agent's name at the control plane [default: the host name].
     #[arg(long, env = "SOCKMESH_NODE_NAME")]
     node_name: Option<String>,
@@ -189,7 +197,11 @@ fn run(args: RunArgs) -> Result<()> {
     let control = match &args.control {
         Some(url) => Some(follow_options(
             url,
-            args.control_token_file.as_deref(),
+            ControlTrust {
+                token_file: args.control_token_file.as_deref(),
+                ca_file: args.control_ca.as_deref(),
+                insecure_plaintext: args.insecure_plaintext,
+            },
             args.node_name.clone(),
             &args.state_dir,
         )?),
@@ -219,16 +231,40 @@ fn run(args: RunArgs) -> Result<()> {
     }))
 }
 
+/// How the agent trusts the control plane: `--control-token-file`, `--control-ca`,
+/// `--insecure-plaintext`.
+struct ControlTrust<'a> {
+    token_file: Option<&'a std::path::Path>,
+    ca_file: Option<&'a std::path::Path>,
+    insecure_plaintext: bool,
+}
+
 /// `--control` and its companions, checked before anything touches the kernel.
 fn follow_options(
     url: &str,
-    token_file: Option<&std::path::Path>,
+    trust: ControlTrust<'_>,
     node_name: Option<String>,
     state_dir: &std::path::Path,
 ) -> Result<follow::FollowOptions> {
     use sockmesh_model::{check_agent_name, ControlAddress, Token};
     let address = ControlAddress::parse(url)?;
-    let token = match token_file {
+    if address.is_plaintext_tcp() && !trust.insecure_plaintext {
+        anyhow::bail!(
+            "--control {url}: the control channel is plain http; pass an https:// URL with \
+             --control-ca, or --insecure-plaintext to accept it"
+        );
+    }
+    let tls = match (&address, trust.ca_file) {
+        (ControlAddress::Tcp { tls: true, .. }, Some(ca)) => {
+            Some(sockmesh_tls::ClientTls::from_ca_file(ca).context("--control-ca")?)
+        }
+        (ControlAddress::Tcp { tls: true, .. }, None) => anyhow::bail!(
+            "--control {url} needs --control-ca FILE (or SOCKMESH_CONTROL_CA): the CA that \
+             signed the control plane's certificate"
+        ),
+        _ => None,
+    };
+    let token = match trust.token_file {
         Some(f) => Some(Token::read_file(f)?),
         None => match std::env::var("SOCKMESH_CONTROL_TOKEN") {
             Ok(text) => Some(Token::new(&text, "in SOCKMESH_CONTROL_TOKEN")?),
@@ -249,6 +285,7 @@ fn follow_options(
     Ok(follow::FollowOptions {
         address,
         token,
+        tls,
         node,
         state_dir: state_dir.to_owned(),
         watch_timeout: Duration::from_secs(sockmesh_model::protocol::DEFAULT_WATCH_TIMEOUT_SECS),

@@ -18,8 +18,9 @@
 //!   ([`diff`](diff::diff)), eviction, rollback.
 //! - [`agents`]: per-agent acks and sync age, pure.
 //! - [`hub`]: the shared state tying them together; [`store`]: revisions on disk.
-//! - [`api`], [`listen`]: HTTP on TCP (bearer token) and a unix socket (0600), through the
+//! - [`api`], [`listen`]: HTTPS on TCP (bearer token) and a unix socket (0600), through the
 //!   hardened accept loop of `sockmesh-serve`; [`watch_cap`]: long-polls per agent.
+//! - [`tls`]: the TCP API's TLS (`--tls-cert`), reloaded when the files change.
 //! - [`metrics`]: the `sockmesh_control_*` series.
 //!
 //! What travels on the wire (paths, bodies, the request decoder, the token, the exposition
@@ -37,6 +38,7 @@ pub mod listen;
 pub mod metrics;
 pub mod source;
 pub mod store;
+pub mod tls;
 pub mod watch_cap;
 
 use std::net::SocketAddr;
@@ -54,11 +56,15 @@ use tracing::info;
 /// Everything [`run`] needs; the binary fills it from flags.
 #[derive(Debug)]
 pub struct ServerOptions {
-    /// TCP API listeners; each requires `token`.
+    /// TCP API listeners; each requires `token`, and `tls` unless `insecure_plaintext`.
     pub listen: Vec<SocketAddr>,
     /// The unix socket API (mode 0600, no token).
     pub listen_unix: Option<PathBuf>,
     pub token: Option<Token>,
+    /// The TCP API's certificate and key (PEM), re-read when they change.
+    pub tls: Option<TlsFiles>,
+    /// `--insecure-plaintext`: TCP listeners without `tls` serve plain HTTP.
+    pub insecure_plaintext: bool,
     pub metrics_addr: SocketAddr,
     /// Where revisions are stored; `None` keeps them in memory only.
     pub state_dir: Option<PathBuf>,
@@ -67,6 +73,13 @@ pub struct ServerOptions {
     pub http: sockmesh_serve::HttpTimeoutArgs,
     /// Connection cap of each API listener ([`DEFAULT_API_MAX_CONNECTIONS`]).
     pub api_max_connections: usize,
+}
+
+/// `--tls-cert` and `--tls-key`.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// The API's connection cap: an agent has one connection open at a time (a new one per
@@ -84,6 +97,10 @@ pub enum ServerError {
     NoListener,
     #[error("--listen needs a token (--token-file or SOCKMESH_CONTROL_TOKEN): the TCP API never runs without one")]
     NoToken,
+    #[error("--listen needs TLS: give --tls-cert FILE and --tls-key FILE (`sockmesh-control tls init` makes a pair), or --insecure-plaintext to send the token and configs in the clear")]
+    NoTls,
+    #[error("--tls-cert/--tls-key: {0}")]
+    Tls(#[from] sockmesh_tls::TlsError),
     #[error("binding {what}: {cause}")]
     Bind { what: String, cause: std::io::Error },
     #[error("state dir: {0}")]
@@ -105,6 +122,16 @@ pub async fn run(mut source: Box<dyn Source>, opts: ServerOptions) -> Result<(),
     if !opts.listen.is_empty() && opts.token.is_none() {
         return Err(ServerError::NoToken);
     }
+    if !opts.listen.is_empty() && opts.tls.is_none() && !opts.insecure_plaintext {
+        return Err(ServerError::NoTls);
+    }
+    let server_tls = match &opts.tls {
+        Some(files) => Some(Arc::new(sockmesh_tls::ServerTls::load(
+            &files.cert,
+            &files.key,
+        )?)),
+        None => None,
+    };
     let store = opts
         .state_dir
         .as_deref()
@@ -159,14 +186,26 @@ pub async fn run(mut source: Box<dyn Source>, opts: ServerOptions) -> Result<(),
     };
     let mut registry = metrics::registry(&hub);
     let serve_metrics = ServeMetrics::new(&mut registry);
+    let tls_metrics = tls::TlsMetrics::register(&mut registry);
     let server =
         |endpoint, cap| Server::new(endpoint, opts.http.limits(cap), serve_metrics.clone());
     for listener in tcp {
-        tokio::spawn(listen::serve(
-            listener,
+        let (api, server) = (
             api(opts.token.clone()),
             server(Endpoint::Api, opts.api_max_connections),
-        ));
+        );
+        match &server_tls {
+            Some(tls) => tokio::spawn(listen::serve_tls(
+                listener,
+                tls::TlsUpgrade::new(tls),
+                api,
+                server,
+            )),
+            None => tokio::spawn(listen::serve(listener, api, server)),
+        };
+    }
+    if let Some(tls) = &server_tls {
+        tokio::spawn(tls::watch_reloads(tls.clone(), tls_metrics));
     }
     if let Some(listener) = unix {
         tokio::spawn(listen::serve(
@@ -184,6 +223,7 @@ pub async fn run(mut source: Box<dyn Source>, opts: ServerOptions) -> Result<(),
     info!(
         source = %hub.source(),
         listen = ?listening.tcp,
+        tls = server_tls.as_ref().map_or("off (--insecure-plaintext)".to_owned(), |t| t.cert_file().display().to_string()),
         listen_unix = listening.unix.as_deref().unwrap_or("-"),
         metrics = listening.metrics.as_deref().unwrap_or("-"),
         state_dir = ?opts.state_dir,

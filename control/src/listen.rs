@@ -1,5 +1,5 @@
-//! Listeners: TCP (token required) and a unix socket created mode 0600 (file permissions
-//! are the guard). Connections are HTTP/1.1 with keep-alive, so an agent's watch after
+//! Listeners: TCP (token required; TLS unless `--insecure-plaintext`) and a unix socket
+//! created mode 0600 (file permissions are the guard). Connections are HTTP/1.1 with keep-alive, so an agent's watch after
 //! watch reuses one connection; a long-poll in progress is never idle, and the header
 //! timeout bounds only the wait for a request head (docs/endpoints.md).
 
@@ -11,6 +11,7 @@ use sockmesh_serve::{Listener, Server};
 use tokio::net::UnixListener;
 
 use crate::api::Api;
+use crate::tls::TlsUpgrade;
 
 /// Binds `path` (replacing a stale socket from an earlier run), private from the start.
 pub fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
@@ -37,6 +38,17 @@ pub fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
 pub async fn serve<L: Listener>(listener: L, api: Api, server: Server) {
     server
         .serve(listener, move |req: Request<Incoming>| {
+            let api = api.clone();
+            async move { api.handle(req).await }
+        })
+        .await
+}
+
+/// [`serve`] with TLS: the handshake runs in each connection's task under the header
+/// timeout.
+pub async fn serve_tls<L: Listener>(listener: L, tls: TlsUpgrade, api: Api, server: Server) {
+    server
+        .serve_with(listener, tls, move |req: Request<Incoming>| {
             let api = api.clone();
             async move { api.handle(req).await }
         })

@@ -44,6 +44,7 @@ fn tcp_requests_without_the_token_get_401_and_the_socket_is_private() {
     // POSTs too, and nothing they carry is acted on.
     let client = sockmesh_cli::control::ControlClient::new(sockmesh_model::ControlAddress::Tcp {
         authority: control.tcp.clone().unwrap(),
+        tls: false,
     });
     let err = client
         .post_json("/v1/rollback", &json!({"version": 1}))
@@ -437,6 +438,26 @@ fn start_up_refuses_what_it_cannot_serve() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs a token"));
+
+    // TCP with a token but neither TLS nor --insecure-plaintext: refused the same way.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sockmesh-control"))
+        .arg("--config")
+        .arg(control.path("mesh.yaml"))
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--token-file")
+        .arg(control.path("token"))
+        .arg("--metrics-addr")
+        .arg("127.0.0.1:0")
+        .env_remove("SOCKMESH_CONTROL_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--listen needs TLS: give --tls-cert FILE and --tls-key FILE"),
+        "{stderr}"
+    );
 
     // /ready on the metrics address.
     let stream = std::net::TcpStream::connect(control.metrics.as_deref().unwrap()).unwrap();

@@ -1,6 +1,8 @@
 //! One HTTP/1.1 request to the control plane (hyper's client connection, no pool): a
 //! follower makes one long-poll at a time, so a connection per request costs nothing that
-//! matters and never finds a pooled connection the server has already closed.
+//! matters and never finds a pooled connection the server has already closed. An
+//! https:// control plane is verified against `--control-ca`; the handshake's failure is
+//! worded by [`sockmesh_tls::explain`] (unknown CA, name mismatch, no TLS on the port).
 
 use std::time::Duration;
 
@@ -9,8 +11,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::{header, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use sockmesh_model::{ControlAddress, Token};
+use sockmesh_tls::ClientTls;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
+use tokio_rustls::TlsConnector;
 
 /// Largest reply read: a snapshot of a very large mesh is tens of MB.
 const MAX_REPLY_BYTES: usize = 512 << 20;
@@ -19,6 +23,9 @@ const MAX_REPLY_BYTES: usize = 512 << 20;
 pub(super) enum ClientError {
     #[error("cannot connect: {0}")]
     Connect(std::io::Error),
+    /// The TLS handshake failed; the text says why.
+    #[error("{0}")]
+    Tls(String),
     #[error("{0}")]
     Http(#[from] hyper::Error),
     #[error("reading the reply: {0}")]
@@ -38,11 +45,21 @@ pub(super) struct Client {
     address: ControlAddress,
     /// Its `Debug` hides it, as this struct's does.
     token: Option<Token>,
+    /// Required for an https:// address (checked at start, `crate::follow_options`).
+    tls: Option<ClientTls>,
 }
 
 impl Client {
-    pub(super) fn new(address: ControlAddress, token: Option<Token>) -> Self {
-        Client { address, token }
+    pub(super) fn new(
+        address: ControlAddress,
+        token: Option<Token>,
+        tls: Option<ClientTls>,
+    ) -> Self {
+        Client {
+            address,
+            token,
+            tls,
+        }
     }
 
     pub(super) async fn get(&self, path: &str, timeout: Duration) -> Result<Reply, ClientError> {
@@ -86,11 +103,15 @@ impl Client {
             .map_err(|e| ClientError::Body(e.to_string()))?;
         let exchange = async {
             match &self.address {
-                ControlAddress::Tcp { authority } => {
+                ControlAddress::Tcp { authority, tls } => {
                     let stream = TcpStream::connect(authority.as_str())
                         .await
                         .map_err(ClientError::Connect)?;
                     let _ = stream.set_nodelay(true);
+                    if !tls {
+                        return exchange(stream, req).await;
+                    }
+                    let stream = self.handshake(authority, stream).await?;
                     exchange(stream, req).await
                 }
                 ControlAddress::Unix(path) => {
@@ -104,6 +125,27 @@ impl Client {
         tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| ClientError::Timeout(timeout))?
+    }
+}
+
+impl Client {
+    async fn handshake(
+        &self,
+        authority: &str,
+        stream: TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ClientError> {
+        let Some(tls) = &self.tls else {
+            return Err(ClientError::Tls(format!(
+                "{} needs --control-ca to verify its certificate",
+                self.address
+            )));
+        };
+        let name = sockmesh_tls::client::server_name(authority)
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+        TlsConnector::from(tls.config())
+            .connect(name, stream)
+            .await
+            .map_err(|e| ClientError::Tls(sockmesh_tls::explain(&e, &self.address.to_string())))
     }
 }
 

@@ -54,6 +54,8 @@ pub(crate) struct FollowOptions {
     /// Required for `http://`; the unix socket needs none. A [`Token`], whose `Debug` hides
     /// it: these options are `Debug`, and may be logged.
     pub token: Option<Token>,
+    /// `--control-ca`: verifies an https:// control plane (required for one).
+    pub tls: Option<sockmesh_tls::ClientTls>,
     /// `--node-name`: how the control plane knows this agent.
     pub node: String,
     /// Where `last-applied.yaml` lives (`--state-dir`).
@@ -98,7 +100,7 @@ pub(crate) fn spawn(opts: FollowOptions, start: Start) -> mpsc::Receiver<Offer> 
     let (offers, rx) = mpsc::channel(1);
     let (opts_state_dir, opts_control) = (opts.state_dir.clone(), opts.address.to_string());
     let follower = Follower {
-        client: Client::new(opts.address.clone(), opts.token.clone()),
+        client: Client::new(opts.address.clone(), opts.token.clone(), opts.tls.clone()),
         seen: start.snapshot.version,
         applied: start.snapshot,
         index: None,
@@ -478,5 +480,7 @@ fn reason(body: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;
 #[cfg(test)]
 mod token_tests;

@@ -23,7 +23,7 @@ pub(crate) async fn start(opts: &FollowOptions) -> Result<Start> {
             None
         }
     };
-    let client = Client::new(opts.address.clone(), opts.token.clone());
+    let client = Client::new(opts.address.clone(), opts.token.clone(), opts.tls.clone());
     let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP, Backoff::seed());
     let path = format!("{SNAPSHOT_PATH}?agent={}", opts.node);
     loop {

@@ -33,6 +33,7 @@ fn options(dir: &Path) -> FollowOptions {
     FollowOptions {
         address: ControlAddress::Unix(dir.join("control.sock")),
         token: None,
+        tls: None,
         node: "node-a".into(),
         state_dir: dir.join("state"),
         watch_timeout: Duration::from_secs(1),
@@ -89,7 +90,7 @@ async fn start_control(dir: &Path) -> ControlProcess {
 }
 
 async fn agents(dir: &Path) -> Vec<AgentReport> {
-    let client = Client::new(ControlAddress::Unix(dir.join("control.sock")), None);
+    let client = Client::new(ControlAddress::Unix(dir.join("control.sock")), None, None);
     let reply = client.get(AGENTS_PATH, WAIT).await.unwrap();
     serde_json::from_slice(&reply.body).unwrap()
 }

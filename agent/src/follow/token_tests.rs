@@ -1,5 +1,5 @@
 //! No secret in logs or `Debug` output: the follower and the real control plane (the
-//! `sockmesh-control` binary, on TCP with a token), both logging at `trace`, through a
+//! `sockmesh-control` binary, on TCP with TLS and a token), both logging at `trace`, through a
 //! refused start with a wrong token, a start with the right one, and a watch that brings a
 //! new version. Neither token may appear in either log, nor in the options' or the
 //! client's `Debug`. The agent binary's own run (kernel needed) is
@@ -14,6 +14,7 @@ use tracing_subscriber::fmt::MakeWriter;
 use super::tests::{
     control_bin, mesh, runtime, wait_agent, wait_for_socket, write, ControlProcess, WAIT,
 };
+use super::tls_tests::tls_init;
 use super::*;
 
 const SECRET: &str = "s3cret-follow-token-7f3a9c";
@@ -21,10 +22,10 @@ const WRONG: &str = "wrong-follow-token-b41d20";
 
 /// Everything the agent's tracing writes, kept for grepping.
 #[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
+pub(super) struct Logs(Arc<Mutex<Vec<u8>>>);
 
 impl Logs {
-    fn text(&self) -> String {
+    pub(super) fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }
@@ -80,12 +81,17 @@ async fn tokens_never_reach_logs_or_debug_output() {
         .unwrap()
         .port();
     let socket = dir.path().join("control.sock");
+    let ca = tls_init(dir.path());
     let control_log = dir.path().join("control.log");
     let log_file = std::fs::File::create(&control_log).unwrap();
     let child = Command::new(control_bin())
         .arg("--config")
         .arg(dir.path().join("mesh.yaml"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--tls-cert")
+        .arg(dir.path().join("tls/server.pem"))
+        .arg("--tls-key")
+        .arg(dir.path().join("tls/server-key.pem"))
         .arg("--listen-unix")
         .arg(&socket)
         .arg("--token-file")
@@ -101,16 +107,17 @@ async fn tokens_never_reach_logs_or_debug_output() {
     let control = ControlProcess(child);
     wait_for_socket(&socket).await;
 
-    let address = ControlAddress::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+    let address = ControlAddress::parse(&format!("https://127.0.0.1:{port}")).unwrap();
     let opts = FollowOptions {
         address: address.clone(),
         token: Some(Token::new(SECRET, "test").unwrap()),
+        tls: Some(sockmesh_tls::ClientTls::from_ca_file(&ca).unwrap()),
         node: "node-a".into(),
         state_dir: dir.path().join("state"),
         watch_timeout: Duration::from_secs(1),
     };
     assert_no_secret("FollowOptions' Debug", &format!("{opts:?} {opts:#?}"));
-    let client = Client::new(address, opts.token.clone());
+    let client = Client::new(address, opts.token.clone(), opts.tls.clone());
     assert_no_secret("the client's Debug", &format!("{client:?} {client:#?}"));
 
     // A wrong token: refused (401), retried with backoff and logged, never shown.

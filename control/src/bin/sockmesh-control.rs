@@ -2,7 +2,8 @@
 //! with history and rollback. Reference: docs/control-plane.md.
 //!
 //! This file parses flags, sets up logging and the runtime, and stops on SIGTERM/SIGINT;
-//! the server is the `sockmesh_control` library.
+//! the server is the `sockmesh_control` library. `sockmesh-control tls init` writes a CA
+//! and a server certificate for the API's TLS.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,8 +11,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, ValueEnum};
-use sockmesh_control::{FileSource, ServerOptions, Source, DEFAULT_KEEP};
+use clap::{Parser, Subcommand, ValueEnum};
+use sockmesh_control::{FileSource, ServerOptions, Source, TlsFiles, DEFAULT_KEEP};
 use sockmesh_model::Token;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::warn;
@@ -23,9 +24,12 @@ const TOKEN_ENV: &str = "SOCKMESH_CONTROL_TOKEN";
 #[command(
     name = "sockmesh-control",
     version,
-    about = "Serve the mesh's desired state to sockmesh agents: versioned, with history and rollback"
+    about = "Serve the mesh's desired state to sockmesh agents: versioned, with history and rollback",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Where the desired state comes from: the `--config` file, or the Kubernetes API
     /// (Services, EndpointSlices, Pods and MeshPolicies of enrolled namespaces; in a pod its
     /// service account, elsewhere KUBECONFIG or ~/.kube/config).
@@ -35,9 +39,30 @@ struct Cli {
     /// Required with `--source file`.
     #[arg(long, env = "SOCKMESH_CONTROL_CONFIG")]
     config: Option<PathBuf>,
-    /// Serve the API on TCP (repeatable); every request needs the bearer token.
+    /// Serve the API on TCP (repeatable); every request needs the bearer token, and the
+    /// listener needs --tls-cert (or --insecure-plaintext).
     #[arg(long, value_name = "IP:PORT")]
     listen: Vec<SocketAddr>,
+    /// The TCP API's certificate chain (PEM); re-read when it changes.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "SOCKMESH_CONTROL_TLS_CERT",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM); re-read when it changes.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "SOCKMESH_CONTROL_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// Serve --listen in plain HTTP when no --tls-cert is given: the token and the configs
+    /// travel in the clear (tests, or a network that is already encrypted).
+    #[arg(long, conflicts_with = "tls_cert")]
+    insecure_plaintext: bool,
     /// Serve the API on a unix socket, mode 0600 (no token: file permissions guard it).
     #[arg(long, value_name = "PATH")]
     listen_unix: Option<PathBuf>,
@@ -86,6 +111,28 @@ struct Cli {
     api_max_connections: u64,
 }
 
+#[derive(Subcommand)]
+enum Command {
+    /// Certificates for the API's TLS.
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+#[derive(Subcommand)]
+enum TlsCommand {
+    /// Write a CA (ca.pem, ca-key.pem) and a server certificate it signs (server.pem,
+    /// server-key.pem) into DIR. An existing CA there is reused, so running it again
+    /// renews the server certificate under the CA the agents already trust.
+    Init {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// A DNS name or IP address agents use to reach the control plane (repeatable):
+        /// the host of their --control URL.
+        #[arg(long = "name", value_name = "HOST", required = true)]
+        names: Vec<String>,
+    },
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum SourceKind {
     /// The `--config` file, re-read every --watch-interval-ms.
@@ -102,7 +149,12 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Some(Command::Tls(TlsCommand::Init { dir, names })) => tls_init(dir, names),
+        None => run(cli),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -139,6 +191,11 @@ fn run(cli: Cli) -> Result<()> {
         listen: cli.listen,
         listen_unix: cli.listen_unix.clone(),
         token,
+        tls: match (cli.tls_cert, cli.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            _ => None,
+        },
+        insecure_plaintext: cli.insecure_plaintext,
         metrics_addr: cli.metrics_addr,
         state_dir: cli.state_dir,
         keep: cli.keep as usize,
@@ -170,6 +227,37 @@ fn run(cli: Cli) -> Result<()> {
     // Pending long-polls end with their connections; agents reconnect to the next process.
     rt.shutdown_timeout(Duration::from_millis(200));
     result
+}
+
+/// `sockmesh-control tls init`.
+fn tls_init(dir: &std::path::Path, names: &[String]) -> Result<()> {
+    let written = sockmesh_tls::generate::write_dir(dir, names)?;
+    let ca = if written.reused_ca { "kept" } else { "wrote" };
+    println!(
+        "{ca} the CA {} (its key {}: keep it offline)",
+        written.ca_cert.display(),
+        written.ca_key.display()
+    );
+    println!(
+        "wrote {} and {} for {}",
+        written.server_cert.display(),
+        written.server_key.display(),
+        names.join(", ")
+    );
+    println!(
+        "serve:  sockmesh-control --tls-cert {} --tls-key {} ...",
+        written.server_cert.display(),
+        written.server_key.display()
+    );
+    let host = match names[0].contains(':') {
+        true => format!("[{}]", names[0]),
+        false => names[0].clone(),
+    };
+    println!(
+        "follow: sockmesh-agent --control https://{host}:PORT --control-ca {} ...",
+        written.ca_cert.display()
+    );
+    Ok(())
 }
 
 #[cfg(feature = "kubernetes")]

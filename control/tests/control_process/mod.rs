@@ -82,6 +82,9 @@ impl Control {
             .arg("--watch-interval-ms")
             .arg("20")
             .args(&self.extra)
+            // Plain http unless the test serves TLS itself: these tests are about the
+            // API, control_tls.rs about the channel.
+            .args((!self.extra.iter().any(|a| a == "--tls-cert")).then_some("--insecure-plaintext"))
             .env("NO_COLOR", "1")
             .env_remove("SOCKMESH_CONTROL_TOKEN");
         cmd
@@ -151,6 +154,7 @@ impl Control {
     pub fn tcp(&self) -> ControlClient {
         ControlClient::new(ControlAddress::Tcp {
             authority: self.tcp.clone().unwrap(),
+            tls: false,
         })
         .with_token(Token::new(TOKEN, "test").unwrap())
     }

@@ -49,11 +49,22 @@ struct Cli {
     )]
     admin_url: Option<String>,
 
-    /// The control plane, for `sockmesh config`: http://HOST:PORT (needs --token-file or
-    /// SOCKMESH_CONTROL_TOKEN) or unix:PATH.
+    /// The control plane, for `sockmesh config`: https://HOST:PORT (needs --control-ca,
+    /// and --token-file or SOCKMESH_CONTROL_TOKEN), http://HOST:PORT (also
+    /// --insecure-plaintext) or unix:PATH.
     #[arg(long, global = true, value_name = "URL", env = "SOCKMESH_CONTROL_URL",
           default_value = DEFAULT_CONTROL_URL)]
     control_url: String,
+
+    /// `sockmesh config`: the CA bundle (PEM) that signed the control plane's certificate,
+    /// for an https:// --control-url.
+    #[arg(long, global = true, value_name = "FILE", env = "SOCKMESH_CONTROL_CA")]
+    control_ca: Option<PathBuf>,
+
+    /// `sockmesh config`: accept an http:// --control-url, whose token and replies travel
+    /// in the clear.
+    #[arg(long, global = true)]
+    insecure_plaintext: bool,
 
     /// File whose first line is the token: the agent's --admin-token-file, or for
     /// `sockmesh config` the control plane's --token-file.
@@ -216,15 +227,33 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let is_config = matches!(cli.command, Command::Config { .. });
     if is_config
-        && cli.control_url.starts_with("http://")
+        && cli.control_url.starts_with("http")
         && cli.token_file.is_none()
         && std::env::var_os(CONTROL_TOKEN_ENV).is_none()
     {
         Cli::command()
             .error(
                 ErrorKind::MissingRequiredArgument,
-                "an http:// --control-url needs --token-file (or SOCKMESH_CONTROL_TOKEN): \
+                "an http(s):// --control-url needs --token-file (or SOCKMESH_CONTROL_TOKEN): \
                  the control plane's TCP API always requires a token",
+            )
+            .exit();
+    }
+    if is_config && cli.control_url.starts_with("http://") && !cli.insecure_plaintext {
+        Cli::command()
+            .error(
+                ErrorKind::ArgumentConflict,
+                "the control channel is plain http; pass an https:// --control-url with \
+                 --control-ca, or --insecure-plaintext to accept it",
+            )
+            .exit();
+    }
+    if is_config && cli.control_url.starts_with("https://") && cli.control_ca.is_none() {
+        Cli::command()
+            .error(
+                ErrorKind::MissingRequiredArgument,
+                "an https:// --control-url needs --control-ca FILE: the CA that signed the \
+                 control plane's certificate",
             )
             .exit();
     }
@@ -292,6 +321,9 @@ fn run(cli: &Cli) -> Result<String> {
 /// `sockmesh config ...`: one request to the control plane.
 fn run_config(cli: &Cli, action: &ConfigAction) -> Result<String> {
     let mut client = ControlClient::new(ControlAddress::parse(&cli.control_url)?);
+    if let Some(ca) = &cli.control_ca {
+        client = client.with_tls(sockmesh_tls::ClientTls::from_ca_file(ca)?);
+    }
     if let Some(path) = &cli.token_file {
         client = client.with_token(Token::read_file(path)?);
     } else if let Ok(text) = std::env::var(CONTROL_TOKEN_ENV) {

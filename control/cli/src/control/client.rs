@@ -1,8 +1,12 @@
 //! One request to the control plane's API, with its errors worded for the operator.
 
 use std::io;
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
+
+use rustls::{ClientConnection, StreamOwned};
+use sockmesh_tls::ClientTls;
 
 use serde::Deserialize;
 
@@ -31,7 +35,8 @@ pub enum ControlError {
         target: ControlAddress,
         cause: io::Error,
     },
-    #[error("the control plane at {target} sent a malformed HTTP reply: {reason}")]
+    #[error("the control plane at {target} sent a malformed HTTP reply: {reason}{}",
+        if target.is_plaintext_tcp() { " (if it serves TLS, use https:// with --control-ca)" } else { "" })]
     Malformed {
         target: ControlAddress,
         reason: String,
@@ -59,6 +64,13 @@ pub enum ControlError {
     /// A reply without the shape docs/control-plane.md gives it: no table can be made.
     #[error("the control plane's reply is not {expected} (try -o json to see it)")]
     Shape { expected: &'static str },
+    /// The TLS handshake failed; `reason` says why (unknown CA, name mismatch, no TLS).
+    #[error("{reason}")]
+    Tls { reason: String },
+    #[error("an https:// --control-url needs --control-ca FILE: the CA that signed the control plane's certificate")]
+    NoCa,
+    #[error("--control-ca: {0}")]
+    CaFile(#[from] sockmesh_tls::TlsError),
     #[error(transparent)]
     Token(#[from] TokenError),
     #[error(transparent)]
@@ -75,6 +87,8 @@ struct ErrorBody {
 pub struct ControlClient {
     target: ControlAddress,
     token: Option<Token>,
+    /// Verifies an https:// target's certificate.
+    tls: Option<ClientTls>,
     timeout: Duration,
 }
 
@@ -83,8 +97,15 @@ impl ControlClient {
         ControlClient {
             target,
             token: None,
+            tls: None,
             timeout: DEFAULT_TIMEOUT,
         }
+    }
+
+    /// Verifies an https:// control plane against `tls`'s CA bundle (`--control-ca`).
+    pub fn with_tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Sends `Authorization: Bearer <token>` with every request.
@@ -127,16 +148,58 @@ impl ControlClient {
                     .map_err(|e| self.exchange_error(HttpError::Io(e)))?;
                 exchange(stream, host, path, token, body)
             }
-            ControlAddress::Tcp { authority } => {
+            ControlAddress::Tcp { authority, tls } => {
+                // Before connecting: a missing CA is a usage error, not a network one.
+                let client_tls = match (tls, &self.tls) {
+                    (true, None) => return Err(ControlError::NoCa),
+                    (true, Some(client_tls)) => Some(client_tls),
+                    (false, _) => None,
+                };
                 let stream = connect_tcp(authority, self.timeout).map_err(unreachable)?;
                 stream
                     .set_read_timeout(Some(self.timeout))
                     .and_then(|()| stream.set_write_timeout(Some(self.timeout)))
                     .map_err(|e| self.exchange_error(HttpError::Io(e)))?;
-                exchange(stream, host, path, token, body)
+                match client_tls {
+                    Some(client_tls) => {
+                        let stream = self.handshake(client_tls, authority, stream)?;
+                        exchange(stream, host, path, token, body)
+                    }
+                    None => exchange(stream, host, path, token, body),
+                }
             }
         };
         result.map_err(|e| self.exchange_error(e))
+    }
+
+    /// Completes the handshake before any byte of the request is sent, so its failure is
+    /// reported as what it is.
+    fn handshake(
+        &self,
+        client_tls: &ClientTls,
+        authority: &str,
+        mut stream: TcpStream,
+    ) -> Result<StreamOwned<ClientConnection, TcpStream>, ControlError> {
+        let name = sockmesh_tls::client::server_name(authority).map_err(|e| ControlError::Tls {
+            reason: e.to_string(),
+        })?;
+        let mut conn =
+            ClientConnection::new(client_tls.config(), name).map_err(|e| ControlError::Tls {
+                reason: format!("TLS setup: {e}"),
+            })?;
+        while conn.is_handshaking() {
+            if let Err(e) = conn.complete_io(&mut stream) {
+                let reason = match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => format!(
+                        "the control plane at {} did not finish the TLS handshake in time",
+                        self.target
+                    ),
+                    _ => sockmesh_tls::explain(&e, &self.target.to_string()),
+                };
+                return Err(ControlError::Tls { reason });
+            }
+        }
+        Ok(StreamOwned::new(conn, stream))
     }
 
     fn json_reply(&self, path: &str, response: HttpResponse) -> Result<JsonReply, ControlError> {
