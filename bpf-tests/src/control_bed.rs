@@ -47,6 +47,16 @@ impl ControlBed {
     /// # Panics
     /// Without root, `SOCKMESH_AGENT_BIN` or `SOCKMESH_CONTROL_BIN`: the test cannot run.
     pub fn new(name: &str, port: u16, yaml: &str) -> Result<Self> {
+        Self::new_with(name, port, yaml, true)
+    }
+
+    /// [`ControlBed::new`] with the control plane's API in plain http
+    /// (`--insecure-plaintext`), for tests that write raw HTTP to it.
+    pub fn new_plaintext(name: &str, port: u16, yaml: &str) -> Result<Self> {
+        Self::new_with(name, port, yaml, false)
+    }
+
+    fn new_with(name: &str, port: u16, yaml: &str, tls: bool) -> Result<Self> {
         require_root();
         agent_bin();
         control_bin();
@@ -56,7 +66,10 @@ impl ControlBed {
             .tempdir()
             .context("creating the test's temp dir")?;
         std::fs::write(dir.path().join("mesh.yaml"), yaml)?;
-        let control = ControlServer::spawn(dir.path(), port)?;
+        let control = match tls {
+            true => ControlServer::spawn(dir.path(), port)?,
+            false => ControlServer::spawn_plaintext(dir.path(), port)?,
+        };
         Ok(ControlBed {
             agent: None,
             control,
@@ -79,14 +92,16 @@ impl ControlBed {
     }
 
     fn follow_args(&self, token_file: &Path) -> Vec<OsString> {
-        vec![
+        let mut args: Vec<OsString> = vec![
             "--control".into(),
             self.control.url().into(),
             "--control-token-file".into(),
             token_file.into(),
             "--node-name".into(),
             NODE_NAME.into(),
-        ]
+        ];
+        args.extend(self.control.trust_args());
+        args
     }
 
     /// Starts the agent following the control plane; waits until it is ready and runs

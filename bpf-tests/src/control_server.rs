@@ -1,10 +1,12 @@
-//! One `sockmesh-control` process under test: spawn on a fixed address with a token and a
-//! unix socket, following a config file (127.0.0.1) or the Kubernetes source against a fake
+//! One `sockmesh-control` process under test: spawn on a fixed address with a token, TLS
+//! (a CA and a pair from `sockmesh-control tls init`, or plain http when a test says so)
+//! and a unix socket, following a config file (127.0.0.1) or the Kubernetes source against a fake
 //! API server (inside the cluster testbed's fabric namespace), stop and start again on the
 //! same address and state dir, read its API, and kill it on drop.
 //!
 //! The process contract is docs/control-plane.md.
 
+use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -51,13 +53,17 @@ enum Source {
     Kubernetes { kubeconfig: PathBuf, netns: PathBuf },
 }
 
-/// A control plane serving on `addr` (bearer token) and `<dir>/control.sock`, storing
-/// revisions in `<dir>/control-state`, logging to `<dir>/control.log`.
+/// A control plane serving on `addr` (bearer token; TLS with `<dir>/control-tls/` unless
+/// plain) and `<dir>/control.sock`, storing revisions in `<dir>/control-state`, logging to
+/// `<dir>/control.log`.
 #[derive(Debug)]
 pub struct ControlServer {
     dir: PathBuf,
     addr: SocketAddr,
     source: Source,
+    /// Serves https (the default) or, for tests of the HTTP layer itself, plain http with
+    /// `--insecure-plaintext`.
+    tls: bool,
     child: Option<Child>,
     starts: u32,
 }
@@ -66,7 +72,23 @@ impl ControlServer {
     /// Writes the token file and starts the process on `127.0.0.1:<port>`, serving
     /// `<dir>/mesh.yaml` (which must exist).
     pub fn spawn(dir: &Path, port: u16) -> Result<Self> {
-        Self::spawn_with(dir, SocketAddr::from(([127, 0, 0, 1], port)), Source::File)
+        Self::spawn_with(
+            dir,
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            Source::File,
+            true,
+        )
+    }
+
+    /// [`ControlServer::spawn`] serving plain http (`--insecure-plaintext`): for tests that
+    /// write raw HTTP to the API socket.
+    pub fn spawn_plaintext(dir: &Path, port: u16) -> Result<Self> {
+        Self::spawn_with(
+            dir,
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            Source::File,
+            false,
+        )
     }
 
     /// Writes the token file and starts `--source kubernetes` with `kubeconfig`, inside the
@@ -81,18 +103,22 @@ impl ControlServer {
             kubeconfig: kubeconfig.to_owned(),
             netns: netns.to_owned(),
         };
-        Self::spawn_with(dir, addr, source)
+        Self::spawn_with(dir, addr, source, true)
     }
 
-    fn spawn_with(dir: &Path, addr: SocketAddr, source: Source) -> Result<Self> {
+    fn spawn_with(dir: &Path, addr: SocketAddr, source: Source, tls: bool) -> Result<Self> {
         fs::write(dir.join("control-token"), format!("{CONTROL_TOKEN}\n"))?;
         let mut server = ControlServer {
             dir: dir.to_owned(),
             addr,
             source,
+            tls,
             child: None,
             starts: 0,
         };
+        if tls {
+            server.tls_init()?;
+        }
         server.start()?;
         Ok(server)
     }
@@ -122,6 +148,14 @@ impl ControlServer {
                     .env_remove("KUBERNETES_SERVICE_HOST");
                 crate::netns::enter_path(netns, &mut cmd)?;
             }
+        }
+        if self.tls {
+            cmd.arg("--tls-cert")
+                .arg(self.tls_dir().join("server.pem"))
+                .arg("--tls-key")
+                .arg(self.tls_dir().join("server-key.pem"));
+        } else {
+            cmd.arg("--insecure-plaintext");
         }
         let child = cmd
             .arg("--listen")
@@ -203,9 +237,52 @@ impl ControlServer {
         Ok(())
     }
 
-    /// `http://<addr>`, for the agent's `--control` and the CLI's `--control-url`.
+    /// `https://<addr>` (`http://` when plain), for the agent's `--control` and the CLI's
+    /// `--control-url`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// What the agent and the CLI add to [`ControlServer::url`] to trust it: `--control-ca`
+    /// with the CA, or `--insecure-plaintext`.
+    pub fn trust_args(&self) -> Vec<OsString> {
+        if self.tls {
+            vec!["--control-ca".into(), self.ca_path().into()]
+        } else {
+            vec!["--insecure-plaintext".into()]
+        }
+    }
+
+    /// The CA that signed the control plane's certificate.
+    pub fn ca_path(&self) -> PathBuf {
+        self.tls_dir().join("ca.pem")
+    }
+
+    fn tls_dir(&self) -> PathBuf {
+        self.dir.join("control-tls")
+    }
+
+    /// `sockmesh-control tls init` for this address: what an operator runs.
+    fn tls_init(&self) -> Result<()> {
+        let out = Command::new(control_bin())
+            .args([
+                "tls",
+                "init",
+                "--name",
+                &self.addr.ip().to_string(),
+                "--dir",
+            ])
+            .arg(self.tls_dir())
+            .output()
+            .context("running sockmesh-control tls init")?;
+        if !out.status.success() {
+            bail!(
+                "sockmesh-control tls init failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -64,7 +64,10 @@ fn control_file_edit_reaches_the_agents_kernel_tables() {
         .unwrap()
         .status()
         .unwrap();
-    assert_eq!(status["config"]["source"], "control http://127.0.0.1:18800");
+    assert_eq!(
+        status["config"]["source"],
+        "control https://127.0.0.1:18800"
+    );
     assert_routed_to(&bed, vip, backends[0], "version 1");
     let agent = bed
         .control()
@@ -321,11 +324,13 @@ fn control_rollback_reaches_the_agent() {
     assert_routed_to(&bed, vip, backends[1], "version 2");
 
     let token = bed.dir().join("control-token");
+    let (url, trust) = (bed.control().url(), bed.control().trust_args());
     let cli = |args: &[&str]| {
         let out = Command::new(cli_bin())
             .args(args)
             .arg("--control-url")
-            .arg("http://127.0.0.1:18850")
+            .arg(&url)
+            .args(&trust)
             .arg("--token-file")
             .arg(&token)
             .output()

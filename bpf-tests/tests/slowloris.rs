@@ -170,7 +170,9 @@ fn control_api_survives_2000_held_connections_and_the_agent_keeps_syncing() {
     };
     let _set = TcpBackendSet::start(&backends, BackendMode::Identify).unwrap();
     let v1 = mesh([1, 0]);
-    let mut bed = ControlBed::new("slowloris-ctl", port, &v1).unwrap();
+    // Plain http: the held connections send half an HTTP request (a TLS port would close
+    // them at the first byte that is no handshake).
+    let mut bed = ControlBed::new_plaintext("slowloris-ctl", port, &v1).unwrap();
     bed.start_agent(Some(&fingerprint_of(&v1).unwrap()))
         .unwrap();
     let pid = bed.control().pid().unwrap();

@@ -269,7 +269,7 @@ impl Cluster {
             watch_interval_ms: None,
             log_file: state.join("agent.log"),
         };
-        let args: Vec<std::ffi::OsString> = vec![
+        let mut args: Vec<std::ffi::OsString> = vec![
             "--control".into(),
             self.control.url().into(),
             "--control-token-file".into(),
@@ -279,6 +279,7 @@ impl Cluster {
             "--metrics-addr".into(),
             format!("{}:{METRICS_PORT}", net::node_ip(i)).into(),
         ];
+        args.extend(self.control.trust_args());
         let sandbox = NodeSandbox {
             netns: node.netns.path(),
             cgroup_root: node.cgroup_root.clone(),
