@@ -87,12 +87,12 @@ pub fn check_objects(objects: &[Yaml]) -> Result<()> {
         metrics.ends_with(&format!(":{}", container_port(agent, "agent", "metrics")?)),
         "agent --metrics-addr={metrics} is not its `metrics` containerPort"
     );
-    // --control=http://NAME.NAMESPACE.svc:PORT must be a Service port of that name.
+    // --control=https://NAME.NAMESPACE.svc:PORT must be a Service port of that name.
     let url = flag(&agent_args, "--control")?;
     let (host, port) = url
-        .strip_prefix("http://")
+        .strip_prefix("https://")
         .and_then(|rest| rest.split_once(':'))
-        .with_context(|| format!("agent --control={url} is not http://HOST:PORT"))?;
+        .with_context(|| format!("agent --control={url} is not https://HOST:PORT"))?;
     let (name, namespace) = host
         .strip_suffix(".svc")
         .and_then(|h| h.split_once('.'))
@@ -113,6 +113,7 @@ pub fn check_objects(objects: &[Yaml]) -> Result<()> {
         listen.ends_with(&format!(":{}", container_port(control, "control", "api")?)),
         "control --listen={listen} is not its `api` containerPort"
     );
+    check_control_tls(agent, control)?;
 
     // The ServiceMonitor's selector must pick Services that have its endpoint ports.
     let monitor = find(objects, "ServiceMonitor", "sockmesh")?;
@@ -216,6 +217,64 @@ fn check_agent_has_no_api_access(objects: &[Yaml], daemonset: &Yaml) -> Result<(
 /// any value), no `$ref`, no logical junctors (`oneOf` and the like may not set types, so
 /// they cannot express what this CRD needs), objects list properties or
 /// additionalProperties (not both), arrays have items.
+/// The control channel is TLS end to end: the control plane serves its certificate from
+/// the Secret `sockmesh-control-tls`, the agents verify it with the CA from
+/// `sockmesh-control-ca`, and neither side runs with `--insecure-plaintext`.
+pub fn check_control_tls(agent: &Yaml, control: &Yaml) -> Result<()> {
+    let agent_args = &container_args(agent, "agent")?;
+    let control_args = &container_args(control, "control")?;
+    for (who, args) in [("agent", agent_args), ("control", control_args)] {
+        ensure!(
+            !args.iter().any(|a| a == "--insecure-plaintext"),
+            "{who} runs with --insecure-plaintext: the control channel must be TLS"
+        );
+    }
+    for flag_name in ["--tls-cert", "--tls-key"] {
+        let path = flag(control_args, flag_name)?;
+        let source = mounted_from(control, "control", path)?;
+        ensure!(
+            source == ("secret", "sockmesh-control-tls".to_owned()),
+            "control {flag_name}={path} comes from {source:?}, not the Secret sockmesh-control-tls"
+        );
+    }
+    let ca = flag(agent_args, "--control-ca")?;
+    let (kind, name) = mounted_from(agent, "agent", ca)?;
+    ensure!(
+        name == "sockmesh-control-ca" && (kind == "configMap" || kind == "secret"),
+        "agent --control-ca={ca} comes from {kind} {name}, not sockmesh-control-ca"
+    );
+    Ok(())
+}
+
+/// The volume source (`secret` or `configMap`, and its name) mounted where `path` lies in
+/// `container` of `workload`.
+fn mounted_from(
+    workload: &Yaml,
+    container_name: &str,
+    path: &str,
+) -> Result<(&'static str, String)> {
+    let mount = seq(container(workload, container_name)?.get("volumeMounts"))
+        .filter(|m| {
+            str_at(m, &["mountPath"]).is_some_and(|dir| {
+                path.strip_prefix(dir.trim_end_matches('/'))
+                    .is_some_and(|rest| rest.starts_with('/'))
+            })
+        })
+        .filter_map(|m| str_at(m, &["name"]))
+        .next()
+        .with_context(|| format!("container {container_name}: nothing is mounted at {path}"))?;
+    let volume = seq(dig(workload, &["spec", "template", "spec", "volumes"]))
+        .find(|v| str_at(v, &["name"]) == Some(mount))
+        .with_context(|| format!("container {container_name}: no volume {mount}"))?;
+    if let Some(name) = str_at(volume, &["secret", "secretName"]) {
+        return Ok(("secret", name.to_owned()));
+    }
+    if let Some(name) = str_at(volume, &["configMap", "name"]) {
+        return Ok(("configMap", name.to_owned()));
+    }
+    bail!("volume {mount} (for {path}) is neither a Secret nor a ConfigMap")
+}
+
 pub fn check_crd_structural(crd: &Yaml) -> Result<()> {
     fn walk(node: &Yaml, at: &str) -> Result<()> {
         let map = node

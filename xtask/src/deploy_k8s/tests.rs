@@ -313,3 +313,37 @@ fn shipped_manifests_pass_every_check() {
         "{summary:?}"
     );
 }
+
+/// The shipped DaemonSet and Deployment keep the control channel TLS: certificate from the
+/// Secret, CA from the ConfigMap, no --insecure-plaintext; each way to break it is named.
+#[test]
+fn control_channel_is_tls_in_the_shipped_workloads() {
+    let agent_text = read(&workspace::root().join("deploy/k8s/agent-daemonset.yaml")).unwrap();
+    let control_text = read(&workspace::root().join("deploy/k8s/control-deployment.yaml")).unwrap();
+    let check = |agent: &str, control: &str| {
+        check_control_tls(&yaml(agent), &yaml(control)).map_err(|e| format!("{e:#}"))
+    };
+    check(&agent_text, &control_text).unwrap();
+
+    let plain = agent_text.replace(
+        "- --control-ca=/etc/sockmesh/control-ca/ca.crt",
+        "- --insecure-plaintext",
+    );
+    let err = check(&plain, &control_text).unwrap_err();
+    assert!(
+        err.contains("agent runs with --insecure-plaintext"),
+        "{err}"
+    );
+    let other_ca = agent_text.replace("name: sockmesh-control-ca", "name: some-other-ca");
+    let err = check(&other_ca, &control_text).unwrap_err();
+    assert!(err.contains("not sockmesh-control-ca"), "{err}");
+    let unmounted = agent_text.replace("/etc/sockmesh/control-ca/ca.crt", "/tmp/ca.crt");
+    let err = check(&unmounted, &control_text).unwrap_err();
+    assert!(err.contains("nothing is mounted at /tmp/ca.crt"), "{err}");
+    let no_tls = control_text.replace("- --tls-key=", "- --not-tls-key=");
+    let err = check(&agent_text, &no_tls).unwrap_err();
+    assert!(err.contains("--tls-key"), "{err}");
+    let other_secret = control_text.replace("secretName: sockmesh-control-tls", "secretName: x");
+    let err = check(&agent_text, &other_secret).unwrap_err();
+    assert!(err.contains("not the Secret sockmesh-control-tls"), "{err}");
+}
