@@ -44,6 +44,10 @@ pub fn control_bin() -> PathBuf {
     }
 }
 
+/// A plain or TLS stream.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
 /// Where a control plane under test takes its desired state from.
 #[derive(Debug, Clone)]
 enum Source {
@@ -340,11 +344,19 @@ impl ControlServer {
         self.wait_json("/v1/snapshot", what, timeout, pred)
     }
 
-    /// `method path` on TCP with the given `Authorization` header value (or none); the
-    /// status code of the reply.
+    /// `method path` on TCP (in TLS verified with [`ControlServer::ca_path`] unless plain)
+    /// with the given `Authorization` header value (or none); the status code of the reply.
     pub fn tcp_status(&self, method: &str, path: &str, authorization: Option<&str>) -> Result<u16> {
-        let mut stream = TcpStream::connect_timeout(&self.addr, REQUEST_TIMEOUT)?;
-        stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+        let tcp = TcpStream::connect_timeout(&self.addr, REQUEST_TIMEOUT)?;
+        tcp.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+        let mut stream: Box<dyn ReadWrite> = if self.tls {
+            let tls = sockmesh_tls::ClientTls::from_ca_file(&self.ca_path())?;
+            let name = sockmesh_tls::client::server_name(&self.addr.to_string())?;
+            let conn = rustls::ClientConnection::new(tls.config(), name)?;
+            Box::new(rustls::StreamOwned::new(conn, tcp))
+        } else {
+            Box::new(tcp)
+        };
         let mut req = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
             self.addr
@@ -368,7 +380,13 @@ impl ControlServer {
         req.push_str(body);
         stream.write_all(req.as_bytes())?;
         let mut raw = Vec::new();
-        stream.read_to_end(&mut raw)?;
+        match stream.read_to_end(&mut raw) {
+            // The server closes after `Connection: close` without a TLS close_notify.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+            other => {
+                other?;
+            }
+        }
         let head = String::from_utf8_lossy(&raw);
         head.split_whitespace()
             .nth(1)

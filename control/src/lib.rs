@@ -223,7 +223,11 @@ pub async fn run(mut source: Box<dyn Source>, opts: ServerOptions) -> Result<(),
     info!(
         source = %hub.source(),
         listen = ?listening.tcp,
-        tls = server_tls.as_ref().map_or("off (--insecure-plaintext)".to_owned(), |t| t.cert_file().display().to_string()),
+        tls = match (&server_tls, opts.listen.is_empty()) {
+            (Some(tls), _) => tls.cert_file().display().to_string(),
+            (None, true) => "-".to_owned(),
+            (None, false) => "off (--insecure-plaintext)".to_owned(),
+        },
         listen_unix = listening.unix.as_deref().unwrap_or("-"),
         metrics = listening.metrics.as_deref().unwrap_or("-"),
         state_dir = ?opts.state_dir,
