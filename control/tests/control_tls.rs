@@ -21,12 +21,15 @@ fn certificates() -> (tempfile::TempDir, PathBuf) {
 }
 
 fn start_tls(certs: &Path) -> Control {
+    start_tls_with(certs, &[])
+}
+
+fn start_tls_with(certs: &Path, extra: &[&str]) -> Control {
     let cert = certs.join(SERVER_CERT).display().to_string();
     let key = certs.join(SERVER_KEY).display().to_string();
-    Control::start_with(
-        &mesh(&[("web", 1, 1)]),
-        &["--tls-cert", &cert, "--tls-key", &key],
-    )
+    let mut args = vec!["--tls-cert", &cert, "--tls-key", &key];
+    args.extend_from_slice(extra);
+    Control::start_with(&mesh(&[("web", 1, 1)]), &args)
 }
 
 /// `sockmesh config history` with `args` after it.
@@ -187,4 +190,35 @@ fn a_replaced_pair_serves_new_handshakes_and_a_broken_one_is_refused() {
         control.log()
     );
     assert!(history_with_ca(&control, &new_ca_file).status.success());
+}
+
+/// The value of `sockmesh_control_http_connections_total{endpoint="api",event=EVENT}`.
+fn api_events(control: &Control, event: &str) -> u64 {
+    let text = control.metrics_text();
+    let prefix =
+        format!("sockmesh_control_http_connections_total{{endpoint=\"api\",event=\"{event}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix}in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// A client that connects and never sends its ClientHello is closed by the header timeout,
+/// counted as such: the handshake runs under it.
+#[test]
+fn a_handshake_that_never_starts_is_closed_by_the_header_timeout() {
+    use std::io::Read;
+    let (certs, ca) = certificates();
+    let control = start_tls_with(certs.path(), &["--http-header-timeout-secs", "1"]);
+    let mut silent = std::net::TcpStream::connect(control.tcp.as_deref().unwrap()).unwrap();
+    silent.set_read_timeout(Some(WAIT)).unwrap();
+    let mut buf = [0u8; 64];
+    // EOF (0 bytes) from the server's close; a timeout here would be an error.
+    assert_eq!(silent.read(&mut buf).unwrap(), 0);
+    wait_until("the header timeout to be counted", &control, || {
+        api_events(&control, "header_timeout") >= 1
+    });
+    // Clients that do speak go on being served.
+    assert!(history_with_ca(&control, &ca).status.success());
 }
