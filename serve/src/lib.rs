@@ -48,6 +48,10 @@ use activity::{idle, InFlight};
 use backoff::AcceptBackoff;
 use conns::{Admission, ConnTable};
 
+/// How long the accept loop waits for an evicted connection to close before it accepts
+/// again anyway (its task is only ever that slow on a starved runtime).
+const EVICTION_WAIT: Duration = Duration::from_secs(1);
+
 /// What every endpoint enforces; see the crate docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -200,12 +204,12 @@ impl Server {
             };
             backoff.on_success();
             self.metrics.count(self.endpoint, ConnEvent::Accepted);
-            let conn = match table.admit() {
+            let (conn, evicted) = match table.admit() {
                 Admission::Admitted { conn, evicted } => {
-                    if evicted {
+                    if evicted.is_some() {
                         self.metrics.count(self.endpoint, ConnEvent::Evicted);
                     }
-                    conn
+                    (conn, evicted)
                 }
                 Admission::Refused => {
                     self.metrics.count(self.endpoint, ConnEvent::Refused);
@@ -233,6 +237,12 @@ impl Server {
                 server.metrics.opened(server.endpoint, -1);
                 drop(conn);
             });
+            // The evicted connection's descriptor closes when its task runs; accept again
+            // only then (bounded, in case that task is starved), so a flood of new
+            // connections cannot hold more than the cap + 1 descriptors at once.
+            if let Some(victim) = evicted {
+                let _ = tokio::time::timeout(EVICTION_WAIT, victim.closed()).await;
+            }
         }
     }
 
