@@ -158,8 +158,18 @@ enum Ended {
 }
 
 impl Server {
-    pub fn new(endpoint: Endpoint, limits: Limits, metrics: ServeMetrics) -> Self {
+    /// The connection cap is lowered to fit the file-descriptor limit
+    /// ([`fd_limit::fit_cap`]), with a warning, when the limit could not be raised enough.
+    pub fn new(endpoint: Endpoint, mut limits: Limits, metrics: ServeMetrics) -> Self {
         metrics.init(endpoint);
+        if let Some(soft) = fd_limit::soft_limit() {
+            let fitted = fd_limit::fit_cap(limits.max_connections, soft);
+            if fitted < limits.max_connections {
+                warn!(%endpoint, asked = limits.max_connections, cap = fitted, rlimit_nofile = soft,
+                    "connection cap lowered to fit the file-descriptor limit");
+                limits.max_connections = fitted;
+            }
+        }
         Server {
             endpoint,
             limits,
