@@ -215,25 +215,21 @@ where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    use http_body_util::{BodyExt, LengthLimitError};
     if !Endpoint::from_path(req.uri().path()).is_some_and(Endpoint::is_post) {
         return json_reply(
             StatusCode::NOT_FOUND,
             &json!({"error": "POST goes to /v1/fault"}),
         );
     }
-    let body = match http_body_util::Limited::new(req.into_body(), MAX_POST_BYTES)
-        .collect()
-        .await
+    let body = match sockmesh_serve::read_body(
+        req.into_body(),
+        MAX_POST_BYTES,
+        sockmesh_serve::BODY_TIMEOUT,
+    )
+    .await
     {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<LengthLimitError>() => {
-            return json_reply(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &json!({"error": format!("the body may be at most {MAX_POST_BYTES} bytes")}),
-            )
-        }
-        Err(e) => return json_reply(StatusCode::BAD_REQUEST, &json!({"error": e.to_string()})),
+        Ok(b) => b,
+        Err(e) => return json_reply(e.status(), &json!({"error": e.to_string()})),
     };
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]

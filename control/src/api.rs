@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use hyper::{body::Body, header, Method, Request, Response, StatusCode};
 use serde::Serialize;
+use sockmesh_serve::{read_body, BODY_TIMEOUT};
 
 use crate::history::Revision;
 use crate::hub::Hub;
@@ -64,18 +65,9 @@ impl Api {
         let path = req.uri().path().to_owned();
         let query = req.uri().query().unwrap_or("").to_owned();
         let body = if req.method() == Method::POST {
-            match Limited::new(req.into_body(), MAX_BODY_BYTES)
-                .collect()
-                .await
-            {
-                Ok(b) => b.to_bytes(),
-                Err(e) if e.is::<LengthLimitError>() => {
-                    return error(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        &format!("the body may be at most {MAX_BODY_BYTES} bytes"),
-                    )
-                }
-                Err(e) => return error(StatusCode::BAD_REQUEST, &format!("reading the body: {e}")),
+            match read_body(req.into_body(), MAX_BODY_BYTES, BODY_TIMEOUT).await {
+                Ok(b) => b,
+                Err(e) => return error(e.status(), &e.to_string()),
             }
         } else {
             Bytes::new()

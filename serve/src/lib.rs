@@ -18,12 +18,16 @@
 //!   closed at once (`refused`, no reply written: nothing is spent on it). `conns`.
 //! - **Accept errors** (EMFILE, ENFILE, ENOBUFS...) back off 10 ms doubling to 1 s and are
 //!   logged at most every 10 s with a count (`backoff`).
+//! - **Body timeout** ([`read_body`], 10 s): the handlers read a request body with a size
+//!   and a time bound (413, 408), so a body sent a byte a minute cannot keep a connection
+//!   "in a request" (never idle, never evicted) for good.
 //! - Counters per endpoint ([`ServeMetrics`]) and the RLIMIT_NOFILE raise ([`fd_limit`]).
 //!
 //! Flags for the timeouts: [`HttpTimeoutArgs`], flattened into both binaries' command lines.
 
 mod activity;
 mod backoff;
+mod body;
 mod conns;
 pub mod fd_limit;
 mod metrics;
@@ -46,6 +50,7 @@ pub use activity::Tracked;
 
 use activity::{idle, InFlight};
 use backoff::AcceptBackoff;
+pub use body::{read_body, BodyError, BODY_TIMEOUT};
 use conns::{Admission, ConnTable};
 
 /// How long the accept loop waits for an evicted connection to close before it accepts
