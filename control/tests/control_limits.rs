@@ -77,5 +77,10 @@ fn a_body_that_does_not_arrive_in_time_gets_408() {
     let body = String::from_utf8_lossy(&reply.body);
     assert!(body.contains("did not arrive within 10 s"), "{body}");
     // Nothing was rolled back.
-    assert_eq!(control.get("/v1/history")["head"], 1, "{}", control.get("/v1/history"));
+    assert_eq!(
+        control.get("/v1/history")["head"],
+        1,
+        "{}",
+        control.get("/v1/history")
+    );
 }
