@@ -220,13 +220,13 @@ impl Hub {
             (Commit::New { .. }, _, index) => *index = None,
             _ => {}
         }
-        self.publish(&commit);
+        self.publish(&state.history, &commit);
     }
 
     /// Logs, stores and announces a commit. Called with the state locked, so heads are
     /// published in version order.
-    fn publish(&self, commit: &Commit) {
-        let Commit::New { revision, evicted } = commit else {
+    fn publish(&self, history: &History, commit: &Commit) {
+        let Commit::New { revision, .. } = commit else {
             info!(
                 version = commit.revision().version,
                 "the head already has this config; no new version"
@@ -248,7 +248,9 @@ impl Hub {
         if let Some(store) = &self.store {
             // The version is served from memory either way; on disk it only matters for
             // the next start, which then begins from the last stored head.
-            if let Err(e) = store.save(revision, evicted) {
+            let previous = history.get(revision.version.wrapping_sub(1));
+            let oldest = history.oldest().map_or(revision.version, |r| r.version);
+            if let Err(e) = store.save(revision, previous.map(|p| &**p), oldest) {
                 error!(error = %e, version = revision.version, "could not store the revision");
             }
         }
@@ -272,7 +274,7 @@ impl Hub {
         let mut state = self.lock();
         let commit = state.history.rollback(version, unix_ms_now())?;
         warn!(to = version, "rollback requested");
-        self.publish(&commit);
+        self.publish(&state.history, &commit);
         let head = commit.revision();
         Ok(RollbackReply {
             version: head.version,
