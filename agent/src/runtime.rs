@@ -206,7 +206,6 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
     let views = dataplane
         .apply(&initial, &overlay, None, None)
         .context("applying the initial config")?;
-    let views = Arc::new(views);
     signals.set_config(&views, &initial);
     let initial = Arc::new(initial);
     let signals_updater = SignalsUpdater::spawn(signals.clone(), initial.clone(), views.clone());
@@ -245,7 +244,7 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
                 overlay = overlay_rx.borrow_and_update().clone();
                 match dataplane.apply_overlay(&current, &overlay) {
                     Ok(views) => {
-                        let views = Arc::new(views);
+
                         signals_updater.views(views.clone());
                         status.write().expect("status lock").services = views;
                     }
@@ -340,7 +339,7 @@ impl Reconcile<'_> {
             Ok(views) => {
                 let tables_us = planning.elapsed().as_micros() as u64;
                 info!(tables_us, "config taken");
-                let views = Arc::new(views);
+
                 self.signals.config(cfg.clone(), views.clone());
                 // Bounded: waits while the engine is behind; a config change is never lost.
                 let _ = self
