@@ -1,9 +1,11 @@
 //! The control plane's router (`sockmesh_control::api::Api::handle`) on arbitrary requests
 //! (method, path, query string, headers with or without the bearer token, body), against a
-//! real hub that starts with two versions of the default config, as the TCP listener (token
-//! required) or the unix socket (none). Request layout: `sockmesh_fuzz::request`. One hub
-//! serves every input (building one per input cost 10x the throughput), so acks and
-//! rollbacks accumulate; the checks read its state before and after each request.
+//! real hub that starts with two versions of the default config, as the TCP listener (the
+//! operator token required; node credentials and their scopes are covered by the unit
+//! tests in control/src/api_tests.rs) or the unix socket (none). Request layout:
+//! `sockmesh_fuzz::request`. One hub serves every input (building one per input cost 10x
+//! the throughput), so acks and rollbacks accumulate; the checks read its state before and
+//! after each request.
 //!
 //! Beyond "never panics", every reply must keep the API's rules:
 //! - on TCP, a request without exactly `Authorization: Bearer TOKEN` gets 401 with a
@@ -24,6 +26,7 @@ use http::StatusCode;
 use http_body_util::BodyExt;
 use libfuzzer_sys::fuzz_target;
 use sockmesh_control::api::{Api, Listening};
+use sockmesh_control::credentials::{Credentials, NodeTokens};
 use sockmesh_control::hub::Hub;
 use sockmesh_control::source::SourceEvent;
 use sockmesh_fuzz::{request, TOKEN};
@@ -71,7 +74,10 @@ fuzz_target!(|input: &[u8]| {
     let agents_before = hub.agents().len();
     let api = Api {
         hub: hub.clone(),
-        token: (!req.unix).then(|| Token::new(TOKEN, "fuzz").expect("a valid token")),
+        credentials: (!req.unix).then(|| {
+            let operator = Token::new(TOKEN, "fuzz").expect("a valid token");
+            Arc::new(Credentials::new(Some(operator), NodeTokens::default()))
+        }),
         listening: Arc::new(Listening::default()),
     };
     let authorized = req.unix || req.has_token();
