@@ -89,7 +89,7 @@ const METRICS_MAX_CONNECTIONS: usize = 512;
 pub enum ServerError {
     #[error("no API listener: give --listen ADDR (with --token-file) and/or --listen-unix PATH")]
     NoListener,
-    #[error("--listen needs a credential (--token-file, SOCKMESH_CONTROL_TOKEN or --node-tokens): the TCP API never runs without one")]
+    #[error("--listen needs a token (the operator's --token-file or SOCKMESH_CONTROL_TOKEN, or --node-tokens): the TCP API never runs without one")]
     NoToken,
     #[error(transparent)]
     NodeTokens(#[from] credentials::NodeTokensError),

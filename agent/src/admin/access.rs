@@ -6,7 +6,7 @@
 //! `unauthenticated` (401) and `scope` (403, with the reason in the body).
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, EncodeLabelValue},
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
     metrics::{counter::Counter, family::Family},
     registry::Registry,
 };
@@ -51,12 +51,22 @@ impl AdminAccess {
 pub(crate) const FAULT_SCOPE_NEEDED: &str =
     "fault injection needs the fault credential (--admin-fault-token-file), or the admin unix socket";
 
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub(crate) enum RefusedReason {
     /// 401: no token, or a wrong one.
     Unauthenticated,
     /// 403: a read credential asking to inject a fault.
     Scope,
+}
+
+impl EncodeLabelValue for RefusedReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        let value = match self {
+            RefusedReason::Unauthenticated => "unauthenticated",
+            RefusedReason::Scope => "scope",
+        };
+        std::fmt::Write::write_str(encoder, value)
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -119,6 +129,22 @@ mod tests {
         assert_eq!(
             read_only.grant(Some(b"Bearer fault-token-0123456789")),
             None
+        );
+    }
+
+    #[test]
+    fn refusals_are_exported_by_reason() {
+        let mut registry = crate::metrics::registry();
+        let m = AdminMetrics::new(&mut registry);
+        m.refused(RefusedReason::Scope);
+        let text = crate::metrics::encode(&registry);
+        assert!(
+            text.contains("sockmesh_admin_requests_refused_total{reason=\"scope\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sockmesh_admin_requests_refused_total{reason=\"unauthenticated\"} 0\n"),
+            "{text}"
         );
     }
 }

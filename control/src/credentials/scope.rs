@@ -4,13 +4,13 @@
 //! every node's routing, so those need the operator. Refusals are 403 with the reason and
 //! counted in `sockmesh_control_requests_refused_total{reason}`, as is every 401.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use sockmesh_model::request::ApiRequest;
 
 use super::Identity;
 
 /// Why a request was refused: the label of `sockmesh_control_requests_refused_total`.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum RefusedReason {
     /// 401: no token, or one no credential has.
     Unauthenticated,
@@ -22,11 +22,26 @@ pub enum RefusedReason {
 }
 
 impl RefusedReason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusedReason::Unauthenticated => "unauthenticated",
+            RefusedReason::Scope => "scope",
+            RefusedReason::IdentityMismatch => "identity_mismatch",
+        }
+    }
+
     pub const ALL: [RefusedReason; 3] = [
         RefusedReason::Unauthenticated,
         RefusedReason::Scope,
         RefusedReason::IdentityMismatch,
     ];
+}
+
+impl EncodeLabelValue for RefusedReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
