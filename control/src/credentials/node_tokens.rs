@@ -7,6 +7,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -25,7 +26,7 @@ pub enum NodeTokensError {
         path: PathBuf,
         cause: std::io::Error,
     },
-    #[error("the node tokens file {} is {size} bytes, over the {MAX_NODE_TOKENS_BYTES}-byte limit", path.display())]
+    #[error("the node tokens file {} is over the {MAX_NODE_TOKENS_BYTES}-byte limit ({size} bytes read)", path.display())]
     TooLarge { path: PathBuf, size: u64 },
     #[error("{what}, line {line}: {problem}")]
     Line {
@@ -70,14 +71,21 @@ impl NodeTokens {
             path: path.to_owned(),
             cause,
         };
-        let size = std::fs::metadata(path).map_err(read)?.len();
+        // Read through a limit rather than trusting a size read earlier: the file may grow
+        // between the two.
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .map_err(read)?
+            .take(MAX_NODE_TOKENS_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(read)?;
+        let size = text.len() as u64;
         if size > MAX_NODE_TOKENS_BYTES {
             return Err(NodeTokensError::TooLarge {
                 path: path.to_owned(),
                 size,
             });
         }
-        let text = std::fs::read_to_string(path).map_err(read)?;
         Self::parse(&text, &format!("node tokens file {}", path.display()))
     }
 
