@@ -37,6 +37,8 @@ pub(crate) struct RunOptions {
     pub admin_socket: PathBuf,
     pub admin_addr: Option<SocketAddr>,
     pub admin_token: Option<sockmesh_model::Token>,
+    /// The admin API's fault credential on TCP (`--admin-fault-token-file`).
+    pub admin_fault_token: Option<sockmesh_model::Token>,
     pub metrics_addr: SocketAddr,
     pub watch_interval: Duration,
     pub max_callers: usize,
@@ -124,6 +126,7 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
     );
     let config_metrics = ConfigMetrics::new(&mut registry);
     let serve_metrics = ServeMetrics::new(&mut registry);
+    let admin_metrics = admin::AdminMetrics::new(&mut registry);
     let server =
         |endpoint, cap| Server::new(endpoint, opts.http.limits(cap), serve_metrics.clone());
     let mut events = EventReader::open(&attached.layout.maps)?;
@@ -155,7 +158,8 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
         status: status.clone(),
         signals: signals.clone(),
         engine: engine.clone(),
-        token: None,
+        access: None,
+        metrics: admin_metrics,
     };
     tokio::spawn(admin::serve(
         admin::bind_unix(&opts.admin_socket)?,
@@ -170,11 +174,18 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding admin API on {addr}"))?;
-        info!(%addr, "admin API on TCP (bearer token required)");
+        info!(
+            %addr,
+            fault_credential = opts.admin_fault_token.is_some(),
+            "admin API on TCP (bearer token required; faults need the fault credential)"
+        );
         tokio::spawn(admin::serve(
             listener,
             AdminState {
-                token: Some(token),
+                access: Some(admin::AdminAccess {
+                    read: token,
+                    fault: opts.admin_fault_token.clone(),
+                }),
                 ..admin_state
             },
             server(Endpoint::Admin, ADMIN_MAX_CONNECTIONS),

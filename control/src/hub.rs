@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::agents::Agents;
+use crate::credentials::{RefusedLabels, RefusedReason};
 use crate::history::{Commit, History, HistoryError, Revision};
 use crate::source::{Patch, SourceEvent};
 use crate::store::{Store, StoreError};
@@ -31,6 +32,9 @@ pub struct HubMetrics {
     pub updates_served: Family<UpdateKind, Counter>,
     /// `sockmesh_control_watches_refused_total`: watches over the per-identity cap (429).
     pub watches_refused: Counter,
+    /// `sockmesh_control_requests_refused_total{reason}`: API requests refused for their
+    /// credential (401) or its scope (403).
+    pub requests_refused: Family<RefusedLabels, Counter>,
 }
 
 /// How a version reached an agent that reads deltas.
@@ -42,6 +46,13 @@ pub struct UpdateKind {
 }
 
 impl HubMetrics {
+    /// Counts one refused request.
+    pub fn refused(&self, reason: RefusedReason) {
+        self.requests_refused
+            .get_or_create(&RefusedLabels { reason })
+            .inc();
+    }
+
     /// Counts one watch reply to a delta-reading agent.
     pub fn served(&self, delta: bool) {
         let kind = if delta { "delta" } else { "snapshot" };
