@@ -313,6 +313,11 @@ impl Hub {
         self.lock().agents.seen(agent, unix_ms_now());
     }
 
+    /// How many agents are tracked (what `agents().len()` says, without the reports).
+    pub fn agent_count(&self) -> usize {
+        self.lock().agents.len()
+    }
+
     pub fn agents(&self) -> Vec<AgentReport> {
         let state = self.lock();
         state.agents.reports(&state.history, unix_ms_now())

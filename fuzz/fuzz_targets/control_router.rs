@@ -92,7 +92,7 @@ fuzz_target!(|input: &[u8]| {
     };
     let (rt, hub) = state();
     let head_before = head(hub);
-    let agents_before = hub.agents().len();
+    let agents_before = hub.agent_count();
     let api = Api {
         hub: hub.clone(),
         credentials: (!req.unix).then(|| {
@@ -132,7 +132,7 @@ fuzz_target!(|input: &[u8]| {
             "an unauthorized request moved the head"
         );
         assert_eq!(
-            hub.agents().len(),
+            hub.agent_count(),
             agents_before,
             "an unauthorized request recorded an agent"
         );
