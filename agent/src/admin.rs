@@ -2,7 +2,8 @@
 //! GET but `POST /v1/fault`.
 //!
 //! Served on a unix socket created with mode 0600 (only root or the owner can connect: no token
-//! to leak), and optionally on TCP, where every request must carry the operator's bearer token.
+//! to leak), and optionally on TCP, where every request must carry a bearer token: the read
+//! credential for `GET`s, the fault credential for `POST /v1/fault` as well ([`access`]).
 
 use std::{os::unix::fs::PermissionsExt, path::Path, sync::Arc};
 
@@ -14,13 +15,16 @@ use hyper::{
     Method, Request, Response, StatusCode,
 };
 use serde_json::json;
-use sockmesh_model::Token;
 use sockmesh_serve::{Listener, Server};
 use tokio::net::UnixListener;
 
+pub(crate) mod access;
 pub(crate) mod endpoint;
 
+pub(crate) use access::{AdminAccess, AdminMetrics};
 pub(crate) use endpoint::Endpoint;
+
+use access::{Grant, RefusedReason};
 
 use crate::{
     diagnose::api as diagnose,
@@ -37,8 +41,10 @@ pub(crate) struct AdminState {
     pub status: SharedStatus,
     pub signals: Arc<Signals>,
     pub engine: EngineHandle,
-    /// Required on TCP; `None` on the unix socket, where file permissions are the guard.
-    pub token: Option<Token>,
+    /// The credentials TCP clients present; `None` on the unix socket, where file
+    /// permissions are the guard and every scope is granted.
+    pub access: Option<AdminAccess>,
+    pub metrics: AdminMetrics,
 }
 
 /// Binds the socket (replacing a stale one from a previous agent), private from the start.
@@ -61,7 +67,7 @@ pub(crate) fn bind_unix(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves the admin API on `listener` (the unix socket, or TCP with `state.token` set)
+/// Serves the admin API on `listener` (the unix socket, or TCP with `state.access` set)
 /// through the hardened loop of `sockmesh-serve`.
 pub(crate) async fn serve<L: Listener>(listener: L, state: AdminState, server: Server) {
     server
@@ -80,13 +86,40 @@ where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    if req.method() == Method::POST && authorized(&req, state.token.as_ref()) {
+    let grant = match &state.access {
+        None => Grant::Fault,
+        Some(access) => {
+            let header = req
+                .headers()
+                .get(hyper::header::AUTHORIZATION)
+                .map(|v| v.as_bytes());
+            match access.grant(header) {
+                Some(grant) => grant,
+                None => {
+                    state.metrics.refused(RefusedReason::Unauthenticated);
+                    return json_reply(
+                        StatusCode::UNAUTHORIZED,
+                        &json!({"error": "missing or wrong bearer token"}),
+                    );
+                }
+            }
+        }
+    };
+    if req.method() == Method::POST {
+        if grant != Grant::Fault
+            && Endpoint::from_path(req.uri().path()).is_some_and(Endpoint::is_post)
+        {
+            state.metrics.refused(RefusedReason::Scope);
+            return json_reply(
+                StatusCode::FORBIDDEN,
+                &json!({"error": access::FAULT_SCOPE_NEEDED}),
+            );
+        }
         return post(req, state).await;
     }
     // The engine's views are built by the engine task, on request.
     let views = if req.method() == Method::GET
         && Endpoint::from_path(req.uri().path()).is_some_and(Endpoint::needs_engine)
-        && authorized(&req, state.token.as_ref())
     {
         state.engine.views().await
     } else {
@@ -123,28 +156,11 @@ fn unknown_service(name: &str) -> Response<Full<Bytes>> {
     )
 }
 
-/// No token (the unix socket), or the request carries it (compared in constant time).
-pub(crate) fn authorized<B>(req: &Request<B>, token: Option<&Token>) -> bool {
-    token.is_none_or(|t| {
-        t.matches_header(
-            req.headers()
-                .get(hyper::header::AUTHORIZATION)
-                .map(|v| v.as_bytes()),
-        )
-    })
-}
-
 fn handle<B>(
     req: &Request<B>,
     state: &AdminState,
     engine: Option<&EngineViews>,
 ) -> Response<Full<Bytes>> {
-    if !authorized(req, state.token.as_ref()) {
-        return json_reply(
-            StatusCode::UNAUTHORIZED,
-            &json!({"error": "missing or wrong bearer token"}),
-        );
-    }
     if req.method() != Method::GET {
         return json_reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -209,31 +225,27 @@ fn handle<B>(
 }
 
 /// `POST /v1/fault` `{"service": NAME, "refuse_percent": P}`: refuse P% of the service's
-/// connects (chaos drills); `0` ends the drill. Only callers with admin access reach this.
+/// connects (chaos drills); `0` ends the drill. Only callers with the fault scope reach this.
 async fn post<B>(req: Request<B>, state: &AdminState) -> Response<Full<Bytes>>
 where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    use http_body_util::{BodyExt, LengthLimitError};
     if !Endpoint::from_path(req.uri().path()).is_some_and(Endpoint::is_post) {
         return json_reply(
             StatusCode::NOT_FOUND,
             &json!({"error": "POST goes to /v1/fault"}),
         );
     }
-    let body = match http_body_util::Limited::new(req.into_body(), MAX_POST_BYTES)
-        .collect()
-        .await
+    let body = match sockmesh_serve::read_body(
+        req.into_body(),
+        MAX_POST_BYTES,
+        sockmesh_serve::BODY_TIMEOUT,
+    )
+    .await
     {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<LengthLimitError>() => {
-            return json_reply(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &json!({"error": format!("the body may be at most {MAX_POST_BYTES} bytes")}),
-            )
-        }
-        Err(e) => return json_reply(StatusCode::BAD_REQUEST, &json!({"error": e.to_string()})),
+        Ok(b) => b,
+        Err(e) => return json_reply(e.status(), &json!({"error": e.to_string()})),
     };
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -316,6 +328,10 @@ fn percent_decode(s: &str) -> String {
 fn hex_digit(b: u8) -> Option<u8> {
     char::from(b).to_digit(16).map(|d| d as u8)
 }
+
+#[cfg(test)]
+#[path = "admin/scope_tests.rs"]
+mod scope_tests;
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,7 @@
 //! a reordered config, and the apply after a failed one are planned whole.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use sockmesh_model::{ConfigDelta, MeshConfig};
@@ -25,7 +26,7 @@ pub(crate) struct Dataplane {
     /// This node's zone (`--zone`), for services with `locality:`.
     node: Node,
     /// What the last apply made of every service, in config order.
-    views: Vec<ServiceView>,
+    views: Arc<Vec<ServiceView>>,
     /// The overlay of the last apply; `None` until one succeeded (or after one failed):
     /// the next plan is then whole.
     overlay: Option<Overlay>,
@@ -44,7 +45,7 @@ impl Dataplane {
             maps,
             mirror,
             node: Node::default(),
-            views: Vec::new(),
+            views: Arc::default(),
             overlay: None,
         })
     }
@@ -67,7 +68,7 @@ impl Dataplane {
         overlay: &Overlay,
         previous: Option<&MeshConfig>,
         touched: Option<&[String]>,
-    ) -> Result<Vec<ServiceView>> {
+    ) -> Result<Arc<Vec<ServiceView>>> {
         self.apply_from(config, overlay, previous, previous, touched)
     }
 
@@ -77,7 +78,7 @@ impl Dataplane {
         &mut self,
         config: &MeshConfig,
         overlay: &Overlay,
-    ) -> Result<Vec<ServiceView>> {
+    ) -> Result<Arc<Vec<ServiceView>>> {
         self.apply_from(config, overlay, Some(config), None, Some(&[]))
     }
 
@@ -88,7 +89,7 @@ impl Dataplane {
         base: Option<&MeshConfig>,
         restore: Option<&MeshConfig>,
         touched: Option<&[String]>,
-    ) -> Result<Vec<ServiceView>> {
+    ) -> Result<Arc<Vec<ServiceView>>> {
         let started = std::time::Instant::now();
         let (plan, planned) = self.plan(config, overlay, base, touched)?;
         let writes = plan.writes.len();
@@ -104,10 +105,10 @@ impl Dataplane {
             }
             return Err(e.into());
         }
-        self.views = match planned {
+        self.views = Arc::new(match planned {
             None => plan.views,
-            Some(_) => merge(config, std::mem::take(&mut self.views), plan.views),
-        };
+            Some(_) => merge(config, &self.views, plan.views),
+        });
         self.overlay = Some(overlay.clone());
         info!(
             services = config.services.len(),
@@ -162,19 +163,88 @@ fn overlay_changes<'a>(a: &'a Overlay, b: &'a Overlay) -> impl Iterator<Item = &
         .map(String::as_str)
 }
 
-/// Every service's view in `config`'s order: the planned ones new, the others as they were.
-fn merge(
-    config: &MeshConfig,
-    old: Vec<ServiceView>,
-    planned: Vec<ServiceView>,
-) -> Vec<ServiceView> {
+/// Every service's view in `config`'s order: the planned ones new, the others as they were
+/// (a view's copy shares its backends). The services kept keep their order (a per-service
+/// plan is only made then), so the old views are walked once beside the config, without
+/// hashing 10,000 names; a view out of that order falls back to a lookup by name.
+fn merge(config: &MeshConfig, old: &[ServiceView], planned: Vec<ServiceView>) -> Vec<ServiceView> {
     let mut planned: HashMap<String, ServiceView> =
         planned.into_iter().map(|v| (v.name.clone(), v)).collect();
-    let mut old: HashMap<String, ServiceView> =
-        old.into_iter().map(|v| (v.name.clone(), v)).collect();
-    config
-        .services
-        .iter()
-        .filter_map(|s| planned.remove(&s.name).or_else(|| old.remove(&s.name)))
-        .collect()
+    let mut by_name: Option<HashMap<&str, &ServiceView>> = None;
+    let mut next_old = old.iter();
+    let mut out = Vec::with_capacity(config.services.len());
+    for s in &config.services {
+        if let Some(v) = planned.remove(&s.name) {
+            out.push(v);
+            continue;
+        }
+        // Skip the old views of services the config no longer has (or that were planned).
+        let mut found = None;
+        for v in next_old.by_ref() {
+            if v.name == s.name {
+                found = Some(v);
+                break;
+            }
+        }
+        let found = found.or_else(|| {
+            by_name
+                .get_or_insert_with(|| old.iter().map(|v| (v.name.as_str(), v)).collect())
+                .get(s.name.as_str())
+                .copied()
+        });
+        if let Some(v) = found {
+            out.push(v.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(name: &str, id: u32) -> ServiceView {
+        ServiceView {
+            name: name.into(),
+            vip: "127.100.0.1".into(),
+            port: 80,
+            lb: "round_robin",
+            id,
+            slot_table_len: 0,
+            backends: Arc::default(),
+            classes: Arc::default(),
+        }
+    }
+
+    fn config(names: &[&str]) -> MeshConfig {
+        let mut y = String::from("services:\n");
+        for (i, n) in names.iter().enumerate() {
+            y.push_str(&format!(
+                "  - name: {n}\n    vip: 127.100.0.{}\n    port: 80\n    backends: [{{addr: \"127.0.0.2:80\"}}]\n",
+                i + 1
+            ));
+        }
+        sockmesh_model::parse_config(&y).unwrap()
+    }
+
+    #[test]
+    fn merge_keeps_the_config_order_with_planned_views_new_and_the_rest_as_they_were() {
+        let old: Vec<ServiceView> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .zip(1..)
+            .map(|(n, i)| view(n, i))
+            .collect();
+        // In order: x new, c replanned, e removed.
+        let merged = merge(
+            &config(&["a", "x", "b", "c", "d"]),
+            &old,
+            vec![view("x", 9), view("c", 30)],
+        );
+        let got: Vec<(&str, u32)> = merged.iter().map(|v| (v.name.as_str(), v.id)).collect();
+        assert_eq!(got, [("a", 1), ("x", 9), ("b", 2), ("c", 30), ("d", 4)]);
+        // Out of order (b moved to the end): still every view, found by name.
+        let merged = merge(&config(&["a", "c", "d", "b"]), &old, vec![]);
+        let got: Vec<(&str, u32)> = merged.iter().map(|v| (v.name.as_str(), v.id)).collect();
+        assert_eq!(got, [("a", 1), ("c", 3), ("d", 4), ("b", 2)]);
+    }
 }

@@ -34,7 +34,8 @@ pub fn is_post(path: &str) -> bool {
 }
 
 /// An agent's admin state over the default config, as the TCP listener (token required)
-/// and the unix socket (none) see it.
+/// and the unix socket (none) see it. [`AdminHarness::new`]'s one token has both scopes
+/// (read and fault); [`AdminHarness::with_tokens`] gives them separate tokens.
 pub struct AdminHarness {
     tcp: AdminState,
     unix: AdminState,
@@ -44,6 +45,12 @@ pub struct AdminHarness {
 impl AdminHarness {
     /// Must run inside a tokio runtime: it starts the health engine's task.
     pub async fn new(token: &str) -> Self {
+        Self::with_tokens(token, Some(token)).await
+    }
+
+    /// The TCP listener takes `read` for `GET`s and `fault` (if any) for everything.
+    pub async fn with_tokens(read: &str, fault: Option<&str>) -> Self {
+        let token = |t: &str| Token::new(t, "fuzz").expect("a valid token");
         let config = default_config();
         let views = tables::plan(
             &config,
@@ -54,6 +61,7 @@ impl AdminHarness {
         .views;
         let views = Arc::new(views);
         let mut registry = crate::metrics::registry();
+        let metrics = admin::AdminMetrics::new(&mut registry);
         let signals = Signals::without_kernel(&mut registry);
         let nowhere = PathBuf::from("/nonexistent");
         let (engine, _overlay) =
@@ -75,10 +83,14 @@ impl AdminHarness {
             status,
             signals,
             engine,
-            token: None,
+            access: None,
+            metrics,
         };
         let tcp = AdminState {
-            token: Some(Token::new(token, "fuzz").expect("a valid token")),
+            access: Some(admin::AdminAccess {
+                read: token(read),
+                fault: fault.map(token),
+            }),
             ..unix.clone()
         };
         AdminHarness {
@@ -91,6 +103,12 @@ impl AdminHarness {
     /// The services of the config the agent runs.
     pub fn services(&self) -> &[String] {
         &self.services
+    }
+
+    /// The TCP listener's state, to serve on a real socket (tests).
+    #[cfg(test)]
+    pub(crate) fn tcp_state(&self) -> AdminState {
+        self.tcp.clone()
     }
 
     /// One request through the router, as the unix socket or the TCP listener gets it.

@@ -13,7 +13,7 @@ mod dataplane;
 mod diagnose;
 mod engine;
 mod follow;
-#[cfg(feature = "fuzzing")]
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 mod health;
 mod loader;
@@ -104,9 +104,14 @@ struct RunArgs {
     /// Also serve the admin API on TCP (requires --admin-token-file).
     #[arg(long, env = "SOCKMESH_ADMIN_ADDR", requires = "admin_token_file")]
     admin_addr: Option<std::net::SocketAddr>,
-    /// File whose first line is the bearer token TCP admin clients must present.
+    /// File whose first line is the bearer token TCP admin clients must present: the read
+    /// credential (every GET).
     #[arg(long, env = "SOCKMESH_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
+    /// File whose first line is the admin API's fault credential: reads and
+    /// `POST /v1/fault` over TCP. Without it, faults can only be injected on the unix socket.
+    #[arg(long, env = "SOCKMESH_ADMIN_FAULT_TOKEN_FILE", requires = "admin_addr")]
+    admin_fault_token_file: Option<PathBuf>,
     /// Most distinct caller workloads used as metric label values; the rest become `other`.
     #[arg(long, default_value_t = 64)]
     max_callers: usize,
@@ -187,6 +192,16 @@ fn run(args: RunArgs) -> Result<()> {
         Some(f) => Some(sockmesh_model::Token::read_file(f)?),
         None => None,
     };
+    let admin_fault_token = match &args.admin_fault_token_file {
+        Some(f) => Some(sockmesh_model::Token::read_file(f)?),
+        None => None,
+    };
+    if admin_fault_token.is_some() && admin_fault_token == admin_token {
+        anyhow::bail!(
+            "--admin-fault-token-file holds the same token as --admin-token-file: every reader \
+             could inject faults; give the fault credential a token of its own"
+        );
+    }
     let admin_socket = args
         .admin_socket
         .unwrap_or_else(|| args.state_dir.join("admin.sock"));
@@ -219,6 +234,7 @@ fn run(args: RunArgs) -> Result<()> {
         admin_socket,
         admin_addr: args.admin_addr,
         admin_token,
+        admin_fault_token,
         metrics_addr: args.metrics_addr,
         max_callers: args.max_callers,
         max_series: args.max_series,

@@ -37,6 +37,8 @@ pub(crate) struct RunOptions {
     pub admin_socket: PathBuf,
     pub admin_addr: Option<SocketAddr>,
     pub admin_token: Option<sockmesh_model::Token>,
+    /// The admin API's fault credential on TCP (`--admin-fault-token-file`).
+    pub admin_fault_token: Option<sockmesh_model::Token>,
     pub metrics_addr: SocketAddr,
     pub watch_interval: Duration,
     pub max_callers: usize,
@@ -124,6 +126,7 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
     );
     let config_metrics = ConfigMetrics::new(&mut registry);
     let serve_metrics = ServeMetrics::new(&mut registry);
+    let admin_metrics = admin::AdminMetrics::new(&mut registry);
     let server =
         |endpoint, cap| Server::new(endpoint, opts.http.limits(cap), serve_metrics.clone());
     let mut events = EventReader::open(&attached.layout.maps)?;
@@ -155,7 +158,8 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
         status: status.clone(),
         signals: signals.clone(),
         engine: engine.clone(),
-        token: None,
+        access: None,
+        metrics: admin_metrics,
     };
     tokio::spawn(admin::serve(
         admin::bind_unix(&opts.admin_socket)?,
@@ -170,11 +174,18 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding admin API on {addr}"))?;
-        info!(%addr, "admin API on TCP (bearer token required)");
+        info!(
+            %addr,
+            fault_credential = opts.admin_fault_token.is_some(),
+            "admin API on TCP (bearer token required; faults need the fault credential)"
+        );
         tokio::spawn(admin::serve(
             listener,
             AdminState {
-                token: Some(token),
+                access: Some(admin::AdminAccess {
+                    read: token,
+                    fault: opts.admin_fault_token.clone(),
+                }),
                 ..admin_state
             },
             server(Endpoint::Admin, ADMIN_MAX_CONNECTIONS),
@@ -206,7 +217,6 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
     let views = dataplane
         .apply(&initial, &overlay, None, None)
         .context("applying the initial config")?;
-    let views = Arc::new(views);
     signals.set_config(&views, &initial);
     let initial = Arc::new(initial);
     let signals_updater = SignalsUpdater::spawn(signals.clone(), initial.clone(), views.clone());
@@ -245,7 +255,7 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
                 overlay = overlay_rx.borrow_and_update().clone();
                 match dataplane.apply_overlay(&current, &overlay) {
                     Ok(views) => {
-                        let views = Arc::new(views);
+
                         signals_updater.views(views.clone());
                         status.write().expect("status lock").services = views;
                     }
@@ -340,7 +350,7 @@ impl Reconcile<'_> {
             Ok(views) => {
                 let tables_us = planning.elapsed().as_micros() as u64;
                 info!(tables_us, "config taken");
-                let views = Arc::new(views);
+
                 self.signals.config(cfg.clone(), views.clone());
                 // Bounded: waits while the engine is behind; a config change is never lost.
                 let _ = self

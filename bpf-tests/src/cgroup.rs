@@ -150,6 +150,21 @@ impl Cgroup2 {
         Ok(progs)
     }
 
+    /// Waits up to `bound` for no program to be attached here; the programs still attached
+    /// at the end (empty on success). Unlinking a link's last pin detaches it a moment later
+    /// (the kernel frees the pin's inode after an RCU grace period, then puts the link from
+    /// a work queue), so a check right after `cleanup` can still see it.
+    pub fn wait_detached(&self, bound: std::time::Duration) -> Result<Vec<AttachedProgram>> {
+        let deadline = std::time::Instant::now() + bound;
+        loop {
+            let left = self.attached_programs()?;
+            if left.is_empty() || std::time::Instant::now() >= deadline {
+                return Ok(left);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Pids currently in the cgroup.
     pub fn procs(&self) -> Result<Vec<i32>> {
         read_procs(&self.path)

@@ -140,7 +140,10 @@ fn cleanup_detaches_programs_and_removes_pins() {
         "pin dir left: {:?}",
         bed.bpffs().pins()
     );
-    let left = bed.cgroup().attached_programs().unwrap();
+    let left = bed
+        .cgroup()
+        .wait_detached(std::time::Duration::from_secs(10))
+        .unwrap();
     assert!(
         left.is_empty(),
         "programs still attached after cleanup: {left:?}"

@@ -190,7 +190,8 @@ fn control_down_agent_restart_comes_up_from_its_persisted_snapshot() {
     // Stop the agent and detach everything (cleanup), so what routes next can only come
     // from the snapshot the agent persisted, not from pins an earlier agent left.
     bed.drop_agent();
-    assert!(bed.cgroup().attached_programs().unwrap().is_empty());
+    let left = bed.cgroup().wait_detached(Duration::from_secs(10)).unwrap();
+    assert!(left.is_empty(), "still attached after cleanup: {left:?}");
     let unrouted = ConnectClient::new(vip, 1)
         .timeout(Duration::from_secs(1))
         .run(Some(bed.cgroup()), None)

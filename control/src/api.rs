@@ -5,15 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use hyper::{body::Body, header, Method, Request, Response, StatusCode};
 use serde::Serialize;
+use sockmesh_serve::{read_body, BODY_TIMEOUT};
 
+use crate::credentials::{self, Credentials, Identity, RefusedReason};
 use crate::history::Revision;
 use crate::hub::Hub;
 use sockmesh_model::protocol::{ErrorBody, HISTORY_PATH};
 use sockmesh_model::request::{self, ApiRequest, MAX_BODY_BYTES};
-use sockmesh_model::Token;
 
 pub type Reply = Response<Full<Bytes>>;
 
@@ -25,12 +26,12 @@ pub struct Listening {
     pub metrics: Option<String>,
 }
 
-/// One listener's view of the API: the hub, plus the token its clients must present
-/// (`None` on the unix socket).
+/// One listener's view of the API: the hub, plus the credentials its clients must present
+/// (`None` on the unix socket, whose clients are the operator: `crate::credentials`).
 #[derive(Debug, Clone)]
 pub struct Api {
     pub hub: Arc<Hub>,
-    pub token: Option<Token>,
+    pub credentials: Option<Arc<Credentials>>,
     pub listening: Arc<Listening>,
 }
 
@@ -43,39 +44,26 @@ impl Api {
         B: Body,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        if let Some(token) = &self.token {
-            let given = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .map(|v| v.as_bytes());
-            if !token.matches_header(given) {
-                let mut reply = error(
-                    StatusCode::UNAUTHORIZED,
-                    "missing or wrong bearer token (Authorization: Bearer <token>)",
-                );
-                reply.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    header::HeaderValue::from_static("Bearer realm=\"sockmesh-control\""),
-                );
-                return reply;
+        let identity = match &self.credentials {
+            None => Identity::Operator,
+            Some(credentials) => {
+                let given = req
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .map(|v| v.as_bytes());
+                match credentials.authenticate(given) {
+                    Some(identity) => identity,
+                    None => return self.unauthenticated(),
+                }
             }
-        }
+        };
         let method = req.method().as_str().to_owned();
         let path = req.uri().path().to_owned();
         let query = req.uri().query().unwrap_or("").to_owned();
         let body = if req.method() == Method::POST {
-            match Limited::new(req.into_body(), MAX_BODY_BYTES)
-                .collect()
-                .await
-            {
-                Ok(b) => b.to_bytes(),
-                Err(e) if e.is::<LengthLimitError>() => {
-                    return error(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        &format!("the body may be at most {MAX_BODY_BYTES} bytes"),
-                    )
-                }
-                Err(e) => return error(StatusCode::BAD_REQUEST, &format!("reading the body: {e}")),
+            match read_body(req.into_body(), MAX_BODY_BYTES, BODY_TIMEOUT).await {
+                Ok(b) => b,
+                Err(e) => return error(e.status(), &e.to_string()),
             }
         } else {
             Bytes::new()
@@ -84,8 +72,19 @@ impl Api {
             Ok(r) => r,
             Err(bad) => return error(bad.status, &bad.message),
         };
+        if let Err(refusal) = credentials::authorize(&identity, &request) {
+            self.hub.metrics.refused(refusal.reason);
+            return error(StatusCode::FORBIDDEN, &refusal.message);
+        }
+        // A node's reads are its own whatever `agent=` it gave (none, or its own name), so
+        // its sync record and its watch cap key on the credential, not on a claim.
+        let own = |agent: Option<String>| match &identity {
+            Identity::Node(node) => Some(node.to_string()),
+            Identity::Operator => agent,
+        };
         match request {
             ApiRequest::Snapshot { agent, version } => {
+                let agent = own(agent);
                 self.note_agent(agent.as_deref());
                 self.snapshot(version)
             }
@@ -95,6 +94,7 @@ impl Api {
                 timeout,
                 delta,
             } => {
+                let agent = own(agent);
                 self.note_agent(agent.as_deref());
                 // Held until the reply is made (or the connection goes).
                 let Some(_slot) = self.hub.watches.enter(agent.as_deref()) else {
@@ -128,6 +128,20 @@ impl Api {
                 json(StatusCode::OK, &status)
             }
         }
+    }
+
+    /// 401 with the challenge, counted.
+    fn unauthenticated(&self) -> Reply {
+        self.hub.metrics.refused(RefusedReason::Unauthenticated);
+        let mut reply = error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (Authorization: Bearer <token>)",
+        );
+        reply.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"sockmesh-control\""),
+        );
+        reply
     }
 
     /// Notes the (already checked) `agent=` a snapshot or watch names.
@@ -232,3 +246,7 @@ fn error(status: StatusCode, message: &str) -> Reply {
         },
     )
 }
+
+#[cfg(test)]
+#[path = "api_tests.rs"]
+mod tests;

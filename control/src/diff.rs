@@ -241,6 +241,45 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// The delta made from a diff's names equals the delta found by comparing the
+        /// whole configs: adds, removes, reweighs, reorders and workload edits at random.
+        #[test]
+        fn a_delta_from_the_diff_equals_the_whole_delta(
+            old in proptest::collection::vec((0u8..12, 1u32..4), 0..10),
+            new in proptest::collection::vec((0u8..12, 1u32..4), 0..10),
+            old_workloads in proptest::prelude::any::<bool>(),
+            new_workloads in proptest::prelude::any::<bool>(),
+        ) {
+            let config = |entries: &[(u8, u32)], workloads: bool| {
+                let mut seen = std::collections::HashSet::new();
+                let services: Vec<(String, u8, u32)> = entries
+                    .iter()
+                    .filter(|(i, _)| seen.insert(*i))
+                    .map(|(i, w)| (format!("s{i}"), i + 1, *w))
+                    .collect();
+                let named: Vec<(&str, u8, u32)> =
+                    services.iter().map(|(n, v, w)| (n.as_str(), *v, *w)).collect();
+                let mut cfg = mesh(&named);
+                if workloads {
+                    cfg.workloads = parse_config("services: []\nworkloads:\n  - name: w\n    cgroup: x/w\n")
+                        .unwrap()
+                        .workloads;
+                }
+                cfg
+            };
+            let (a, b) = (config(&old, old_workloads), config(&new, new_workloads));
+            let (_, versions) = diff(None, &a, 1);
+            let (c, _) = diff(Some((&a, &versions)), &b, 2);
+            let known = sockmesh_model::ConfigDelta::between_known(
+                &a, &b, &c.added, &c.changed, &c.removed, c.workloads,
+            );
+            proptest::prop_assert_eq!(known, sockmesh_model::ConfigDelta::between(&a, &b));
+        }
+    }
+
     #[test]
     fn workloads_are_reported() {
         let v1 = mesh(&[("a", 1, 1)]);

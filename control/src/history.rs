@@ -77,7 +77,20 @@ impl Revision {
     /// snapshot can say it. The one from the version just before is made once.
     pub fn delta_json(&self, base: &Revision) -> Option<Bytes> {
         let make = || {
-            let delta = ConfigDelta::between(&base.config, &self.config)?;
+            // The version just before: this revision's changes name what differs.
+            let delta = if base.version + 1 == self.version {
+                let c = &self.changes;
+                ConfigDelta::between_known(
+                    &base.config,
+                    &self.config,
+                    &c.added,
+                    &c.changed,
+                    &c.removed,
+                    c.workloads,
+                )?
+            } else {
+                ConfigDelta::between(&base.config, &self.config)?
+            };
             Some(to_json(&Update::<&MeshConfig>::Delta(DeltaUpdate {
                 version: self.version,
                 from: base.version,
@@ -90,6 +103,30 @@ impl Revision {
             self.delta_from_previous.get_or_init(make).clone()
         } else {
             make()
+        }
+    }
+
+    /// A revision read back from the store, with what was recorded of it.
+    pub(crate) fn restored(
+        version: u64,
+        fingerprint: String,
+        created_unix_ms: u64,
+        origin: Origin,
+        service_versions: BTreeMap<String, u64>,
+        changes: Changes,
+        config: MeshConfig,
+    ) -> Self {
+        Revision {
+            version,
+            fingerprint,
+            created_unix_ms,
+            origin,
+            service_versions,
+            changes,
+            config,
+            snapshot_json: OnceLock::new(),
+            update_json: OnceLock::new(),
+            delta_from_previous: OnceLock::new(),
         }
     }
 
@@ -178,6 +215,11 @@ impl History {
 
     pub fn head(&self) -> Option<&Arc<Revision>> {
         self.revisions.back()
+    }
+
+    /// The oldest kept revision.
+    pub fn oldest(&self) -> Option<&Arc<Revision>> {
+        self.revisions.front()
     }
 
     pub fn get(&self, version: u64) -> Option<&Arc<Revision>> {

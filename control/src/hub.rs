@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::agents::Agents;
+use crate::credentials::{RefusedLabels, RefusedReason};
 use crate::history::{Commit, History, HistoryError, Revision};
 use crate::source::{Patch, SourceEvent};
 use crate::store::{Store, StoreError};
@@ -31,6 +32,9 @@ pub struct HubMetrics {
     pub updates_served: Family<UpdateKind, Counter>,
     /// `sockmesh_control_watches_refused_total`: watches over the per-identity cap (429).
     pub watches_refused: Counter,
+    /// `sockmesh_control_requests_refused_total{reason}`: API requests refused for their
+    /// credential (401) or its scope (403).
+    pub requests_refused: Family<RefusedLabels, Counter>,
 }
 
 /// How a version reached an agent that reads deltas.
@@ -42,6 +46,13 @@ pub struct UpdateKind {
 }
 
 impl HubMetrics {
+    /// Counts one refused request.
+    pub fn refused(&self, reason: RefusedReason) {
+        self.requests_refused
+            .get_or_create(&RefusedLabels { reason })
+            .inc();
+    }
+
     /// Counts one watch reply to a delta-reading agent.
     pub fn served(&self, delta: bool) {
         let kind = if delta { "delta" } else { "snapshot" };
@@ -220,13 +231,13 @@ impl Hub {
             (Commit::New { .. }, _, index) => *index = None,
             _ => {}
         }
-        self.publish(&commit);
+        self.publish(&state.history, &commit);
     }
 
     /// Logs, stores and announces a commit. Called with the state locked, so heads are
     /// published in version order.
-    fn publish(&self, commit: &Commit) {
-        let Commit::New { revision, evicted } = commit else {
+    fn publish(&self, history: &History, commit: &Commit) {
+        let Commit::New { revision, .. } = commit else {
             info!(
                 version = commit.revision().version,
                 "the head already has this config; no new version"
@@ -248,7 +259,9 @@ impl Hub {
         if let Some(store) = &self.store {
             // The version is served from memory either way; on disk it only matters for
             // the next start, which then begins from the last stored head.
-            if let Err(e) = store.save(revision, evicted) {
+            let previous = history.get(revision.version.wrapping_sub(1));
+            let oldest = history.oldest().map_or(revision.version, |r| r.version);
+            if let Err(e) = store.save(revision, previous.map(|p| &**p), oldest) {
                 error!(error = %e, version = revision.version, "could not store the revision");
             }
         }
@@ -272,7 +285,7 @@ impl Hub {
         let mut state = self.lock();
         let commit = state.history.rollback(version, unix_ms_now())?;
         warn!(to = version, "rollback requested");
-        self.publish(&commit);
+        self.publish(&state.history, &commit);
         let head = commit.revision();
         Ok(RollbackReply {
             version: head.version,
@@ -298,6 +311,11 @@ impl Hub {
 
     pub fn seen(&self, agent: &str) {
         self.lock().agents.seen(agent, unix_ms_now());
+    }
+
+    /// How many agents are tracked (what `agents().len()` says, without the reports).
+    pub fn agent_count(&self) -> usize {
+        self.lock().agents.len()
     }
 
     pub fn agents(&self) -> Vec<AgentReport> {

@@ -19,7 +19,8 @@
 //! - [`agents`]: per-agent acks and sync age, pure.
 //! - [`hub`]: the shared state tying them together; [`store`]: revisions on disk.
 //! - [`api`], [`listen`]: HTTPS on TCP (bearer token) and a unix socket (0600), through the
-//!   hardened accept loop of `sockmesh-serve`; [`watch_cap`]: long-polls per agent.
+//!   hardened accept loop of `sockmesh-serve`; [`watch_cap`]: long-polls per agent;
+//!   [`credentials`]: who a bearer token is (operator or one node) and what it may ask.
 //! - [`tls`]: the TCP API's TLS (`--tls-cert`), reloaded when the files change.
 //! - [`metrics`]: the `sockmesh_control_*` series.
 //!
@@ -29,6 +30,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod credentials;
 pub mod diff;
 pub mod history;
 pub mod hub;
@@ -56,15 +58,19 @@ use tracing::info;
 /// Everything [`run`] needs; the binary fills it from flags.
 #[derive(Debug)]
 pub struct ServerOptions {
-    /// TCP API listeners; each requires `token`, and `tls` unless `insecure_plaintext`.
+    /// TCP API listeners; each requires `token` or `node_tokens`, and `tls` unless
+    /// `insecure_plaintext`.
     pub listen: Vec<SocketAddr>,
     /// The unix socket API (mode 0600, no token).
     pub listen_unix: Option<PathBuf>,
+    /// The operator credential (`--token-file`): every request.
     pub token: Option<Token>,
     /// The TCP API's certificate and key (PEM), re-read when they change.
     pub tls: Option<TlsFiles>,
     /// `--insecure-plaintext`: TCP listeners without `tls` serve plain HTTP.
     pub insecure_plaintext: bool,
+    /// The per-node credentials file (`--node-tokens`), re-read when it changes.
+    pub node_tokens: Option<PathBuf>,
     pub metrics_addr: SocketAddr,
     /// Where revisions are stored; `None` keeps them in memory only.
     pub state_dir: Option<PathBuf>,
@@ -88,6 +94,8 @@ pub struct TlsFiles {
 /// (the binary raises its limit to the hard one). At the cap the longest-idle connection
 /// makes room; long-polls in progress are never taken.
 pub const DEFAULT_API_MAX_CONNECTIONS: usize = 16_384;
+/// How often the `--node-tokens` file is checked for changes.
+const NODE_TOKENS_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// The metrics endpoint's cap: Prometheus and probes hold a connection for milliseconds.
 const METRICS_MAX_CONNECTIONS: usize = 512;
 
@@ -95,12 +103,14 @@ const METRICS_MAX_CONNECTIONS: usize = 512;
 pub enum ServerError {
     #[error("no API listener: give --listen ADDR (with --token-file) and/or --listen-unix PATH")]
     NoListener,
-    #[error("--listen needs a token (--token-file or SOCKMESH_CONTROL_TOKEN): the TCP API never runs without one")]
+    #[error("--listen needs a token (the operator's --token-file or SOCKMESH_CONTROL_TOKEN, or --node-tokens): the TCP API never runs without one")]
     NoToken,
     #[error("--listen needs TLS: give --tls-cert FILE and --tls-key FILE (`sockmesh-control tls init` makes a pair), or --insecure-plaintext to send the token and configs in the clear")]
     NoTls,
     #[error("--tls-cert/--tls-key: {0}")]
     Tls(#[from] sockmesh_tls::TlsError),
+    #[error(transparent)]
+    NodeTokens(#[from] credentials::NodeTokensError),
     #[error("binding {what}: {cause}")]
     Bind { what: String, cause: std::io::Error },
     #[error("state dir: {0}")]
@@ -119,7 +129,7 @@ pub async fn run(mut source: Box<dyn Source>, opts: ServerOptions) -> Result<(),
     if opts.listen.is_empty() && opts.listen_unix.is_none() {
         return Err(ServerError::NoListener);
     }
-    if !opts.listen.is_empty() && opts.token.is_none() {
+    if !opts.listen.is_empty() && opts.token.is_none() && opts.node_tokens.is_none() {
         return Err(ServerError::NoToken);
     }
     if !opts.listen.is_empty() && opts.tls.is_none() && !opts.insecure_plaintext {
@@ -132,6 +142,10 @@ pub async fn run(mut source: Box<dyn Source>, opts: ServerOptions) -> Result<(),
         )?)),
         None => None,
     };
+    let credentials = Arc::new(credentials::Credentials::load(
+        opts.token.clone(),
+        opts.node_tokens.as_deref(),
+    )?);
     let store = opts
         .state_dir
         .as_deref()
@@ -179,9 +193,9 @@ pub async fn run(mut source: Box<dyn Source>, opts: ServerOptions) -> Result<(),
         None => None,
     };
     let listening = Arc::new(listening);
-    let api = |token: Option<Token>| api::Api {
+    let api = |credentials| api::Api {
         hub: hub.clone(),
-        token,
+        credentials,
         listening: listening.clone(),
     };
     let mut registry = metrics::registry(&hub);
@@ -191,7 +205,7 @@ pub async fn run(mut source: Box<dyn Source>, opts: ServerOptions) -> Result<(),
         |endpoint, cap| Server::new(endpoint, opts.http.limits(cap), serve_metrics.clone());
     for listener in tcp {
         let (api, server) = (
-            api(opts.token.clone()),
+            api(Some(credentials.clone())),
             server(Endpoint::Api, opts.api_max_connections),
         );
         match &server_tls {
@@ -214,6 +228,9 @@ pub async fn run(mut source: Box<dyn Source>, opts: ServerOptions) -> Result<(),
             server(Endpoint::Api, opts.api_max_connections),
         ));
     }
+    if opts.node_tokens.is_some() {
+        tokio::spawn(credentials.clone().follow(NODE_TOKENS_CHECK_EVERY));
+    }
     tokio::spawn(metrics::serve(
         metrics_listener,
         Arc::new(registry),
@@ -232,6 +249,7 @@ pub async fn run(mut source: Box<dyn Source>, opts: ServerOptions) -> Result<(),
         metrics = listening.metrics.as_deref().unwrap_or("-"),
         state_dir = ?opts.state_dir,
         keep = opts.keep,
+        node_tokens = credentials.nodes(),
         version = hub.head().map(|h| h.version),
         "sockmesh-control serving"
     );

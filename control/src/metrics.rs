@@ -11,6 +11,8 @@
 //!   how long since the first version it lacks was made; alert when it stays above a bound.
 //! - `sockmesh_control_watches_refused_total`: long-polls over the per-agent cap (429,
 //!   `crate::watch_cap`).
+//! - `sockmesh_control_requests_refused_total{reason}`: API requests refused:
+//!   `unauthenticated` (401), `scope` or `identity_mismatch` (403; `crate::credentials`).
 //! - `sockmesh_control_http_connections_total{endpoint,event}` and
 //!   `sockmesh_control_http_connections_open{endpoint}`: the API's and this endpoint's
 //!   connections (sockmesh-serve, registered by `crate::run`).
@@ -32,6 +34,7 @@ use prometheus_client::{
 use sockmesh_serve::Server;
 use tokio::net::TcpListener;
 
+use crate::credentials::{RefusedLabels, RefusedReason};
 use crate::hub::Hub;
 use sockmesh_model::exposition;
 
@@ -99,6 +102,19 @@ pub fn registry(hub: &Arc<Hub>) -> Registry {
         "watches_refused",
         "Long-polls refused (429) because their agent already held the most watches one identity may",
         hub.metrics.watches_refused.clone(),
+    );
+    // Every reason is exported from the start, so a rate() over it has a 0 to start from.
+    for reason in RefusedReason::ALL {
+        drop(
+            hub.metrics
+                .requests_refused
+                .get_or_create(&RefusedLabels { reason }),
+        );
+    }
+    registry.register(
+        "requests_refused",
+        "API requests refused, by reason: unauthenticated (401), scope or identity_mismatch (403)",
+        hub.metrics.requests_refused.clone(),
     );
     registry.register_collector(Box::new(AgentCollector { hub: hub.clone() }));
     registry

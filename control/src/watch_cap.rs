@@ -4,12 +4,11 @@
 //! when it restarts while its old connection has not died yet). A watch over the cap is
 //! answered 429 with the reason and counted (`sockmesh_control_watches_refused_total`).
 //!
-//! The identity is the `agent=` name the watch gives (an agent's node name, which the hub
-//! also keys acks and sync age on); watches without one (an operator's tool) share one
-//! identity, `-`. The name is what the client claims: with today's one shared token any
-//! holder can claim any name, so the cap bounds a well-behaved fleet's mistakes and a
-//! single runaway client, while the API's connection cap (sockmesh-serve) bounds everything
-//! else. Once credentials are per node, the identity becomes the credential's node.
+//! The identity is the node of a node credential (`crate::credentials`), whatever `agent=`
+//! the watch gives, so a node cannot spread its watches over made-up names. The operator's
+//! watches key on the `agent=` they name (the operator may speak for any agent); those
+//! without one share one identity, `-`. The API's connection cap (sockmesh-serve) bounds
+//! everything else.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

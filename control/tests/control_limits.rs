@@ -56,3 +56,31 @@ fn watches_over_the_per_agent_cap_get_429_with_the_reason_and_are_counted() {
         assert!(metrics.contains(line), "{line} missing:\n{metrics}");
     }
 }
+
+/// A body sent too slowly is cut off with 408 (the body timeout, 10 s), not held for as long
+/// as its sender keeps trickling.
+#[test]
+fn a_body_that_does_not_arrive_in_time_gets_408() {
+    use std::io::{BufReader, Write};
+    let control = Control::start(&mesh(&[("web", 1, 1)]));
+    let mut stream = std::net::TcpStream::connect(control.tcp.as_deref().unwrap()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let head = format!(
+        "POST /v1/rollback HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 40\r\n\r\n{{"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let reply = sockmesh_cli::http::read_response(BufReader::new(stream)).unwrap();
+    assert_eq!(reply.status, 408, "{reply:?}");
+    let body = String::from_utf8_lossy(&reply.body);
+    assert!(body.contains("did not arrive within 10 s"), "{body}");
+    // Nothing was rolled back.
+    assert_eq!(
+        control.get("/v1/history")["head"],
+        1,
+        "{}",
+        control.get("/v1/history")
+    );
+}

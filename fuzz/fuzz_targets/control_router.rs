@@ -1,14 +1,19 @@
 //! The control plane's router (`sockmesh_control::api::Api::handle`) on arbitrary requests
 //! (method, path, query string, headers with or without the bearer token, body), against a
-//! real hub that starts with two versions of the default config, as the TCP listener (token
-//! required) or the unix socket (none). Request layout: `sockmesh_fuzz::request`. One hub
-//! serves every input (building one per input cost 10x the throughput), so acks and
-//! rollbacks accumulate; the checks read its state before and after each request.
+//! real hub that starts with two versions of the default config, as the TCP listener (the
+//! operator token, or node `node-1`'s token, which the input can send as its own
+//! `authorization:` line; the dictionary has it) or the unix socket (none). Request layout:
+//! `sockmesh_fuzz::request`. One hub serves every input (building one per input cost 10x
+//! the throughput), so acks and rollbacks accumulate; the checks read its state before and
+//! after each request.
 //!
 //! Beyond "never panics", every reply must keep the API's rules:
-//! - on TCP, a request without exactly `Authorization: Bearer TOKEN` gets 401 with a
-//!   `WWW-Authenticate` challenge and changes nothing (no version, no agent recorded);
-//!   with it (or on the unix socket), never 401;
+//! - on TCP, a request without exactly `Authorization: Bearer TOKEN` (or node-1's token)
+//!   gets 401 with a `WWW-Authenticate` challenge and changes nothing (no version, no agent
+//!   recorded); with it (or on the unix socket), never 401;
+//! - with node-1's token, a rollback, history, agents or status request, and a snapshot,
+//!   watch or ack naming another agent, gets 403 once it decodes: a node never moves the
+//!   head;
 //! - an authorized `POST` with a body over `MAX_BODY_BYTES` gets 413, and only such a POST;
 //! - otherwise the status is what the request decoder (`request::decode`) makes of the
 //!   request: its 4xx when it refuses it, else the endpoint's answer (200, 204 for a watch
@@ -24,6 +29,7 @@ use http::StatusCode;
 use http_body_util::BodyExt;
 use libfuzzer_sys::fuzz_target;
 use sockmesh_control::api::{Api, Listening};
+use sockmesh_control::credentials::{Credentials, NodeTokens};
 use sockmesh_control::hub::Hub;
 use sockmesh_control::source::SourceEvent;
 use sockmesh_fuzz::{request, TOKEN};
@@ -58,6 +64,24 @@ fn hub() -> Arc<Hub> {
     hub
 }
 
+/// Node `node-1`'s token on the TCP listener.
+const NODE_TOKEN: &str = "fuzz-node-1-token-0123";
+const NODE: &str = "node-1";
+
+/// Whether node-1's credential is refused `request` (the scope rules of
+/// docs/control-plane.md, written out again rather than calling the implementation).
+fn node_refused(request: &ApiRequest) -> bool {
+    match request {
+        ApiRequest::Rollback(_) | ApiRequest::History | ApiRequest::Agents | ApiRequest::Status => {
+            true
+        }
+        ApiRequest::Ack(ack) => ack.agent != NODE,
+        ApiRequest::Snapshot { agent, .. } | ApiRequest::Watch { agent, .. } => {
+            agent.as_deref().is_some_and(|a| a != NODE)
+        }
+    }
+}
+
 fn head(hub: &Hub) -> u64 {
     hub.head().expect("the hub has a head").version
 }
@@ -68,13 +92,20 @@ fuzz_target!(|input: &[u8]| {
     };
     let (rt, hub) = state();
     let head_before = head(hub);
-    let agents_before = hub.agents().len();
+    let agents_before = hub.agent_count();
     let api = Api {
         hub: hub.clone(),
-        token: (!req.unix).then(|| Token::new(TOKEN, "fuzz").expect("a valid token")),
+        credentials: (!req.unix).then(|| {
+            let operator = Token::new(TOKEN, "fuzz").expect("a valid token");
+            let nodes = NodeTokens::parse(&format!("{NODE} {NODE_TOKEN}"), "fuzz")
+                .expect("a valid node tokens file");
+            Arc::new(Credentials::new(Some(operator), nodes))
+        }),
         listening: Arc::new(Listening::default()),
     };
-    let authorized = req.unix || req.has_token();
+    let node = !req.unix
+        && req.authorization.as_deref() == Some(format!("Bearer {NODE_TOKEN}").as_bytes());
+    let authorized = req.unix || req.has_token() || node;
     let post = req.method == http::Method::POST;
     let (status, headers, body) = rt.block_on(async {
         let reply = api.handle(req.request).await;
@@ -101,7 +132,7 @@ fuzz_target!(|input: &[u8]| {
             "an unauthorized request moved the head"
         );
         assert_eq!(
-            hub.agents().len(),
+            hub.agent_count(),
             agents_before,
             "an unauthorized request recorded an agent"
         );
@@ -119,6 +150,9 @@ fuzz_target!(|input: &[u8]| {
     let mut rolled_back = false;
     match decode(req.method.as_str(), &req.path, query, body) {
         Err(bad) => assert_eq!(status, bad.status, "{}", bad.message),
+        Ok(r) if node && node_refused(&r) => {
+            assert_eq!(status, StatusCode::FORBIDDEN, "node-1 asking {r:?}")
+        }
         Ok(ApiRequest::Snapshot { version, .. }) => match version {
             Some(v) if hub.revision(v).is_none() => assert_eq!(status, StatusCode::NOT_FOUND),
             _ => assert_eq!(status, StatusCode::OK),

@@ -33,6 +33,8 @@ pub(crate) struct ConnState {
     in_flight: AtomicU32,
     /// Woken when the table closes this connection to make room for a new one.
     evict: Notify,
+    /// Woken once the connection's task has ended and its stream is closed.
+    closed: Notify,
 }
 
 impl ConnState {
@@ -42,6 +44,7 @@ impl ConnState {
             last_io_ms: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
             evict: Notify::new(),
+            closed: Notify::new(),
         }
     }
 
@@ -67,6 +70,16 @@ impl ConnState {
     /// Resolves once the table evicted this connection.
     pub(crate) async fn evicted(&self) {
         self.evict.notified().await
+    }
+
+    /// Marks the connection closed (its stream dropped); called once, by its table entry.
+    pub(crate) fn mark_closed(&self) {
+        self.closed.notify_one();
+    }
+
+    /// Resolves once the connection is closed (a stored permit if it already is).
+    pub(crate) async fn closed(&self) {
+        self.closed.notified().await
     }
 }
 

@@ -26,8 +26,13 @@ struct Inner {
 }
 
 pub(crate) enum Admission {
-    /// `evicted`: an idle connection was closed to make room.
-    Admitted { conn: Conn, evicted: bool },
+    /// `evicted`: the idle connection told to close to make room. Its descriptor is
+    /// still open until its task ends ([`ConnState::closed`]); the accept loop waits for
+    /// that before it accepts again, so the endpoint never holds more than the cap + 1.
+    Admitted {
+        conn: Conn,
+        evicted: Option<Arc<ConnState>>,
+    },
     /// Every open connection is busy.
     Refused,
 }
@@ -48,6 +53,7 @@ impl Conn {
 impl Drop for Conn {
     fn drop(&mut self) {
         self.table.lock().open.remove(&self.id);
+        self.state.mark_closed();
     }
 }
 
@@ -84,7 +90,7 @@ impl ConnTable {
     /// the open connections, only then).
     pub(crate) fn admit(self: &Arc<Self>) -> Admission {
         let mut inner = self.lock();
-        let mut evicted = false;
+        let mut evicted = None;
         if inner.open.len() >= self.cap {
             let victim = pick_victim(inner.open.iter().map(|(id, s)| Candidate {
                 key: *id,
@@ -94,7 +100,7 @@ impl ConnTable {
             match victim.and_then(|id| inner.open.remove(&id)) {
                 Some(state) => {
                     state.evict();
-                    evicted = true;
+                    evicted = Some(state);
                 }
                 None => return Admission::Refused,
             }

@@ -24,6 +24,31 @@ pub fn raised_soft_limit(soft: u64, hard: u64) -> Option<u64> {
     (want > soft).then_some(want)
 }
 
+/// The share of the soft limit one endpoint's connection cap may take: a binary serves up to
+/// three endpoints, and its maps, files, probes and follower need the last quarter.
+pub const ENDPOINT_SHARE: u64 = 4;
+
+/// The fewest connections an endpoint is allowed, however low the limit.
+pub const MIN_ENDPOINT_CAP: usize = 16;
+
+/// `cap` as the soft limit `soft` allows: at most a [`ENDPOINT_SHARE`]th of it (never
+/// below [`MIN_ENDPOINT_CAP`]), so held connections on every endpoint together cannot take
+/// the descriptors the rest of the process needs when the hard limit could not be raised.
+pub fn fit_cap(cap: usize, soft: u64) -> usize {
+    let share = usize::try_from(soft / ENDPOINT_SHARE).unwrap_or(usize::MAX);
+    cap.min(share.max(MIN_ENDPOINT_CAP))
+}
+
+/// The current soft RLIMIT_NOFILE (`None` if it cannot be read).
+pub fn soft_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0).then_some(lim.rlim_cur)
+}
+
 /// Raises the soft RLIMIT_NOFILE as [`raised_soft_limit`] says.
 pub fn raise_nofile() -> io::Result<NofileLimit> {
     let mut lim = libc::rlimit {
@@ -77,6 +102,16 @@ mod tests {
         assert_eq!(raised_soft_limit(1024, 1024), None);
         assert_eq!(raised_soft_limit(4096, 2048), None);
         assert_eq!(raised_soft_limit(2 * CEILING, u64::MAX), None);
+    }
+
+    #[test]
+    fn a_cap_takes_at_most_a_quarter_of_the_limit() {
+        assert_eq!(fit_cap(512, 20_000), 512);
+        assert_eq!(fit_cap(512, 1024), 256);
+        assert_eq!(fit_cap(16_384, 1024), 256);
+        assert_eq!(fit_cap(512, 40), MIN_ENDPOINT_CAP);
+        assert_eq!(fit_cap(8, 40), 8);
+        assert_eq!(fit_cap(512, u64::MAX), 512);
     }
 
     #[test]

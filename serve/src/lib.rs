@@ -18,12 +18,16 @@
 //!   closed at once (`refused`, no reply written: nothing is spent on it). `conns`.
 //! - **Accept errors** (EMFILE, ENFILE, ENOBUFS...) back off 10 ms doubling to 1 s and are
 //!   logged at most every 10 s with a count (`backoff`).
+//! - **Body timeout** ([`read_body`], 10 s): the handlers read a request body with a size
+//!   and a time bound (413, 408), so a body sent a byte a minute cannot keep a connection
+//!   "in a request" (never idle, never evicted) for good.
 //! - Counters per endpoint ([`ServeMetrics`]) and the RLIMIT_NOFILE raise ([`fd_limit`]).
 //!
 //! Flags for the timeouts: [`HttpTimeoutArgs`], flattened into both binaries' command lines.
 
 mod activity;
 mod backoff;
+mod body;
 mod conns;
 pub mod fd_limit;
 mod metrics;
@@ -46,7 +50,12 @@ pub use activity::Tracked;
 
 use activity::{idle, InFlight};
 use backoff::AcceptBackoff;
+pub use body::{read_body, BodyError, BODY_TIMEOUT};
 use conns::{Admission, ConnTable};
+
+/// How long the accept loop waits for an evicted connection to close before it accepts
+/// again anyway (its task is only ever that slow on a starved runtime).
+const EVICTION_WAIT: Duration = Duration::from_secs(1);
 
 /// What every endpoint enforces; see the crate docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,8 +163,18 @@ enum Ended {
 }
 
 impl Server {
-    pub fn new(endpoint: Endpoint, limits: Limits, metrics: ServeMetrics) -> Self {
+    /// The connection cap is lowered to fit the file-descriptor limit
+    /// ([`fd_limit::fit_cap`]), with a warning, when the limit could not be raised enough.
+    pub fn new(endpoint: Endpoint, mut limits: Limits, metrics: ServeMetrics) -> Self {
         metrics.init(endpoint);
+        if let Some(soft) = fd_limit::soft_limit() {
+            let fitted = fd_limit::fit_cap(limits.max_connections, soft);
+            if fitted < limits.max_connections {
+                warn!(%endpoint, asked = limits.max_connections, cap = fitted, rlimit_nofile = soft,
+                    "connection cap lowered to fit the file-descriptor limit");
+                limits.max_connections = fitted;
+            }
+        }
         Server {
             endpoint,
             limits,
@@ -200,12 +219,12 @@ impl Server {
             };
             backoff.on_success();
             self.metrics.count(self.endpoint, ConnEvent::Accepted);
-            let conn = match table.admit() {
+            let (conn, evicted) = match table.admit() {
                 Admission::Admitted { conn, evicted } => {
-                    if evicted {
+                    if evicted.is_some() {
                         self.metrics.count(self.endpoint, ConnEvent::Evicted);
                     }
-                    conn
+                    (conn, evicted)
                 }
                 Admission::Refused => {
                     self.metrics.count(self.endpoint, ConnEvent::Refused);
@@ -233,6 +252,12 @@ impl Server {
                 server.metrics.opened(server.endpoint, -1);
                 drop(conn);
             });
+            // The evicted connection's descriptor closes when its task runs; accept again
+            // only then (bounded, in case that task is starved), so a flood of new
+            // connections cannot hold more than the cap + 1 descriptors at once.
+            if let Some(victim) = evicted {
+                let _ = tokio::time::timeout(EVICTION_WAIT, victim.closed()).await;
+            }
         }
     }
 

@@ -279,17 +279,156 @@ fn the_table_admits_up_to_the_cap_then_evicts_then_refuses() {
             Admission::Refused => None,
         };
         let (a, e) = admit(&table).unwrap();
-        assert!(!e);
+        assert!(e.is_none());
         let (b, e) = admit(&table).unwrap();
-        assert!(!e);
+        assert!(e.is_none());
         let busy_a = InFlight::enter(a.state());
         let (_c, e) = admit(&table).unwrap();
-        assert!(e, "b was idle");
+        let victim = e.expect("b was idle");
+        assert!(Arc::ptr_eq(&victim, b.state()));
         assert_eq!(table.len(), 2);
+        // The victim is closed only once its task lets go of it.
+        assert!(timeout(Duration::from_millis(20), victim.closed())
+            .await
+            .is_err());
+        drop(b);
+        timeout(BOUND, victim.closed())
+            .await
+            .expect("closed on drop");
         let busy_c = InFlight::enter(_c.state());
         assert!(admit(&table).is_none(), "a and c busy");
-        drop((busy_a, busy_c, a, b));
+        drop((busy_a, busy_c, a));
     });
+}
+
+/// A server-side stream that counts how many are alive at once.
+struct Counted {
+    io: DuplexStream,
+    live: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Hands out queued streams, noting the most alive at once at each accept.
+struct Backlog {
+    queue: tokio::sync::Mutex<mpsc::Receiver<DuplexStream>>,
+    live: Arc<std::sync::atomic::AtomicUsize>,
+    most: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Listener for Backlog {
+    type Io = Counted;
+    async fn accept(&self) -> io::Result<Counted> {
+        match self.queue.lock().await.recv().await {
+            Some(io) => {
+                use std::sync::atomic::Ordering::SeqCst;
+                let now = self.live.fetch_add(1, SeqCst) + 1;
+                self.most.fetch_max(now, SeqCst);
+                Ok(Counted {
+                    io,
+                    live: self.live.clone(),
+                })
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// The slowloris fd bound: a backlog of held half-requests far past the cap, all ready to
+/// accept at once, never has more than the cap + 1 open on the server side (the new one
+/// waits for the evicted one to close), on either runtime flavour.
+#[test]
+fn a_flood_past_the_cap_never_holds_more_than_the_cap_plus_one() {
+    for multi in [false, true] {
+        let rt = if multi {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        }
+        .unwrap();
+        rt.block_on(async {
+            const CAP: usize = 4;
+            const FLOOD: usize = 200;
+            let (tx, rx) = mpsc::channel(FLOOD);
+            let mut clients = Vec::new();
+            for _ in 0..FLOOD {
+                let (mut client, server) = tokio::io::duplex(1024);
+                client.write_all(b"GET /metr").await.unwrap();
+                clients.push(client);
+                tx.send(server).await.unwrap();
+            }
+            let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let listener = Backlog {
+                queue: tokio::sync::Mutex::new(rx),
+                live: live.clone(),
+                most: most.clone(),
+            };
+            let metrics = ServeMetrics::default();
+            let server = Server::new(
+                Endpoint::Metrics,
+                limits(60_000, 60_000, CAP),
+                metrics.clone(),
+            );
+            let task = tokio::spawn(server.serve(listener, |_req| async { ok(b"") }));
+            let deadline = tokio::time::Instant::now() + BOUND;
+            while metrics.get(Endpoint::Metrics, ConnEvent::Accepted) < FLOOD as u64 {
+                assert!(tokio::time::Instant::now() < deadline, "not all accepted");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let most = most.load(std::sync::atomic::Ordering::SeqCst);
+            assert!(
+                most <= CAP + 1,
+                "{most} open at once, cap {CAP} (multi {multi})"
+            );
+            assert_eq!(
+                metrics.get(Endpoint::Metrics, ConnEvent::Evicted),
+                (FLOOD - CAP) as u64
+            );
+            task.abort();
+        });
+    }
 }
 
 /// A listener whose accept always fails, counting the calls.

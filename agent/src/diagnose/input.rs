@@ -196,8 +196,8 @@ mod tests {
             lb: "round_robin",
             id: 1,
             slot_table_len: 2,
-            backends: vec![backend("127.0.0.2:80", 1), backend("127.0.0.3:80", 2)],
-            classes: Vec::new(),
+            backends: vec![backend("127.0.0.2:80", 1), backend("127.0.0.3:80", 2)].into(),
+            classes: std::sync::Arc::default(),
         }
     }
 

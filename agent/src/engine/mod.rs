@@ -92,7 +92,7 @@ impl Engine {
             let backends: Vec<(u32, SocketAddr)> = spec
                 .backends
                 .iter()
-                .zip(&view.backends)
+                .zip(view.backends.iter())
                 .map(|(b, v)| (v.id, b.addr))
                 .collect();
             let kept = self

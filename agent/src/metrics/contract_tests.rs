@@ -62,6 +62,8 @@ fn exposition() -> String {
     // Config and health.
     ConfigMetrics::new(&mut registry);
     let health = HealthMetrics::new(&mut registry);
+    // The admin API's refusals (both reasons are created at registration).
+    crate::admin::AdminMetrics::new(&mut registry);
     // The endpoints' connection counters (sockmesh-serve), one endpoint's series created.
     let serve = sockmesh_serve::ServeMetrics::new(&mut registry);
     let _ = sockmesh_serve::Server::new(

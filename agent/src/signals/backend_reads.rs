@@ -251,7 +251,7 @@ mod tests {
                     slots: 0,
                 })
                 .collect(),
-            classes: Vec::new(),
+            classes: std::sync::Arc::default(),
         }
     }
 
@@ -263,10 +263,12 @@ mod tests {
         assert_eq!(pairs_after_config(&[], &many), None, "the first config");
         assert_eq!(pairs_after_config(&many, &many), Some(vec![]));
         let mut next = many.clone();
-        next[2].backends[1] = crate::tables::plan::BackendView {
+        let mut backends = next[2].backends.to_vec();
+        backends[1] = crate::tables::plan::BackendView {
             addr: "c:1".into(),
-            ..next[2].backends[1].clone()
+            ..backends[1].clone()
         };
+        next[2].backends = backends.into();
         next.remove(5);
         next.push(view("new", 41, &[(3, "d:1")]));
         let mut read = pairs_after_config(&many, &next).unwrap();

@@ -121,7 +121,7 @@ impl Signals {
 
     /// Signals over no kernel maps: the views answer from the config alone and
     /// [`Signals::refresh`] reads nothing. For driving the admin router in-process (fuzz/).
-    #[cfg(feature = "fuzzing")]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn without_kernel(registry: &mut Registry) -> Arc<Self> {
         Self::build(
             None,

@@ -23,7 +23,7 @@ impl Topology {
         let mut t = Topology::default();
         for v in views {
             t.services.insert(v.id, v.name.clone());
-            for b in &v.backends {
+            for b in v.backends.iter() {
                 t.backends.insert(b.id, b.addr.clone());
                 t.backend_by_addr.insert(b.addr.clone(), b.id);
             }

@@ -69,6 +69,11 @@ struct Cli {
     /// File whose first line is the bearer token (or set SOCKMESH_CONTROL_TOKEN).
     #[arg(long, value_name = "FILE", env = "SOCKMESH_CONTROL_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// Per-node credentials: a file of `NODE TOKEN` lines (tokens of 16 characters or
+    /// more). A node's token may only snapshot, watch and ack as that node; the
+    /// --token-file token is the operator's. Re-read when it changes.
+    #[arg(long, value_name = "FILE", env = "SOCKMESH_CONTROL_NODE_TOKENS")]
+    node_tokens: Option<PathBuf>,
     /// Prometheus `GET /metrics` and `GET /ready`.
     #[arg(
         long,
@@ -196,6 +201,7 @@ fn run(cli: Cli) -> Result<()> {
             _ => None,
         },
         insecure_plaintext: cli.insecure_plaintext,
+        node_tokens: cli.node_tokens,
         metrics_addr: cli.metrics_addr,
         state_dir: cli.state_dir,
         keep: cli.keep as usize,

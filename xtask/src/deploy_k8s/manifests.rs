@@ -80,6 +80,7 @@ pub fn check_objects(objects: &[Yaml]) -> Result<()> {
     check_agent_security(agent).context("DaemonSet sockmesh-agent")?;
     check_agent_has_no_api_access(objects, agent)?;
     let control = find(objects, "Deployment", "sockmesh-control")?;
+    check_metrics_ingress(objects)?;
 
     let agent_args = container_args(agent, "agent")?;
     let metrics = flag(&agent_args, "--metrics-addr")?;
@@ -273,6 +274,32 @@ fn mounted_from(
         return Ok(("configMap", name.to_owned()));
     }
     bail!("volume {mount} (for {path}) is neither a Secret nor a ConfigMap")
+}
+
+/// Both NetworkPolicies exist, and every ingress rule that opens a `metrics` port names
+/// who may come (`from`): per-backend series and the exporter's connections are for
+/// Prometheus, not for every pod in the cluster.
+pub fn check_metrics_ingress(objects: &[Yaml]) -> Result<()> {
+    for name in ["sockmesh-agent", "sockmesh-control"] {
+        let policy = find(objects, "NetworkPolicy", name)?;
+        let mut opened = false;
+        for rule in seq(dig(policy, &["spec", "ingress"])) {
+            let metrics = seq(dig(rule, &["ports"]))
+                .any(|p| dig(p, &["port"]).and_then(Yaml::as_str) == Some("metrics"));
+            if metrics {
+                opened = true;
+                ensure!(
+                    seq(dig(rule, &["from"])).next().is_some(),
+                    "NetworkPolicy {name} opens `metrics` to every pod (no `from`)"
+                );
+            }
+        }
+        ensure!(
+            opened,
+            "NetworkPolicy {name} does not let Prometheus reach `metrics`"
+        );
+    }
+    Ok(())
 }
 
 pub fn check_crd_structural(crd: &Yaml) -> Result<()> {

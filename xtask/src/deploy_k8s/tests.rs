@@ -219,6 +219,21 @@ fn agent_keeps_to_its_capabilities() {
 }
 
 #[test]
+fn metrics_are_open_only_to_the_scraping_namespace() {
+    let policies = |text: &str| -> Vec<Yaml> { text.split("\n---\n").map(yaml).collect() };
+    let shipped_policy = read(&workspace::root().join("deploy/k8s/networkpolicy.yaml")).unwrap();
+    check_metrics_ingress(&policies(&shipped_policy)).unwrap();
+    let open = shipped_policy.replacen(
+        "    - from:\n        - namespaceSelector:\n            matchLabels:\n              sockmesh.io/scrape: \"true\"\n      ports:",
+        "    - ports:",
+        1,
+    );
+    assert_ne!(open, shipped_policy, "the edit applies");
+    let err = format!("{:#}", check_metrics_ingress(&policies(&open)).unwrap_err());
+    assert!(err.contains("opens `metrics` to every pod"), "{err}");
+}
+
+#[test]
 fn agent_has_no_api_access() {
     let daemonset = yaml(&DAEMONSET.replace(
         "kind: DaemonSet",

@@ -234,7 +234,7 @@ impl<'a> Builder<'a> {
         if actual.services.get(&key) != Some(&entry) {
             self.services.push(Write::UpsertService(key, entry));
         }
-        let class_views = class_tables
+        let class_views: Vec<ClassView> = class_tables
             .iter()
             .map(|(class, table)| {
                 let mut counts: BTreeMap<String, usize> = BTreeMap::new();
@@ -270,7 +270,7 @@ impl<'a> Builder<'a> {
                     slots: lb.routed(&slots).iter().filter(|s| *s == bid).count(),
                 })
                 .collect(),
-            classes: class_views,
+            classes: class_views.into(),
         });
         Ok(())
     }

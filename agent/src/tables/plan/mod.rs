@@ -12,6 +12,7 @@
 //! back to the class-0 table for a class without one, so every prefix stays consistent.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::Serialize;
 use sockmesh_common::{
@@ -116,11 +117,17 @@ pub(crate) struct ServiceView {
     pub lb: &'static str,
     pub id: u32,
     pub slot_table_len: usize,
-    pub backends: Vec<BackendView>,
+    /// Shared (`Arc`): a config change copies the views of 10,000 services at the cost of
+    /// their names, not of their 100,000 backends.
+    pub backends: Arc<[BackendView]>,
     /// Caller classes with a table of their own (routes, locality); every other caller uses
     /// the service's table above.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub classes: Vec<ClassView>,
+    #[serde(skip_serializing_if = "no_classes")]
+    pub classes: Arc<[ClassView]>,
+}
+
+fn no_classes(classes: &Arc<[ClassView]>) -> bool {
+    classes.is_empty()
 }
 
 /// A caller class's own slot table, for the admin API.

@@ -58,7 +58,7 @@ mod address;
 mod caller;
 mod duration;
 mod error;
-mod fingerprint;
+pub(crate) mod fingerprint;
 mod index;
 mod parse;
 mod policy;
