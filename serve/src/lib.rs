@@ -5,7 +5,7 @@
 //! - **Header timeout** ([`Limits::header_timeout`], 10 s): hyper's `header_read_timeout`
 //!   with a tokio timer (without a timer hyper has none). In hyper 1.x it also runs while a
 //!   kept-alive connection waits for its *next* request, so a keep-alive connection that
-//!   sends nothing is closed after this too; the TLS handshake a later slice adds runs under
+//!   sends nothing is closed after this too; the control API's TLS handshake runs under
 //!   the same bound ([`Upgrade`]).
 //! - **Idle timeout** ([`Limits::idle_timeout`], 60 s): a connection with no request in the
 //!   handler and no byte read or written for that long is closed (`activity`). That covers
