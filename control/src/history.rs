@@ -106,7 +106,8 @@ impl Revision {
         }
     }
 
-    /// A revision read back from the store, with what was recorded of it.
+    /// A revision with what is recorded of it (made at commit, or read back from the
+    /// store); its serialized forms are made on first use.
     pub(crate) fn restored(
         version: u64,
         fingerprint: String,
@@ -285,18 +286,15 @@ impl History {
                 version,
             ),
         };
-        let revision = Arc::new(Revision {
+        let revision = Arc::new(Revision::restored(
             version,
             fingerprint,
-            created_unix_ms: now_unix_ms,
+            now_unix_ms,
             origin,
             service_versions,
             changes,
             config,
-            snapshot_json: OnceLock::new(),
-            update_json: OnceLock::new(),
-            delta_from_previous: OnceLock::new(),
-        });
+        ));
         self.revisions.push_back(revision.clone());
         let evicted = self.evict();
         Commit::New { revision, evicted }
