@@ -3,9 +3,11 @@
 //! real hub that starts with two versions of the default config, as the TCP listener (the
 //! operator token, or node `node-1`'s token, which the input can send as its own
 //! `authorization:` line; the dictionary has it) or the unix socket (none). Request layout:
-//! `sockmesh_fuzz::request`. One hub serves every input (building one per input cost 10x
-//! the throughput), so acks and rollbacks accumulate; the checks read its state before and
-//! after each request.
+//! `sockmesh_fuzz::request`. One hub serves `HUB_INPUTS` inputs in a row (building one per
+//! input cost 10x the throughput), so acks and rollbacks accumulate; the checks read its
+//! state before and after each request. Then a fresh hub takes over: a hub kept for good
+//! fills its agent registry (10,000 names), where each new name scans every entry for the
+//! stalest, and the target ran at a twelfth of its speed.
 //!
 //! Beyond "never panics", every reply must keep the API's rules:
 //! - on TCP, a request without exactly `Authorization: Bearer TOKEN` (or node-1's token)
@@ -23,7 +25,7 @@
 
 #![no_main]
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use http::StatusCode;
 use http_body_util::BodyExt;
@@ -37,19 +39,33 @@ use sockmesh_model::request::{decode, ApiRequest, MAX_BODY_BYTES, PATHS};
 use sockmesh_model::{default_config, Token};
 use tokio::runtime::Runtime;
 
-/// One runtime and one hub for every input; the clock is paused, so a watch's long-poll
-/// ends at once.
-fn state() -> &'static (Runtime, Arc<Hub>) {
-    static STATE: OnceLock<(Runtime, Arc<Hub>)> = OnceLock::new();
-    STATE.get_or_init(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
+/// How many inputs in a row one hub serves before a fresh one replaces it.
+const HUB_INPUTS: u32 = 4_096;
+
+/// One runtime for every input, and the hub of the current run of `HUB_INPUTS` inputs; the
+/// clock is paused, so a watch's long-poll ends at once.
+fn state() -> (&'static Runtime, Arc<Hub>) {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    static HUB: Mutex<Option<(u32, Arc<Hub>)>> = Mutex::new(None);
+    let rt = RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .start_paused(true)
             .build()
-            .expect("a runtime");
-        let hub = rt.block_on(async { hub() });
-        (rt, hub)
-    })
+            .expect("a runtime")
+    });
+    let mut current = HUB.lock().expect("the hub lock");
+    match current.as_mut() {
+        Some((served, hub)) if *served < HUB_INPUTS => {
+            *served += 1;
+            (rt, hub.clone())
+        }
+        _ => {
+            let hub = rt.block_on(async { hub() });
+            *current = Some((1, hub.clone()));
+            (rt, hub)
+        }
+    }
 }
 
 /// A hub at version 2, with version 1 kept (so a rollback has somewhere to go).
@@ -91,6 +107,7 @@ fuzz_target!(|input: &[u8]| {
         return;
     };
     let (rt, hub) = state();
+    let hub = &hub;
     let head_before = head(hub);
     let agents_before = hub.agent_count();
     let api = Api {
