@@ -2,6 +2,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::config::tests::{mesh, service};
+use crate::{HttpSpec, Protocol, Span};
 
 fn spec(name: usize, vip: u8, backends: &[(u8, u32)]) -> ServiceSpec {
     let addrs: Vec<(String, u32)> = backends
@@ -15,10 +16,26 @@ fn spec(name: usize, vip: u8, backends: &[(u8, u32)]) -> ServiceSpec {
 /// One edit a source can make to a config.
 #[derive(Debug, Clone)]
 enum Edit {
-    Add { at: usize, backends: Vec<(u8, u32)> },
-    Remove { at: usize },
-    Reweigh { at: usize, weight: u32 },
-    Readdress { at: usize, host: u8 },
+    Add {
+        at: usize,
+        backends: Vec<(u8, u32)>,
+    },
+    Remove {
+        at: usize,
+    },
+    Reweigh {
+        at: usize,
+        weight: u32,
+    },
+    Readdress {
+        at: usize,
+        host: u8,
+    },
+    /// Turns a service into an http one with this timeout (or back to tcp with `None`).
+    Http {
+        at: usize,
+        timeout_ms: Option<u64>,
+    },
     Enrollment,
 }
 
@@ -32,6 +49,8 @@ fn arb_edit() -> impl Strategy<Value = Edit> {
         any::<usize>().prop_map(|at| Edit::Remove { at }),
         (any::<usize>(), 1u32..9).prop_map(|(at, weight)| Edit::Reweigh { at, weight }),
         (any::<usize>(), 40u8..80).prop_map(|(at, host)| Edit::Readdress { at, host }),
+        (any::<usize>(), proptest::option::of(1u64..5_000))
+            .prop_map(|(at, timeout_ms)| Edit::Http { at, timeout_ms }),
         Just(Edit::Enrollment),
     ]
 }
@@ -53,6 +72,17 @@ fn edit(cfg: &MeshConfig, e: &Edit, next: &mut usize) -> MeshConfig {
         Edit::Reweigh { at, weight } if n > 0 => cfg.services[at % n].backends[0].weight = *weight,
         Edit::Readdress { at, host } if n > 0 => {
             cfg.services[at % n].backends[0].addr = format!("127.0.0.{host}:8080").parse().unwrap()
+        }
+        Edit::Http { at, timeout_ms } if n > 0 => {
+            let service = &mut cfg.services[at % n];
+            service.protocol = match timeout_ms {
+                Some(_) => Protocol::Http,
+                None => Protocol::Tcp,
+            };
+            service.http = timeout_ms.map(|ms| HttpSpec {
+                timeout: Span::millis(ms),
+                ..HttpSpec::default()
+            });
         }
         Edit::Enrollment => {
             cfg.enrollment = match cfg.enrollment {
@@ -116,6 +146,20 @@ fn a_one_service_change_carries_that_service_only() {
     assert_eq!(delta.services().collect::<Vec<_>>(), ["s42"]);
     let bytes = serde_json::to_vec(&delta).unwrap().len();
     assert!(bytes < 1024, "{bytes} bytes");
+}
+
+#[test]
+fn a_changed_http_block_is_a_service_change() {
+    let mut old = mesh(vec![spec(1, 1, &[(2, 1)]), spec(2, 2, &[(2, 1)])]);
+    old.services[1].protocol = Protocol::Http;
+    let mut new = old.clone();
+    new.services[1].http = Some(HttpSpec {
+        per_try_timeout: Some(Span::millis(100)),
+        ..HttpSpec::default()
+    });
+    let delta = ConfigDelta::between(&old, &new).unwrap();
+    assert_eq!(delta.changed, [new.services[1].clone()]);
+    assert_eq!(delta.apply(old).unwrap(), new);
 }
 
 #[test]

@@ -43,13 +43,15 @@ mod default_config;
 pub use address::ControlAddress;
 pub use agent_name::{check_agent_name, MAX_AGENT_NAME_LEN};
 pub use config::{
-    admitted_workloads, check_allowed_callers, check_node_name, check_zone, parse_config,
-    BackendSpec, CallerSelector, CallerSpec, CircuitSpec, ConfigError, ConfigIndex, Enrollment,
-    Fallback, IndexStep, LbPolicy, LimitsSpec, LocalitySpec, Location, MeshConfig, OutlierSpec,
-    Priority, RouteSpec, ServiceSpec, SliKind, SloSpec, Span, SplitSpec, WorkloadSpec,
-    CONFIG_VERSION, MAX_BACKENDS_PER_SERVICE, MAX_BACKEND_PAIRS, MAX_CALLER_SELECTORS,
-    MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN, MAX_MESH_WORKLOADS, MAX_NODE_NAME_LEN,
-    MAX_ROUTES_PER_SERVICE, MAX_SELECTOR_LABELS, MAX_SERVICES, MAX_SERVICE_NAME_LEN,
+    admitted_workloads, check_allowed_callers, check_header_name, check_node_name, check_zone,
+    parse_config, BackendSpec, CallerSelector, CallerSpec, CircuitSpec, ConfigError, ConfigIndex,
+    Enrollment, Fallback, HttpMatch, HttpRouteSpec, HttpSpec, IndexStep, LbPolicy, LimitsSpec,
+    LocalitySpec, Location, MeshConfig, OutlierSpec, Priority, Protocol, RetryOn, RetrySpec,
+    RouteSpec, ServiceSpec, SliKind, SloSpec, Span, SplitSpec, WorkloadSpec, CONFIG_VERSION,
+    MAX_BACKENDS_PER_SERVICE, MAX_BACKEND_PAIRS, MAX_CALLER_SELECTORS, MAX_HEADER_NAME_LEN,
+    MAX_HEADER_VALUE_LEN, MAX_HTTP_ROUTES, MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN,
+    MAX_MESH_WORKLOADS, MAX_NODE_NAME_LEN, MAX_RETRY_ATTEMPTS, MAX_ROUTES_PER_SERVICE,
+    MAX_ROUTE_HEADERS, MAX_ROUTE_PATH_LEN, MAX_SELECTOR_LABELS, MAX_SERVICES, MAX_SERVICE_NAME_LEN,
     MAX_SLOS_PER_SERVICE, MAX_SPLITS_PER_ROUTE, MAX_WEIGHT, MAX_WORKLOADS, MAX_ZONE_LEN,
     NAMESPACE_LABEL, SERVICE_ACCOUNT_LABEL,
 };

@@ -20,6 +20,7 @@
 //!           - {to: {track: stable}, percent: 90}
 //!           - {to: {track: canary}, percent: 10}
 //!     locality: {prefer_zone: true, min_healthy_percent: 50}  # optional: stay in the caller's zone
+//!     protocol: tcp          # optional: tcp (default) | http (served per request, `http:`)
 //!     allowed_callers:       # optional: only these callers may connect (absent: everyone)
 //!       - frontend           # a workload by name ...
 //!       - {namespace: shop, service_account: checkout, labels: {app: web}}  # ... or by identity
@@ -59,6 +60,7 @@ mod caller;
 mod duration;
 mod error;
 pub(crate) mod fingerprint;
+mod http;
 mod index;
 mod parse;
 mod policy;
@@ -82,6 +84,11 @@ pub use caller::{
 };
 pub use duration::Span;
 pub use error::{ConfigError, Location};
+pub use http::{
+    check_header_name, HttpMatch, HttpRouteSpec, HttpSpec, Protocol, RetryOn, RetrySpec,
+    MAX_HEADER_NAME_LEN, MAX_HEADER_VALUE_LEN, MAX_HTTP_ROUTES, MAX_RETRY_ATTEMPTS,
+    MAX_ROUTE_HEADERS, MAX_ROUTE_PATH_LEN,
+};
 pub use index::{ConfigIndex, IndexStep};
 pub use parse::parse_config;
 pub use policy::{CircuitSpec, LimitsSpec, OutlierSpec, Priority};
@@ -252,6 +259,14 @@ pub struct ServiceSpec {
     /// loopback TCP. Left out of the serialization when off (fingerprints unchanged).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub same_node: bool,
+    /// `http`: connections go to the node's L7 proxy, which serves them per request (issue
+    /// 19). Left out of the serialization at `tcp` (fingerprints unchanged).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub protocol: Protocol,
+    /// Request policy of an http service: timeouts, retries, request routes. Absent: the
+    /// defaults ([`HttpSpec::default`]); only with `protocol: http`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSpec>,
 }
 
 impl ServiceSpec {
@@ -278,6 +293,8 @@ impl ServiceSpec {
             routes: Vec::new(),
             locality: None,
             same_node: false,
+            protocol: Protocol::Tcp,
+            http: None,
         }
     }
 }

@@ -32,6 +32,18 @@ pub struct OutlierSpec {
     pub max_banned_percent: u32,
     /// A banned backend returns only after a TCP connect probe succeeds within this time.
     pub probe_timeout: Span,
+    /// http services: ban after this many 5xx responses in a row (0 disables the rule).
+    /// Left out of the serialization at its default, so the fingerprints of configs from
+    /// before the field are unchanged; a tcp service may not change it.
+    #[serde(skip_serializing_if = "is_default_consecutive_5xx")]
+    pub consecutive_5xx: u32,
+}
+
+/// Envoy's default for its `consecutive_5xx` outlier rule.
+pub(super) const DEFAULT_CONSECUTIVE_5XX: u32 = 5;
+
+fn is_default_consecutive_5xx(v: &u32) -> bool {
+    *v == DEFAULT_CONSECUTIVE_5XX
 }
 
 // Eq for the config types that derive it: the f64 fields are validated finite (a NaN is
@@ -53,6 +65,7 @@ impl Default for OutlierSpec {
             reset_after: Span::secs(60),
             max_banned_percent: 50,
             probe_timeout: Span::millis(500),
+            consecutive_5xx: DEFAULT_CONSECUTIVE_5XX,
         }
     }
 }

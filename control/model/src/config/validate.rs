@@ -109,7 +109,7 @@ impl<'a, 'm, F: Fn(SocketAddr) -> Option<(usize, &'m str)>> ServiceChecker<'a, F
     }
 
     /// Health policy ranges, allowed callers (names of configured workloads, valid selectors),
-    /// SLOs, routes and locality.
+    /// SLOs, routes, locality and the http block.
     fn policy(&self, workloads: &[super::WorkloadSpec]) -> Result<(), ConfigError> {
         let s = self.service;
         if let Err((field, reason)) = super::policy::check(&s.outlier, &s.circuit, &s.limits) {
@@ -132,6 +132,14 @@ impl<'a, 'm, F: Fn(SocketAddr) -> Option<(usize, &'m str)>> ServiceChecker<'a, F
             if let Err((field, reason)) = super::route::check_locality(locality) {
                 return self.fail(&field, reason);
             }
+        }
+        if let Err((field, reason)) = super::http::check(
+            s.protocol,
+            s.http.as_ref(),
+            s.outlier.consecutive_5xx,
+            &s.backends,
+        ) {
+            return self.fail(&field, reason);
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 mod accept;
 mod callers;
 mod decode;
+mod http;
 mod limits;
 mod policy;
 mod props;

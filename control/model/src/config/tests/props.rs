@@ -9,8 +9,9 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::{
-    CallerSelector, CallerSpec, Fallback, LocalitySpec, RouteSpec, SliKind, SloSpec, Span,
-    SplitSpec, WorkloadSpec, MAX_BACKENDS_PER_SERVICE, MAX_WEIGHT,
+    CallerSelector, CallerSpec, Fallback, HttpMatch, HttpRouteSpec, HttpSpec, LocalitySpec,
+    Protocol, RetryOn, RetrySpec, RouteSpec, SliKind, SloSpec, Span, SplitSpec, WorkloadSpec,
+    MAX_BACKENDS_PER_SERVICE, MAX_RETRY_ATTEMPTS, MAX_WEIGHT,
 };
 
 fn lb() -> impl Strategy<Value = LbPolicy> {
@@ -79,19 +80,92 @@ fn service_at(index: usize, name: String) -> impl Strategy<Value = ServiceSpec> 
             (1..=u16::MAX, lb(), backends(v6), slos()),
             routes(),
             proptest::option::of((any::<bool>(), 0..=100u32)),
+            proptest::option::of(proptest::option::of(http())),
         )
             .prop_map(
-                move |((port, lb, backends, slos), routes, locality)| ServiceSpec {
-                    slos,
-                    routes,
-                    locality: locality.map(|(prefer_zone, min_healthy_percent)| LocalitySpec {
-                        prefer_zone,
-                        min_healthy_percent,
-                    }),
-                    ..ServiceSpec::new(&name, vip, port, lb, backends)
+                move |((port, lb, backends, slos), routes, locality, http)| {
+                    let (protocol, http) = match http {
+                        None => (Protocol::Tcp, None),
+                        Some(block) => (Protocol::Http, block.map(|b| b.aimed_at(&backends))),
+                    };
+                    ServiceSpec {
+                        slos,
+                        routes,
+                        locality: locality.map(|(prefer_zone, min_healthy_percent)| LocalitySpec {
+                            prefer_zone,
+                            min_healthy_percent,
+                        }),
+                        protocol,
+                        http,
+                        ..ServiceSpec::new(&name, vip, port, lb, backends)
+                    }
                 },
             )
     })
+}
+
+/// An http block whose routes still need their targets: route `k` goes to the labels of
+/// backend `k % len` (so every route names at least one backend).
+#[derive(Debug, Clone)]
+struct HttpDraft(HttpSpec);
+
+impl HttpDraft {
+    fn aimed_at(mut self, backends: &[BackendSpec]) -> HttpSpec {
+        for (k, route) in self.0.routes.iter_mut().enumerate() {
+            route.to = backends[k % backends.len()].labels.clone();
+        }
+        self.0
+    }
+}
+
+fn http() -> impl Strategy<Value = HttpDraft> {
+    let on = prop_oneof![
+        Just(RetryOn::ConnectFailure),
+        Just(RetryOn::RefusedStream),
+        Just(RetryOn::Reset),
+        Just(RetryOn::PerTryTimeout),
+        Just(RetryOn::GatewayError),
+        Just(RetryOn::Status5xx),
+        (400u16..=599).prop_map(RetryOn::Status),
+    ];
+    let matches = (
+        proptest::option::of("/[a-zA-Z0-9/._~%-]{0,30}"),
+        any::<bool>(),
+        proptest::option::of("[A-Z]{1,10}"),
+        proptest::collection::btree_map("[a-z0-9-]{1,20}", "[!-~]([ -~]{0,20}[!-~])?", 0..3),
+    )
+        .prop_map(|(path, exact, method, headers)| HttpMatch {
+            path_prefix: path.clone().filter(|_| !exact),
+            path_exact: path.filter(|_| exact),
+            method,
+            headers,
+        });
+    let route = matches.prop_map(|matches| HttpRouteSpec {
+        matches,
+        to: BTreeMap::new(),
+    });
+    (
+        (1u64..=120_000, 0u64..=100),
+        (0..=MAX_RETRY_ATTEMPTS, 0..=100u32, any::<bool>()),
+        proptest::collection::btree_set(on, 0..5),
+        proptest::collection::vec(route, 0..3),
+    )
+        .prop_map(
+            |((timeout_ms, per_try_pct), (attempts, budget_percent, non_idem), on, routes)| {
+                let per_try = timeout_ms * per_try_pct / 100;
+                HttpDraft(HttpSpec {
+                    timeout: Span::millis(timeout_ms),
+                    per_try_timeout: (per_try > 0).then(|| Span::millis(per_try)),
+                    retries: RetrySpec {
+                        attempts,
+                        on: on.into_iter().collect(),
+                        budget_percent,
+                        retry_non_idempotent: non_idem,
+                    },
+                    routes,
+                })
+            },
+        )
 }
 
 /// Up to three SLOs with distinct names, any objective strictly inside (0, 1) (floats must
