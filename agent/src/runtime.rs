@@ -332,7 +332,10 @@ impl Reconcile<'_> {
         touched: Option<&[String]>,
         started: Instant,
     ) -> Result<(), String> {
-        let received = match change {
+        let received = match change.and_then(|cfg| {
+            crate::http_gate::refuse_http(&cfg)?;
+            Ok(cfg)
+        }) {
             Ok(cfg) => cfg,
             Err(e) => {
                 error!(error = %e, "config rejected; the previous config stays active");
