@@ -33,6 +33,11 @@ enum Edit {
     Workloads {
         count: u8,
     },
+    /// Http settings, valid or not ([`http_edit`]).
+    Http {
+        at: usize,
+        kind: u8,
+    },
     Enrollment,
 }
 
@@ -45,6 +50,7 @@ fn arb_edit() -> impl Strategy<Value = Edit> {
         2 => (any::<usize>(), 0u8..16).prop_map(|(at, host)| Edit::Readdress { at, host }),
         1 => (any::<usize>(), 0u32..3).prop_map(|(at, weight)| Edit::Reweigh { at, weight }),
         1 => (0u8..3).prop_map(|count| Edit::Workloads { count }),
+        1 => (any::<usize>(), 0u8..4).prop_map(|(at, kind)| Edit::Http { at, kind }),
         1 => Just(Edit::Enrollment),
     ]
 }
@@ -93,6 +99,7 @@ fn edit(cfg: &mut MeshConfig, e: &Edit, next: &mut usize) {
                 .map(|i| workload(&format!("w{i}"), &format!("mesh/w{i}"), &[]))
                 .collect();
         }
+        Edit::Http { at, kind } if n > 0 => http_edit(&mut cfg.services[at % n], *kind),
         Edit::Enrollment => {
             cfg.enrollment = match cfg.enrollment {
                 Enrollment::All => Enrollment::Workloads,
@@ -100,6 +107,31 @@ fn edit(cfg: &mut MeshConfig, e: &Edit, next: &mut usize) {
             }
         }
         _ => {}
+    }
+}
+
+/// 0: an http service with a block; 1: back to tcp, keeping the block (refused); 2: a
+/// per-try timeout above the timeout (refused when http); 3: plain tcp.
+fn http_edit(s: &mut crate::ServiceSpec, kind: u8) {
+    use crate::{HttpSpec, Protocol, Span};
+    match kind {
+        0 => {
+            s.protocol = Protocol::Http;
+            s.http = Some(HttpSpec {
+                per_try_timeout: Some(Span::millis(100)),
+                ..HttpSpec::default()
+            });
+        }
+        1 => s.protocol = Protocol::Tcp,
+        2 => {
+            if let Some(http) = &mut s.http {
+                http.per_try_timeout = Some(Span::secs(60));
+            }
+        }
+        _ => {
+            s.protocol = Protocol::Tcp;
+            s.http = None;
+        }
     }
 }
 
