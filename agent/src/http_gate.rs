@@ -18,7 +18,7 @@ pub(crate) fn refuse_http(config: &MeshConfig) -> Result<(), String> {
     {
         Some(i) => Err(format!(
             "services[{i}].protocol: http needs the L7 proxy, which is not built yet \
-             (issue 19); service {:?} stays unserved until then",
+             (issue 19), so this agent cannot serve service {:?}",
             config.services[i].name
         )),
         None => Ok(()),
