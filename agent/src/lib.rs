@@ -264,7 +264,7 @@ fn follow_options(
     node_name: Option<String>,
     state_dir: &std::path::Path,
 ) -> Result<follow::FollowOptions> {
-    use sockmesh_model::{check_agent_name, ControlAddress, Token};
+    use sockmesh_model::{check_agent_name, ControlAddress, Token, TokenSource};
     let address = ControlAddress::parse(url)?;
     if address.is_plaintext_tcp() && !trust.insecure_plaintext {
         anyhow::bail!(
@@ -282,10 +282,14 @@ fn follow_options(
         ),
         _ => None,
     };
+    // A file is read again whenever it changes: a projected ServiceAccount token rotates.
     let token = match trust.token_file {
-        Some(f) => Some(Token::read_file(f)?),
+        Some(f) => Some(TokenSource::file(f)?),
         None => match std::env::var("SOCKMESH_CONTROL_TOKEN") {
-            Ok(text) => Some(Token::new(&text, "in SOCKMESH_CONTROL_TOKEN")?),
+            Ok(text) => Some(TokenSource::fixed(Token::new(
+                &text,
+                "in SOCKMESH_CONTROL_TOKEN",
+            )?)),
             Err(_) => None,
         },
     };

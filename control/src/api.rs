@@ -10,7 +10,7 @@ use hyper::{body::Body, header, Method, Request, Response, StatusCode};
 use serde::Serialize;
 use sockmesh_serve::{read_body, BODY_TIMEOUT};
 
-use crate::credentials::{self, Credentials, Identity, RefusedReason};
+use crate::credentials::{self, Authn, Credentials, Identity, RefusedReason};
 use crate::history::Revision;
 use crate::hub::Hub;
 use sockmesh_model::protocol::{ErrorBody, HISTORY_PATH};
@@ -51,9 +51,15 @@ impl Api {
                     .headers()
                     .get(header::AUTHORIZATION)
                     .map(|v| v.as_bytes());
-                match credentials.authenticate(given) {
-                    Some(identity) => identity,
-                    None => return self.unauthenticated(),
+                match credentials.authenticate(given).await {
+                    Authn::Known(identity) => identity,
+                    Authn::Unknown => return self.unauthenticated(),
+                    Authn::Unavailable(why) => {
+                        return error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            &format!("cannot check the credential now: {why}"),
+                        )
+                    }
                 }
             }
         };

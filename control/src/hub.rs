@@ -35,6 +35,9 @@ pub struct HubMetrics {
     /// `sockmesh_control_requests_refused_total{reason}`: API requests refused for their
     /// credential (401) or its scope (403).
     pub requests_refused: Family<RefusedLabels, Counter>,
+    /// `sockmesh_control_token_reviews_total{result}` and
+    /// `sockmesh_control_token_review_cache_hits_total` (`--kube-token-review`).
+    pub token_reviews: crate::credentials::review::ReviewMetrics,
 }
 
 /// How a version reached an agent that reads deltas.

@@ -71,6 +71,12 @@ pub struct ServerOptions {
     pub insecure_plaintext: bool,
     /// The per-node credentials file (`--node-tokens`), re-read when it changes.
     pub node_tokens: Option<PathBuf>,
+    /// `--kube-token-review`: nodes' credentials are their agents' ServiceAccount tokens,
+    /// vouched for by this reviewer (the Kubernetes API) under this policy.
+    pub token_review: Option<(
+        Arc<dyn credentials::TokenReviewer>,
+        credentials::ReviewPolicy,
+    )>,
     pub metrics_addr: SocketAddr,
     /// Where revisions are stored; `None` keeps them in memory only.
     pub state_dir: Option<PathBuf>,
@@ -103,7 +109,7 @@ const METRICS_MAX_CONNECTIONS: usize = 512;
 pub enum ServerError {
     #[error("no API listener: give --listen ADDR (with --token-file) and/or --listen-unix PATH")]
     NoListener,
-    #[error("--listen needs a token (the operator's --token-file or SOCKMESH_CONTROL_TOKEN, or --node-tokens): the TCP API never runs without one")]
+    #[error("--listen needs a token (the operator's --token-file or SOCKMESH_CONTROL_TOKEN, --node-tokens, or --kube-token-review): the TCP API never runs without one")]
     NoToken,
     #[error("--listen needs TLS: give --tls-cert FILE and --tls-key FILE (`sockmesh-control tls init` makes a pair), or --insecure-plaintext to send the token and configs in the clear")]
     NoTls,
@@ -129,7 +135,11 @@ pub async fn run(mut source: Box<dyn Source>, opts: ServerOptions) -> Result<(),
     if opts.listen.is_empty() && opts.listen_unix.is_none() {
         return Err(ServerError::NoListener);
     }
-    if !opts.listen.is_empty() && opts.token.is_none() && opts.node_tokens.is_none() {
+    if !opts.listen.is_empty()
+        && opts.token.is_none()
+        && opts.node_tokens.is_none()
+        && opts.token_review.is_none()
+    {
         return Err(ServerError::NoToken);
     }
     if !opts.listen.is_empty() && opts.tls.is_none() && !opts.insecure_plaintext {
@@ -142,16 +152,21 @@ pub async fn run(mut source: Box<dyn Source>, opts: ServerOptions) -> Result<(),
         )?)),
         None => None,
     };
-    let credentials = Arc::new(credentials::Credentials::load(
-        opts.token.clone(),
-        opts.node_tokens.as_deref(),
-    )?);
     let store = opts
         .state_dir
         .as_deref()
         .map(store::Store::open)
         .transpose()?;
     let hub = Arc::new(Hub::new(source.describe(), opts.keep, store)?);
+    let mut credentials =
+        credentials::Credentials::load(opts.token.clone(), opts.node_tokens.as_deref())?;
+    if let Some((reviewer, policy)) = &opts.token_review {
+        credentials = credentials.with_reviews(
+            credentials::Reviews::new(reviewer.clone(), policy.clone())
+                .with_metrics(hub.metrics.token_reviews.clone()),
+        );
+    }
+    let credentials = Arc::new(credentials);
 
     // The first state decides whether there is anything to serve.
     let first = source.next_event().await;

@@ -13,6 +13,10 @@
 //!   `crate::watch_cap`).
 //! - `sockmesh_control_requests_refused_total{reason}`: API requests refused:
 //!   `unauthenticated` (401), `scope` or `identity_mismatch` (403; `crate::credentials`).
+//! - `sockmesh_control_token_reviews_total{result}` and
+//!   `sockmesh_control_token_review_cache_hits_total`: agents' ServiceAccount tokens asked
+//!   of the API server, by result, and answered from the cache (`--kube-token-review`,
+//!   `crate::credentials::review`).
 //! - `sockmesh_control_http_connections_total{endpoint,event}` and
 //!   `sockmesh_control_http_connections_open{endpoint}`: the API's and this endpoint's
 //!   connections (sockmesh-serve, registered by `crate::run`).
@@ -34,6 +38,7 @@ use prometheus_client::{
 use sockmesh_serve::Server;
 use tokio::net::TcpListener;
 
+use crate::credentials::review::{ReviewLabels, ReviewResult};
 use crate::credentials::{RefusedLabels, RefusedReason};
 use crate::hub::Hub;
 use sockmesh_model::exposition;
@@ -115,6 +120,24 @@ pub fn registry(hub: &Arc<Hub>) -> Registry {
         "requests_refused",
         "API requests refused, by reason: unauthenticated (401), scope or identity_mismatch (403)",
         hub.metrics.requests_refused.clone(),
+    );
+    for result in ReviewResult::ALL {
+        drop(
+            hub.metrics
+                .token_reviews
+                .reviews
+                .get_or_create(&ReviewLabels { result }),
+        );
+    }
+    registry.register(
+        "token_reviews",
+        "Agents' ServiceAccount tokens asked of the Kubernetes API (--kube-token-review), by result: accepted, unauthenticated, audience, not_agent, no_node, error",
+        hub.metrics.token_reviews.reviews.clone(),
+    );
+    registry.register(
+        "token_review_cache_hits",
+        "Bearer tokens answered from the token review cache without asking the Kubernetes API",
+        hub.metrics.token_reviews.cache_hits.clone(),
     );
     registry.register_collector(Box::new(AgentCollector { hub: hub.clone() }));
     registry

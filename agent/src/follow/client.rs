@@ -10,11 +10,12 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{header, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use sockmesh_model::{ControlAddress, Token};
+use sockmesh_model::{ControlAddress, TokenReload, TokenSource};
 use sockmesh_tls::ClientTls;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
+use tracing::{info, warn};
 
 /// Largest reply read: a snapshot of a very large mesh is tens of MB.
 const MAX_REPLY_BYTES: usize = 512 << 20;
@@ -43,8 +44,8 @@ pub(super) struct Reply {
 #[derive(Debug, Clone)]
 pub(super) struct Client {
     address: ControlAddress,
-    /// Its `Debug` hides it, as this struct's does.
-    token: Option<Token>,
+    /// Its `Debug` hides the token, as this struct's does.
+    token: Option<TokenSource>,
     /// Required for an https:// address (checked at start, `crate::follow_options`).
     tls: Option<ClientTls>,
 }
@@ -52,7 +53,7 @@ pub(super) struct Client {
 impl Client {
     pub(super) fn new(
         address: ControlAddress,
-        token: Option<Token>,
+        token: Option<TokenSource>,
         tls: Option<ClientTls>,
     ) -> Self {
         Client {
@@ -92,7 +93,18 @@ impl Client {
                 concat!("sockmesh-agent/", env!("CARGO_PKG_VERSION")),
             )
             .header(header::CONNECTION, "close");
-        if let Some(token) = &self.token {
+        if let Some(source) = &self.token {
+            let (token, reload) = source.current();
+            match reload {
+                Some(TokenReload::Taken) => {
+                    info!("control token file changed: sending the new token")
+                }
+                Some(TokenReload::Failed(e)) => warn!(
+                    error = %e,
+                    "control token file changed but holds no token: the last good one stays in use"
+                ),
+                None => {}
+            }
             req = req.header(header::AUTHORIZATION, format!("Bearer {}", token.as_str()));
         }
         if body.is_some() {

@@ -30,7 +30,7 @@ use sockmesh_model::protocol::{
     decode_config, Ack, DeltaUpdate, ErrorBody, Snapshot, Update, ACK_PATH, SNAPSHOT_PATH,
     WATCH_PATH,
 };
-use sockmesh_model::{ConfigIndex, ControlAddress, MeshConfig, Token};
+use sockmesh_model::{ConfigIndex, ControlAddress, MeshConfig, TokenSource};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
@@ -51,9 +51,10 @@ const BACKOFF_CAP: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub(crate) struct FollowOptions {
     pub address: ControlAddress,
-    /// Required for `http://`; the unix socket needs none. A [`Token`], whose `Debug` hides
-    /// it: these options are `Debug`, and may be logged.
-    pub token: Option<Token>,
+    /// Required for `http://`; the unix socket needs none. A [`TokenSource`] (the file is
+    /// read again when it changes), whose `Debug` hides the token: these options are
+    /// `Debug`, and may be logged.
+    pub token: Option<TokenSource>,
     /// `--control-ca`: verifies an https:// control plane (required for one).
     pub tls: Option<sockmesh_tls::ClientTls>,
     /// `--node-name`: how the control plane knows this agent.

@@ -10,6 +10,7 @@ use super::tests::{
 };
 use super::token_tests::Logs;
 use super::*;
+use sockmesh_model::Token;
 
 const TOKEN: &str = "tls-follow-token";
 
@@ -69,7 +70,7 @@ fn start_control(dir: &std::path::Path, tls: bool) -> (ControlProcess, String) {
 fn options(dir: &std::path::Path, url: &str, ca: Option<&std::path::Path>) -> FollowOptions {
     FollowOptions {
         address: ControlAddress::parse(url).unwrap(),
-        token: Some(Token::new(TOKEN, "test").unwrap()),
+        token: Some(TokenSource::fixed(Token::new(TOKEN, "test").unwrap())),
         tls: ca.map(|ca| sockmesh_tls::ClientTls::from_ca_file(ca).unwrap()),
         node: "node-a".into(),
         state_dir: dir.join("state"),

@@ -1,8 +1,10 @@
-//! No secret in logs or `Debug` output: the follower and the real control plane (the
-//! `sockmesh-control` binary, on TCP with TLS and a token), both logging at `trace`, through a
-//! refused start with a wrong token, a start with the right one, and a watch that brings a
-//! new version. Neither token may appear in either log, nor in the options' or the
-//! client's `Debug`. The agent binary's own run (kernel needed) is
+//! No secret in logs or `Debug` output, and a token file that rotates: the follower and the
+//! real control plane (the `sockmesh-control` binary, on TCP with TLS and node-a's token
+//! from `--node-tokens`), both logging at `trace`, through a refused start with a wrong
+//! token, a start with the right one, a watch that brings a new version, then node-a's
+//! token rotated in both files (as the kubelet rewrites a projected ServiceAccount token)
+//! and one more version, acked with the new token without a restart. No token may appear
+//! in either log, nor in the options' or the client's `Debug`. The agent binary's own run (kernel needed) is
 //! bpf-tests/tests/control_follow.rs.
 
 use std::io::Write;
@@ -16,9 +18,11 @@ use super::tests::{
 };
 use super::tls_tests::tls_init;
 use super::*;
+use sockmesh_model::Token;
 
 const SECRET: &str = "s3cret-follow-token-7f3a9c";
 const WRONG: &str = "wrong-follow-token-b41d20";
+const ROTATED: &str = "rotated-follow-token-9e21c7";
 
 /// Everything the agent's tracing writes, kept for grepping.
 #[derive(Clone, Default)]
@@ -48,7 +52,7 @@ impl<'a> MakeWriter<'a> for Logs {
 }
 
 fn assert_no_secret(what: &str, text: &str) {
-    for secret in [SECRET, WRONG] {
+    for secret in [SECRET, WRONG, ROTATED] {
         assert!(
             !text.contains(secret),
             "{what} shows a token:\n{}",
@@ -74,7 +78,9 @@ async fn tokens_never_reach_logs_or_debug_output() {
 
     let dir = tempfile::tempdir().unwrap();
     write(&dir.path().join("mesh.yaml"), &mesh(1, "web"));
-    std::fs::write(dir.path().join("token"), format!("{SECRET}\n")).unwrap();
+    let (nodes, token_file) = (dir.path().join("node-tokens"), dir.path().join("token"));
+    std::fs::write(&nodes, format!("node-a {SECRET}\n")).unwrap();
+    std::fs::write(&token_file, format!("{SECRET}\n")).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -94,8 +100,8 @@ async fn tokens_never_reach_logs_or_debug_output() {
         .arg(dir.path().join("tls/server-key.pem"))
         .arg("--listen-unix")
         .arg(&socket)
-        .arg("--token-file")
-        .arg(dir.path().join("token"))
+        .arg("--node-tokens")
+        .arg(&nodes)
         .args(["--metrics-addr", "127.0.0.1:0", "--watch-interval-ms", "20"])
         .env_remove("SOCKMESH_CONTROL_TOKEN")
         .env("RUST_LOG", "trace")
@@ -110,7 +116,7 @@ async fn tokens_never_reach_logs_or_debug_output() {
     let address = ControlAddress::parse(&format!("https://127.0.0.1:{port}")).unwrap();
     let opts = FollowOptions {
         address: address.clone(),
-        token: Some(Token::new(SECRET, "test").unwrap()),
+        token: Some(TokenSource::file(&token_file).unwrap()),
         tls: Some(sockmesh_tls::ClientTls::from_ca_file(&ca).unwrap()),
         node: "node-a".into(),
         state_dir: dir.path().join("state"),
@@ -122,7 +128,7 @@ async fn tokens_never_reach_logs_or_debug_output() {
 
     // A wrong token: refused (401), retried with backoff and logged, never shown.
     let wrong = FollowOptions {
-        token: Some(Token::new(WRONG, "test").unwrap()),
+        token: Some(TokenSource::fixed(Token::new(WRONG, "test").unwrap())),
         state_dir: dir.path().join("wrong-state"),
         ..opts.clone()
     };
@@ -150,6 +156,25 @@ async fn tokens_never_reach_logs_or_debug_output() {
         a.applied_version == Some(2)
     })
     .await;
+
+    // Rotated under the running follower: the control plane takes the new token (its file
+    // is re-read within a second) and the agent sends it from its next request on.
+    std::fs::write(&nodes, format!("node-a {ROTATED}\n")).unwrap();
+    std::fs::write(&token_file, format!("{ROTATED}\n")).unwrap();
+    write(&dir.path().join("mesh.yaml"), &mesh(7, "web"));
+    tokio::time::timeout(WAIT, applied.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    wait_agent(dir.path(), "acked version 3 with the rotated token", |a| {
+        a.applied_version == Some(3)
+    })
+    .await;
+    assert!(
+        logs.text().contains("control token file changed"),
+        "{}",
+        logs.text()
+    );
     drop(control);
 
     let agent_log = logs.text();

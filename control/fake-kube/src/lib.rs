@@ -10,7 +10,12 @@
 //!   changes as the test makes them, the connection kept open. `R` absent or `0`: the
 //!   current objects as ADDED first, as a real server does. `allowWatchBookmarks`,
 //!   `timeoutSeconds`, `limit` and the rest are accepted and ignored.
-//! - A bearer token is required (401 otherwise), and every request is recorded.
+//! - `POST /apis/authentication.k8s.io/v1/tokenreviews`: a TokenReview of a token the test
+//!   granted ([`FakeKube::grant_token`]): authenticated with its user and the audiences
+//!   asked that it was minted for, as the API server answers; unknown tokens, or no
+//!   audience in common, are `authenticated: false` with an error.
+//! - A bearer token is required (401 otherwise), and every request is recorded (a token
+//!   review's token never).
 //!
 //! Objects are hand-written JSON (this side is the fake); the server stamps `kind`,
 //! `apiVersion`, `metadata.resourceVersion` and `metadata.uid`.
@@ -67,7 +72,13 @@ struct State {
     objects: HashMap<&'static str, BTreeMap<(String, String), Value>>,
     log: Vec<Change>,
     requests: Vec<String>,
+    /// Token -> (user, audiences it was minted for).
+    tokens: HashMap<String, (Value, Vec<String>)>,
+    reviews: usize,
 }
+
+/// The TokenReview endpoint.
+pub const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 
 pub struct FakeKube {
     pub addr: SocketAddr,
@@ -115,7 +126,14 @@ impl FakeKube {
                     tokio::spawn(async move {
                         let svc = service_fn(move |req: Request<Incoming>| {
                             let (st, ch) = (st.clone(), ch.clone());
-                            async move { Ok::<_, Infallible>(handle(req, &st, &ch)) }
+                            async move {
+                                if req.method() == hyper::Method::POST
+                                    && req.uri().path() == TOKEN_REVIEWS
+                                {
+                                    return Ok::<_, Infallible>(review(req, &st).await);
+                                }
+                                Ok::<_, Infallible>(handle(req, &st, &ch))
+                            }
                         });
                         let _ = hyper::server::conn::http1::Builder::new()
                             .serve_connection(TokioIo::new(stream), svc)
@@ -145,6 +163,27 @@ impl FakeKube {
             shutdown: Some(shutdown),
             thread: Some(thread),
         }
+    }
+
+    /// Makes `token` one the API server knows: a TokenReview of it names `user` (a
+    /// `UserInfo`: `username`, `uid`, `groups`, `extra`) when asked for one of `audiences`.
+    pub fn grant_token(&self, token: &str, user: Value, audiences: &[&str]) {
+        let audiences = audiences.iter().map(|a| a.to_string()).collect();
+        self.state
+            .lock()
+            .unwrap()
+            .tokens
+            .insert(token.to_owned(), (user, audiences));
+    }
+
+    /// Forgets a granted token (deleted pod, expired token).
+    pub fn revoke_token(&self, token: &str) {
+        self.state.lock().unwrap().tokens.remove(token);
+    }
+
+    /// How many TokenReviews were asked.
+    pub fn token_reviews(&self) -> usize {
+        self.state.lock().unwrap().reviews
     }
 
     /// A kubeconfig whose server is this fake (and a token it accepts).
@@ -309,6 +348,56 @@ fn status(code: u16, reason: &str, message: &str) -> Response<FakeBody> {
         code,
         json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                "message": message, "reason": reason, "code": code}),
+    )
+}
+
+/// `POST` of a TokenReview: its status from the granted tokens.
+async fn review(req: Request<Incoming>, state: &Arc<Mutex<State>>) -> Response<FakeBody> {
+    use http_body_util::BodyExt;
+    let authorized = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        == Some(format!("Bearer {TOKEN}").as_str());
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return status(400, "BadRequest", &e.to_string()),
+    };
+    let mut st = state.lock().unwrap();
+    st.requests.push(format!("POST {TOKEN_REVIEWS}"));
+    if !authorized {
+        return status(401, "Unauthorized", "Unauthorized");
+    }
+    let Ok(asked) = serde_json::from_slice::<Value>(&body) else {
+        return status(400, "BadRequest", "not a TokenReview");
+    };
+    st.reviews += 1;
+    let token = asked["spec"]["token"].as_str().unwrap_or("");
+    let wanted: Vec<String> = asked["spec"]["audiences"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let answer = match st.tokens.get(token) {
+        None => json!({"authenticated": false, "error": "invalid bearer token"}),
+        Some((user, minted)) => {
+            let common: Vec<&String> = wanted.iter().filter(|a| minted.contains(a)).collect();
+            if common.is_empty() && !wanted.is_empty() {
+                json!({"authenticated": false,
+                       "error": "token audiences are invalid for the target audiences"})
+            } else {
+                json!({"authenticated": true, "user": user, "audiences": common})
+            }
+        }
+    };
+    reply(
+        201,
+        json!({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+               "metadata": {"creationTimestamp": null},
+               "spec": {"audiences": wanted}, "status": answer}),
     )
 }
 

@@ -1,8 +1,11 @@
-//! Who may use the API. On TCP every request carries `Authorization: Bearer <token>`
-//! (agents and operators share one token, read from a file or the environment); the unix
-//! socket is created mode 0600, so the kernel already checked who connected.
+//! Who may use the API. On TCP every request carries `Authorization: Bearer <token>` (the
+//! operator's, a node's, or an agent's ServiceAccount token: docs/control-plane.md,
+//! "Credentials and scopes"), read from a file or the environment; the unix socket is
+//! created mode 0600, so the kernel already checked who connected.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 /// The bearer token TCP clients must present. `Debug` hides it, so it can sit in structs
 /// that get logged.
@@ -69,6 +72,88 @@ impl Token {
     }
 }
 
+/// A client's token that may change under its file: a projected ServiceAccount token, which
+/// the kubelet rewrites well before it expires, or a node token an operator rotates. The
+/// file is looked at before each use and read again when its modification time or size
+/// changed; a read that fails keeps the last good token (a half-written file must not cut
+/// the client off), and says so once.
+#[derive(Clone)]
+pub struct TokenSource(Arc<Inner>);
+
+enum Inner {
+    Fixed(Token),
+    File {
+        path: PathBuf,
+        /// The file's stamp when last looked at, and the last good token.
+        state: Mutex<(Option<(SystemTime, u64)>, Token)>,
+    },
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &*self.0 {
+            Inner::Fixed(_) => f.write_str("TokenSource(<redacted>)"),
+            Inner::File { path, .. } => write!(f, "TokenSource(file {})", path.display()),
+        }
+    }
+}
+
+/// What [`TokenSource::current`] found when it looked at the file.
+#[derive(Debug)]
+pub enum TokenReload {
+    /// The file changed and holds a new token, now in use.
+    Taken,
+    /// The file changed but does not hold a token: the last good one stays in use.
+    Failed(TokenError),
+}
+
+impl TokenSource {
+    /// A token that never changes (`SOCKMESH_CONTROL_TOKEN`, tests).
+    pub fn fixed(token: Token) -> Self {
+        TokenSource(Arc::new(Inner::Fixed(token)))
+    }
+
+    /// The token in `path`, read now (a start with an unreadable file fails) and again
+    /// whenever the file changes.
+    pub fn file(path: &Path) -> Result<Self, TokenError> {
+        let stamp = file_stamp(path);
+        let token = Token::read_file(path)?;
+        Ok(TokenSource(Arc::new(Inner::File {
+            path: path.to_owned(),
+            state: Mutex::new((stamp, token)),
+        })))
+    }
+
+    /// The token to send now, and what changed if the file did.
+    pub fn current(&self) -> (Token, Option<TokenReload>) {
+        let (path, state) = match &*self.0 {
+            Inner::Fixed(token) => return (token.clone(), None),
+            Inner::File { path, state } => (path, state),
+        };
+        let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+        let stamp = file_stamp(path);
+        if stamp == state.0 {
+            return (state.1.clone(), None);
+        }
+        state.0 = stamp;
+        match Token::read_file(path) {
+            Ok(token) if token == state.1 => (token, None),
+            Ok(token) => {
+                state.1 = token.clone();
+                (token, Some(TokenReload::Taken))
+            }
+            Err(e) => (state.1.clone(), Some(TokenReload::Failed(e))),
+        }
+    }
+}
+
+/// A file's modification time and size (through symlinks: a projected volume swaps a
+/// `..data` link), or `None` when it cannot be read.
+fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
 /// Compares every byte of `expected` whatever `given` is; only `expected`'s length shows.
 fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
     let mut diff = u8::from(given.len() != expected.len());
@@ -81,6 +166,43 @@ fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_file_is_read_again_when_it_changes_and_a_bad_edit_keeps_the_last_token() {
+        let dir = std::env::temp_dir().join(format!("sockmesh-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token");
+        std::fs::write(&path, "first-token\n").unwrap();
+        let source = TokenSource::file(&path).unwrap();
+        assert!(!format!("{source:?}").contains("first"));
+        let (token, reload) = source.current();
+        assert_eq!((token.as_str(), reload.is_none()), ("first-token", true));
+
+        // Rotated (a different size, so the stamp moves even within one mtime tick).
+        std::fs::write(&path, "second-token-longer\n").unwrap();
+        let (token, reload) = source.current();
+        assert_eq!(token.as_str(), "second-token-longer");
+        assert!(matches!(reload, Some(TokenReload::Taken)), "{reload:?}");
+        assert!(
+            source.current().1.is_none(),
+            "an unchanged file reported again"
+        );
+
+        // Emptied mid-write: the last good token stays, said once.
+        std::fs::write(&path, "").unwrap();
+        let (token, reload) = source.current();
+        assert_eq!(token.as_str(), "second-token-longer");
+        assert!(matches!(reload, Some(TokenReload::Failed(_))), "{reload:?}");
+        assert!(source.current().1.is_none());
+        // Gone: the same.
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(source.current().0.as_str(), "second-token-longer");
+        std::fs::write(&path, "third\n").unwrap();
+        assert_eq!(source.current().0.as_str(), "third");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        assert!(TokenSource::file(&path).is_err(), "a missing file at start");
+    }
 
     #[test]
     fn only_the_exact_bearer_token_matches() {

@@ -80,6 +80,23 @@ struct Cli {
     /// --token-file token is the operator's. Re-read when it changes.
     #[arg(long, value_name = "FILE", env = "SOCKMESH_CONTROL_NODE_TOKENS")]
     node_tokens: Option<PathBuf>,
+    /// Per-node credentials on Kubernetes: a bearer token that is no other credential is
+    /// asked of the Kubernetes API (a TokenReview, with this process's kube credentials) and
+    /// taken as the node the API server says the agent's pod runs on (Kubernetes 1.30+).
+    /// Only the ServiceAccounts of --kube-agent-service-account, only for
+    /// --kube-token-audience.
+    #[arg(long, env = "SOCKMESH_CONTROL_KUBE_TOKEN_REVIEW")]
+    kube_token_review: bool,
+    /// --kube-token-review: the audience agents' tokens are minted for.
+    #[arg(long, value_name = "AUDIENCE", default_value = sockmesh_control::credentials::review::DEFAULT_AUDIENCE)]
+    kube_token_audience: String,
+    /// --kube-token-review: the agents' ServiceAccount as NAMESPACE/NAME (repeatable).
+    #[arg(long, value_name = "NAMESPACE/NAME", default_value = sockmesh_control::credentials::review::DEFAULT_AGENT_SERVICE_ACCOUNT)]
+    kube_agent_service_account: Vec<String>,
+    /// --kube-token-review: how long an accepted token is taken without asking the API
+    /// server again, in seconds: the most a deleted pod's token keeps working.
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    kube_token_review_cache_secs: u64,
     /// Prometheus `GET /metrics` and `GET /ready`.
     #[arg(
         long,
@@ -198,7 +215,21 @@ fn run(cli: Cli) -> Result<()> {
         (SourceKind::Kubernetes, None) => None,
     };
     let kube = kube_options(&cli)?;
-    let opts = ServerOptions {
+    let review_policy = match cli.kube_token_review {
+        true => Some(
+            sockmesh_control::credentials::ReviewPolicy::new(
+                &cli.kube_token_audience,
+                &cli.kube_agent_service_account,
+            )
+            .map(|policy| sockmesh_control::credentials::ReviewPolicy {
+                accepted_ttl: Duration::from_secs(cli.kube_token_review_cache_secs),
+                ..policy
+            })
+            .map_err(|e| anyhow::anyhow!("--kube-agent-service-account: {e}"))?,
+        ),
+        false => None,
+    };
+    let mut opts = ServerOptions {
         listen: cli.listen,
         listen_unix: cli.listen_unix.clone(),
         token,
@@ -208,6 +239,7 @@ fn run(cli: Cli) -> Result<()> {
         },
         insecure_plaintext: cli.insecure_plaintext,
         node_tokens: cli.node_tokens,
+        token_review: None,
         metrics_addr: cli.metrics_addr,
         state_dir: cli.state_dir,
         keep: cli.keep as usize,
@@ -223,6 +255,9 @@ fn run(cli: Cli) -> Result<()> {
     let result = rt.block_on(async {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        if let Some(policy) = review_policy {
+            opts.token_review = Some((token_reviewer().await?, policy));
+        }
         let source: Box<dyn Source> = match file {
             Some(file) => Box::new(file),
             None => kube_source(kube).await?,
@@ -311,6 +346,24 @@ async fn kube_source(opts: KubeOptions) -> Result<Box<dyn Source>> {
         .await
         .context("connecting to Kubernetes (in-cluster service account, or KUBECONFIG)")?;
     Ok(Box::new(source))
+}
+
+/// The TokenReview client of --kube-token-review, with kube's default client configuration.
+#[cfg(feature = "kubernetes")]
+async fn token_reviewer() -> Result<std::sync::Arc<dyn sockmesh_control::credentials::TokenReviewer>>
+{
+    let client = kube::Client::try_default().await.context(
+        "--kube-token-review: connecting to Kubernetes (in-cluster service account, or KUBECONFIG)",
+    )?;
+    Ok(std::sync::Arc::new(
+        sockmesh_control::credentials::kube_review::KubeReviewer::new(client),
+    ))
+}
+
+#[cfg(not(feature = "kubernetes"))]
+async fn token_reviewer() -> Result<std::sync::Arc<dyn sockmesh_control::credentials::TokenReviewer>>
+{
+    bail!("--kube-token-review needs a sockmesh-control built with the `kubernetes` feature")
 }
 
 #[cfg(not(feature = "kubernetes"))]

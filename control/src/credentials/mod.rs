@@ -5,9 +5,13 @@
 //! file to [`Identity::Node`]. The unix socket (mode 0600) is the operator's: the kernel
 //! already checked who connected. [`scope::authorize`] then decides what the identity may
 //! ask: a node reads the config and acks as itself, nothing else, so a stolen node
-//! credential changes routing nowhere.
+//! credential changes routing nowhere. On Kubernetes a node's credential can instead be its
+//! agent's projected ServiceAccount token, which the API server vouches for ([`review`]).
 
+#[cfg(feature = "kubernetes")]
+pub mod kube_review;
 pub mod node_tokens;
+pub mod review;
 pub mod scope;
 
 use std::path::{Path, PathBuf};
@@ -18,6 +22,7 @@ use sockmesh_model::Token;
 use tracing::{info, warn};
 
 pub use node_tokens::{NodeTokens, NodeTokensError, MIN_TOKEN_CHARS};
+pub use review::{ReviewPolicy, Reviewed, Reviews, TokenReviewer};
 pub use scope::{authorize, Refusal, RefusedLabels, RefusedReason};
 
 /// What a request's credential proves.
@@ -29,6 +34,16 @@ pub enum Identity {
     Node(Arc<str>),
 }
 
+/// What a request's `Authorization` header proved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authn {
+    Known(Identity),
+    /// No credential, or one nobody vouches for: 401.
+    Unknown,
+    /// The API server that would vouch for it could not be asked: 503, try again.
+    Unavailable(String),
+}
+
 /// The credentials a TCP listener accepts. The node table is swapped whole when its file
 /// changes ([`Credentials::follow`]), so a request sees the old table or the new one.
 #[derive(Debug)]
@@ -38,6 +53,8 @@ pub struct Credentials {
     node_file: Option<PathBuf>,
     /// The node file's modification time and size when last read.
     seen: Mutex<Option<(SystemTime, u64)>>,
+    /// `--kube-token-review`: agents' ServiceAccount tokens, vouched for by the API server.
+    reviews: Option<Reviews>,
 }
 
 impl Credentials {
@@ -51,6 +68,7 @@ impl Credentials {
             nodes: RwLock::new(Arc::new(NodeTokens::default())),
             node_file: node_file.map(Path::to_owned),
             seen: Mutex::new(None),
+            reviews: None,
         };
         if let Some(path) = node_file {
             let stamp = stamp(path);
@@ -66,19 +84,40 @@ impl Credentials {
             nodes: RwLock::new(Arc::new(nodes)),
             node_file: None,
             seen: Mutex::new(None),
+            reviews: None,
         }
     }
 
-    /// The identity an `Authorization` header value proves, if any.
-    pub fn authenticate(&self, header: Option<&[u8]>) -> Option<Identity> {
+    /// Also takes tokens that `reviews` vouches for.
+    pub fn with_reviews(mut self, reviews: Reviews) -> Self {
+        self.reviews = Some(reviews);
+        self
+    }
+
+    /// The identity an `Authorization` header value proves, if any: the operator token,
+    /// a node token, else (with reviews) what the API server says of the bearer token.
+    pub async fn authenticate(&self, header: Option<&[u8]>) -> Authn {
         if self
             .operator
             .as_ref()
             .is_some_and(|t| t.matches_header(header))
         {
-            return Some(Identity::Operator);
+            return Authn::Known(Identity::Operator);
         }
-        self.node_table().node(header).map(Identity::Node)
+        if let Some(node) = self.node_table().node(header) {
+            return Authn::Known(Identity::Node(node));
+        }
+        let bearer = header
+            .and_then(|h| h.strip_prefix(b"Bearer "))
+            .and_then(|t| std::str::from_utf8(t).ok());
+        match (&self.reviews, bearer) {
+            (Some(reviews), Some(token)) => match reviews.review(token).await {
+                Reviewed::Node(node) => Authn::Known(Identity::Node(node)),
+                Reviewed::Refused => Authn::Unknown,
+                Reviewed::Unavailable(why) => Authn::Unavailable(why),
+            },
+            _ => Authn::Unknown,
+        }
     }
 
     /// How many nodes have a token now.
@@ -149,17 +188,31 @@ mod tests {
         format!("Bearer {t}").into_bytes()
     }
 
+    fn authenticate(c: &Credentials, header: Option<&[u8]>) -> Option<Identity> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        match runtime.block_on(c.authenticate(header)) {
+            Authn::Known(identity) => Some(identity),
+            Authn::Unknown => None,
+            Authn::Unavailable(why) => panic!("{why}"),
+        }
+    }
+
     #[test]
     fn tokens_map_to_identities() {
         let nodes = NodeTokens::parse(&format!("node-a {A}\n"), "t").unwrap();
         let c = Credentials::new(Some(Token::new(OP, "t").unwrap()), nodes);
-        assert_eq!(c.authenticate(Some(&bearer(OP))), Some(Identity::Operator));
         assert_eq!(
-            c.authenticate(Some(&bearer(A))),
+            authenticate(&c, Some(&bearer(OP))),
+            Some(Identity::Operator)
+        );
+        assert_eq!(
+            authenticate(&c, Some(&bearer(A))),
             Some(Identity::Node("node-a".into()))
         );
-        assert_eq!(c.authenticate(Some(&bearer(B))), None);
-        assert_eq!(c.authenticate(None), None);
+        assert_eq!(authenticate(&c, Some(&bearer(B))), None);
+        assert_eq!(authenticate(&c, None), None);
     }
 
     #[test]
@@ -174,14 +227,14 @@ mod tests {
         std::fs::write(&path, format!("node-a {A}\nnode-b {B}\n")).unwrap();
         assert!(c.reload_if_changed());
         assert_eq!(
-            c.authenticate(Some(&bearer(B))),
+            authenticate(&c, Some(&bearer(B))),
             Some(Identity::Node("node-b".into()))
         );
 
         std::fs::write(&path, format!("node-a {A}\nnode-b {A}\nxx\n")).unwrap();
         assert!(!c.reload_if_changed());
         assert_eq!(c.nodes(), 2, "a bad edit replaced the tokens");
-        assert!(c.authenticate(Some(&bearer(B))).is_some());
+        assert!(authenticate(&c, Some(&bearer(B))).is_some());
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub struct Control {
     pub tcp: Option<String>,
     pub metrics: Option<String>,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Control {
@@ -35,6 +36,11 @@ impl Control {
     }
 
     pub fn start_with(yaml: &str, extra: &[&str]) -> Self {
+        Self::start_with_env(yaml, extra, &[])
+    }
+
+    /// [`Control::start_with`], with environment variables set for the process.
+    pub fn start_with_env(yaml: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
         let mut control = Control {
@@ -43,6 +49,10 @@ impl Control {
             tcp: None,
             metrics: None,
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         control.write_config(yaml);
         control.spawn("127.0.0.1:0");
@@ -86,7 +96,8 @@ impl Control {
             // API, control_tls.rs about the channel.
             .args((!self.extra.iter().any(|a| a == "--tls-cert")).then_some("--insecure-plaintext"))
             .env("NO_COLOR", "1")
-            .env_remove("SOCKMESH_CONTROL_TOKEN");
+            .env_remove("SOCKMESH_CONTROL_TOKEN")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 

@@ -115,6 +115,7 @@ pub fn check_objects(objects: &[Yaml]) -> Result<()> {
         "control --listen={listen} is not its `api` containerPort"
     );
     check_control_tls(agent, control)?;
+    check_node_identity(objects, agent, control)?;
 
     // The ServiceMonitor's selector must pick Services that have its endpoint ports.
     let monitor = find(objects, "ServiceMonitor", "sockmesh")?;
@@ -247,6 +248,40 @@ pub fn check_control_tls(agent: &Yaml, control: &Yaml) -> Result<()> {
     Ok(())
 }
 
+/// Each agent authenticates as its node, never as the operator: its `--control-token-file`
+/// is a projected ServiceAccount token for the audience the control plane reviews
+/// (`--kube-token-review`, `--kube-token-audience`, default sockmesh-control), short-lived,
+/// and the control plane's ClusterRole may create TokenReviews.
+pub fn check_node_identity(objects: &[Yaml], agent: &Yaml, control: &Yaml) -> Result<()> {
+    let agent_args = &container_args(agent, "agent")?;
+    let control_args = &container_args(control, "control")?;
+    ensure!(
+        control_args.iter().any(|a| a == "--kube-token-review"),
+        "control runs without --kube-token-review: agents would need a shared token"
+    );
+    let audience = flag(control_args, "--kube-token-audience").unwrap_or("sockmesh-control");
+    let token = flag(agent_args, "--control-token-file")?;
+    let (kind, minted_for) = mounted_from(agent, "agent", token)?;
+    ensure!(
+        (kind, minted_for.as_str()) == ("serviceAccountToken", audience),
+        "agent --control-token-file={token} comes from {kind} {minted_for}, not a projected \
+         ServiceAccount token for the audience {audience}: every agent would hold a token \
+         that works beyond its node"
+    );
+    let role = find(objects, "ClusterRole", "sockmesh-control")?;
+    let reviews = seq(role.get("rules")).any(|r| {
+        let has = |key, want| seq(r.get(key)).any(|v| v.as_str() == Some(want));
+        has("apiGroups", "authentication.k8s.io")
+            && has("resources", "tokenreviews")
+            && has("verbs", "create")
+    });
+    ensure!(
+        reviews,
+        "ClusterRole sockmesh-control cannot create tokenreviews (--kube-token-review)"
+    );
+    Ok(())
+}
+
 /// The volume source (`secret` or `configMap`, and its name) mounted where `path` lies in
 /// `container` of `workload`.
 fn mounted_from(
@@ -273,7 +308,21 @@ fn mounted_from(
     if let Some(name) = str_at(volume, &["configMap", "name"]) {
         return Ok(("configMap", name.to_owned()));
     }
-    bail!("volume {mount} (for {path}) is neither a Secret nor a ConfigMap")
+    // A projected ServiceAccount token: its audience, and at most an hour of validity.
+    let file = path.rsplit('/').next().unwrap_or_default();
+    if let Some(sa) = seq(dig(volume, &["projected", "sources"]))
+        .filter_map(|src| src.get("serviceAccountToken"))
+        .find(|sa| str_at(sa, &["path"]) == Some(file))
+    {
+        let ttl = sa.get("expirationSeconds").and_then(Yaml::as_u64);
+        ensure!(
+            ttl.is_some_and(|t| t <= 3600),
+            "volume {mount}: the token for {path} lives {ttl:?} s; at most 3600"
+        );
+        let audience = str_at(sa, &["audience"]).unwrap_or("(the API server's)");
+        return Ok(("serviceAccountToken", audience.to_owned()));
+    }
+    bail!("volume {mount} (for {path}) is neither a Secret, a ConfigMap nor a projected token")
 }
 
 /// Both NetworkPolicies exist, and every ingress rule that opens a `metrics` port names

@@ -362,3 +362,49 @@ fn control_channel_is_tls_in_the_shipped_workloads() {
     let err = check(&agent_text, &other_secret).unwrap_err();
     assert!(err.contains("not the Secret sockmesh-control-tls"), "{err}");
 }
+
+#[test]
+fn each_agent_authenticates_as_its_node_not_with_a_shared_token() {
+    let text = |p: &str| read(&workspace::root().join(p)).unwrap();
+    let (agent, control) = (
+        text("deploy/k8s/agent-daemonset.yaml"),
+        text("deploy/k8s/control-deployment.yaml"),
+    );
+    let rbac = text("deploy/k8s/control-rbac.yaml");
+    let objects = |rbac: &str| -> Vec<Yaml> { rbac.split("\n---\n").map(yaml).collect() };
+    let check = |agent: &str, control: &str, rbac: &str| {
+        check_node_identity(&objects(rbac), &yaml(agent), &yaml(control))
+            .map_err(|e| format!("{e:#}"))
+    };
+    check(&agent, &control, &rbac).unwrap();
+
+    let projected = "          projected:\n            defaultMode: 0400\n            sources:\n              - serviceAccountToken:\n                  audience: sockmesh-control\n                  expirationSeconds: 3600\n                  path: token";
+    assert!(
+        agent.contains(projected),
+        "the shipped agent's token volume changed"
+    );
+    let shared = agent.replace(
+        projected,
+        "          secret:\n            secretName: sockmesh-control-token",
+    );
+    let err = check(&shared, &control, &rbac).unwrap_err();
+    assert!(
+        err.contains("not a projected ServiceAccount token"),
+        "{err}"
+    );
+    let other_audience = agent.replace(
+        "audience: sockmesh-control",
+        "audience: https://kubernetes.default.svc",
+    );
+    assert!(check(&other_audience, &control, &rbac).is_err());
+    let long_lived = agent.replace("expirationSeconds: 3600", "expirationSeconds: 86400");
+    let err = check(&long_lived, &control, &rbac).unwrap_err();
+    assert!(err.contains("at most 3600"), "{err}");
+    let no_review = control.replace("            - --kube-token-review\n", "");
+    assert_ne!(no_review, control);
+    let err = check(&agent, &no_review, &rbac).unwrap_err();
+    assert!(err.contains("without --kube-token-review"), "{err}");
+    let no_rbac = rbac.replace("tokenreviews", "subjectaccessreviews");
+    let err = check(&agent, &control, &no_rbac).unwrap_err();
+    assert!(err.contains("cannot create tokenreviews"), "{err}");
+}
