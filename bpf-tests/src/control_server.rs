@@ -147,7 +147,10 @@ impl ControlServer {
                     .args(["--watch-interval-ms", "50"]);
             }
             Source::Kubernetes { kubeconfig, netns } => {
+                // As deploy/ runs it: agents authenticate with their ServiceAccount tokens,
+                // which the (fake) API server binds to their nodes.
                 cmd.args(["--source", "kubernetes", "--kube-debounce-ms", "50"])
+                    .arg("--kube-token-review")
                     .env("KUBECONFIG", kubeconfig)
                     .env_remove("KUBERNETES_SERVICE_HOST");
                 crate::netns::enter_path(netns, &mut cmd)?;

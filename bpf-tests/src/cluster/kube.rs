@@ -158,3 +158,27 @@ pub fn pod_cgroup(uid: &str) -> (String, String) {
 pub fn pod_uid(n: usize) -> String {
     format!("00000000-0000-4000-8000-{n:012x}")
 }
+
+/// The audience agents' tokens are minted for (deploy/'s projected volume).
+pub const TOKEN_AUDIENCE: &str = "sockmesh-control";
+
+/// A JWT-shaped ServiceAccount token for the agent on `node` (the control plane reviews
+/// nothing else): unique per node, meaningful only to the fake API server.
+pub fn agent_token(node: &str) -> String {
+    let hex: String = node.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("eyJhbGciOiJSUzI1NiJ9.{hex}.c2lnbmF0dXJl")
+}
+
+/// The user a TokenReview of [`agent_token`] names: the agents' ServiceAccount, bound to a
+/// pod on `node`.
+pub fn agent_user(node: &str) -> Value {
+    json!({
+        "username": "system:serviceaccount:sockmesh-system:sockmesh-agent",
+        "uid": format!("sa-{node}"),
+        "groups": ["system:serviceaccounts", "system:serviceaccounts:sockmesh-system"],
+        "extra": {
+            "authentication.kubernetes.io/node-name": [node],
+            "authentication.kubernetes.io/pod-name": [format!("sockmesh-agent-{node}")],
+        }
+    })
+}

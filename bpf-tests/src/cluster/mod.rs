@@ -23,6 +23,7 @@ pub mod kube;
 pub mod net;
 
 use std::collections::BTreeMap;
+use std::fs;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -253,6 +254,21 @@ impl Cluster {
             bed.agent(i).wait_ready(NODE_READY_TIMEOUT)?;
         }
         bed.sync("the first version", |_| true)?;
+        // Every agent acked as its own node, with the token the API server bound to that
+        // node (a node credential acks as nothing else): deploy/'s identity, end to end.
+        let agents = bed.control.get_json("/v1/agents")?;
+        for node in &bed.nodes {
+            let acked = agents
+                .as_array()
+                .is_some_and(|a| a.iter().any(|a| a["agent"] == node.spec.name.as_str()));
+            if !acked {
+                bail!(
+                    "node {} never acked with its ServiceAccount token: {agents}\n{}",
+                    node.spec.name,
+                    bed.control.log_tail()
+                );
+            }
+        }
         Ok(bed)
     }
 
@@ -269,11 +285,23 @@ impl Cluster {
             watch_interval_ms: None,
             log_file: state.join("agent.log"),
         };
+        // The node's credential, as deploy/ gives it: a ServiceAccount token of the agents'
+        // account that the API server binds to this node (a TokenReview), not the
+        // operator's token.
+        let token = kube::agent_token(&node.spec.name);
+        self.kube.grant_token(
+            &token,
+            kube::agent_user(&node.spec.name),
+            &[kube::TOKEN_AUDIENCE],
+        );
+        fs::create_dir_all(&state)?;
+        let token_path = state.join("control-token");
+        fs::write(&token_path, format!("{token}\n"))?;
         let mut args: Vec<std::ffi::OsString> = vec![
             "--control".into(),
             self.control.url().into(),
             "--control-token-file".into(),
-            self.control.token_path().into(),
+            token_path.into(),
             "--node-name".into(),
             node.spec.name.clone().into(),
             "--metrics-addr".into(),
