@@ -1,6 +1,5 @@
-//! `sockmesh-proxy`: the decisions of the L7 proxy (issue 19), which the proxy server (the
-//! next slice: hyper, connection pools, the kernel's socket stamp) will call for each request
-//! of a `protocol: http` service.
+//! `sockmesh-proxy`: the decisions of the L7 proxy (issue 19), and the server core that calls
+//! them for each request of a `protocol: http` service.
 //!
 //! Each decision is a small pure module, fed its inputs (time included: nothing here reads a
 //! clock or draws its own randomness), so all of it is tested natively and deterministically:
@@ -15,11 +14,29 @@
 //!   `x-sockmesh-timeout`), and the value passed on to the backend.
 //! - [`code`]: the bounded `code` label of the request metrics.
 //!
-//! Nothing here serves traffic yet; the agent refuses `protocol: http` services until the
-//! server exists.
+//! The server core, on hyper 1 and tokio (the agent does not start it yet: no kernel
+//! redirect, no stamp lookup, no metrics export):
+//!
+//! - [`server`]: [`Proxy`] accepts connections, asks a [`Resolve`] which service each is
+//!   for, serves HTTP/1.1 and h2c with limits against bad callers, and drains on shutdown.
+//! - [`forward`]: one request, from route to response, with retries and deadlines.
+//! - [`upstream`]: keep-alive pools to the backends, and what a failed try means.
+//! - [`body`]: request bodies held for retries, or streamed.
+//! - [`target`]: a service as the proxy serves it, its backends' live state, [`Resolve`].
+//! - [`report`]: the per-request [`Report`] an [`Observe`] receives.
 
+pub mod body;
 pub mod code;
 pub mod deadline;
+pub mod forward;
 pub mod pick;
+pub mod report;
 pub mod retry;
 pub mod route;
+pub mod server;
+pub mod target;
+pub mod upstream;
+
+pub use report::{Observe, Report, Try};
+pub use server::{Drained, Proxy, ProxyConfig};
+pub use target::{Backend, Fixed, Resolve, ServiceTarget};
