@@ -5,7 +5,7 @@
 //! tight duration.
 
 mod retry_tests;
-// mod route_tests;
+mod route_tests;
 // mod server_tests;
 mod timeout_tests;
 
