@@ -6,7 +6,7 @@
 
 mod retry_tests;
 mod route_tests;
-// mod server_tests;
+mod server_tests;
 mod timeout_tests;
 
 use std::collections::BTreeMap;

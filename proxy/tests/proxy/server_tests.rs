@@ -1,0 +1,130 @@
+//! The listener against bad callers, and graceful shutdown.
+
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use sockmesh_proxy::ProxyConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::*;
+
+/// Writes `bytes` on a fresh connection and reads until the proxy closes it (at most 20 s):
+/// what the proxy answered.
+async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    // The proxy may close before reading it all; a failed write is part of the answer.
+    let _ = stream.write_all(bytes).await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer));
+    match read.await {
+        Ok(_) => String::from_utf8_lossy(&answer).into_owned(),
+        Err(_) => panic!("the proxy held the connection for 20 s"),
+    }
+}
+
+fn first_line(answer: &str) -> &str {
+    answer.lines().next().unwrap_or("(closed)")
+}
+
+fn refused(answer: &str) -> bool {
+    answer.is_empty() || answer.starts_with("HTTP/1.1 400") || answer.starts_with("HTTP/1.1 431")
+}
+
+/// Bytes that are not HTTP get a 400 (or a close), never a hang; a silent connection is
+/// closed after `header_read_timeout`, and so is a head that never ends (slowloris); other
+/// clients are served meanwhile, and nothing reached the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_slow_callers_are_refused_and_others_served() {
+    let backend = TestBackend::start(Mode::Status(200)).await;
+    let config = ProxyConfig {
+        header_read_timeout: Duration::from_secs(1),
+        ..ProxyConfig::default()
+    };
+    let proxy = RunningProxy::start_with(http("{}"), &[spec(backend.addr, &[])], config).await;
+    let addr = proxy.addr;
+
+    // A silent connection and a slowloris head held open while others are served.
+    let silent = tokio::spawn(async move { raw(addr, b"").await });
+    let slow = tokio::spawn(async move { raw(addr, b"GET / HTTP/1.1\r\nhost: x\r\n").await });
+    let garbage = raw(addr, b"\x16\x03\x01\x02\x00garbage\r\n\r\n").await;
+    assert!(refused(&garbage), "garbage answered {garbage:?}");
+    let nul = raw(addr, &[0u8; 4096]).await;
+    assert!(refused(&nul), "NUL bytes answered {nul:?}");
+    let client = client();
+    for _ in 0..5 {
+        assert_eq!(send(&client, get(&proxy.url("/"))).await.0, StatusCode::OK);
+    }
+
+    let silent = silent.await.unwrap();
+    assert!(silent.is_empty(), "silent connection got {silent:?}");
+    let slow = slow.await.unwrap();
+    assert!(
+        slow.is_empty() || slow.starts_with("HTTP/1.1 408"),
+        "slowloris got {slow:?}"
+    );
+    assert_eq!(
+        backend.hits(),
+        5,
+        "only the good requests reached the backend"
+    );
+    println!(
+        "garbage: {:?}, NUL: {:?}, silent: {:?}, slowloris: {:?}",
+        first_line(&garbage),
+        first_line(&nul),
+        first_line(&silent),
+        first_line(&slow)
+    );
+    let stats = proxy.stats();
+    assert_eq!(stats.silent.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert!(stats.errors.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+}
+
+/// A 1 MiB header is refused with 431 (or 400, or a close) without reaching the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_header_is_refused() {
+    let backend = TestBackend::start(Mode::Status(200)).await;
+    let proxy = RunningProxy::start(http("{}"), &[spec(backend.addr, &[])]).await;
+    let mut request = b"GET / HTTP/1.1\r\nhost: x\r\nx-big: ".to_vec();
+    request.extend(std::iter::repeat_n(b'a', 1 << 20));
+    request.extend(b"\r\n\r\n");
+    let answer = raw(proxy.addr, &request).await;
+    assert!(
+        refused(&answer),
+        "answered {:?}",
+        &answer[..answer.len().min(80)]
+    );
+    assert_eq!(backend.hits(), 0);
+    println!("1 MiB header: {:?}", first_line(&answer));
+    assert_eq!(
+        send(&client(), get(&proxy.url("/"))).await.0,
+        StatusCode::OK
+    );
+}
+
+/// Shutdown while a request is in flight (the backend answers after 1 s): the request
+/// finishes with 200, the proxy reports a complete drain, and new connections are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_lets_an_in_flight_request_finish() {
+    let backend = TestBackend::start(Mode::Delay(Duration::from_secs(1))).await;
+    let mut proxy = RunningProxy::start(http("{}"), &[spec(backend.addr, &[])]).await;
+    let url = proxy.url("/slow");
+    let in_flight = tokio::spawn(async move { send(&client(), get(&url)).await });
+    wait_for("the request at the backend", || backend.hits() == 1).await;
+
+    let start = Instant::now();
+    let drained = proxy.shut_down().await;
+    let (status, body, _) = in_flight.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, backend.addr.to_string());
+    assert!(
+        drained.complete,
+        "drain cut short after {:?}",
+        start.elapsed()
+    );
+    assert!(
+        TcpStream::connect(proxy.addr).await.is_err(),
+        "the listener is closed"
+    );
+    proxy.wait_reports(1).await;
+}
