@@ -106,3 +106,30 @@ async fn no_eligible_backend_gives_503() {
     assert_eq!(reports[0].backend, None);
     assert_eq!(reports[0].code.to_string(), "503");
 }
+
+/// Hop-by-hop headers stay on the caller's hop (those `connection` lists too); the caller's
+/// address is appended to `x-forwarded-for`; the `host` is kept; the backend's own
+/// hop-by-hop headers do not reach the caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_are_removed_and_the_caller_appended() {
+    let backend = TestBackend::start(Mode::Status(200)).await;
+    let proxy = RunningProxy::start(http("{}"), &[spec(backend.addr, &[])]).await;
+    let request = Request::get(proxy.url("/h"))
+        .header("connection", "x-private")
+        .header("x-private", "1")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-authorization", "Basic eA==")
+        .header("x-forwarded-for", "192.0.2.7")
+        .header("x-kept", "yes")
+        .body(Default::default())
+        .unwrap();
+    assert_eq!(send(&client(), request).await.0, StatusCode::OK);
+    let seen = &backend.seen()[0];
+    for gone in ["x-private", "keep-alive", "proxy-authorization", "connection"] {
+        assert!(!seen.headers.contains_key(gone), "{gone} was forwarded");
+    }
+    let forwarded: Vec<_> = seen.headers.get_all("x-forwarded-for").iter().collect();
+    assert_eq!(forwarded, ["192.0.2.7", "127.0.0.1"]);
+    assert_eq!(seen.headers.get("x-kept").unwrap(), "yes");
+    assert_eq!(seen.headers.get("host").unwrap(), &proxy.addr.to_string());
+}
