@@ -86,6 +86,7 @@ impl Forwarder {
             },
             start,
             grpc,
+            sent: false,
         };
         let (deadline, deadline_header) = request_deadline(&service, &parts.headers, start, grpc);
         let subset = match route::select(

@@ -4,7 +4,8 @@
 //!
 //! A response from a backend is reported when its body ends (or the caller goes away), so a
 //! gRPC status in the trailers is seen and the duration covers the whole response. A
-//! response the proxy makes itself (502, 503, 504) is reported when it is made.
+//! response the proxy makes itself (502, 503, 504) is reported when it is made; a request
+//! whose caller left before the response head, when the proxy drops it (status 499).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -72,11 +73,16 @@ pub(crate) struct Pending {
     pub start: Instant,
     /// Whether the request was gRPC: the code comes from `grpc-status`.
     pub grpc: bool,
+    /// The report was sent.
+    pub sent: bool,
 }
 
 impl Pending {
     /// Sends the report with `grpc_status` (trailer or header) as the gRPC status.
-    fn finish(mut self, grpc_status: Option<&[u8]>) {
+    fn finish(&mut self, grpc_status: Option<&[u8]>) {
+        if std::mem::replace(&mut self.sent, true) {
+            return;
+        }
         if self.grpc {
             self.report.code = Code::grpc(grpc_status);
         }
@@ -85,10 +91,26 @@ impl Pending {
     }
 
     /// Sends the report now (a response the proxy made, with this gRPC status).
-    pub(crate) fn send(self, grpc_status: Option<&[u8]>) {
+    pub(crate) fn send(mut self, grpc_status: Option<&[u8]>) {
         self.finish(grpc_status)
     }
 }
+
+impl Drop for Pending {
+    /// The caller went away before a response head (hyper dropped the request): reported
+    /// as nginx's 499, "client closed request" (its `code` label is `4xx`).
+    fn drop(&mut self) {
+        if !self.sent {
+            self.report.status = StatusCode::from_u16(CLIENT_CLOSED).expect("in range");
+            self.report.code = Code::http(CLIENT_CLOSED);
+            self.grpc = false;
+            self.finish(None);
+        }
+    }
+}
+
+/// The status a request is reported with when its caller left before the response head.
+pub const CLIENT_CLOSED: u16 = 499;
 
 /// A backend's response body that reports its request when it ends, and holds the try's
 /// outstanding count until then.
@@ -119,7 +141,7 @@ impl ReportedBody {
     }
 
     fn finish(&mut self, trailer_status: Option<&[u8]>) {
-        if let Some(pending) = self.pending.take() {
+        if let Some(mut pending) = self.pending.take() {
             pending.finish(trailer_status.or(self.header_status.as_deref()));
         }
     }

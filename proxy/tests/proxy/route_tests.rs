@@ -125,7 +125,12 @@ async fn hop_by_hop_headers_are_removed_and_the_caller_appended() {
         .unwrap();
     assert_eq!(send(&client(), request).await.0, StatusCode::OK);
     let seen = &backend.seen()[0];
-    for gone in ["x-private", "keep-alive", "proxy-authorization", "connection"] {
+    for gone in [
+        "x-private",
+        "keep-alive",
+        "proxy-authorization",
+        "connection",
+    ] {
         assert!(!seen.headers.contains_key(gone), "{gone} was forwarded");
     }
     let forwarded: Vec<_> = seen.headers.get_all("x-forwarded-for").iter().collect();

@@ -128,3 +128,57 @@ async fn graceful_shutdown_lets_an_in_flight_request_finish() {
     );
     proxy.wait_reports(1).await;
 }
+
+/// A caller that leaves while its request waits on a hung backend: the request is reported
+/// as 499 (`4xx`), and the backend's outstanding count goes back to 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_leaving_is_reported_as_499() {
+    let hung = TestBackend::start(Mode::Hang).await;
+    let proxy = RunningProxy::start(http("timeout: 30s"), &[spec(hung.addr, &[])]).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /wait HTTP/1.1\r\nhost: shop\r\n\r\n")
+        .await
+        .unwrap();
+    wait_for("the request at the backend", || hung.hits() == 1).await;
+    assert_eq!(proxy.service.backends[0].outstanding(), 1);
+    drop(stream);
+    let reports = proxy.wait_reports(1).await;
+    assert_eq!(reports[0].status.as_u16(), 499);
+    assert_eq!(reports[0].code.to_string(), "4xx");
+    wait_for("no outstanding try", || {
+        proxy.service.backends[0].outstanding() == 0
+    })
+    .await;
+}
+
+/// A connection no service is resolved for is closed at once and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unresolved_connection_is_closed() {
+    struct Nobody;
+    impl sockmesh_proxy::Resolve for Nobody {
+        fn service(
+            &self,
+            _peer: SocketAddr,
+            _local: SocketAddr,
+        ) -> Option<std::sync::Arc<sockmesh_proxy::ServiceTarget>> {
+            None
+        }
+    }
+    let proxy = sockmesh_proxy::Proxy::new(
+        ProxyConfig::default(),
+        std::sync::Arc::new(Nobody),
+        std::sync::Arc::new(sockmesh_proxy::report::Ignore),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = proxy.clone();
+    tokio::spawn(async move { server.serve(listener, std::future::pending()).await });
+    let answer = raw(addr, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert!(answer.is_empty(), "answered {answer:?}");
+    let unresolved = &proxy.stats().unresolved;
+    wait_for("the count", || {
+        unresolved.load(std::sync::atomic::Ordering::Relaxed) == 1
+    })
+    .await;
+}
