@@ -61,6 +61,8 @@ pub struct TestBackend {
     pub addr: SocketAddr,
     /// Requests whose head arrived (for `Close`: connections accepted).
     pub hits: Arc<AtomicUsize>,
+    /// Connections accepted.
+    pub connections: Arc<AtomicUsize>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
 }
 
@@ -70,6 +72,7 @@ impl TestBackend {
         let backend = TestBackend {
             addr: listener.local_addr().unwrap(),
             hits: Arc::default(),
+            connections: Arc::default(),
             seen: Arc::default(),
         };
         let this = backend.clone();
@@ -78,6 +81,7 @@ impl TestBackend {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                this.connections.fetch_add(1, Ordering::SeqCst);
                 if let Mode::Close = mode {
                     this.hits.fetch_add(1, Ordering::SeqCst);
                     drop(stream);
@@ -126,6 +130,10 @@ impl TestBackend {
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     pub fn seen(&self) -> Vec<Seen> {

@@ -138,3 +138,22 @@ async fn hop_by_hop_headers_are_removed_and_the_caller_appended() {
     assert_eq!(seen.headers.get("x-kept").unwrap(), "yes");
     assert_eq!(seen.headers.get("host").unwrap(), &proxy.addr.to_string());
 }
+
+/// Tries reuse kept-alive connections: 100 requests one after another, from HTTP/1.1 and
+/// HTTP/2 callers, take one connection per protocol to the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_connections_are_kept_alive_and_reused() {
+    let backend = TestBackend::start(Mode::Status(200)).await;
+    let proxy = RunningProxy::start(http("{}"), &[spec(backend.addr, &[])]).await;
+    let (h1, h2) = (client(), h2_client());
+    for i in 0..100 {
+        let client = if i % 2 == 0 { &h1 } else { &h2 };
+        assert_eq!(send(client, get(&proxy.url("/"))).await.0, StatusCode::OK);
+    }
+    assert_eq!(backend.hits(), 100);
+    assert_eq!(
+        backend.connections(),
+        2,
+        "one HTTP/1.1 and one h2c connection"
+    );
+}

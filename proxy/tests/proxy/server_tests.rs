@@ -182,3 +182,67 @@ async fn an_unresolved_connection_is_closed() {
     })
     .await;
 }
+
+/// A burst of 300 HTTP/2 requests each cancelled (RST_STREAM) 200 ms after it is sent, on
+/// one connection, to a hung backend: no try stays outstanding, every request that reached
+/// the proxy is reported 499, and another caller is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_http2_streams_leave_nothing_behind() {
+    let hung = TestBackend::start(Mode::Hang).await;
+    let good = TestBackend::start(Mode::Status(200)).await;
+    let routes = http("{timeout: 30s, routes: [{match: {path_prefix: /good}, to: {track: good}}]}");
+    let backends = [
+        spec(hung.addr, &[("track", "hung")]),
+        spec(good.addr, &[("track", "good")]),
+    ];
+    let proxy = RunningProxy::start(routes, &backends).await;
+    // One connection, up before the burst.
+    let h2 = h2_client();
+    assert_eq!(send(&h2, get(&proxy.url("/good"))).await.0, StatusCode::OK);
+    // The burst's path goes to the whole service: only the hung backend while the good one
+    // is out.
+    let good_backend = proxy.service.backend(good.addr).unwrap();
+    good_backend.set_eligible(false);
+    let mut burst = Vec::new();
+    for _ in 0..300 {
+        let h2 = h2.clone();
+        let url = proxy.url("/hang");
+        burst.push(tokio::spawn(async move {
+            let call = h2.request(get(&url));
+            tokio::time::timeout(Duration::from_millis(200), call).await
+        }));
+    }
+    for call in burst {
+        let answered = call.await.unwrap();
+        assert!(
+            answered.is_err(),
+            "a hung request was answered: {answered:?}"
+        );
+    }
+    good_backend.set_eligible(true);
+    assert_eq!(
+        send(&h2_client(), get(&proxy.url("/good"))).await.0,
+        StatusCode::OK
+    );
+    wait_for("no outstanding try", || {
+        proxy.service.backends.iter().all(|b| b.outstanding() == 0)
+    })
+    .await;
+    let reports = proxy.reports();
+    let statuses: Vec<u16> = reports.iter().map(|r| r.status.as_u16()).collect();
+    let cancelled = statuses.iter().filter(|&&s| s == 499).count();
+    assert_eq!(
+        cancelled + 2,
+        reports.len(),
+        "all but the good requests are 499: {statuses:?}"
+    );
+    assert!(
+        cancelled > 0 && hung.hits() > 0,
+        "the burst reached the hung backend"
+    );
+    assert_eq!(good.connections(), 1);
+    println!(
+        "300 cancelled streams: {cancelled} reached the proxy, {} the hung backend",
+        hung.hits()
+    );
+}
