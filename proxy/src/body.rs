@@ -32,7 +32,21 @@ pub enum RequestBody {
 
 impl RequestBody {
     /// Reads `body` up to `limit` bytes; an error of the caller's connection is returned.
+    /// A body declared longer than `limit` (`content-length`) is not read at all, nor is
+    /// any body when `limit` is 0 (unless it is already known to be empty).
     pub async fn read(mut body: Incoming, limit: usize) -> Result<Self, hyper::Error> {
+        if body.is_end_stream() {
+            return Ok(RequestBody::Buffered {
+                data: Vec::new(),
+                trailers: None,
+            });
+        }
+        if limit == 0 || body.size_hint().lower() > limit as u64 {
+            return Ok(RequestBody::Streamed(Some(UpstreamBody::Stream {
+                prefix: VecDeque::new(),
+                rest: body,
+            })));
+        }
         let mut data = Vec::new();
         let mut len = 0;
         let mut trailers = None;

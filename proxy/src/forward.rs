@@ -18,6 +18,7 @@
 //! caller's address is appended to `x-forwarded-for`; `host` is kept (set from the
 //! request's authority for HTTP/2 callers). Nothing else is added or changed.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +27,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Incoming};
@@ -101,6 +102,11 @@ impl Forwarder {
             Target::Service => None,
         };
         prepare_headers(&mut parts.headers, &parts.uri, peer);
+        if parts.method == Method::CONNECT {
+            // Tunnels are not requests a backend pool can serve (and upgrades are not served).
+            let status = StatusCode::METHOD_NOT_ALLOWED;
+            return Ok(local(pending, status, "CONNECT is not proxied"));
+        }
 
         let Some(left) = deadline.remaining(Instant::now()) else {
             return Ok(local(
@@ -145,16 +151,7 @@ impl Forwarder {
                     "request timed out",
                 ));
             };
-            let index = pick(&service.candidates(subset.as_ref(), &tried), &mut rng)
-                .or_else(|| {
-                    // Every eligible backend was tried: any but the one that just failed.
-                    let just_failed = &tried[tried.len().checked_sub(1)?..];
-                    pick(&service.candidates(subset.as_ref(), just_failed), &mut rng)
-                })
-                .or_else(|| {
-                    (!tried.is_empty())
-                        .then(|| pick(&service.candidates(subset.as_ref(), &[]), &mut rng))?
-                });
+            let index = pick_backend(&service, subset.as_ref(), &tried, &mut rng);
             let Some(index) = index else {
                 return Ok(match last {
                     Some(failed) => self.give_up(pending, failed),
@@ -257,6 +254,23 @@ impl Forwarder {
         let body = ReportedBody::new(body, &parts.headers, pending, outstanding);
         Response::from_parts(parts, body.boxed_unsync())
     }
+}
+
+/// The backend for the next try: an eligible one this request has not tried; when every
+/// eligible one was tried, any but the one that just failed; when that one is the only one
+/// left, it again.
+fn pick_backend(
+    service: &ServiceTarget,
+    subset: Option<&BTreeMap<String, String>>,
+    tried: &[usize],
+    rng: &mut SplitMix64,
+) -> Option<usize> {
+    pick(&service.candidates(subset, tried), rng)
+        .or_else(|| {
+            let just_failed = &tried[tried.len().checked_sub(1)?..];
+            pick(&service.candidates(subset, just_failed), rng)
+        })
+        .or_else(|| (!tried.is_empty()).then(|| pick(&service.candidates(subset, &[]), rng))?)
 }
 
 /// The request's deadline and the header that carries it on.

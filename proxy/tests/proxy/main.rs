@@ -4,12 +4,14 @@
 //! Waits are for conditions with generous bounds (the machine is shared); no test asserts a
 //! tight duration.
 
+mod grpc_tests;
 mod retry_tests;
 mod route_tests;
 mod server_tests;
 mod timeout_tests;
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode, Version};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -43,6 +46,8 @@ pub enum Mode {
     Delay(Duration),
     /// Accepts connections and closes them without reading.
     Close,
+    /// Answers 200 with this `grpc-status` in the trailers (a gRPC server).
+    Grpc(u8),
 }
 
 /// A request as a backend saw it.
@@ -103,7 +108,7 @@ impl TestBackend {
         self,
         mode: Mode,
         request: Request<Incoming>,
-    ) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    ) -> Result<Response<BoxBody<Bytes, Infallible>>, hyper::Error> {
         let (parts, body) = request.into_parts();
         self.hits.fetch_add(1, Ordering::SeqCst);
         let body = body.collect().await?.to_bytes();
@@ -115,6 +120,16 @@ impl TestBackend {
             body,
         });
         let status = match mode {
+            Mode::Grpc(code) => {
+                let mut trailers = HeaderMap::new();
+                trailers.insert("grpc-status", code.to_string().parse().unwrap());
+                let body = Full::new(Bytes::from_static(b"\0\0\0\0\0"))
+                    .with_trailers(async move { Some(Ok(trailers)) });
+                let mut response = Response::new(body.boxed());
+                let content_type = "application/grpc".parse().unwrap();
+                response.headers_mut().insert("content-type", content_type);
+                return Ok(response);
+            }
             Mode::Status(status) => status,
             Mode::Hang => std::future::pending().await,
             Mode::Delay(d) => {
@@ -123,7 +138,7 @@ impl TestBackend {
             }
             Mode::Close => unreachable!(),
         };
-        let mut response = Response::new(Full::new(Bytes::from(self.addr.to_string())));
+        let mut response = Response::new(Full::new(Bytes::from(self.addr.to_string())).boxed());
         *response.status_mut() = StatusCode::from_u16(status).unwrap();
         Ok(response)
     }

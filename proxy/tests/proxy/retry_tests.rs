@@ -139,3 +139,32 @@ async fn a_closing_backend_gives_502() {
     assert_eq!(reports[0].backend, None);
     assert_eq!(reports[0].code.to_string(), "502");
 }
+
+/// A body over the 64 KiB the proxy holds is streamed to the backend whole, and such a
+/// request gets one try: its 503s reach the client even with `retry_non_idempotent`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_body_is_streamed_and_not_retried() {
+    let good = TestBackend::start(Mode::Status(200)).await;
+    let bad = TestBackend::start(Mode::Status(503)).await;
+    let spec_http =
+        http("retries: {on: [\"503\"], budget_percent: 100, retry_non_idempotent: true}");
+    let proxy = RunningProxy::start(spec_http, &[spec_of(&good), spec_of(&bad)]).await;
+    let client = client();
+    let big = Bytes::from(vec![b'x'; 100 * 1024]);
+    let mut got_503 = 0;
+    for _ in 0..20 {
+        let request = Request::put(proxy.url("/blob"))
+            .body(Full::new(big.clone()))
+            .unwrap();
+        let (status, _, _) = send(&client, request).await;
+        got_503 += usize::from(status == StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert!(got_503 > 0, "the 503 backend was never picked in 20");
+    assert_eq!(got_503, bad.hits());
+    assert_eq!(good.hits() + bad.hits(), 20, "one try each");
+    for seen in good.seen().iter().chain(&bad.seen()) {
+        assert_eq!(seen.body.len(), big.len());
+    }
+    let reports = proxy.wait_reports(20).await;
+    assert!(reports.iter().all(|r| r.retries.is_empty()));
+}
