@@ -185,12 +185,16 @@ async fn an_unresolved_connection_is_closed() {
 
 /// A burst of 300 HTTP/2 requests each cancelled (RST_STREAM) 200 ms after it is sent, on
 /// one connection, to a hung backend: no try stays outstanding, every request that reached
-/// the proxy is reported 499, and another caller is served meanwhile.
+/// the proxy is reported 499 (or 502, see below), and a new caller is served right after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_http2_streams_leave_nothing_behind() {
     let hung = TestBackend::start(Mode::Hang).await;
     let good = TestBackend::start(Mode::Status(200)).await;
-    let routes = http("{timeout: 30s, routes: [{match: {path_prefix: /good}, to: {track: good}}]}");
+    let routes = http(
+        "{timeout: 30s, routes: [\
+         {match: {path_prefix: /good}, to: {track: good}}, \
+         {match: {path_prefix: /hang}, to: {track: hung}}]}",
+    );
     let backends = [
         spec(hung.addr, &[("track", "hung")]),
         spec(good.addr, &[("track", "good")]),
@@ -199,10 +203,6 @@ async fn cancelled_http2_streams_leave_nothing_behind() {
     // One connection, up before the burst.
     let h2 = h2_client();
     assert_eq!(send(&h2, get(&proxy.url("/good"))).await.0, StatusCode::OK);
-    // The burst's path goes to the whole service: only the hung backend while the good one
-    // is out.
-    let good_backend = proxy.service.backend(good.addr).unwrap();
-    good_backend.set_eligible(false);
     let mut burst = Vec::new();
     for _ in 0..300 {
         let h2 = h2.clone();
@@ -213,13 +213,14 @@ async fn cancelled_http2_streams_leave_nothing_behind() {
         }));
     }
     for call in burst {
+        // No answer: the client's timeout, an error when hyper's rapid-reset guard closed
+        // the connection (GOAWAY) on a slow machine, or a 502 (see below).
         let answered = call.await.unwrap();
         assert!(
-            answered.is_err(),
+            !matches!(&answered, Ok(Ok(r)) if r.status() != StatusCode::BAD_GATEWAY),
             "a hung request was answered: {answered:?}"
         );
     }
-    good_backend.set_eligible(true);
     assert_eq!(
         send(&h2_client(), get(&proxy.url("/good"))).await.0,
         StatusCode::OK
@@ -228,21 +229,30 @@ async fn cancelled_http2_streams_leave_nothing_behind() {
         proxy.service.backends.iter().all(|b| b.outstanding() == 0)
     })
     .await;
-    let reports = proxy.reports();
-    let statuses: Vec<u16> = reports.iter().map(|r| r.status.as_u16()).collect();
+    let statuses = || -> Vec<u16> { proxy.reports().iter().map(|r| r.status.as_u16()).collect() };
+    wait_for("both good requests reported", || {
+        statuses().iter().filter(|&&s| s == 200).count() == 2
+    })
+    .await;
+    let statuses = statuses();
     let cancelled = statuses.iter().filter(|&&s| s == 499).count();
+    // On a loaded machine the proxy's resets of its upstream streams can trip the hung
+    // backend's own rapid-reset guard (hyper's, too): it closes the shared h2c connection
+    // and the tries still on it end in 502 before their callers' resets arrive.
+    let upstream_closed = statuses.iter().filter(|&&s| s == 502).count();
     assert_eq!(
-        cancelled + 2,
-        reports.len(),
-        "all but the good requests are 499: {statuses:?}"
+        cancelled + upstream_closed + 2,
+        statuses.len(),
+        "all but the good requests are 499 (or 502): {statuses:?}"
     );
     assert!(
-        cancelled > 0 && hung.hits() > 0,
+        cancelled + upstream_closed > 0 && hung.hits() > 0,
         "the burst reached the hung backend"
     );
-    assert_eq!(good.connections(), 1);
+    assert_eq!((good.hits(), good.connections()), (2, 1));
     println!(
-        "300 cancelled streams: {cancelled} reached the proxy, {} the hung backend",
+        "300 cancelled streams: {cancelled} reported 499, {upstream_closed} 502, {} at the \
+         hung backend",
         hung.hits()
     );
 }
