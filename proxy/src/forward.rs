@@ -61,10 +61,11 @@ enum Failed {
 }
 
 impl Forwarder {
-    /// Serves one request of `service` from `peer`.
+    /// Serves one request of `service` from `peer` (the workload `caller`, when known).
     pub async fn handle(
         &self,
         service: Arc<ServiceTarget>,
+        caller: Option<Arc<str>>,
         peer: SocketAddr,
         request: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
@@ -78,6 +79,7 @@ impl Forwarder {
             observe: self.observe.clone(),
             report: Report {
                 service: service.name.clone(),
+                caller,
                 backend: None,
                 status: StatusCode::OK,
                 code: Code::http(200),

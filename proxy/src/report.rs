@@ -52,6 +52,8 @@ pub struct Try {
 #[derive(Debug, Clone)]
 pub struct Report {
     pub service: Arc<str>,
+    /// The calling workload, as [`crate::Resolve::caller`] named it; `None`: not known.
+    pub caller: Option<Arc<str>>,
     /// The backend whose response the caller got; `None` when the proxy answered itself.
     pub backend: Option<SocketAddr>,
     /// The status the caller got.

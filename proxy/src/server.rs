@@ -155,11 +155,13 @@ impl Proxy {
                 self.stats.unresolved.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
+            let caller = self.resolve.caller(peer, local);
             let forwarder = self.forwarder.clone();
             let handler = service_fn(move |request| {
                 let forwarder = forwarder.clone();
                 let service = service.clone();
-                async move { forwarder.handle(service, peer, request).await }
+                let caller = caller.clone();
+                async move { forwarder.handle(service, caller, peer, request).await }
             });
             let builder = builder.clone();
             let watcher = graceful.watcher();

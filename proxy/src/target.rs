@@ -20,6 +20,12 @@ use crate::retry::{RetryBudget, DEFAULT_MIN_RETRIES_PER_SECOND};
 pub trait Resolve: Send + Sync + 'static {
     /// The service of the connection from `peer` accepted on `local`; `None` closes it.
     fn service(&self, peer: SocketAddr, local: SocketAddr) -> Option<Arc<ServiceTarget>>;
+
+    /// The calling workload's name (the `caller` label of the request metrics), read from
+    /// the same stamp; `None` when it is not known (reported as `unknown`).
+    fn caller(&self, _peer: SocketAddr, _local: SocketAddr) -> Option<Arc<str>> {
+        None
+    }
 }
 
 /// Every connection is for the same service (single-service tests and tools).
