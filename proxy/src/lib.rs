@@ -29,6 +29,7 @@ pub mod body;
 pub mod code;
 pub mod deadline;
 pub mod forward;
+pub mod metrics;
 pub mod pick;
 pub mod report;
 pub mod retry;
