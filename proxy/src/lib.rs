@@ -30,6 +30,7 @@ pub mod code;
 pub mod deadline;
 pub mod forward;
 pub mod metrics;
+pub mod outlier;
 pub mod pick;
 pub mod report;
 pub mod retry;
