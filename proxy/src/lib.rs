@@ -24,6 +24,12 @@
 //! - [`body`]: request bodies held for retries, or streamed.
 //! - [`target`]: a service as the proxy serves it, its backends' live state, [`Resolve`].
 //! - [`report`]: the per-request [`Report`] an [`Observe`] receives.
+//!
+//! What the reports feed (libraries the agent does not use yet):
+//!
+//! - [`metrics`]: the request metrics, an [`Observe`] on a prometheus-client registry, with
+//!   a bound on series per family.
+//! - [`outlier`]: the request ban rule (`outlier.consecutive_5xx`), as ban suggestions.
 
 pub mod body;
 pub mod code;

@@ -16,8 +16,8 @@
 //!   (a draining server's GOAWAY among them): no evidence either way.
 //!
 //! A backend whose run reaches the threshold is suggested once; failures after that add
-//! nothing until a success, or until the agent reports it unbanned ([`RequestOutliers::unbanned`]),
-//! start a new run. A threshold of 0 disables the rule (runs are still counted, so a
+//! nothing until a success, or the agent reporting it unbanned
+//! ([`RequestOutliers::unbanned`]), starts a new run. A threshold of 0 disables the rule (runs are still counted, so a
 //! threshold set later applies to the run under way).
 //!
 //! Not built: a latency rule (a backend's smoothed latency far above its peers'). Reports
