@@ -174,14 +174,20 @@ impl Forwarder {
                 request.headers_mut().insert(deadline_header.clone(), value);
             }
             let outstanding = Outstanding::start(service.clone(), index);
+            let sent_at = Instant::now();
             let sent = tokio::time::timeout(try_budget, self.upstream.send(request)).await;
+            let elapsed = sent_at.elapsed();
             tried.push(index);
             let (outcome, failed) = match sent {
                 Ok(Ok(response)) => {
                     let status = response.status().as_u16();
                     let outcome = Outcome::Status(status);
                     if !outcome.is_listed(&service.http.retries.on) {
-                        pending.report.tries.push(Try { backend, outcome });
+                        pending.report.tries.push(Try {
+                            backend,
+                            outcome,
+                            elapsed,
+                        });
                         return Ok(self.respond(pending, response, outstanding, backend));
                     }
                     (outcome, Failed::Response(response, outstanding))
@@ -200,7 +206,11 @@ impl Forwarder {
                     (Outcome::PerTryTimeout, failed)
                 }
             };
-            pending.report.tries.push(Try { backend, outcome });
+            pending.report.tries.push(Try {
+                backend,
+                outcome,
+                elapsed,
+            });
             let now = Instant::now();
             let retry = if !body.replayable() || deadline.remaining(now).is_none() {
                 None

@@ -30,6 +30,7 @@ fn report(service: &str, backend: Option<&str>, caller: Option<&str>, code: Code
             .map(|b| Try {
                 backend: addr(b),
                 outcome: Outcome::Status(200),
+                elapsed: Duration::from_millis(3),
             })
             .into_iter()
             .collect(),

@@ -41,11 +41,14 @@ impl Observe for Ignore {
     fn request_done(&self, _report: &Report) {}
 }
 
-/// One try of a request: the backend and how it ended.
+/// One try of a request: the backend, how it ended and when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Try {
     pub backend: SocketAddr,
     pub outcome: Outcome,
+    /// From sending the try to its response head, or to its failure (the backend's
+    /// latency, without the body's streaming, which the caller's pace drives).
+    pub elapsed: Duration,
 }
 
 /// One request, ended.
