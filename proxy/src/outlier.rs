@@ -20,8 +20,10 @@
 //! ([`RequestOutliers::unbanned`]), starts a new run. A threshold of 0 disables the rule (runs are still counted, so a
 //! threshold set later applies to the run under way).
 //!
-//! Not built: a latency rule (a backend's smoothed latency far above its peers'). Reports
-//! carry the request's duration, not each try's, so it needs per-try timings first.
+//! The latency rule, a backend's smoothed latency far above its peers', is [`latency`].
+
+#[path = "outlier_latency.rs"]
+pub mod latency;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,6 +38,8 @@ use crate::retry::Outcome;
 pub enum RequestBanReason {
     /// `outlier.consecutive_5xx` failed tries in a row.
     Consecutive5xx,
+    /// Smoothed latency far above the service's other backends' ([`latency`]).
+    DeviationLatency,
 }
 
 impl RequestBanReason {
@@ -43,6 +47,7 @@ impl RequestBanReason {
     pub fn as_str(self) -> &'static str {
         match self {
             RequestBanReason::Consecutive5xx => "consecutive_5xx",
+            RequestBanReason::DeviationLatency => "deviation_latency",
         }
     }
 }
