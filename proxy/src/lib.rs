@@ -29,7 +29,8 @@
 //!
 //! - [`metrics`]: the request metrics, an [`Observe`] on a prometheus-client registry, with
 //!   a bound on series per family.
-//! - [`outlier`]: the request ban rule (`outlier.consecutive_5xx`), as ban suggestions.
+//! - [`outlier`]: the request ban rules (`outlier.consecutive_5xx`, and latency against the
+//!   service's other backends), as ban suggestions.
 
 pub mod body;
 pub mod code;
