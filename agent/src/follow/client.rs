@@ -154,7 +154,19 @@ impl Client {
         };
         let name = sockmesh_tls::client::server_name(authority)
             .map_err(|e| ClientError::Tls(e.to_string()))?;
-        TlsConnector::from(tls.config())
+        let (config, reload) = tls.current();
+        match reload {
+            Some(sockmesh_tls::CaReload::Taken) => info!(
+                ca = %tls.ca_file().display(),
+                "control CA file changed: verifying with the new CA certificates"
+            ),
+            Some(sockmesh_tls::CaReload::Failed(e)) => warn!(
+                error = %e,
+                "control CA file changed but holds no usable CA: the last good one stays in use"
+            ),
+            None => {}
+        }
+        TlsConnector::from(config)
             .connect(name, stream)
             .await
             .map_err(|e| ClientError::Tls(sockmesh_tls::explain(&e, &self.address.to_string())))

@@ -4,19 +4,26 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use rustls::{CertificateError, ClientConfig, RootCertStore};
 use rustls_pki_types::ServerName;
 
 use crate::{pem, provider, TlsError};
 
-/// A verified-TLS client config from a CA bundle; cheap to clone.
+/// A verified-TLS client config from a CA bundle; cheap to clone (clones share the current
+/// config). A long-lived client (the agent) asks [`ClientTls::current`], which reads the
+/// file again when it changed, so a CA rotation (publish a bundle of the old and the new CA,
+/// then move the server to the new one) needs no restart.
 #[derive(Clone)]
 pub struct ClientTls {
-    config: Arc<ClientConfig>,
+    state: Arc<Mutex<Loaded>>,
     ca_file: PathBuf,
 }
+
+/// The CA file's stamp when last read, and the config from its last good contents.
+type Loaded = (Option<(SystemTime, u64)>, Arc<ClientConfig>);
 
 impl std::fmt::Debug for ClientTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -26,39 +33,83 @@ impl std::fmt::Debug for ClientTls {
     }
 }
 
+/// What [`ClientTls::current`] found when the CA file had changed.
+#[derive(Debug)]
+pub enum CaReload {
+    /// New CA certificates, in use from this handshake on.
+    Taken,
+    /// The file no longer holds usable CA certificates: the last good ones stay in use.
+    Failed(TlsError),
+}
+
 impl ClientTls {
     /// Trusts exactly the certificates in `path` (PEM, one or more), nothing from the
     /// system store: the control plane's CA is the mesh's own.
     pub fn from_ca_file(path: &Path) -> Result<Self, TlsError> {
-        let mut roots = RootCertStore::empty();
-        for cert in pem::certificates(path, "CA certificate")? {
-            roots.add(cert).map_err(|cause| TlsError::Rustls {
-                context: format!("a certificate in {} is not a usable CA", path.display()),
-                cause,
-            })?;
-        }
-        let config = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|cause| TlsError::Rustls {
-                context: "the TLS client configuration".into(),
-                cause,
-            })?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let stamp = file_stamp(path);
+        let config = Arc::new(client_config(path)?);
         Ok(ClientTls {
-            config: Arc::new(config),
+            state: Arc::new(Mutex::new((stamp, config))),
             ca_file: path.to_owned(),
         })
     }
 
+    /// The config as last read (no look at the file: one-shot clients, the CLI).
     pub fn config(&self) -> Arc<ClientConfig> {
-        self.config.clone()
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .clone()
+    }
+
+    /// The config to handshake with now, read again first if the CA file changed (its
+    /// modification time or size), and what happened if it did.
+    pub fn current(&self) -> (Arc<ClientConfig>, Option<CaReload>) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let stamp = file_stamp(&self.ca_file);
+        if stamp == state.0 {
+            return (state.1.clone(), None);
+        }
+        state.0 = stamp;
+        match client_config(&self.ca_file) {
+            Ok(config) => {
+                state.1 = Arc::new(config);
+                (state.1.clone(), Some(CaReload::Taken))
+            }
+            Err(e) => (state.1.clone(), Some(CaReload::Failed(e))),
+        }
     }
 
     /// The CA file, for messages.
     pub fn ca_file(&self) -> &Path {
         &self.ca_file
     }
+}
+
+fn client_config(path: &Path) -> Result<ClientConfig, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in pem::certificates(path, "CA certificate")? {
+        roots.add(cert).map_err(|cause| TlsError::Rustls {
+            context: format!("a certificate in {} is not a usable CA", path.display()),
+            cause,
+        })?;
+    }
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|cause| TlsError::Rustls {
+            context: "the TLS client configuration".into(),
+            cause,
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// A file's modification time and size, through symlinks (a mounted ConfigMap swaps a
+/// `..data` link), or `None` when it cannot be read.
+fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
 }
 
 /// The name the certificate must hold, from an authority `host:port` (`[v6]:port` too): a

@@ -21,7 +21,7 @@ pub mod server;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use client::{explain, ClientTls};
+pub use client::{explain, CaReload, ClientTls};
 pub use server::{Reload, ServerTls};
 
 /// Why TLS material could not be used.

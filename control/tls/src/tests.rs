@@ -11,7 +11,7 @@ use rustls::{ClientConnection, ServerConnection, StreamOwned};
 
 use crate::client::server_name;
 use crate::generate::{write_dir, Ca, CA_CERT, SERVER_CERT, SERVER_KEY};
-use crate::{explain, ClientTls, Reload, ServerTls};
+use crate::{explain, CaReload, ClientTls, Reload, ServerTls};
 
 /// A TLS server answering `ok` to one line per connection, until the test ends.
 fn serve_tls(tls: Arc<ServerTls>) -> String {
@@ -49,8 +49,12 @@ fn serve_plain() -> String {
 
 /// One exchange; `Err` is the explained failure.
 fn ask(ca: &Path, addr: &str) -> Result<(), String> {
-    let client = ClientTls::from_ca_file(ca).unwrap();
-    let conn = ClientConnection::new(client.config(), server_name(addr).unwrap()).unwrap();
+    ask_with(ClientTls::from_ca_file(ca).unwrap().config(), addr)
+}
+
+/// One exchange with a given client config.
+fn ask_with(config: Arc<rustls::ClientConfig>, addr: &str) -> Result<(), String> {
+    let conn = ClientConnection::new(config, server_name(addr).unwrap()).unwrap();
     let mut tls = StreamOwned::new(conn, TcpStream::connect(addr).unwrap());
     let url = format!("https://{addr}");
     tls.write_all(b"x")
@@ -138,4 +142,44 @@ fn a_new_pair_serves_the_next_handshake_and_a_broken_one_is_kept_out() {
         other => panic!("a mismatched pair was not refused: {other:?}"),
     }
     ask(new_ca_file.path(), &addr).unwrap();
+}
+
+#[test]
+fn a_long_lived_client_follows_a_ca_rotation_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = write_dir(dir.path(), &["127.0.0.1".into()]).unwrap();
+    let tls = Arc::new(ServerTls::load(&first.server_cert, &first.server_key).unwrap());
+    let addr = serve_tls(tls.clone());
+    let ca_file = dir.path().join("trusted-ca.pem");
+    let old_ca = std::fs::read_to_string(&first.ca_cert).unwrap();
+    std::fs::write(&ca_file, &old_ca).unwrap();
+    let client = ClientTls::from_ca_file(&ca_file).unwrap();
+    let (config, reload) = client.current();
+    assert!(reload.is_none());
+    ask_with(config, &addr).unwrap();
+
+    // Step 1: the bundle trusts the old and the new CA; the server still has the old pair.
+    let new_ca = Ca::new().unwrap();
+    std::fs::write(&ca_file, format!("{old_ca}{}", new_ca.cert_pem)).unwrap();
+    let (config, reload) = client.current();
+    assert!(matches!(reload, Some(CaReload::Taken)), "{reload:?}");
+    ask_with(config, &addr).unwrap();
+    assert!(
+        client.current().1.is_none(),
+        "an unchanged file reported again"
+    );
+
+    // Step 2: the server moves to a pair of the new CA; the same client still verifies.
+    let pair = new_ca.issue(&["127.0.0.1".into()]).unwrap();
+    std::fs::write(&first.server_key, &pair.key_pem).unwrap();
+    std::fs::write(&first.server_cert, &pair.cert_pem).unwrap();
+    assert!(matches!(tls.reload_if_changed(), Reload::Reloaded));
+    ask_with(client.current().0, &addr).unwrap();
+
+    // A broken CA file: said once, and the last good bundle stays in use.
+    std::fs::write(&ca_file, "-----BEGIN CERTIFICATE-----\nbroken\n").unwrap();
+    let (config, reload) = client.current();
+    assert!(matches!(reload, Some(CaReload::Failed(_))), "{reload:?}");
+    ask_with(config, &addr).unwrap();
+    assert!(client.current().1.is_none());
 }
