@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use control_process::{mesh, Control, TOKEN, WAIT};
 use serde_json::json;
 use sockmesh_cli::control::{ControlClient, ControlError};
-use sockmesh_model::{ControlAddress, Token};
 
 const NODE_A: &str = "node-a-token-0123456789";
 const NODE_B: &str = "node-b-token-0123456789";
@@ -34,22 +33,14 @@ fn sockmesh(control: &Control, token_file: &Path, args: &[&str]) -> Output {
 }
 
 fn client(control: &Control, token: &str) -> ControlClient {
-    ControlClient::new(ControlAddress::Tcp {
-        authority: control.tcp.clone().unwrap(),
-        tls: false,
-    })
-    .with_token(Token::new(token, "test").unwrap())
+    control.client_with(token)
 }
 
 /// `sockmesh_control_requests_refused_total{reason}` now.
 fn refused(control: &Control, reason: &str) -> u64 {
-    let text = control.metrics_text();
-    let prefix = format!("sockmesh_control_requests_refused_total{{reason=\"{reason}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
-        .parse()
-        .unwrap()
+    control.metric(&format!(
+        "sockmesh_control_requests_refused_total{{reason=\"{reason}\"}}"
+    ))
 }
 
 #[test]

@@ -17,7 +17,6 @@ use control_process::{mesh, Control, TOKEN, WAIT};
 use serde_json::{json, Value};
 use sockmesh_cli::control::{ControlClient, ControlError};
 use sockmesh_fake_kube::FakeKube;
-use sockmesh_model::{ControlAddress, Token};
 
 const AGENT_SA: &str = "system:serviceaccount:sockmesh-system:sockmesh-agent";
 const AUDIENCE: &str = "sockmesh-control";
@@ -41,22 +40,11 @@ fn user(name: &str, node: Option<&str>) -> Value {
 }
 
 fn client(control: &Control, token: &str) -> ControlClient {
-    ControlClient::new(ControlAddress::Tcp {
-        authority: control.tcp.clone().unwrap(),
-        tls: false,
-    })
-    .with_token(Token::new(token, "test").unwrap())
+    control.client_with(token)
 }
 
-/// The value of the series `name` in the control plane's /metrics.
-fn metric(control: &Control, name: &str) -> u64 {
-    let text = control.metrics_text();
-    let prefix = format!("{name} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-        .parse()
-        .unwrap()
+fn metric(control: &Control, series: &str) -> u64 {
+    control.metric(series)
 }
 
 fn reviews(control: &Control, result: &str) -> u64 {

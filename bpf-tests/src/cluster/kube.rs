@@ -182,3 +182,19 @@ pub fn agent_user(node: &str) -> Value {
         }
     })
 }
+
+/// Grants the agent on `node` its ServiceAccount token in the fake API server (a
+/// TokenReview binds it to `node`, as a projected token is) and writes it to
+/// `dir/control-token`, its `--control-token-file`.
+pub fn grant_agent_token(
+    kube: &sockmesh_fake_kube::FakeKube,
+    node: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<std::path::PathBuf> {
+    let token = agent_token(node);
+    kube.grant_token(&token, agent_user(node), &[TOKEN_AUDIENCE]);
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("control-token");
+    std::fs::write(&path, format!("{token}\n"))?;
+    Ok(path)
+}

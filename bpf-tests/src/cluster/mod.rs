@@ -23,7 +23,6 @@ pub mod kube;
 pub mod net;
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -285,18 +284,8 @@ impl Cluster {
             watch_interval_ms: None,
             log_file: state.join("agent.log"),
         };
-        // The node's credential, as deploy/ gives it: a ServiceAccount token of the agents'
-        // account that the API server binds to this node (a TokenReview), not the
-        // operator's token.
-        let token = kube::agent_token(&node.spec.name);
-        self.kube.grant_token(
-            &token,
-            kube::agent_user(&node.spec.name),
-            &[kube::TOKEN_AUDIENCE],
-        );
-        fs::create_dir_all(&state)?;
-        let token_path = state.join("control-token");
-        fs::write(&token_path, format!("{token}\n"))?;
+        // The node's credential, as deploy/ gives it: not the operator's token.
+        let token_path = kube::grant_agent_token(&self.kube, &node.spec.name, &state)?;
         let mut args: Vec<std::ffi::OsString> = vec![
             "--control".into(),
             self.control.url().into(),

@@ -57,5 +57,5 @@ pub use config::{
 };
 pub use default_config::{default_config, DEFAULT_CONFIG_YAML};
 pub use delta::{AddedService, ConfigDelta, DeltaError};
-pub use token::{Token, TokenReload, TokenSource};
+pub use token::{file_stamp, Token, TokenReload, TokenSource};
 pub use watch::{FileWatch, Patch, SourceError, SourceEvent};

@@ -148,8 +148,9 @@ impl TokenSource {
 }
 
 /// A file's modification time and size (through symlinks: a projected volume swaps a
-/// `..data` link), or `None` when it cannot be read.
-fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
+/// `..data` link), or `None` when it cannot be read: what every "read it again when it
+/// changed" file compares.
+pub fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len()))
 }

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use sockmesh_model::Token;
+use sockmesh_model::{file_stamp, Token};
 use tracing::{info, warn};
 
 pub use node_tokens::{NodeTokens, NodeTokensError, MIN_TOKEN_CHARS};
@@ -71,7 +71,7 @@ impl Credentials {
             reviews: None,
         };
         if let Some(path) = node_file {
-            let stamp = stamp(path);
+            let stamp = file_stamp(path);
             credentials.swap(NodeTokens::read_file(path)?, stamp);
         }
         Ok(credentials)
@@ -141,7 +141,7 @@ impl Credentials {
         let Some(path) = &self.node_file else {
             return false;
         };
-        let now = stamp(path);
+        let now = file_stamp(path);
         if now == *self.seen.lock().unwrap_or_else(|e| e.into_inner()) {
             return false;
         }
@@ -169,11 +169,6 @@ impl Credentials {
             let _ = tokio::task::spawn_blocking(move || me.reload_if_changed()).await;
         }
     }
-}
-
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
 }
 
 #[cfg(test)]

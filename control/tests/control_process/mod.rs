@@ -194,6 +194,26 @@ impl Control {
         http::read_response(std::io::BufReader::new(stream)).unwrap()
     }
 
+    /// A client of the TCP API presenting `token`.
+    pub fn client_with(&self, token: &str) -> ControlClient {
+        ControlClient::new(ControlAddress::Tcp {
+            authority: self.tcp.clone().unwrap(),
+            tls: false,
+        })
+        .with_token(Token::new(token, "test").unwrap())
+    }
+
+    /// The value of the series `series` (name and labels, as exposed) in /metrics.
+    pub fn metric(&self, series: &str) -> u64 {
+        let text = self.metrics_text();
+        let prefix = format!("{series} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
     /// `GET /metrics` (classic text).
     pub fn metrics_text(&self) -> String {
         let stream = TcpStream::connect(self.metrics.as_deref().unwrap()).unwrap();

@@ -10,8 +10,10 @@ use sockmesh_proxy::retry::Outcome;
 
 use super::*;
 
-/// How much later than its deadline a 504 may come on this busy 2-core machine.
-const TOLERANCE: Duration = Duration::from_secs(2);
+/// How much later than its deadline a 504 may come on a busy 2-core machine: generous, so
+/// these tests show the deadline holds (no hang, well under the 10 s service timeout in
+/// the gRPC case), not how fast; the latency is `cargo xtask bench`'s to measure.
+const TOLERANCE: Duration = Duration::from_secs(5);
 
 /// One backend hangs: each try that lands on it gives up after `per_try_timeout` and the
 /// request moves to the other backend; the client sees only 200s.
