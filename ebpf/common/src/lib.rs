@@ -14,6 +14,7 @@ pub mod fault;
 pub mod gcra;
 pub mod maps;
 pub mod pick;
+pub mod proxy;
 pub mod signals;
 #[cfg(feature = "user")]
 pub mod syscall;
@@ -21,4 +22,5 @@ pub mod syscall;
 pub use addr::{FAMILY_INET, FAMILY_INET6};
 pub use maps::*;
 pub use pick::{caller_hash, pick_slot};
+pub use proxy::*;
 pub use signals::*;

@@ -17,7 +17,9 @@ use core::mem::size_of;
 /// that refuse an unknown `lb` code instead of picking at random. An agent
 /// never adopts another version's pins: it attaches its own set beside them and, once its tables hold the config,
 /// retires the others (docs/upgrade.md, `bpf-tests/tests/upgrade.rs`).
-pub const LAYOUT_VERSION: u32 = 6;
+/// 7: [`SERVICE_HTTP`], the proxy maps ([`crate::PROXY_MAP`], [`crate::PROXY_ORIGINS_MAP`])
+/// and [`crate::STAMP_PROXIED`] (older programs would route an http service to a backend).
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Service table: (family, VIP, port) -> [`ServiceEntry`]. Not preallocated, so an update
 /// replaces the element under RCU and a concurrent connect reads either the old or the new
@@ -138,6 +140,9 @@ pub const SERVICE_ENROLLED_ONLY: u32 = 16;
 /// are sockets under the agent's cgroup, their writes are handed to the peer socket by
 /// sk_msg instead of going through loopback TCP (docs/config.md, "Same-node fast path").
 pub const SERVICE_SAME_NODE: u32 = 32;
+/// `protocol: http`: connects go to the node's L7 proxy ([`crate::PROXY_MAP`]) instead of a
+/// backend, after the same admission as any service (crate::proxy).
+pub const SERVICE_HTTP: u32 = 64;
 
 /// Admission state the kernel keeps per service id (array index).
 #[repr(C)]

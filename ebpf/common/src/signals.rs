@@ -100,6 +100,9 @@ pub const STAMP_SAME_NODE: u32 = 32;
 /// The connect was counted in its backend's active connections ([`crate::BACKEND_CONNS_MAP`],
 /// least-conn services); undone at close.
 pub const STAMP_BACKEND_COUNTED: u32 = 64;
+/// Sent to the node's L7 proxy (an http service): no backend, no per-backend signals; its
+/// client 4-tuple goes to [`crate::PROXY_ORIGINS_MAP`] once established.
+pub const STAMP_PROXIED: u32 = 128;
 
 /// RTT callbacks (`BPF_SOCK_OPS_RTT_CB`, one per ACK that measures an RTT) sock_ops takes per
 /// routed connection before it clears the connection's `BPF_SOCK_OPS_RTT_CB_FLAG`. After
