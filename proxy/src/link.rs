@@ -120,15 +120,23 @@ where
     W: AsyncWrite + Unpin,
     T: Serialize,
 {
-    let body = serde_json::to_vec(msg)?;
-    if body.len() > MAX_FRAME {
-        return Err(LinkError::TooLarge(body.len()));
-    }
-    let len = u32::try_from(body.len()).map_err(|_| LinkError::TooLarge(body.len()))?;
-    w.write_all(&len.to_be_bytes()).await?;
-    w.write_all(&body).await?;
+    w.write_all(&encode_frame(msg)?).await?;
     w.flush().await?;
     Ok(())
+}
+
+/// One frame as bytes (length and body), for a sender that writes the same frame to
+/// several peers (the agent's targets to every connected proxy).
+pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, LinkError> {
+    let mut frame = vec![0u8; 4];
+    serde_json::to_writer(&mut frame, msg)?;
+    let len = frame.len() - 4;
+    if len > MAX_FRAME {
+        return Err(LinkError::TooLarge(len));
+    }
+    let len = u32::try_from(len).map_err(|_| LinkError::TooLarge(len))?;
+    frame[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(frame)
 }
 
 /// Reads one frame; `Ok(None)` at a clean end of stream (between frames).
