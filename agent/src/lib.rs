@@ -17,6 +17,7 @@ mod follow;
 pub mod fuzzing;
 mod health;
 mod http_gate;
+mod l7;
 mod loader;
 mod metrics;
 mod netfault;
@@ -131,6 +132,61 @@ struct RunArgs {
     zone: Option<String>,
     #[command(flatten)]
     http: sockmesh_serve::HttpTimeoutArgs,
+    #[command(flatten)]
+    proxy: ProxyArgs,
+}
+
+/// The node's L7 proxy, for `protocol: http` services (docs/http-services.md).
+#[derive(Args)]
+struct ProxyArgs {
+    /// Who runs the L7 proxy: `spawn` (the agent starts `sockmesh-proxy` and restarts it),
+    /// `external` (it runs on its own, e.g. its own container, and connects to
+    /// `<state-dir>/proxy.sock`), `off` (configs with http services are refused).
+    #[arg(
+        long = "proxy",
+        env = "SOCKMESH_PROXY",
+        value_enum,
+        default_value = "spawn"
+    )]
+    mode: l7::ProxyMode,
+    /// The proxy binary for `--proxy spawn` [default: `sockmesh-proxy` beside this binary].
+    #[arg(long = "proxy-bin", env = "SOCKMESH_PROXY_BIN")]
+    bin: Option<PathBuf>,
+    /// Where http services' connections are sent: one port, at most one IPv4 and one IPv6
+    /// address (port 0: one the kernel picks). The agent binds them and hands them to the
+    /// proxy; they are bound when the first http service appears.
+    #[arg(
+        long = "proxy-listen",
+        env = "SOCKMESH_PROXY_LISTEN",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:15001,[::1]:15001"
+    )]
+    listen: Vec<std::net::SocketAddr>,
+    /// The spawned proxy's /metrics (request metrics).
+    #[arg(
+        long = "proxy-metrics-addr",
+        env = "SOCKMESH_PROXY_METRICS_ADDR",
+        default_value = "127.0.0.1:9478"
+    )]
+    metrics_addr: std::net::SocketAddr,
+}
+
+impl ProxyArgs {
+    /// One port, at most one address per family.
+    fn check(&self) -> Result<()> {
+        let v4 = self.listen.iter().filter(|a| a.is_ipv4()).count();
+        let v6 = self.listen.len() - v4;
+        anyhow::ensure!(
+            !self.listen.is_empty() && v4 <= 1 && v6 <= 1,
+            "--proxy-listen: one or two addresses, at most one IPv4 and one IPv6"
+        );
+        let port = self.listen[0].port();
+        anyhow::ensure!(
+            self.listen.iter().all(|a| a.port() == port),
+            "--proxy-listen: every address on the same port (the kernel sends to one port)"
+        );
+        Ok(())
+    }
 }
 
 fn parse_zone(zone: &str) -> Result<String, String> {
@@ -168,7 +224,6 @@ fn check(path: &PathBuf) -> Result<()> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let cfg = sockmesh_model::parse_config(&text)?;
-    http_gate::refuse_http(&cfg).map_err(anyhow::Error::msg)?;
     // Also compile it: capacity limits of the kernel tables are checked here too.
     tables::plan(
         &cfg,
@@ -187,6 +242,7 @@ fn check(path: &PathBuf) -> Result<()> {
 fn run(args: RunArgs) -> Result<()> {
     // Before anything opens descriptors: sockets, probes, map and cgroup files.
     sockmesh_serve::fd_limit::raise_nofile_logged();
+    args.proxy.check()?;
     let cgroup2_root = loader::cgroup2_mount()?;
     let cgroup = args.cgroup.unwrap_or_else(|| cgroup2_root.clone());
     // The same rules as the control plane's token file: first line, trimmed, printable.
@@ -224,6 +280,7 @@ fn run(args: RunArgs) -> Result<()> {
         )?),
         None => None,
     };
+    let proxy_maps = loader::PinLayout::new(&args.bpffs).maps;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -246,6 +303,15 @@ fn run(args: RunArgs) -> Result<()> {
         control,
         watch_interval: Duration::from_millis(args.watch_interval_ms),
         http: args.http,
+        proxy: l7::ProxyOptions {
+            mode: args.proxy.mode,
+            bin: args.proxy.bin,
+            listen: args.proxy.listen,
+            metrics_addr: args.proxy.metrics_addr,
+            socket: args.state_dir.join("proxy.sock"),
+            maps: proxy_maps,
+            observe: args.observe,
+        },
     }))
 }
 

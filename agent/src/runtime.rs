@@ -54,6 +54,8 @@ pub(crate) struct RunOptions {
     pub control: Option<follow::FollowOptions>,
     /// `--http-header-timeout-secs`, `--http-idle-timeout-secs`: /metrics and admin API.
     pub http: sockmesh_serve::HttpTimeoutArgs,
+    /// `--proxy*`: the node's L7 proxy.
+    pub proxy: crate::l7::ProxyOptions,
 }
 
 /// Connection caps of the agent's HTTP endpoints (each listener has its own). A scrape or
@@ -67,6 +69,8 @@ const ADMIN_MAX_CONNECTIONS: usize = 512;
 
 /// How often queued events are drained when the kernel has not forced a wake-up.
 const DRAIN_TICK: Duration = Duration::from_millis(20);
+/// Reports from the L7 proxy waiting for the agent (one a second per proxy).
+const REPORTS_QUEUE: usize = 64;
 /// How often per-CPU maps, workload threads and cgroup CPU stats are re-read.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
 
@@ -98,6 +102,9 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
             None => unreachable!("the first poll always reports the content"),
         },
     };
+    opts.proxy
+        .refuse(&received)
+        .map_err(|e| anyhow::anyhow!("config {source_name}: {e}"))?;
     let initial_fingerprint = received.fingerprint();
     let initial = received.into_node(&opts.node);
     info!(
@@ -127,6 +134,9 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
     let config_metrics = ConfigMetrics::new(&mut registry);
     let serve_metrics = ServeMetrics::new(&mut registry);
     let admin_metrics = admin::AdminMetrics::new(&mut registry);
+    let (reports_tx, reports_rx) = tokio::sync::mpsc::channel(REPORTS_QUEUE);
+    let mut l7 = crate::l7::L7::new(opts.proxy.clone(), &mut registry, reports_tx);
+    tokio::spawn(crate::l7::take_reports(reports_rx));
     let server =
         |endpoint, cap| Server::new(endpoint, opts.http.limits(cap), serve_metrics.clone());
     let mut events = EventReader::open(&attached.layout.maps)?;
@@ -218,6 +228,7 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
         .apply(&initial, &overlay, None, None)
         .context("applying the initial config")?;
     signals.set_config(&views, &initial);
+    l7.update(&initial, &views);
     let initial = Arc::new(initial);
     let signals_updater = SignalsUpdater::spawn(signals.clone(), initial.clone(), views.clone());
     let _ = engine
@@ -255,7 +266,7 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
                 overlay = overlay_rx.borrow_and_update().clone();
                 match dataplane.apply_overlay(&current, &overlay) {
                     Ok(views) => {
-
+                        l7.update(&current, &views);
                         signals_updater.views(views.clone());
                         status.write().expect("status lock").services = views;
                     }
@@ -276,6 +287,7 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
                     engine: &engine,
                     status: &status,
                     node: &opts.node,
+                    l7: &mut l7,
                 };
                 let change = match change {
                     Change::Valid(cfg) => Ok(Arc::new(cfg)),
@@ -294,6 +306,7 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
                     engine: &engine,
                     status: &status,
                     node: &opts.node,
+                    l7: &mut l7,
                 };
                 let fingerprint = Some(offer.fingerprint);
                 let taken = reconcile
@@ -304,6 +317,7 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
         }
     }
     warn!("shutting down; programs stay attached and maps pinned (run `cleanup` to detach)");
+    l7.shutdown().await;
     let _ = std::fs::remove_file(&opts.admin_socket);
     Ok(())
 }
@@ -318,6 +332,7 @@ struct Reconcile<'a> {
     engine: &'a engine::task::EngineHandle,
     status: &'a SharedStatus,
     node: &'a str,
+    l7: &'a mut crate::l7::L7,
 }
 
 impl Reconcile<'_> {
@@ -333,7 +348,7 @@ impl Reconcile<'_> {
         started: Instant,
     ) -> Result<(), String> {
         let received = match change.and_then(|cfg| {
-            crate::http_gate::refuse_http(&cfg)?;
+            self.l7.refuse(&cfg)?;
             Ok(cfg)
         }) {
             Ok(cfg) => cfg,
@@ -355,6 +370,7 @@ impl Reconcile<'_> {
                 info!(tables_us, "config taken");
 
                 self.signals.config(cfg.clone(), views.clone());
+                self.l7.update(&cfg, &views);
                 // Bounded: waits while the engine is behind; a config change is never lost.
                 let _ = self
                     .engine

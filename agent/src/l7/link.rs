@@ -1,0 +1,166 @@
+//! The agent's end of the proxy link (`sockmesh_proxy::link`): a unix socket, mode 0600,
+//! any number of proxies at once (an old one draining while its successor serves). Each
+//! proxy says hello, gets the listeners, then the targets (again on every change); its
+//! reports go to the agent's report channel.
+
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use sockmesh_proxy::link::{
+    read_frame, send_fds, write_frame, ProxyReport, ToAgent, ToProxy, LINK_VERSION,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+use super::L7Metrics;
+
+/// A proxy that connects must say hello within this.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Links open at once; more wait in the socket's backlog (a restart needs two).
+const MAX_LINKS: usize = 8;
+
+/// Serves the link on `socket` until `stop` is set and every proxy has gone.
+pub(super) async fn serve(
+    socket: &Path,
+    listeners: Vec<TcpListener>,
+    frames: watch::Receiver<Arc<Vec<u8>>>,
+    stop: watch::Receiver<bool>,
+    reports: mpsc::Sender<ProxyReport>,
+    metrics: L7Metrics,
+) {
+    let unix = match bind(socket) {
+        Ok(u) => u,
+        Err(e) => {
+            error!(error = %format!("{e:#}"), "cannot serve the proxy link; no proxy can connect");
+            return;
+        }
+    };
+    info!(socket = %socket.display(), "proxy link listening");
+    let listeners = Arc::new(listeners);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_LINKS));
+    let mut stopping = stop.clone();
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("never closed"),
+            _ = super::stopped(&mut stopping) => return,
+        };
+        let stream = tokio::select! {
+            a = unix.accept() => match a {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    warn!(error = %e, "proxy link accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = super::stopped(&mut stopping) => return,
+        };
+        let fds: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+        let (frames, stop, reports, metrics) = (
+            frames.clone(),
+            stop.clone(),
+            reports.clone(),
+            metrics.clone(),
+        );
+        let held = listeners.clone();
+        tokio::spawn(async move {
+            metrics.connected.inc();
+            if let Err(e) = one(stream, &fds, frames, stop, reports, &metrics).await {
+                metrics.link_errors.inc();
+                warn!(error = %format!("{e:#}"), "proxy link ended");
+            }
+            metrics.connected.dec();
+            drop((permit, held));
+        });
+    }
+}
+
+fn bind(socket: &Path) -> Result<UnixListener> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // A previous agent's socket: nobody serves it any more.
+    let _ = std::fs::remove_file(socket);
+    let unix =
+        UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    Ok(unix)
+}
+
+/// One proxy, from hello to the end of its link.
+async fn one(
+    mut stream: UnixStream,
+    fds: &[RawFd],
+    mut frames: watch::Receiver<Arc<Vec<u8>>>,
+    mut stop: watch::Receiver<bool>,
+    reports: mpsc::Sender<ProxyReport>,
+    metrics: &L7Metrics,
+) -> Result<()> {
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, read_frame::<_, ToAgent>(&mut stream))
+        .await
+        .context("no hello")??;
+    let pid = match hello {
+        Some(ToAgent::Hello { version, pid }) if version == LINK_VERSION => pid,
+        Some(ToAgent::Hello { version, .. }) => {
+            bail!("proxy speaks link version {version}, this agent {LINK_VERSION}")
+        }
+        other => bail!("expected a hello, got {other:?}"),
+    };
+    loop {
+        stream.writable().await?;
+        match send_fds(&stream, fds) {
+            Ok(()) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e).context("handing over the listeners"),
+        }
+    }
+    info!(pid, "proxy connected");
+    let (mut rd, mut wr) = stream.into_split();
+    // Frames are read by a task of their own: a read cut off by select! would lose bytes.
+    let dropped = metrics.reports_dropped.clone();
+    let mut reader = tokio::spawn(async move {
+        loop {
+            match read_frame::<_, ToAgent>(&mut rd).await? {
+                None => return Ok::<(), anyhow::Error>(()),
+                Some(ToAgent::Report(r)) => {
+                    if reports.try_send(r).is_err() {
+                        dropped.inc();
+                    }
+                }
+                Some(ToAgent::Hello { .. }) => bail!("a second hello"),
+            }
+        }
+    });
+    let first = frames.borrow_and_update().clone();
+    if !first.is_empty() {
+        wr.write_all(&first).await?;
+    }
+    loop {
+        tokio::select! {
+            ended = &mut reader => {
+                info!(pid, "proxy disconnected");
+                return ended?;
+            }
+            changed = frames.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                let frame = frames.borrow_and_update().clone();
+                wr.write_all(&frame).await?;
+            }
+            _ = super::stopped(&mut stop) => {
+                write_frame(&mut wr, &ToProxy::Drain).await?;
+                // The proxy closes the link when it has drained.
+                let _ = tokio::time::timeout(super::DRAIN_WAIT, &mut reader).await;
+                return Ok(());
+            }
+        }
+    }
+}

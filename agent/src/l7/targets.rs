@@ -1,0 +1,135 @@
+//! What the proxy is told: every `protocol: http` service of the node's config with its
+//! kernel service id, its `http:` block and its backends, each marked eligible or not as
+//! the kernel's tables hold it (a backend with no slot in the service's default table is
+//! banned, draining or weighted out: the proxy does not pick it either).
+//!
+//! Pure: the config and the applied views in, the [`Targets`] out.
+
+use std::collections::HashMap;
+
+use sockmesh_model::{MeshConfig, Protocol};
+use sockmesh_proxy::link::{TargetBackend, TargetService, Targets};
+
+use crate::tables::ServiceView;
+
+/// The proxy's view of `config` as applied (`views`, from the same apply).
+pub(crate) fn targets(config: &MeshConfig, views: &[ServiceView], generation: u64) -> Targets {
+    let by_name: HashMap<&str, &ServiceView> = views.iter().map(|v| (v.name.as_str(), v)).collect();
+    let services = config
+        .services
+        .iter()
+        .filter(|s| s.protocol == Protocol::Http)
+        .filter_map(|s| {
+            // A service the tables did not take (none today) is not served: no id.
+            let view = by_name.get(s.name.as_str())?;
+            let slots: HashMap<&str, usize> = view
+                .backends
+                .iter()
+                .map(|b| (b.addr.as_str(), b.slots))
+                .collect();
+            let backends = s
+                .backends
+                .iter()
+                .map(|b| TargetBackend {
+                    addr: b.addr,
+                    weight: b.weight,
+                    labels: b.labels.clone(),
+                    eligible: slots.get(b.addr.to_string().as_str()).copied().unwrap_or(0) > 0,
+                })
+                .collect();
+            Some(TargetService {
+                id: view.id,
+                name: s.name.clone(),
+                http: s.http.clone().unwrap_or_default(),
+                backends,
+            })
+        })
+        .collect();
+    Targets {
+        generation,
+        services,
+        workloads: config.workloads.iter().map(|w| w.name.clone()).collect(),
+    }
+}
+
+/// Whether `config` has a service the proxy must serve.
+pub(crate) fn has_http(config: &MeshConfig) -> bool {
+    config.services.iter().any(|s| s.protocol == Protocol::Http)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tables::{plan, KernelState, Overlay};
+
+    const CONFIG: &str = "
+workloads:
+  - {name: web, cgroup: t/web}
+  - {name: batch, cgroup: t/batch}
+services:
+  - name: plain
+    vip: 127.100.0.1
+    port: 80
+    backends: [{addr: 127.0.0.2:8081}]
+  - name: shop
+    vip: 127.100.0.2
+    port: 80
+    protocol: http
+    http:
+      timeout: 2s
+      routes:
+        - match: {path_prefix: /v2}
+          to: {track: canary}
+    backends:
+      - {addr: 127.0.0.3:8081, weight: 3, labels: {track: stable}}
+      - {addr: 127.0.0.4:8081, labels: {track: canary}}
+";
+
+    fn applied(config: &MeshConfig) -> Vec<ServiceView> {
+        plan(config, &Overlay::new(), &KernelState::default())
+            .expect("plans")
+            .views
+    }
+
+    #[test]
+    fn only_http_services_with_their_kernel_ids_labels_and_workloads() {
+        let cfg = sockmesh_model::parse_config(CONFIG).unwrap();
+        let views = applied(&cfg);
+        let t = targets(&cfg, &views, 7);
+        assert_eq!(t.generation, 7);
+        assert_eq!(t.workloads, ["web", "batch"]);
+        assert_eq!(t.services.len(), 1);
+        let shop = &t.services[0];
+        let view = views.iter().find(|v| v.name == "shop").unwrap();
+        assert_eq!((shop.name.as_str(), shop.id), ("shop", view.id));
+        assert_eq!(shop.http, cfg.services[1].http.clone().unwrap());
+        assert_eq!(shop.backends.len(), 2);
+        assert_eq!(shop.backends[0].weight, 3);
+        assert_eq!(shop.backends[1].labels["track"], "canary");
+        assert!(shop.backends.iter().all(|b| b.eligible));
+        assert!(has_http(&cfg));
+    }
+
+    #[test]
+    fn a_backend_without_slots_is_not_eligible() {
+        let cfg = sockmesh_model::parse_config(CONFIG).unwrap();
+        let mut views = applied(&cfg);
+        let shop = views.iter_mut().find(|v| v.name == "shop").unwrap();
+        let mut backends = shop.backends.to_vec();
+        backends[1].slots = 0;
+        shop.backends = backends.into();
+        let t = targets(&cfg, &views, 1);
+        let eligible: Vec<bool> = t.services[0].backends.iter().map(|b| b.eligible).collect();
+        assert_eq!(eligible, [true, false]);
+    }
+
+    #[test]
+    fn tcp_only_configs_have_no_targets() {
+        let cfg = sockmesh_model::parse_config(
+            "services: [{name: a, vip: 127.100.0.1, port: 80, backends: [{addr: 127.0.0.2:1}]}]",
+        )
+        .unwrap();
+        assert!(targets(&cfg, &applied(&cfg), 1).services.is_empty());
+        assert!(!has_http(&cfg));
+    }
+}
