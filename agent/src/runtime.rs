@@ -136,7 +136,6 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
     let admin_metrics = admin::AdminMetrics::new(&mut registry);
     let (reports_tx, reports_rx) = tokio::sync::mpsc::channel(REPORTS_QUEUE);
     let mut l7 = crate::l7::L7::new(opts.proxy.clone(), &mut registry, reports_tx);
-    tokio::spawn(crate::l7::take_reports(reports_rx));
     let server =
         |endpoint, cap| Server::new(endpoint, opts.http.limits(cap), serve_metrics.clone());
     let mut events = EventReader::open(&attached.layout.maps)?;
@@ -147,6 +146,7 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
         &mut registry,
     );
     signals.feed_engine(engine.events.clone());
+    tokio::spawn(crate::l7::take_reports(reports_rx, engine.clone()));
     let status: SharedStatus = Arc::new(std::sync::RwLock::new(Status {
         adopted: attached.adopted,
         cgroup: opts.cgroup.display().to_string(),

@@ -205,6 +205,22 @@ impl Engine {
         }
     }
 
+    /// A ban the L7 proxy asks for (a request rule of an http service): the same bans,
+    /// cap, probes and drains as the connect rules'. Returns the ban made, if any (`None`:
+    /// unknown service or backend, already excluded, or the cap refused it).
+    pub(crate) fn request_ban(
+        &mut self,
+        now: Instant,
+        service: &str,
+        backend: SocketAddr,
+        reason: BanReason,
+    ) -> Option<(String, SocketAddr, BanReason)> {
+        let svc = self.services.values_mut().find(|s| s.name == service)?;
+        self.awake.insert(svc.id);
+        svc.request_ban(now, backend, reason)
+            .then(|| (svc.name.clone(), backend, reason))
+    }
+
     /// Fault injection from the operator: refuse this share of connects (ppm).
     pub(crate) fn set_fault(&mut self, service: &str, refuse_ppm: u32) -> bool {
         let Some(svc) = self.services.values_mut().find(|s| s.name == service) else {

@@ -297,6 +297,30 @@ impl ServiceHealth {
         banned
     }
 
+    /// Bans the backend at `addr` for `reason` (a request rule), within the same cap as
+    /// [`ServiceHealth::evaluate`]'s bans; true if it was banned now.
+    pub(crate) fn request_ban(
+        &mut self,
+        now: Instant,
+        addr: SocketAddr,
+        reason: BanReason,
+    ) -> bool {
+        let Some((&id, _)) = self.backends.iter().find(|(_, b)| b.addr == addr) else {
+            return false;
+        };
+        let outcome = self.bans.request_ban(now, id, reason, self.backends.len());
+        if !matches!(outcome, crate::health::ban::BanOutcome::Banned { .. }) {
+            return false;
+        }
+        self.clean_at = None;
+        if let Some(b) = self.backends.get_mut(&id) {
+            b.window.clear();
+            b.consecutive_failures = 0;
+            self.excluded_since.entry(b.addr).or_insert((id, now));
+        }
+        true
+    }
+
     /// The overlay the kernel should run for this service now.
     pub(crate) fn overlay(&self, now: Instant, min_priority: u32) -> ServiceOverlay {
         let circuit = match self.circuit.state(now) {

@@ -8,6 +8,7 @@
 //! channel their probe tasks wait on.
 
 use std::{
+    net::SocketAddr,
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -26,6 +27,8 @@ use tokio::{
 use tracing::{info, warn};
 
 use prometheus_client::registry::Registry;
+
+use crate::health::outlier::BanReason;
 
 use super::{
     drain::{self, netns::DrainReport},
@@ -95,6 +98,12 @@ pub(crate) enum Command {
     },
     /// The admin API's view of the engine as of now.
     Views { reply: oneshot::Sender<EngineViews> },
+    /// The L7 proxy's request rules would ban this backend of an http service.
+    RequestBan {
+        service: String,
+        backend: SocketAddr,
+        reason: BanReason,
+    },
 }
 
 /// The admin API's view of the engine (`/v1/bans`, `/v1/circuits`), built when asked for:
@@ -181,6 +190,15 @@ pub(crate) fn spawn(
                     }
                     Command::Fault { service, refuse_ppm, reply } => {
                         let _ = reply.send(engine.set_fault(&service, refuse_ppm));
+                    }
+                    Command::RequestBan { service, backend, reason } => {
+                        if let Some((service, backend, reason)) =
+                            engine.request_ban(Instant::now(), &service, backend, reason)
+                        {
+                            warn!(%service, %backend, reason = reason.as_str(), "backend banned");
+                            ctx.exported.metrics().banned(reason);
+                        }
+                        step(&mut engine, &mut ctx);
                     }
                     Command::Views { reply } => {
                         let now = Instant::now();

@@ -507,3 +507,44 @@ async fn a_config_wakes_only_what_it_changed() {
     assert!(!published.contains_key("cache"));
     assert!(!published["web"].excluded.is_empty(), "still banned");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_ban_from_the_proxy_excludes_the_backend_within_the_cap() {
+    use crate::health::outlier::BanReason;
+    let mut e = engine(&config(3));
+    let bad: std::net::SocketAddr = "127.0.0.3:81".parse().unwrap();
+    let made = e.request_ban(Instant::now(), "web", bad, BanReason::Consecutive5xx);
+    assert_eq!(
+        made,
+        Some(("web".to_owned(), bad, BanReason::Consecutive5xx))
+    );
+    assert!(e.overlay(Instant::now())["web"].excluded.contains(&bad));
+    // Asking again while banned makes no second ban.
+    assert_eq!(
+        e.request_ban(Instant::now(), "web", bad, BanReason::Consecutive5xx),
+        None
+    );
+    // An unknown service or backend bans nothing.
+    assert_eq!(
+        e.request_ban(Instant::now(), "nope", bad, BanReason::Consecutive5xx),
+        None
+    );
+    let other: std::net::SocketAddr = "127.0.0.9:81".parse().unwrap();
+    assert_eq!(
+        e.request_ban(Instant::now(), "web", other, BanReason::Consecutive5xx),
+        None
+    );
+    // The cap (default: a third of the backends, at least one) holds for request bans too.
+    let second: std::net::SocketAddr = "127.0.0.2:81".parse().unwrap();
+    assert_eq!(
+        e.request_ban(Instant::now(), "web", second, BanReason::RequestLatency),
+        None
+    );
+    assert_eq!(e.overlay(Instant::now())["web"].excluded.len(), 1);
+    // The ban ends like any other: a probe, then the backend is back.
+    advance(Duration::from_secs(5)).await;
+    let out = e.tick(Instant::now());
+    assert_eq!(out.probes.len(), 1);
+    e.probe_result(Instant::now(), 1, out.probes[0].1, true);
+    assert!(e.overlay(Instant::now())["web"].excluded.is_empty());
+}

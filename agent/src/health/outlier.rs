@@ -93,16 +93,22 @@ pub(crate) enum BanReason {
     DeviationLatency,
     DeviationSrtt,
     DeviationRetransmits,
+    /// The L7 proxy saw `outlier.consecutive_5xx` failed requests in a row (http services).
+    Consecutive5xx,
+    /// The L7 proxy saw the backend's request latency far above its peers' (http services).
+    RequestLatency,
 }
 
 impl BanReason {
-    pub(crate) const ALL: [BanReason; 6] = [
+    pub(crate) const ALL: [BanReason; 8] = [
         BanReason::ConsecutiveFailures,
         BanReason::FailureRatio,
         BanReason::DeviationFailures,
         BanReason::DeviationLatency,
         BanReason::DeviationSrtt,
         BanReason::DeviationRetransmits,
+        BanReason::Consecutive5xx,
+        BanReason::RequestLatency,
     ];
 
     pub(crate) fn as_str(&self) -> &'static str {
@@ -113,6 +119,18 @@ impl BanReason {
             BanReason::DeviationLatency => "deviation_latency",
             BanReason::DeviationSrtt => "deviation_srtt",
             BanReason::DeviationRetransmits => "deviation_retransmits",
+            BanReason::Consecutive5xx => "consecutive_5xx",
+            BanReason::RequestLatency => "request_latency",
+        }
+    }
+
+    /// The reason of a ban the L7 proxy asks for (`sockmesh_proxy::link::BanRequest`);
+    /// `None` for a reason this agent does not know (a newer proxy).
+    pub(crate) fn from_proxy(reason: &str) -> Option<Self> {
+        match reason {
+            "consecutive_5xx" => Some(BanReason::Consecutive5xx),
+            "deviation_latency" | "request_latency" => Some(BanReason::RequestLatency),
+            _ => None,
         }
     }
 }

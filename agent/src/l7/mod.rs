@@ -21,8 +21,10 @@ use prometheus_client::registry::Registry;
 use sockmesh_model::MeshConfig;
 use sockmesh_proxy::link::{encode_frame, ProxyReport, ToProxy};
 use tokio::sync::{mpsc, watch};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
+use crate::engine::task::Command;
+use crate::health::outlier::BanReason;
 use crate::tables::ServiceView;
 
 /// `--proxy`: who runs the node's L7 proxy.
@@ -221,12 +223,26 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// What the proxies report. Ban suggestions are logged; feeding them to the health engine
-/// and the tallies to the SLO engine is the next step (docs/http-services.md).
-pub(crate) async fn take_reports(mut reports: mpsc::Receiver<ProxyReport>) {
+/// What the proxies report: ban suggestions go to the health engine, which bans within
+/// the service's cap like its own rules' bans (reasons `consecutive_5xx`, `request_latency`).
+pub(crate) async fn take_reports(
+    mut reports: mpsc::Receiver<ProxyReport>,
+    engine: crate::engine::task::EngineHandle,
+) {
     while let Some(r) = reports.recv().await {
-        for ban in &r.bans {
-            info!(service = %ban.service, backend = %ban.backend, reason = %ban.reason, "the proxy suggests a ban");
+        for ban in r.bans {
+            let Some(reason) = BanReason::from_proxy(&ban.reason) else {
+                warn!(reason = %ban.reason, "the proxy suggests a ban for a reason this agent does not know");
+                continue;
+            };
+            let cmd = Command::RequestBan {
+                service: ban.service,
+                backend: ban.backend,
+                reason,
+            };
+            if engine.commands.send(cmd).await.is_err() {
+                return;
+            }
         }
     }
 }

@@ -30,7 +30,9 @@ fn reason_labels() {
             "deviation_failures",
             "deviation_latency",
             "deviation_srtt",
-            "deviation_retransmits"
+            "deviation_retransmits",
+            "consecutive_5xx",
+            "request_latency"
         ]
     );
 }
