@@ -146,7 +146,11 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
         &mut registry,
     );
     signals.feed_engine(engine.events.clone());
-    tokio::spawn(crate::l7::take_reports(reports_rx, engine.clone()));
+    tokio::spawn(crate::l7::take_reports(
+        reports_rx,
+        engine.clone(),
+        signals.clone(),
+    ));
     let status: SharedStatus = Arc::new(std::sync::RwLock::new(Status {
         adopted: attached.adopted,
         cgroup: opts.cgroup.display().to_string(),

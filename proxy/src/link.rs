@@ -57,6 +57,10 @@ pub struct TargetService {
     pub name: String,
     pub http: HttpSpec,
     pub backends: Vec<TargetBackend>,
+    /// The thresholds of the service's `request_latency` SLOs, in microseconds, sorted
+    /// and distinct: the proxy counts the requests within each ([`ServiceTally::within`]).
+    #[serde(default)]
+    pub latency_thresholds_us: Vec<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,6 +96,10 @@ pub struct ServiceTally {
     pub requests: u64,
     /// Answered 5xx (or a gRPC error status), or never answered.
     pub failed: u64,
+    /// (threshold in µs, requests whose whole duration was within it), one per
+    /// [`TargetService::latency_thresholds_us`] the proxy had when it counted them.
+    #[serde(default)]
+    pub within: Vec<(u64, u64)>,
 }
 
 /// A backend a request rule would ban (`outlier.consecutive_5xx`, latency deviation).

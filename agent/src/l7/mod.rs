@@ -223,13 +223,23 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// What the proxies report: ban suggestions go to the health engine, which bans within
-/// the service's cap like its own rules' bans (reasons `consecutive_5xx`, `request_latency`).
+/// What the proxies report: request counts go to the SLO engine (`request_success`,
+/// `request_latency`); ban suggestions go to the health engine, which bans within the
+/// service's cap like its own rules' bans (reasons `consecutive_5xx`, `request_latency`).
 pub(crate) async fn take_reports(
     mut reports: mpsc::Receiver<ProxyReport>,
     engine: crate::engine::task::EngineHandle,
+    signals: Arc<crate::signals::Signals>,
 ) {
     while let Some(r) = reports.recv().await {
+        for t in &r.services {
+            let tally = crate::slo::RequestTally {
+                requests: t.requests,
+                failed: t.failed,
+                within: &t.within,
+            };
+            signals.on_requests(&t.service, tally);
+        }
         for ban in r.bans {
             let Some(reason) = BanReason::from_proxy(&ban.reason) else {
                 warn!(reason = %ban.reason, "the proxy suggests a ban for a reason this agent does not know");

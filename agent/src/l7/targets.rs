@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use sockmesh_model::{MeshConfig, Protocol};
+use sockmesh_model::{MeshConfig, Protocol, SliKind};
 use sockmesh_proxy::link::{TargetBackend, TargetService, Targets};
 
 use crate::tables::ServiceView;
@@ -37,11 +37,21 @@ pub(crate) fn targets(config: &MeshConfig, views: &[ServiceView], generation: u6
                     eligible: slots.get(b.addr.to_string().as_str()).copied().unwrap_or(0) > 0,
                 })
                 .collect();
+            let mut latency_thresholds_us: Vec<u64> = s
+                .slos
+                .iter()
+                .filter(|slo| slo.sli == SliKind::RequestLatency)
+                .filter_map(|slo| slo.threshold)
+                .map(|t| u64::try_from(t.0.as_micros()).unwrap_or(u64::MAX))
+                .collect();
+            latency_thresholds_us.sort_unstable();
+            latency_thresholds_us.dedup();
             Some(TargetService {
                 id: view.id,
                 name: s.name.clone(),
                 http: s.http.clone().unwrap_or_default(),
                 backends,
+                latency_thresholds_us,
             })
         })
         .collect();
@@ -83,6 +93,11 @@ services:
     backends:
       - {addr: 127.0.0.3:8081, weight: 3, labels: {track: stable}}
       - {addr: 127.0.0.4:8081, labels: {track: canary}}
+    slos:
+      - {name: fast, sli: request_latency, objective: 0.99, window: 1d, threshold: 250ms}
+      - {name: ok, sli: request_success, objective: 0.999, window: 1d}
+      - {name: snappy, sli: request_latency, objective: 0.9, window: 1d, threshold: 50ms}
+      - {name: same, sli: request_latency, objective: 0.5, window: 1d, threshold: 250ms}
 ";
 
     fn applied(config: &MeshConfig) -> Vec<ServiceView> {
@@ -107,6 +122,7 @@ services:
         assert_eq!(shop.backends[0].weight, 3);
         assert_eq!(shop.backends[1].labels["track"], "canary");
         assert!(shop.backends.iter().all(|b| b.eligible));
+        assert_eq!(shop.latency_thresholds_us, [50_000, 250_000]);
         assert!(has_http(&cfg));
     }
 

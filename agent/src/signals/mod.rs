@@ -282,6 +282,15 @@ impl Signals {
         tracker.snapshot(tokio::time::Instant::now())
     }
 
+    /// The L7 proxy's count of a service's requests, for its request SLIs.
+    pub(crate) fn on_requests(&self, service: &str, tally: crate::slo::RequestTally<'_>) {
+        self.slos.lock().expect("slo lock").on_requests(
+            tokio::time::Instant::now(),
+            service,
+            tally,
+        );
+    }
+
     pub(crate) fn on_event(&self, ev: ConnEvent) {
         if let Some(inbox) = self.engine.get() {
             // Bounded and coalescing: never waits for the engine (engine::queue).

@@ -21,6 +21,9 @@ pub(crate) fn classify(sli: SliKind, threshold: Option<Duration>, ev: &ConnEvent
             (ev.kind == EVENT_ESTABLISHED)
                 .then(|| u128::from(ev.duration_ns) <= threshold.as_nanos())
         }
+        // Counted from the L7 proxy's reports (`SloTracker::on_requests`), not from
+        // connection events.
+        SliKind::RequestSuccess | SliKind::RequestLatency => None,
         SliKind::Srtt => {
             let threshold = threshold?;
             // Every closed routed connection, reset or not: a reset is the connection's end,

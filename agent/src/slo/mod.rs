@@ -16,7 +16,7 @@ use std::{collections::HashMap, time::Duration};
 
 use serde::{ser::SerializeMap, Serialize, Serializer};
 use sockmesh_common::ConnEvent;
-use sockmesh_model::{MeshConfig, SloSpec};
+use sockmesh_model::{MeshConfig, SliKind, SloSpec};
 use tokio::time::Instant;
 
 pub(crate) use classify::classify;
@@ -98,6 +98,18 @@ struct ServiceSlos {
 pub(crate) struct SloTracker {
     services: Vec<ServiceSlos>,
     by_id: HashMap<u32, usize>,
+    /// The same index by service name: the L7 proxy reports by name.
+    by_name: HashMap<String, usize>,
+}
+
+/// What the L7 proxy reports about one service's requests since its last report
+/// (`sockmesh_proxy::link::ServiceTally`, without the name).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RequestTally<'a> {
+    pub requests: u64,
+    pub failed: u64,
+    /// (threshold in µs, requests within it).
+    pub within: &'a [(u64, u64)],
 }
 
 impl SloTracker {
@@ -121,6 +133,7 @@ impl SloTracker {
             }
         }
         self.by_id.clear();
+        self.by_name.clear();
         let ids: HashMap<&str, u32> = views.iter().map(|v| (v.name.as_str(), v.id)).collect();
         for service in config.services.iter().filter(|s| !s.slos.is_empty()) {
             // Every applied service has a view; one without could receive no events anyway.
@@ -150,6 +163,8 @@ impl SloTracker {
                 })
                 .collect();
             self.by_id.insert(id, self.services.len());
+            self.by_name
+                .insert(service.name.clone(), self.services.len());
             self.services.push(ServiceSlos {
                 name: service.name.clone(),
                 slos,
@@ -165,6 +180,37 @@ impl SloTracker {
         for slo in &mut self.services[index].slos {
             if let Some(good) = classify(slo.spec.sli, slo.threshold, ev) {
                 slo.history.record(now, u64::from(good), 1);
+            }
+        }
+    }
+
+    /// Counts a service's requests (the L7 proxy's report) for its request SLIs: every
+    /// request is in `request_success`'s total and good unless it failed, and in the
+    /// total of each `request_latency` SLO, good when within its threshold. A latency SLO
+    /// whose threshold the proxy did not count yet (a config change in between) skips
+    /// the report rather than guess.
+    pub(crate) fn on_requests(&mut self, now: Instant, service: &str, tally: RequestTally<'_>) {
+        let Some(&index) = self.by_name.get(service) else {
+            return;
+        };
+        for slo in &mut self.services[index].slos {
+            match slo.spec.sli {
+                SliKind::RequestSuccess => {
+                    let good = tally.requests.saturating_sub(tally.failed);
+                    slo.history.record(now, good, tally.requests);
+                }
+                SliKind::RequestLatency => {
+                    let Some(us) = slo.threshold.map(|t| t.as_micros()) else {
+                        continue;
+                    };
+                    if let Some(&(_, within)) =
+                        tally.within.iter().find(|(t, _)| u128::from(*t) == us)
+                    {
+                        slo.history
+                            .record(now, within.min(tally.requests), tally.requests);
+                    }
+                }
+                _ => {}
             }
         }
     }

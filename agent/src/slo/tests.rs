@@ -220,3 +220,52 @@ fn samples_serialize_with_burn_rates_by_window() {
     assert_eq!(json["good_total"], 9);
     assert_eq!(json["sli"], "connect_success");
 }
+
+const HTTP_MESH: &str = "
+services:
+  - name: shop
+    vip: 127.100.0.9
+    port: 80
+    protocol: http
+    backends: [{addr: 127.0.0.2:8081}]
+    slos:
+      - {name: ok, sli: request_success, objective: 0.99, window: 1d}
+      - {name: fast, sli: request_latency, threshold: 250ms, objective: 0.9, window: 1d}
+      - {name: conn, sli: connect_success, objective: 0.99, window: 1d}
+";
+
+#[tokio::test(start_paused = true)]
+async fn request_slis_count_the_proxys_tallies() {
+    let (cfg, views) = applied(HTTP_MESH);
+    let mut t = SloTracker::new(Instant::now(), &cfg, &views);
+    let within = [(50_000, 90), (250_000, 95)];
+    let tally = RequestTally {
+        requests: 100,
+        failed: 4,
+        within: &within,
+    };
+    t.on_requests(Instant::now(), "shop", tally);
+    // Another service's tally, or a threshold nobody counted, moves nothing.
+    t.on_requests(Instant::now(), "nope", tally);
+    let samples = t.snapshot(Instant::now());
+    let get = |name: &str| samples.iter().find(|s| s.slo == name).unwrap();
+    assert_eq!((get("ok").good_total, get("ok").total), (96, 100));
+    assert_eq!(get("ok").sli, "request_success");
+    assert_eq!((get("fast").good_total, get("fast").total), (95, 100));
+    assert_eq!((get("conn").good_total, get("conn").total), (0, 0));
+    // 4% failed against a 1% budget: burning at 4x.
+    let burn = get("ok").burn[0].1;
+    assert!((burn - 4.0).abs() < 1e-9, "{burn}");
+    let none = RequestTally {
+        requests: 10,
+        failed: 0,
+        within: &[(1, 10)],
+    };
+    t.on_requests(Instant::now(), "shop", none);
+    let samples = t.snapshot(Instant::now());
+    let fast = samples.iter().find(|s| s.slo == "fast").unwrap();
+    assert_eq!(
+        fast.total, 100,
+        "a report without the SLO's threshold is skipped"
+    );
+}

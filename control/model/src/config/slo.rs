@@ -46,6 +46,12 @@ pub enum SliKind {
     ConnectLatency,
     /// Closed connections whose smoothed RTT was within `threshold` out of all closed ones.
     Srtt,
+    /// `protocol: http` services only: requests answered without a 5xx (or a gRPC error
+    /// status) out of every request the proxy took, including those it could not answer.
+    RequestSuccess,
+    /// `protocol: http` services only: requests whose whole duration (retries included) was
+    /// within `threshold` out of every request.
+    RequestLatency,
 }
 
 impl SliKind {
@@ -55,12 +61,19 @@ impl SliKind {
             SliKind::ConnectSuccess => "connect_success",
             SliKind::ConnectLatency => "connect_latency",
             SliKind::Srtt => "srtt",
+            SliKind::RequestSuccess => "request_success",
+            SliKind::RequestLatency => "request_latency",
         }
     }
 
     /// Whether the SLI compares a duration with a threshold.
     pub fn needs_threshold(&self) -> bool {
-        !matches!(self, SliKind::ConnectSuccess)
+        !matches!(self, SliKind::ConnectSuccess | SliKind::RequestSuccess)
+    }
+
+    /// Whether the SLI counts requests (only the L7 proxy sees them: http services).
+    pub fn is_request(&self) -> bool {
+        matches!(self, SliKind::RequestSuccess | SliKind::RequestLatency)
     }
 }
 
@@ -72,7 +85,7 @@ impl fmt::Display for SliKind {
 
 /// Rule checks for the SLOs of one service; `Err((field, reason))` with `field` relative to
 /// the service (`slos[1].objective`).
-pub(super) fn check(slos: &[SloSpec]) -> Result<(), (String, String)> {
+pub(super) fn check(slos: &[SloSpec], http: bool) -> Result<(), (String, String)> {
     if slos.len() > MAX_SLOS_PER_SERVICE {
         return Err((
             "slos".to_owned(),
@@ -116,6 +129,15 @@ pub(super) fn check(slos: &[SloSpec]) -> Result<(), (String, String)> {
         }
         if slo.window.0.is_zero() {
             return fail("window", "must be longer than 0".to_owned());
+        }
+        if slo.sli.is_request() && !http {
+            return fail(
+                "sli",
+                format!(
+                    "sli {} counts requests, which only a `protocol: http` service has",
+                    slo.sli
+                ),
+            );
         }
         match (slo.sli.needs_threshold(), slo.threshold) {
             (true, None) => {

@@ -122,7 +122,9 @@ impl<'a, 'm, F: Fn(SocketAddr) -> Option<(usize, &'m str)>> ServiceChecker<'a, F
                 return self.fail(&field, reason);
             }
         }
-        if let Err((field, reason)) = super::slo::check(&s.slos) {
+        if let Err((field, reason)) =
+            super::slo::check(&s.slos, s.protocol == super::Protocol::Http)
+        {
             return self.fail(&field, reason);
         }
         if let Err((field, reason)) = super::route::check_routes(&s.routes) {

@@ -220,3 +220,31 @@ fn decode_errors_in_slos_have_a_path() {
     let missing = WITH_SLOS.replace("        objective: 0.95\n", "");
     assert_rejected(&missing, "services[0].slos[2]", "missing field `objective`");
 }
+
+#[test]
+fn request_slis_belong_to_http_services() {
+    for sli in [SliKind::RequestSuccess, SliKind::RequestLatency] {
+        let threshold = sli.needs_threshold().then(|| Span::millis(200));
+        let tcp = with_slos(vec![slo("req", sli, threshold)]);
+        assert_invalid(
+            &tcp,
+            "services[0].slos[0].sli",
+            "only a `protocol: http` service",
+        );
+        let mut http = with_slos(vec![slo("req", sli, threshold)]);
+        http.services[0].protocol = crate::Protocol::Http;
+        let yaml = serde_yaml::to_string(&http).unwrap();
+        let parsed = parse_config(&yaml).expect("valid on an http service");
+        assert_eq!(parsed.services[0].slos[0].sli, sli);
+        assert_eq!(serde_yaml::to_string(&sli).unwrap().trim(), sli.as_str());
+    }
+    let mut http = with_slos(vec![slo("lat", SliKind::RequestLatency, None)]);
+    http.services[0].protocol = crate::Protocol::Http;
+    let yaml = serde_yaml::to_string(&http).unwrap();
+    assert!(parse_config(&yaml)
+        .unwrap_err()
+        .to_string()
+        .contains("needs a threshold"));
+    assert_eq!(SliKind::RequestSuccess.as_str(), "request_success");
+    assert_eq!(SliKind::RequestLatency.as_str(), "request_latency");
+}
