@@ -35,9 +35,11 @@
 pub mod body;
 pub mod code;
 pub mod deadline;
+pub mod feedback;
 pub mod forward;
 pub mod link;
 pub mod metrics;
+pub mod node;
 pub mod origin;
 pub mod outlier;
 pub mod pick;
