@@ -35,6 +35,7 @@
 pub mod body;
 pub mod code;
 pub mod deadline;
+pub mod exporter;
 pub mod feedback;
 pub mod forward;
 pub mod link;
@@ -43,6 +44,7 @@ pub mod node;
 pub mod origin;
 pub mod outlier;
 pub mod pick;
+pub mod process;
 pub mod report;
 pub mod retry;
 pub mod route;
