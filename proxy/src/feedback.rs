@@ -79,8 +79,14 @@ impl Feedback {
             p.consecutive.unbanned(service, *backend);
             p.latency.unbanned(service, *backend);
         }
-        let Pending { known, tallies, .. } = &mut *p;
+        let Pending {
+            known,
+            tallies,
+            bans,
+            ..
+        } = &mut *p;
         tallies.retain(|service, _| known.contains(service));
+        bans.retain(|ban| known.contains(&ban.service));
     }
 
     /// What piled up since the last call; `None` when there is nothing to say.

@@ -14,7 +14,9 @@
 //! A link that fails (closed, a frame that does not parse or is too large, a write that
 //! does not finish in time) never stops the serving: the proxy keeps the last targets,
 //! reconnects with backoff, and closes the listeners the agent hands over again (it already
-//! serves its own). Every wait on the agent is bounded, so nothing here hangs on it.
+//! serves its own). Every wait on the agent is bounded, so nothing here hangs on it. A
+//! report whose write fails is lost with the link (tallies and suggestions are about the
+//! last second; the rules suggest a backend again on its next run).
 
 #[path = "process_link.rs"]
 mod link_io;
