@@ -337,6 +337,7 @@ impl<O: Origins> ProxyProcess<O> {
     /// closed (the proxy serves the ones it has).
     async fn reconnect(&self) -> UnixStream {
         let mut wait = self.link.backoff.0;
+        let mut failures: u64 = 0;
         loop {
             tokio::time::sleep(wait).await;
             match link_io::handshake(&self.link).await {
@@ -350,7 +351,11 @@ impl<O: Origins> ProxyProcess<O> {
                     return stream;
                 }
                 Err(e) => {
-                    warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "reconnecting to the agent failed");
+                    // An agent down for long would otherwise log every couple of seconds.
+                    if failures.is_multiple_of(30) {
+                        warn!(error = %e, failures = failures + 1, "reconnecting to the agent failed; retrying");
+                    }
+                    failures += 1;
                     wait = (wait * 2).min(self.link.backoff.1);
                 }
             }
@@ -376,7 +381,8 @@ impl Serving {
 
     /// Stops every accept loop and waits for their drains; true if all finished in time.
     async fn drain(mut self) -> bool {
-        let _ = self.stop.send(true);
+        // `send_replace`: the value changes even with no accept loop subscribed.
+        self.stop.send_replace(true);
         self.waiting.clear();
         let mut complete = true;
         while let Some(done) = self.tasks.join_next().await {
