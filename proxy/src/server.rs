@@ -124,6 +124,11 @@ impl Proxy {
         &self.stats
     }
 
+    /// The counters, to export them (every listener this proxy serves counts into them).
+    pub fn shared_stats(&self) -> Arc<ConnectionStats> {
+        self.stats.clone()
+    }
+
     /// Serves `listener` until `shutdown` completes, then drains.
     pub async fn serve(
         &self,
@@ -151,15 +156,17 @@ impl Proxy {
                 },
                 () = &mut shutdown => break,
             };
-            let Some(service) = self.resolve.service(peer, local) else {
+            let Some((service, caller)) = self.resolve.resolve(peer, local) else {
                 self.stats.unresolved.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
-            let caller = self.resolve.caller(peer, local);
             let forwarder = self.forwarder.clone();
+            let resolve = self.resolve.clone();
             let handler = service_fn(move |request| {
                 let forwarder = forwarder.clone();
-                let service = service.clone();
+                // A kept-alive connection outlives snapshots: each request takes the
+                // service's newest version (its backends, their eligibility, its routes).
+                let service = resolve.current(&service).unwrap_or_else(|| service.clone());
                 let caller = caller.clone();
                 async move { forwarder.handle(service, caller, peer, request).await }
             });

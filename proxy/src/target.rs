@@ -2,8 +2,13 @@
 //! request policy and its backends, and the [`Resolve`] seam that says which service an
 //! accepted connection belongs to.
 //!
-//! The kernel will answer [`Resolve`] from the socket's stamp (cookie or 4-tuple), never by
+//! The kernel answers [`Resolve`] from the socket's origin record ([`crate::node`]), never by
 //! guessing from addresses; tests answer it with a fixed service ([`Fixed`]).
+//!
+//! A service's live state outlives the agent's snapshots: [`ServiceTarget::from_target`]
+//! builds the next version of a service around the previous one's backend counters and
+//! retry budget, so a new set of targets neither forgets the requests under way (which the
+//! pick balances on) nor refills the budget.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,6 +18,7 @@ use std::time::Instant;
 
 use sockmesh_model::{BackendSpec, HttpSpec};
 
+use crate::link::TargetService;
 use crate::pick::Candidate;
 use crate::retry::{RetryBudget, DEFAULT_MIN_RETRIES_PER_SECOND};
 
@@ -24,6 +30,22 @@ pub trait Resolve: Send + Sync + 'static {
     /// The calling workload's name (the `caller` label of the request metrics), read from
     /// the same stamp; `None` when it is not known (reported as `unknown`).
     fn caller(&self, _peer: SocketAddr, _local: SocketAddr) -> Option<Arc<str>> {
+        None
+    }
+
+    /// Service and caller at once (one lookup where both come from the same record).
+    fn resolve(
+        &self,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Option<(Arc<ServiceTarget>, Option<Arc<str>>)> {
+        let service = self.service(peer, local)?;
+        Some((service, self.caller(peer, local)))
+    }
+
+    /// The version of `service` the next request of a connection resolved earlier should
+    /// use (its config and backends may have changed since); `None` keeps `service`.
+    fn current(&self, _service: &Arc<ServiceTarget>) -> Option<Arc<ServiceTarget>> {
         None
     }
 }
@@ -45,7 +67,8 @@ pub struct ServiceTarget {
     pub name: Arc<str>,
     pub http: HttpSpec,
     pub backends: Vec<Backend>,
-    budget: Mutex<RetryBudget>,
+    /// Shared with the service's next versions while its `http:` block stays the same.
+    budget: Arc<Mutex<RetryBudget>>,
 }
 
 impl ServiceTarget {
@@ -58,15 +81,75 @@ impl ServiceTarget {
         );
         Self {
             name: name.into(),
-            backends: backends.iter().map(Backend::new).collect(),
+            backends: backends
+                .iter()
+                .map(|b| Backend::new(b.addr, b.weight, b.labels.clone(), true))
+                .collect(),
             http,
-            budget: Mutex::new(budget),
+            budget: Arc::new(Mutex::new(budget)),
         }
+    }
+
+    /// The service as the agent's snapshot describes it, taking over from `previous` (the
+    /// same service in the last snapshot): the live state of each backend at the same
+    /// address (outstanding tries; eligibility is the snapshot's), and the retry budget if
+    /// the `http:` block did not change.
+    pub fn from_target(target: &TargetService, previous: Option<&ServiceTarget>) -> Self {
+        let backends = target
+            .backends
+            .iter()
+            .map(|b| {
+                let backend = match previous.and_then(|p| p.backend(b.addr)) {
+                    Some(old) => Backend {
+                        addr: b.addr,
+                        weight: b.weight,
+                        labels: b.labels.clone(),
+                        live: old.live.clone(),
+                    },
+                    None => Backend::new(b.addr, b.weight, b.labels.clone(), b.eligible),
+                };
+                backend.set_eligible(b.eligible);
+                backend
+            })
+            .collect();
+        let budget = match previous {
+            Some(p) if p.http == target.http => p.budget.clone(),
+            _ => Arc::new(Mutex::new(RetryBudget::new(
+                target.http.retries.budget_percent,
+                DEFAULT_MIN_RETRIES_PER_SECOND,
+                Instant::now(),
+            ))),
+        };
+        Self {
+            name: target.name.as_str().into(),
+            http: target.http.clone(),
+            backends,
+            budget,
+        }
+    }
+
+    /// Whether `target` describes this service with the same name, `http:` block and
+    /// backends (address, weight, labels, in order): only eligibility may differ, so this
+    /// version can stay (its flags are the live ones).
+    pub fn same_shape(&self, target: &TargetService) -> bool {
+        *self.name == *target.name
+            && self.http == target.http
+            && self.backends.len() == target.backends.len()
+            && self
+                .backends
+                .iter()
+                .zip(&target.backends)
+                .all(|(b, t)| b.addr == t.addr && b.weight == t.weight && b.labels == t.labels)
     }
 
     /// The backend at `addr`, if the service has it.
     pub fn backend(&self, addr: SocketAddr) -> Option<&Backend> {
         self.backends.iter().find(|b| b.addr == addr)
+    }
+
+    /// Whether both versions draw on one retry budget.
+    pub fn shares_budget(&self, other: &ServiceTarget) -> bool {
+        Arc::ptr_eq(&self.budget, &other.budget)
     }
 
     /// Runs `f` on the service's retry budget.
@@ -101,6 +184,13 @@ pub struct Backend {
     pub addr: SocketAddr,
     pub weight: u32,
     pub labels: BTreeMap<String, String>,
+    /// Shared by every version of the service that has this backend.
+    live: Arc<Live>,
+}
+
+/// A backend's state that requests read and change.
+#[derive(Debug)]
+struct Live {
     /// False while banned or its circuit is open (the agent's engine decides).
     eligible: AtomicBool,
     /// Tries sent to it whose response has not ended.
@@ -108,28 +198,35 @@ pub struct Backend {
 }
 
 impl Backend {
-    fn new(spec: &BackendSpec) -> Self {
+    fn new(
+        addr: SocketAddr,
+        weight: u32,
+        labels: BTreeMap<String, String>,
+        eligible: bool,
+    ) -> Self {
         Self {
-            addr: spec.addr,
-            weight: spec.weight,
-            labels: spec.labels.clone(),
-            eligible: AtomicBool::new(true),
-            outstanding: AtomicU32::new(0),
+            addr,
+            weight,
+            labels,
+            live: Arc::new(Live {
+                eligible: AtomicBool::new(eligible),
+                outstanding: AtomicU32::new(0),
+            }),
         }
     }
 
     /// Bans or unbans the backend for new tries (tries under way finish).
     pub fn set_eligible(&self, eligible: bool) {
-        self.eligible.store(eligible, Ordering::Relaxed);
+        self.live.eligible.store(eligible, Ordering::Relaxed);
     }
 
     pub fn is_eligible(&self) -> bool {
-        self.eligible.load(Ordering::Relaxed)
+        self.live.eligible.load(Ordering::Relaxed)
     }
 
     /// Tries under way on this backend, what the pick balances on.
     pub fn outstanding(&self) -> u32 {
-        self.outstanding.load(Ordering::Relaxed)
+        self.live.outstanding.load(Ordering::Relaxed)
     }
 
     /// Whether the backend carries every label of `subset` (`None`: the whole service).
@@ -148,6 +245,7 @@ pub(crate) struct Outstanding {
 impl Outstanding {
     pub(crate) fn start(service: Arc<ServiceTarget>, index: usize) -> Self {
         service.backends[index]
+            .live
             .outstanding
             .fetch_add(1, Ordering::Relaxed);
         Self { service, index }
@@ -157,6 +255,7 @@ impl Outstanding {
 impl Drop for Outstanding {
     fn drop(&mut self) {
         self.service.backends[self.index]
+            .live
             .outstanding
             .fetch_sub(1, Ordering::Relaxed);
     }

@@ -5,6 +5,7 @@
 //! tight duration.
 
 mod grpc_tests;
+mod link_tests;
 mod retry_tests;
 mod route_tests;
 mod server_tests;

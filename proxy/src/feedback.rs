@@ -1,0 +1,153 @@
+//! What the proxy tells about its requests: the [`Observe`] of the proxy process. Each
+//! [`Report`] is counted into the request metrics ([`RequestMetrics`]), fed to the request
+//! ban rules ([`RequestOutliers`], [`LatencyOutliers`]), and tallied per service; the link
+//! takes what piled up about once a second as one [`ProxyReport`] for the agent
+//! ([`Feedback::take_report`]).
+//!
+//! - A request **fails** the service when it was answered 5xx (the proxy's own 502, 503 and
+//!   504 included), when it is gRPC and its status is one gRPC's HTTP mapping makes a 5xx
+//!   (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS:
+//!   [`crate::code::Code::is_server_error`], the `request_success` SLI's reading; statuses
+//!   the caller causes, such as NOT_FOUND or INVALID_ARGUMENT, are not failures), or when it
+//!   was never answered: its caller left before a response head (499), which is what a
+//!   hung backend looks like from here.
+//! - `consecutive_5xx`: the link's targets do not carry a service's `outlier` block, so
+//!   every service uses the model's default threshold (5, `OutlierSpec::default()`).
+//! - Bounds: only services of the current targets are tallied and judged (a report of a
+//!   service that left is counted in the metrics only), so a report holds at most one tally
+//!   per service; a ban suggestion is sent once per (service, backend, reason) per report,
+//!   and the rules themselves suggest a backend once per run.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::registry::Registry;
+use sockmesh_model::OutlierSpec;
+
+use crate::link::{BanRequest, ProxyReport, ServiceTally};
+use crate::metrics::RequestMetrics;
+use crate::outlier::latency::LatencyOutliers;
+use crate::outlier::{BanSuggestion, RequestOutliers};
+use crate::report::{Observe, Report, CLIENT_CLOSED};
+
+/// Requests of one service since the last report.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    requests: u64,
+    failed: u64,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    /// The services of the current targets.
+    known: HashSet<Arc<str>>,
+    tallies: HashMap<Arc<str>, Tally>,
+    bans: Vec<BanSuggestion>,
+    consecutive: RequestOutliers,
+    latency: LatencyOutliers,
+}
+
+/// The proxy process's [`Observe`]; see the module docs.
+pub struct Feedback {
+    metrics: RequestMetrics,
+    pending: Mutex<Pending>,
+    /// `outlier.consecutive_5xx` of every service (module docs).
+    consecutive_5xx: u32,
+}
+
+impl Feedback {
+    /// Registers the request metrics on `registry`.
+    pub fn new(registry: &mut Registry) -> Self {
+        Self {
+            metrics: RequestMetrics::new(registry),
+            pending: Mutex::default(),
+            consecutive_5xx: OutlierSpec::default().consecutive_5xx,
+        }
+    }
+
+    /// The targets changed: `services` are the ones now served, and `forget` the backends
+    /// whose failure runs and latency history end (left, or unbanned).
+    pub fn targets_changed<'a>(
+        &self,
+        services: impl IntoIterator<Item = &'a Arc<str>>,
+        forget: &[(Arc<str>, SocketAddr)],
+    ) {
+        let mut p = self.lock();
+        p.known = services.into_iter().cloned().collect();
+        for (service, backend) in forget {
+            p.consecutive.unbanned(service, *backend);
+            p.latency.unbanned(service, *backend);
+        }
+        let Pending {
+            known,
+            tallies,
+            bans,
+            ..
+        } = &mut *p;
+        tallies.retain(|service, _| known.contains(service));
+        bans.retain(|ban| known.contains(&ban.service));
+    }
+
+    /// What piled up since the last call; `None` when there is nothing to say.
+    pub fn take_report(&self) -> Option<ProxyReport> {
+        let mut p = self.lock();
+        if p.tallies.is_empty() && p.bans.is_empty() {
+            return None;
+        }
+        let mut services: Vec<ServiceTally> = p
+            .tallies
+            .drain()
+            .map(|(service, t)| ServiceTally {
+                service: service.to_string(),
+                requests: t.requests,
+                failed: t.failed,
+            })
+            .collect();
+        services.sort_by(|a, b| a.service.cmp(&b.service));
+        let bans = p
+            .bans
+            .drain(..)
+            .map(|s| BanRequest {
+                service: s.service.to_string(),
+                backend: s.backend,
+                reason: s.reason.as_str().to_owned(),
+            })
+            .collect();
+        Some(ProxyReport { services, bans })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        // Every update below leaves the state whole: a panic elsewhere cannot break it.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Whether `report` counts against its service (module docs).
+pub fn failed(report: &Report) -> bool {
+    report.code.is_server_error() || report.status.as_u16() == CLIENT_CLOSED
+}
+
+impl Observe for Feedback {
+    fn request_done(&self, report: &Report) {
+        self.metrics.record(report);
+        let mut p = self.lock();
+        if !p.known.contains(&report.service) {
+            return;
+        }
+        let tally = p.tallies.entry(report.service.clone()).or_default();
+        tally.requests += 1;
+        tally.failed += u64::from(failed(report));
+        let mut suggestions = p.consecutive.observe(report, self.consecutive_5xx);
+        suggestions.extend(p.latency.observe(report));
+        for s in suggestions {
+            if !p.bans.contains(&s) {
+                p.bans.push(s);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "feedback_tests.rs"]
+mod tests;

@@ -1,0 +1,102 @@
+use std::time::Duration;
+
+use http::StatusCode;
+
+use super::*;
+use crate::code::Code;
+use crate::report::Try;
+use crate::retry::Outcome;
+
+fn backend(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A request of `service` answered by `backend` with `status` (gRPC `grpc` if given).
+fn report(service: &str, backend: SocketAddr, status: u16, grpc: Option<u8>) -> Report {
+    Report {
+        service: service.into(),
+        caller: None,
+        backend: Some(backend),
+        status: StatusCode::from_u16(status).unwrap(),
+        code: grpc.map_or(Code::http(status), |g| {
+            Code::grpc(Some(g.to_string().as_bytes()))
+        }),
+        duration: Duration::from_millis(1),
+        tries: vec![Try {
+            backend,
+            outcome: Outcome::Status(status),
+            elapsed: Duration::from_millis(1),
+        }],
+        retries: Vec::new(),
+    }
+}
+
+fn feedback(services: &[&str]) -> Feedback {
+    let feedback = Feedback::new(&mut Registry::default());
+    let names: Vec<Arc<str>> = services.iter().map(|&s| s.into()).collect();
+    feedback.targets_changed(&names, &[]);
+    feedback
+}
+
+#[test]
+fn failures_are_5xx_grpc_server_errors_and_unanswered_requests() {
+    let b = backend(1);
+    assert!(failed(&report("shop", b, 503, None)));
+    assert!(failed(&report("shop", b, 200, Some(13))), "INTERNAL");
+    assert!(failed(&report("shop", b, 200, Some(14))), "UNAVAILABLE");
+    assert!(
+        !failed(&report("shop", b, 200, Some(5))),
+        "NOT_FOUND is the caller's"
+    );
+    assert!(!failed(&report("shop", b, 200, Some(0))));
+    assert!(!failed(&report("shop", b, 404, None)));
+    let mut left = report("shop", b, CLIENT_CLOSED, None);
+    left.backend = None;
+    assert!(failed(&left), "never answered");
+}
+
+#[test]
+fn tallies_per_known_service_and_nothing_to_say_is_none() {
+    let feedback = feedback(&["shop", "cart"]);
+    assert_eq!(feedback.take_report(), None);
+    for status in [200, 200, 500] {
+        feedback.request_done(&report("shop", backend(1), status, None));
+    }
+    feedback.request_done(&report("gone", backend(1), 500, None));
+    let got = feedback.take_report().unwrap();
+    assert_eq!(
+        got.services,
+        vec![ServiceTally {
+            service: "shop".into(),
+            requests: 3,
+            failed: 1
+        }]
+    );
+    assert!(got.bans.is_empty());
+    assert_eq!(feedback.take_report(), None, "drained");
+}
+
+#[test]
+fn a_run_of_5xx_asks_for_one_ban_until_forgotten() {
+    let feedback = feedback(&["shop"]);
+    for _ in 0..12 {
+        feedback.request_done(&report("shop", backend(1), 502, None));
+    }
+    let got = feedback.take_report().unwrap();
+    let ban = BanRequest {
+        service: "shop".into(),
+        backend: backend(1),
+        reason: "consecutive_5xx".into(),
+    };
+    assert_eq!(got.bans, vec![ban.clone()]);
+    assert_eq!(got.services[0].failed, 12);
+
+    feedback.request_done(&report("shop", backend(1), 502, None));
+    assert!(feedback.take_report().unwrap().bans.is_empty(), "same run");
+    let names = [Arc::from("shop")];
+    feedback.targets_changed(&names, &[(names[0].clone(), backend(1))]);
+    for _ in 0..5 {
+        feedback.request_done(&report("shop", backend(1), 502, None));
+    }
+    assert_eq!(feedback.take_report().unwrap().bans, vec![ban], "a new run");
+}

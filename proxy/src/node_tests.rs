@@ -1,0 +1,175 @@
+use std::sync::Mutex;
+
+use sockmesh_common::ProxyOrigin;
+use sockmesh_model::HttpSpec;
+
+use super::*;
+use crate::link::{TargetBackend, TargetService};
+use crate::target::Outstanding;
+
+/// Answers one origin (or none) for every connection.
+#[derive(Default)]
+struct OneOrigin(Mutex<Option<ProxyOrigin>>);
+
+impl OneOrigin {
+    fn set(&self, service_id: u32, workload: u32) {
+        *self.0.lock().unwrap() = Some(ProxyOrigin {
+            service_id,
+            workload,
+            ..ProxyOrigin::default()
+        });
+    }
+}
+
+impl Origins for Arc<OneOrigin> {
+    fn lookup(&self, _peer: SocketAddr, _local: SocketAddr) -> Option<ProxyOrigin> {
+        *self.0.lock().unwrap()
+    }
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn backend(port: u16, eligible: bool) -> TargetBackend {
+    TargetBackend {
+        addr: addr(port),
+        weight: 1,
+        labels: Default::default(),
+        eligible,
+    }
+}
+
+fn service(id: u32, name: &str, backends: Vec<TargetBackend>) -> TargetService {
+    TargetService {
+        id,
+        name: name.into(),
+        http: HttpSpec::default(),
+        backends,
+    }
+}
+
+fn targets(generation: u64, services: Vec<TargetService>) -> Targets {
+    Targets {
+        generation,
+        services,
+        workloads: vec!["web".into(), "batch".into()],
+    }
+}
+
+fn resolved(node: &NodeTargets<Arc<OneOrigin>>) -> Option<(Arc<ServiceTarget>, Option<Arc<str>>)> {
+    node.resolve(addr(40000), addr(15001))
+}
+
+#[test]
+fn the_origin_names_service_and_caller() {
+    let origins = Arc::new(OneOrigin::default());
+    let node = NodeTargets::new(origins.clone());
+    node.apply(&targets(
+        1,
+        vec![service(7, "shop", vec![backend(1, true)])],
+    ));
+
+    assert!(resolved(&node).is_none(), "no origin: refused");
+    origins.set(7, 2);
+    let (svc, caller) = resolved(&node).unwrap();
+    assert_eq!(&*svc.name, "shop");
+    assert_eq!(caller.as_deref(), Some("batch"));
+    origins.set(7, 0);
+    assert_eq!(resolved(&node).unwrap().1, None, "0 is not a workload");
+    origins.set(7, 3);
+    assert_eq!(resolved(&node).unwrap().1, None, "out of range");
+    origins.set(8, 1);
+    assert!(resolved(&node).is_none(), "unknown service id: refused");
+}
+
+#[test]
+fn an_eligibility_change_keeps_the_version_and_flips_the_flags() {
+    let node = NodeTargets::new(Arc::new(OneOrigin::default()));
+    node.apply(&targets(
+        1,
+        vec![service(7, "shop", vec![backend(1, true), backend(2, true)])],
+    ));
+    let v1 = node.snapshot().service(7).unwrap().clone();
+    let applied = node.apply(&targets(
+        2,
+        vec![service(
+            7,
+            "shop",
+            vec![backend(1, false), backend(2, true)],
+        )],
+    ));
+    let v2 = node.snapshot().service(7).unwrap().clone();
+    assert!(Arc::ptr_eq(&v1, &v2));
+    assert!(!v2.backends[0].is_eligible() && v2.backends[1].is_eligible());
+    assert!(applied.forget.is_empty());
+    assert!(node.current(&v1).is_none(), "the newest version already");
+
+    let applied = node.apply(&targets(
+        3,
+        vec![service(7, "shop", vec![backend(1, true), backend(2, true)])],
+    ));
+    assert_eq!(
+        applied.forget,
+        vec![(Arc::from("shop"), addr(1))],
+        "unbanned"
+    );
+}
+
+#[test]
+fn a_changed_service_keeps_outstanding_counts_and_the_budget_of_an_unchanged_http_block() {
+    let node = NodeTargets::new(Arc::new(OneOrigin::default()));
+    node.apply(&targets(
+        1,
+        vec![service(7, "shop", vec![backend(1, true), backend(2, true)])],
+    ));
+    let v1 = node.snapshot().service(7).unwrap().clone();
+    let held = Outstanding::start(v1.clone(), 0);
+
+    let applied = node.apply(&targets(
+        2,
+        vec![service(
+            7,
+            "shop",
+            vec![backend(3, true), backend(1, false)],
+        )],
+    ));
+    let v2 = node.snapshot().service(7).unwrap().clone();
+    assert!(!Arc::ptr_eq(&v1, &v2));
+    assert_eq!(node.current(&v1).map(|s| s.backends.len()), Some(2));
+    let b1 = v2.backend(addr(1)).unwrap();
+    assert_eq!(b1.outstanding(), 1, "the try under way is still counted");
+    assert!(
+        !b1.is_eligible() && !v1.backends[0].is_eligible(),
+        "one flag"
+    );
+    assert_eq!(v2.backend(addr(3)).unwrap().outstanding(), 0);
+    assert!(v2.shares_budget(&v1));
+    assert_eq!(applied.forget, vec![(Arc::from("shop"), addr(2))], "left");
+    drop(held);
+    assert_eq!(b1.outstanding(), 0, "released through the old version");
+
+    let mut changed = service(7, "shop", vec![backend(3, true)]);
+    changed.http.retries.budget_percent = 50;
+    node.apply(&targets(3, vec![changed]));
+    let v3 = node.snapshot().service(7).unwrap().clone();
+    assert!(!v3.shares_budget(&v2), "a new http block, a new budget");
+}
+
+#[test]
+fn a_service_that_leaves_forgets_its_backends_and_refuses_connections() {
+    let origins = Arc::new(OneOrigin::default());
+    origins.set(7, 1);
+    let node = NodeTargets::new(origins);
+    node.apply(&targets(
+        1,
+        vec![service(7, "shop", vec![backend(1, true)])],
+    ));
+    let applied = node.apply(&targets(
+        2,
+        vec![service(9, "cart", vec![backend(1, true)])],
+    ));
+    assert_eq!(applied.forget, vec![(Arc::from("shop"), addr(1))]);
+    assert!(resolved(&node).is_none());
+    assert_eq!(node.snapshot().generation, 2);
+}
