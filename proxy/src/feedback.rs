@@ -11,14 +11,15 @@
 //!   the caller causes, such as NOT_FOUND or INVALID_ARGUMENT, are not failures), or when it
 //!   was never answered: its caller left before a response head (499), which is what a
 //!   hung backend looks like from here.
-//! - `consecutive_5xx`: the link's targets do not carry a service's `outlier` block, so
-//!   every service uses the model's default threshold (5, `OutlierSpec::default()`).
+//! - Each service's rules come with the targets ([`Rules`]): its `outlier.consecutive_5xx`
+//!   and the thresholds of its `request_latency` SLOs, under which requests are counted
+//!   ([`ServiceTally::within`]).
 //! - Bounds: only services of the current targets are tallied and judged (a report of a
 //!   service that left is counted in the metrics only), so a report holds at most one tally
 //!   per service; a ban suggestion is sent once per (service, backend, reason) per report,
 //!   and the rules themselves suggest a backend once per run.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -31,17 +32,47 @@ use crate::outlier::latency::LatencyOutliers;
 use crate::outlier::{BanSuggestion, RequestOutliers};
 use crate::report::{Observe, Report, CLIENT_CLOSED};
 
+/// A service's rules, from its targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rules {
+    /// `outlier.consecutive_5xx` (0: the rule is off).
+    pub consecutive_5xx: u32,
+    /// `request_latency` SLO thresholds, µs, sorted.
+    pub latency_thresholds_us: Vec<u64>,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self {
+            consecutive_5xx: OutlierSpec::default().consecutive_5xx,
+            latency_thresholds_us: Vec::new(),
+        }
+    }
+}
+
+impl Rules {
+    /// The rules the agent sent for `service`.
+    pub fn of(service: &crate::link::TargetService) -> Self {
+        Self {
+            consecutive_5xx: service.consecutive_5xx,
+            latency_thresholds_us: service.latency_thresholds_us.clone(),
+        }
+    }
+}
+
 /// Requests of one service since the last report.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Tally {
     requests: u64,
     failed: u64,
+    /// Requests within each of the service's latency thresholds (same order).
+    within: Vec<u64>,
 }
 
 #[derive(Debug, Default)]
 struct Pending {
-    /// The services of the current targets.
-    known: HashSet<Arc<str>>,
+    /// The services of the current targets, with their rules.
+    known: HashMap<Arc<str>, Rules>,
     tallies: HashMap<Arc<str>, Tally>,
     bans: Vec<BanSuggestion>,
     consecutive: RequestOutliers,
@@ -52,8 +83,6 @@ struct Pending {
 pub struct Feedback {
     metrics: RequestMetrics,
     pending: Mutex<Pending>,
-    /// `outlier.consecutive_5xx` of every service (module docs).
-    consecutive_5xx: u32,
 }
 
 impl Feedback {
@@ -62,19 +91,18 @@ impl Feedback {
         Self {
             metrics: RequestMetrics::new(registry),
             pending: Mutex::default(),
-            consecutive_5xx: OutlierSpec::default().consecutive_5xx,
         }
     }
 
     /// The targets changed: `services` are the ones now served, and `forget` the backends
     /// whose failure runs and latency history end (left, or unbanned).
-    pub fn targets_changed<'a>(
+    pub fn targets_changed(
         &self,
-        services: impl IntoIterator<Item = &'a Arc<str>>,
+        services: impl IntoIterator<Item = (Arc<str>, Rules)>,
         forget: &[(Arc<str>, SocketAddr)],
     ) {
         let mut p = self.lock();
-        p.known = services.into_iter().cloned().collect();
+        p.known = services.into_iter().collect();
         for (service, backend) in forget {
             p.consecutive.unbanned(service, *backend);
             p.latency.unbanned(service, *backend);
@@ -85,8 +113,13 @@ impl Feedback {
             bans,
             ..
         } = &mut *p;
-        tallies.retain(|service, _| known.contains(service));
-        bans.retain(|ban| known.contains(&ban.service));
+        // A tally counted under other thresholds would be misread: it goes with them.
+        tallies.retain(|service, t| {
+            known
+                .get(service)
+                .is_some_and(|r| r.latency_thresholds_us.len() == t.within.len())
+        });
+        bans.retain(|ban| known.contains_key(&ban.service));
     }
 
     /// What piled up since the last call; `None` when there is nothing to say.
@@ -95,13 +128,20 @@ impl Feedback {
         if p.tallies.is_empty() && p.bans.is_empty() {
             return None;
         }
-        let mut services: Vec<ServiceTally> = p
-            .tallies
+        let Pending { known, tallies, .. } = &mut *p;
+        let mut services: Vec<ServiceTally> = tallies
             .drain()
-            .map(|(service, t)| ServiceTally {
-                service: service.to_string(),
-                requests: t.requests,
-                failed: t.failed,
+            .map(|(service, t)| {
+                let thresholds = known
+                    .get(&service)
+                    .map(|r| r.latency_thresholds_us.as_slice())
+                    .unwrap_or_default();
+                ServiceTally {
+                    service: service.to_string(),
+                    requests: t.requests,
+                    failed: t.failed,
+                    within: thresholds.iter().copied().zip(t.within).collect(),
+                }
             })
             .collect();
         services.sort_by(|a, b| a.service.cmp(&b.service));
@@ -132,13 +172,24 @@ impl Observe for Feedback {
     fn request_done(&self, report: &Report) {
         self.metrics.record(report);
         let mut p = self.lock();
-        if !p.known.contains(&report.service) {
+        let Pending { known, tallies, .. } = &mut *p;
+        let Some(rules) = known.get(&report.service) else {
             return;
-        }
-        let tally = p.tallies.entry(report.service.clone()).or_default();
+        };
+        let tally = tallies
+            .entry(report.service.clone())
+            .or_insert_with(|| Tally {
+                within: vec![0; rules.latency_thresholds_us.len()],
+                ..Tally::default()
+            });
         tally.requests += 1;
         tally.failed += u64::from(failed(report));
-        let mut suggestions = p.consecutive.observe(report, self.consecutive_5xx);
+        let us = u64::try_from(report.duration.as_micros()).unwrap_or(u64::MAX);
+        for (n, threshold) in tally.within.iter_mut().zip(&rules.latency_thresholds_us) {
+            *n += u64::from(us <= *threshold);
+        }
+        let consecutive_5xx = rules.consecutive_5xx;
+        let mut suggestions = p.consecutive.observe(report, consecutive_5xx);
         suggestions.extend(p.latency.observe(report));
         for s in suggestions {
             if !p.bans.contains(&s) {

@@ -34,7 +34,7 @@ fn report(service: &str, backend: SocketAddr, status: u16, grpc: Option<u8>) -> 
 fn feedback(services: &[&str]) -> Feedback {
     let feedback = Feedback::new(&mut Registry::default());
     let names: Vec<Arc<str>> = services.iter().map(|&s| s.into()).collect();
-    feedback.targets_changed(&names, &[]);
+    feedback.targets_changed(names.iter().map(|n| (n.clone(), Rules::default())), &[]);
     feedback
 }
 
@@ -69,7 +69,8 @@ fn tallies_per_known_service_and_nothing_to_say_is_none() {
         vec![ServiceTally {
             service: "shop".into(),
             requests: 3,
-            failed: 1
+            failed: 1,
+            within: Vec::new(),
         }]
     );
     assert!(got.bans.is_empty());
@@ -93,10 +94,38 @@ fn a_run_of_5xx_asks_for_one_ban_until_forgotten() {
 
     feedback.request_done(&report("shop", backend(1), 502, None));
     assert!(feedback.take_report().unwrap().bans.is_empty(), "same run");
-    let names = [Arc::from("shop")];
-    feedback.targets_changed(&names, &[(names[0].clone(), backend(1))]);
+    let names: [Arc<str>; 1] = [Arc::from("shop")];
+    feedback.targets_changed(
+        names.iter().map(|n| (n.clone(), Rules::default())),
+        &[(names[0].clone(), backend(1))],
+    );
     for _ in 0..5 {
         feedback.request_done(&report("shop", backend(1), 502, None));
     }
     assert_eq!(feedback.take_report().unwrap().bans, vec![ban], "a new run");
+}
+
+#[test]
+fn requests_are_counted_under_each_latency_threshold_and_the_services_own_5xx_rule() {
+    let feedback = Feedback::new(&mut Registry::default());
+    let shop: Arc<str> = "shop".into();
+    let rules = Rules {
+        consecutive_5xx: 2,
+        latency_thresholds_us: vec![5_000, 50_000],
+    };
+    feedback.targets_changed([(shop.clone(), rules)], &[]);
+    for ms in [1, 10, 100] {
+        let mut r = report("shop", backend(1), 200, None);
+        r.duration = Duration::from_millis(ms);
+        feedback.request_done(&r);
+    }
+    let got = feedback.take_report().unwrap();
+    assert_eq!(got.services[0].within, vec![(5_000, 1), (50_000, 2)]);
+    // Two failures in a row are this service's threshold, not the default five.
+    for _ in 0..2 {
+        feedback.request_done(&report("shop", backend(1), 503, None));
+    }
+    let got = feedback.take_report().unwrap();
+    assert_eq!(got.bans.len(), 1, "{got:?}");
+    assert_eq!(got.bans[0].reason, "consecutive_5xx");
 }

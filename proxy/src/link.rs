@@ -61,6 +61,13 @@ pub struct TargetService {
     /// and distinct: the proxy counts the requests within each ([`ServiceTally::within`]).
     #[serde(default)]
     pub latency_thresholds_us: Vec<u64>,
+    /// `outlier.consecutive_5xx`: failed tries in a row that ask for a ban (0: never).
+    #[serde(default = "default_consecutive_5xx")]
+    pub consecutive_5xx: u32,
+}
+
+fn default_consecutive_5xx() -> u32 {
+    sockmesh_model::OutlierSpec::default().consecutive_5xx
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

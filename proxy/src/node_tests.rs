@@ -46,6 +46,8 @@ fn service(id: u32, name: &str, backends: Vec<TargetBackend>) -> TargetService {
         name: name.into(),
         http: HttpSpec::default(),
         backends,
+        latency_thresholds_us: Vec::new(),
+        consecutive_5xx: 5,
     }
 }
 

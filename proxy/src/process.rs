@@ -290,7 +290,18 @@ impl<O: Origins> ProxyProcess<O> {
         let applied = self.node.apply(targets);
         let snapshot = self.node.snapshot();
         let names: Vec<Arc<str>> = snapshot.services().map(|s| s.name.clone()).collect();
-        self.feedback.targets_changed(&names, &applied.forget);
+        let rules: std::collections::HashMap<&str, crate::feedback::Rules> = targets
+            .services
+            .iter()
+            .map(|t| (t.name.as_str(), crate::feedback::Rules::of(t)))
+            .collect();
+        self.feedback.targets_changed(
+            names.iter().map(|n| {
+                let r = rules.get(&**n).cloned().unwrap_or_default();
+                (n.clone(), r)
+            }),
+            &applied.forget,
+        );
         self.metrics
             .generation
             .set(i64::try_from(targets.generation).unwrap_or(i64::MAX));

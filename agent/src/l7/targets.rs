@@ -52,6 +52,7 @@ pub(crate) fn targets(config: &MeshConfig, views: &[ServiceView], generation: u6
                 http: s.http.clone().unwrap_or_default(),
                 backends,
                 latency_thresholds_us,
+                consecutive_5xx: s.outlier.consecutive_5xx,
             })
         })
         .collect();

@@ -140,6 +140,8 @@ fn targets(generation: u64, backends: &[(SocketAddr, bool)]) -> ToProxy {
                     eligible,
                 })
                 .collect(),
+            latency_thresholds_us: Vec::new(),
+            consecutive_5xx: 5,
         }],
         workloads: vec!["web".into()],
     })
