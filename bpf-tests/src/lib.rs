@@ -253,6 +253,8 @@ pub mod pressure_fill;
 pub mod route_mesh;
 /// The same-node fast path's stock python3 peers.
 pub mod same_node_py;
+/// The L7 tests' python HTTP servers and clients.
+pub mod http_py;
 
 // Control-plane harness pieces; used by tests/control_*.rs (ports 18800-18899,
 // VIPs 127.100.80-89.x): test N of control_follow.rs owns ports 188N0-188N9 (the control

@@ -1,5 +1,6 @@
 //! `cargo xtask build`: the release agent (with the eBPF objects its build.rs compiles), the
-//! `sockmesh` CLI and the `sockmesh-control` control plane.
+//! `sockmesh` CLI, the `sockmesh-control` control plane and the `sockmesh-proxy` L7 proxy
+//! (beside the agent, where `--proxy spawn` finds it).
 
 use std::path::PathBuf;
 
@@ -7,7 +8,7 @@ use anyhow::{Context, Result};
 
 use crate::{command, workspace};
 
-/// Builds the release agent, CLI and control plane; returns the agent binary's path.
+/// Builds the release agent, CLI, control plane and proxy; returns the agent binary's path.
 pub fn run() -> Result<PathBuf> {
     command::run(workspace::cargo().args([
         "build",
@@ -18,6 +19,8 @@ pub fn run() -> Result<PathBuf> {
         "sockmesh-control",
         "-p",
         "sockmesh-cli",
+        "-p",
+        "sockmesh-proxy",
         "--bins",
     ]))?;
     let bin = workspace::agent_bin();
@@ -29,6 +32,10 @@ pub fn run() -> Result<PathBuf> {
         cli_bin().display()
     );
     println!("build: control plane at {}", control_bin().display());
+    let proxy = workspace::agent_bin().with_file_name("sockmesh-proxy");
+    proxy
+        .metadata()
+        .with_context(|| format!("cargo reported success but {} is missing", proxy.display()))?;
     Ok(bin)
 }
 
