@@ -142,11 +142,7 @@ impl HttpBackends {
 
     /// Requests of any method each backend got.
     pub fn totals(&self) -> Result<Vec<u64>> {
-        Ok(self
-            .counts()?
-            .iter()
-            .map(|c| c.values().sum())
-            .collect())
+        Ok(self.counts()?.iter().map(|c| c.values().sum()).collect())
     }
 }
 
@@ -234,11 +230,7 @@ impl HttpClient {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        serde_json::from_slice(&out.stdout).with_context(|| {
-            format!(
-                "client output: {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("client output: {}", String::from_utf8_lossy(&out.stdout)))
     }
 }

@@ -250,11 +250,11 @@ pub mod pressure_fill;
 // tests/locality_*.rs (ports 18900-18999, VIPs 127.100.90-99.x): route_callers 18900-18909
 // (127.100.90.x), locality_failover 18910-18919 (127.100.91.x). connect_storm.rs takes
 // 18990-18999 and 127.100.99.10+ from the end of that range (harness.rs has 127.100.99.1).
+/// The L7 tests' python HTTP servers and clients.
+pub mod http_py;
 pub mod route_mesh;
 /// The same-node fast path's stock python3 peers.
 pub mod same_node_py;
-/// The L7 tests' python HTTP servers and clients.
-pub mod http_py;
 
 // Control-plane harness pieces; used by tests/control_*.rs (ports 18800-18899,
 // VIPs 127.100.80-89.x): test N of control_follow.rs owns ports 188N0-188N9 (the control

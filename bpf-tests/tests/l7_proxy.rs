@@ -33,9 +33,13 @@ fn free_port() -> u16 {
 }
 
 fn proxy_metrics(port: u16) -> String {
-    http_get_tcp(addr(&format!("127.0.0.1:{port}")), "/metrics", Duration::from_secs(10))
-        .map(|r| r.body)
-        .unwrap_or_default()
+    http_get_tcp(
+        addr(&format!("127.0.0.1:{port}")),
+        "/metrics",
+        Duration::from_secs(10),
+    )
+    .map(|r| r.body)
+    .unwrap_or_default()
 }
 
 /// Waits until the proxy's /metrics satisfies `pred`.
@@ -46,7 +50,10 @@ fn wait_proxy(port: u16, what: &str, pred: impl Fn(&str) -> bool) -> String {
         if pred(&text) {
             return text;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for the proxy: {what}\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the proxy: {what}\n{text}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -154,33 +161,56 @@ services:
     let totals = http.totals().unwrap();
     let bad_got = totals[2];
     eprintln!("shop backends got {:?} (ok1, ok2, bad)", &totals[..3]);
-    assert_eq!(totals[0] + totals[1], 1000, "every request answered by a good backend once");
+    assert_eq!(
+        totals[0] + totals[1],
+        1000,
+        "every request answered by a good backend once"
+    );
     assert!(bad_got >= 5, "the 503 backend was tried ({bad_got})");
     let text = wait_proxy(metrics_port, "1000 shop requests counted", |t| {
         sum_metric(t, "sockmesh_requests_total", &[("service", "shop")]) >= 1000.0
     });
     assert_eq!(
-        sum_metric(&text, "sockmesh_requests_total", &[("service", "shop"), ("code", "200")]),
+        sum_metric(
+            &text,
+            "sockmesh_requests_total",
+            &[("service", "shop"), ("code", "200")]
+        ),
         1000.0
     );
     assert_eq!(
-        sum_metric(&text, "sockmesh_requests_total", &[("service", "shop"), ("caller", "web")]),
+        sum_metric(
+            &text,
+            "sockmesh_requests_total",
+            &[("service", "shop"), ("caller", "web")]
+        ),
         1000.0,
         "the caller is the workload the kernel stamped"
     );
     assert_eq!(
-        sum_metric(&text, "sockmesh_request_retries_total", &[("service", "shop")]),
+        sum_metric(
+            &text,
+            "sockmesh_request_retries_total",
+            &[("service", "shop")]
+        ),
         bad_got as f64,
         "every 503 was retried once, and counted"
     );
     bed.agent()
         .wait_metrics("a consecutive_5xx ban", TIMEOUT, |t| {
-            sum_metric(t, "sockmesh_backend_bans_total", &[("reason", "consecutive_5xx")]) >= 1.0
+            sum_metric(
+                t,
+                "sockmesh_backend_bans_total",
+                &[("reason", "consecutive_5xx")],
+            ) >= 1.0
         })
         .unwrap();
 
     // 2. POSTs are not retried: each 503 reaches the client, and nothing is retried.
-    let r = HttpClient::get(orders, 40).method("POST").run(&web).unwrap();
+    let r = HttpClient::get(orders, 40)
+        .method("POST")
+        .run(&web)
+        .unwrap();
     eprintln!("orders: {r:?}");
     let counts = http.counts().unwrap();
     let posted = |i: usize| counts[i].get("POST").copied().unwrap_or(0);
@@ -188,12 +218,20 @@ services:
     assert_eq!(r.code(503), posted(4), "every 503 reached the client");
     assert_eq!(r.code(200), posted(3));
     assert_eq!(r.code(200) + r.code(503), 40);
-    assert!(r.code(503) >= 1, "the 503 backend got some POSTs: {:?}", r.codes);
+    assert!(
+        r.code(503) >= 1,
+        "the 503 backend got some POSTs: {:?}",
+        r.codes
+    );
     let text = wait_proxy(metrics_port, "40 orders requests", |t| {
         sum_metric(t, "sockmesh_requests_total", &[("service", "orders")]) >= 40.0
     });
     assert_eq!(
-        sum_metric(&text, "sockmesh_request_retries_total", &[("service", "orders")]),
+        sum_metric(
+            &text,
+            "sockmesh_request_retries_total",
+            &[("service", "orders")]
+        ),
         0.0,
         "no POST was retried"
     );
@@ -203,17 +241,34 @@ services:
         let t = http.totals().unwrap();
         (t[5], t[6])
     };
-    let r = HttpClient::get(routed, 30).header("x-canary", "1").run(&web).unwrap();
+    let r = HttpClient::get(routed, 30)
+        .header("x-canary", "1")
+        .run(&web)
+        .unwrap();
     assert_eq!(r.code(200), 30);
-    assert_eq!(routed_counts(), (0, 30), "the header route reaches the canary only");
-    let r = HttpClient::get(routed, 20).path("/v2/items").run(&web).unwrap();
+    assert_eq!(
+        routed_counts(),
+        (0, 30),
+        "the header route reaches the canary only"
+    );
+    let r = HttpClient::get(routed, 20)
+        .path("/v2/items")
+        .run(&web)
+        .unwrap();
     assert_eq!(r.code(200), 20);
-    assert_eq!(routed_counts(), (0, 50), "the path route reaches the canary only");
+    assert_eq!(
+        routed_counts(),
+        (0, 50),
+        "the path route reaches the canary only"
+    );
     let r = HttpClient::get(routed, 40).run(&web).unwrap();
     assert_eq!(r.code(200), 40);
     let (s, c) = routed_counts();
     assert_eq!(s + c, 90, "unmatched requests go to the whole service");
-    assert!(s > 0, "unmatched requests reach the stable backend too ({s}, {c})");
+    assert!(
+        s > 0,
+        "unmatched requests reach the stable backend too ({s}, {c})"
+    );
 
     // 4. curl, unmodified, through the VIP.
     let out = web
@@ -221,12 +276,25 @@ services:
         .args(["-sS", "--max-time", "10", &format!("http://{shop}/")])
         .output()
         .unwrap();
-    assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let body = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(body == ok1.to_string() || body == ok2.to_string(), "curl got {body:?}");
+    assert!(
+        body == ok1.to_string() || body == ok2.to_string(),
+        "curl got {body:?}"
+    );
 
     // 5. The tcp service in the same config goes straight to its backend.
-    let served = |t: &str| sum_metric(t, "sockmesh_proxy_connections_total", &[("event", "served")]);
+    let served = |t: &str| {
+        sum_metric(
+            t,
+            "sockmesh_proxy_connections_total",
+            &[("event", "served")],
+        )
+    };
     let before = served(&proxy_metrics(metrics_port));
     let report = ConnectClient::new(plain, 20).run(Some(&web), None).unwrap();
     report.assert_all_ok("tcp service");
@@ -237,5 +305,8 @@ services:
     assert_eq!(tcp.total_accepts(), 20);
     let after = served(&proxy_metrics(metrics_port));
     assert_eq!(before, after, "no tcp-service connection reached the proxy");
-    assert!(before >= 1.0, "the http clients' connections were served by the proxy");
+    assert!(
+        before >= 1.0,
+        "the http clients' connections were served by the proxy"
+    );
 }

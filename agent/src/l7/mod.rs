@@ -78,7 +78,7 @@ impl ProxyOptions {
 
 /// The proxy's counters on the agent's /metrics.
 #[derive(Clone, Default)]
-struct L7Metrics {
+pub(crate) struct L7Metrics {
     /// Proxies connected to the link now.
     connected: Gauge,
     /// Proxy processes the agent started (spawn mode).
@@ -90,7 +90,7 @@ struct L7Metrics {
 }
 
 impl L7Metrics {
-    fn new(registry: &mut Registry) -> Self {
+    pub(crate) fn new(registry: &mut Registry) -> Self {
         let m = Self::default();
         let r = registry.sub_registry_with_prefix("proxy");
         r.register(

@@ -62,6 +62,8 @@ fn exposition() -> String {
     // Config and health.
     ConfigMetrics::new(&mut registry);
     let health = HealthMetrics::new(&mut registry);
+    // The L7 proxy's link and supervision.
+    crate::l7::L7Metrics::new(&mut registry);
     // The admin API's refusals (both reasons are created at registration).
     crate::admin::AdminMetrics::new(&mut registry);
     // The endpoints' connection counters (sockmesh-serve), one endpoint's series created.
