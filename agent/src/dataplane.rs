@@ -4,11 +4,16 @@
 //! A change that touches a few services (a config delta, a ban) is planned for those
 //! services only ([`plan_services`]); the first apply, a change of workloads or enrollment,
 //! a reordered config, and the apply after a failed one are planned whole.
+//!
+//! It also holds where http services' connections go ([`Dataplane::set_proxy_target`]).
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use aya::maps::{Array, Map, MapData};
+use sockmesh_common::{ProxyTarget, PROG_SOCK_OPS, PROXY_MAP};
 use sockmesh_model::{ConfigDelta, MeshConfig};
 use tracing::{info, warn};
 
@@ -30,6 +35,10 @@ pub(crate) struct Dataplane {
     /// The overlay of the last apply; `None` until one succeeded (or after one failed):
     /// the next plan is then whole.
     overlay: Option<Overlay>,
+    /// `SM_PROXY`: the node proxy's listener, element 0.
+    proxy: Array<MapData, ProxyTarget>,
+    /// The pin of sock_ops' link: while it exists, proxied clients' origins are recorded.
+    sock_ops_link: PathBuf,
 }
 
 impl Dataplane {
@@ -41,13 +50,45 @@ impl Dataplane {
             backends = mirror.backends.len(),
             "opened pinned maps"
         );
+        let proxy_pin = layout.maps.join(PROXY_MAP);
+        let proxy = MapData::from_pin(&proxy_pin)
+            .and_then(|data| Array::try_from(Map::Array(data)))
+            .with_context(|| format!("opening pinned map {}", proxy_pin.display()))?;
         Ok(Self {
             maps,
             mirror,
             node: Node::default(),
             views: Arc::default(),
             overlay: None,
+            proxy,
+            sock_ops_link: layout.links.join(PROG_SOCK_OPS),
         })
+    }
+
+    /// Sends http services' connections to `target` (the node proxy's listener), or refuses
+    /// them (`None`, the all-zero entry: connects fail at once with ECONNREFUSED, counted as
+    /// `no_backend`). One element write; the kernel copies it without a lock, so a connect
+    /// racing the write could read half of each: change it only when the listener changes.
+    ///
+    /// A target is refused while sock_ops is not attached (`--observe false` without an
+    /// earlier agent's observation to adopt): the proxy could not learn any connection's
+    /// service and caller, so it is better that connects fail than be served blind.
+    // Wired by whoever makes the agent own the proxy's listener (issue 19); unused until then.
+    #[allow(dead_code)]
+    pub(crate) fn set_proxy_target(&mut self, target: Option<ProxyTarget>) -> Result<()> {
+        if target.is_some() && !self.sock_ops_link.exists() {
+            bail!(
+                "the L7 redirect needs sock_ops (it records each proxied connection's origin), \
+                 which is not attached ({} missing: --observe false?)",
+                self.sock_ops_link.display()
+            );
+        }
+        let entry = target.unwrap_or_default();
+        self.proxy
+            .set(0, entry, 0)
+            .with_context(|| format!("writing {PROXY_MAP}[0] = {entry:?}"))?;
+        info!(?target, "proxy target set");
+        Ok(())
     }
 
     /// Sets the node's zone: the zone of callers that are not a workload with a zone.

@@ -16,7 +16,6 @@ mod follow;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 mod health;
-mod http_gate;
 mod loader;
 mod metrics;
 mod netfault;
@@ -168,7 +167,6 @@ fn check(path: &PathBuf) -> Result<()> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let cfg = sockmesh_model::parse_config(&text)?;
-    http_gate::refuse_http(&cfg).map_err(anyhow::Error::msg)?;
     // Also compile it: capacity limits of the kernel tables are checked here too.
     tables::plan(
         &cfg,

@@ -332,10 +332,7 @@ impl Reconcile<'_> {
         touched: Option<&[String]>,
         started: Instant,
     ) -> Result<(), String> {
-        let received = match change.and_then(|cfg| {
-            crate::http_gate::refuse_http(&cfg)?;
-            Ok(cfg)
-        }) {
+        let received = match change {
             Ok(cfg) => cfg,
             Err(e) => {
                 error!(error = %e, "config rejected; the previous config stays active");
