@@ -23,7 +23,7 @@ use sockmesh_bpf_tests::kernel_tables::{service_entry, wait_active_connections};
 use sockmesh_bpf_tests::pressure_fill::map_pin;
 use sockmesh_bpf_tests::route_mesh::{route_mesh, RouteBackend, RouteService, RouteWorkload};
 use sockmesh_bpf_tests::{
-    wait_workloads, BackendMode, Cgroup2, ConnectClient, TcpBackendSet, TestBed,
+    sum_metric, wait_workloads, BackendMode, Cgroup2, ConnectClient, TcpBackendSet, TestBed,
 };
 use sockmesh_common::{
     ProxyOrigin, ProxyTarget, FAMILY_INET, FAMILY_INET6, PROXY_MAP, PROXY_ORIGINS_MAP,
@@ -335,6 +335,21 @@ fn http_vips_land_on_the_proxy_listener_with_their_origin_recorded() {
         .iter()
         .all(|r| r.backend.as_deref() == Some(TCP_BACKEND) && r.peer.as_deref() == Some(TCP_VIP)));
     assert_eq!(tcp_backend.total_accepts(), 5);
+    // Proxied sockets send no connection events (the agent would put them on a backend):
+    // by the time the tcp service's later events are counted, the http services have none.
+    let text = bed
+        .agent()
+        .wait_metrics("the tcp service's connects", WAIT, |t| {
+            sum_metric(t, CONNECTIONS, &[("service", "db")]) >= 5.0
+        })
+        .unwrap();
+    for name in ["shop", "shop6"] {
+        assert_eq!(
+            sum_metric(&text, CONNECTIONS, &[("service", name)]),
+            0.0,
+            "{name}: proxied connects were reported as connection events"
+        );
+    }
 
     // An IPv4 listener only: IPv6 VIPs are refused, IPv4 ones (plain or mapped) still land.
     set_proxy(
@@ -369,7 +384,31 @@ fn http_vips_land_on_the_proxy_listener_with_their_origin_recorded() {
     for vip in [http_vip, http_vip6] {
         wait_active_connections(&pins, vip, 0).unwrap();
     }
+    // The refusals are the mesh's own, counted as such: 3 + 3 for shop6, 3 + 3 for shop.
+    let no_backend = |t: &str, name: &str| {
+        sum_metric(
+            t,
+            CONNECTIONS,
+            &[("service", name), ("result", "no_backend")],
+        )
+    };
+    let text = bed
+        .agent()
+        .wait_metrics("the refusals counted", WAIT, |t| {
+            no_backend(t, "shop") >= 6.0 && no_backend(t, "shop6") >= 6.0
+        })
+        .unwrap();
+    assert_eq!(no_backend(&text, "shop") + no_backend(&text, "shop6"), 12.0);
+    for name in ["shop", "shop6"] {
+        assert_eq!(
+            sum_metric(&text, CONNECTIONS, &[("service", name)]),
+            6.0,
+            "{name}: only the refusals"
+        );
+    }
 }
+
+const CONNECTIONS: &str = "sockmesh_connections_total";
 
 /// Three connects to `vip` from the caller: each refused (ECONNREFUSED) well before any
 /// timeout.
