@@ -164,6 +164,8 @@ struct Expect<'a> {
 
 #[test]
 fn http_vips_land_on_the_proxy_listener_with_their_origin_recorded() {
+    // Fails (never skips) without root; TestBed::new checks the agent binary and bpffs.
+    sockmesh_bpf_tests::require_root();
     let http_vip: SocketAddr = HTTP_VIP.parse().unwrap();
     let http_vip6: SocketAddr = HTTP_VIP6.parse().unwrap();
     let tcp_vip: SocketAddr = TCP_VIP.parse().unwrap();
