@@ -7,7 +7,13 @@
 //! events), which the proxy reports per request instead. Admission counters taken at
 //! connect are released at close like any routed socket's.
 
-use aya_ebpf::{bindings::BPF_SOCK_OPS_STATE_CB_FLAG, programs::SockOpsContext};
+use aya_ebpf::{
+    bindings::{
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_TCP_CONNECT_CB,
+    },
+    programs::SockOpsContext,
+};
 use sockmesh_common::{
     addr::{is_v4_mapped, v4_mapped_words},
     ProxyOrigin, SockPair, SockStamp, FAMILY_INET, FAMILY_INET6, PROXIED_BACKEND_ID,
@@ -16,12 +22,13 @@ use sockmesh_common::{
 
 use crate::{
     admit::release,
-    maps::{PROXY, PROXY_ORIGINS},
+    maps::{PROXY, PROXY_ORIGINS, SOCK_STAMPS},
     same_node::own_pair,
 };
 
 /// BPF_ANY for map updates.
 const ANY: u64 = 0;
+const TCP_CLOSE: u32 = 7;
 
 /// Where a proxied connect goes: an address in the dialing socket's own form (IPv4 word 0,
 /// or the four IPv6 words) and a port (host order).
@@ -72,9 +79,6 @@ pub const fn proxied_stamp(admitted: u32) -> (u32, u32) {
 
 /// sock_ops for a socket whose stamp says [`STAMP_PROXIED`].
 pub fn sock_ops(ctx: &SockOpsContext, stamp: &mut SockStamp, op: u32, cookie: u64) {
-    use aya_ebpf::bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_TCP_CONNECT_CB,
-    };
     match op {
         // Only the close matters: no RTT samples, retransmit or RTO counts per backend.
         BPF_SOCK_OPS_TCP_CONNECT_CB => {
@@ -104,13 +108,11 @@ pub fn sock_ops(ctx: &SockOpsContext, stamp: &mut SockStamp, op: u32, cookie: u6
                 stamp.flags,
                 stamp.backend_id,
             );
-            let _ = crate::maps::SOCK_STAMPS.remove(cookie);
+            let _ = SOCK_STAMPS.remove(cookie);
         }
         _ => {}
     }
 }
-
-const TCP_CLOSE: u32 = 7;
 
 /// The client socket's own tuple as the proxy will name it (`sockmesh_proxy::origin`): a
 /// dual-stack socket talking IPv4 (v4-mapped addresses) counts as IPv4.
