@@ -44,6 +44,7 @@
 //! | `cli.rs` | `check`, `cleanup` | 18220-18221 | 127.100.12.1 |
 //! | `ipv6.rs` | `fd00::100` in a netns of its own | 80-81, 8081 in the netns | `fd00::100` in the netns |
 //! | `least_conn.rs` | busy backend avoided, 1:3 split at equal load (v4, v6), two choices over 20 backends, unknown policy code refused and counted | 18230-18239; 80-81, 8081 in its netns | 127.100.14.x; `fd00::` VIPs in its netns |
+//! | `l7_redirect.rs` | http VIPs (IPv4, v4-mapped, `::1`) land on the test's own proxy listener (`SM_PROXY`); origins read with `sockmesh_proxy::origin` (VIP, service id, caller), gone at close; getpeername = VIP; tcp service beside them direct; no listener: refused at once | 18260-18266, the listener's ephemeral port | 127.100.17.1-2, `[::1]:18265` |
 //! | `identity.rs` | `allowed_callers` selectors (namespace, service account, labels): admitted callers connect, the rest `denied` at connect; routes match the same identity labels | 18240-18243 | 127.100.15.1-2 |
 //! | **kernel signals** | | | |
 //! | `signals_connect.rs` | ok counts exact, handshake count, caller = workload or `unknown`, CLI | 18300-18301 | 127.100.30.1 |

@@ -38,7 +38,7 @@ use sockmesh_bpf_tests::{
     loopback_addrs, Agent, BackendMode, ConnectClient, ServiceYaml, TcpBackendSet, TestBed,
 };
 
-const WATCHED: [&str; 12] = [
+const WATCHED: [&str; 13] = [
     "SM_SERVICES",
     "SM_SLOT_TABLES",
     "SM_BACKENDS",
@@ -51,6 +51,7 @@ const WATCHED: [&str; 12] = [
     "SM_SAME_NODE_WAIT",
     "SM_SAME_NODE_TCP",
     "SM_SAME_NODE",
+    "SM_PROXY_ORIGINS",
 ];
 
 /// The kernel-filled maps that must evict rather than fail.

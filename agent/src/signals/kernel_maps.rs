@@ -7,10 +7,10 @@ use anyhow::{Context, Result};
 use aya::maps::{HashMap, IterableMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use sockmesh_common::{
     BackendKey, BackendTcpStats, CallerEntry, RunqHist, BACKEND_STATS_MAP, CALLERS_MAP,
-    CALLER_CONNS_MAP, KERNEL_COUNTERS_MAP, LOST_EVENTS_SLOT, MAX_BACKEND_STATS, RUNQ_HIST_MAP,
-    SAME_NODE_BYTES_SLOT, SAME_NODE_FALLBACKS_SLOT, SAME_NODE_PAIRS_SLOT, SAME_NODE_PENDING_MAP,
-    SAME_NODE_SOCKS_MAP, SAME_NODE_TCP_MAP, SOCK_STAMPS_MAP, UNENROLLED_SLOT, UNKNOWN_POLICY_SLOT,
-    WORKLOAD_TIDS_MAP,
+    CALLER_CONNS_MAP, KERNEL_COUNTERS_MAP, LOST_EVENTS_SLOT, MAX_BACKEND_STATS, PROXY_ORIGINS_MAP,
+    RUNQ_HIST_MAP, SAME_NODE_BYTES_SLOT, SAME_NODE_FALLBACKS_SLOT, SAME_NODE_PAIRS_SLOT,
+    SAME_NODE_PENDING_MAP, SAME_NODE_SOCKS_MAP, SAME_NODE_TCP_MAP, SOCK_STAMPS_MAP,
+    UNENROLLED_SLOT, UNKNOWN_POLICY_SLOT, WORKLOAD_TIDS_MAP,
 };
 
 use super::map_count::{walk_batch, CountedMap, CountedMaps};
@@ -66,6 +66,8 @@ impl SignalMaps {
                     .context("reading SM_SAME_NODE_TCP's info")?,
                 same_node_socks: CountedMap::new(pinned(map_dir, SAME_NODE_SOCKS_MAP)?)
                     .context("reading SM_SAME_NODE's info")?,
+                proxy_origins: CountedMap::new(pinned(map_dir, PROXY_ORIGINS_MAP)?)
+                    .context("reading SM_PROXY_ORIGINS's info")?,
             }),
             backend_stats_entries: 0,
             missing_backend_keys: BTreeSet::new(),

@@ -29,6 +29,7 @@ pub(crate) struct CountedMaps {
     pub same_node_pending: CountedMap,
     pub same_node_tcp: CountedMap,
     pub same_node_socks: CountedMap,
+    pub proxy_origins: CountedMap,
 }
 
 /// A kernel-written (non per-CPU) hash map whose entries are counted.

@@ -4,8 +4,10 @@
 use std::net::SocketAddr;
 
 use proptest::prelude::*;
-use sockmesh_common::{SlotTableKey, CALLER_CLASS_DEFAULT, SERVICE_ENROLLED_ONLY};
-use sockmesh_model::{BackendSpec, Enrollment, LbPolicy, MeshConfig, ServiceSpec};
+use sockmesh_common::{
+    SlotTableKey, CALLER_CLASS_DEFAULT, SERVICE_ENROLLED_ONLY, SERVICE_HTTP, SERVICE_SAME_NODE,
+};
+use sockmesh_model::{BackendSpec, Enrollment, LbPolicy, MeshConfig, Protocol, ServiceSpec};
 
 use super::{
     overlay::{Overlay, ServiceOverlay},
@@ -150,6 +152,57 @@ fn enrollment_workloads_flags_every_service_and_switching_back_clears_it() {
     let p = plan(&cfg, &Overlay::new(), &state).unwrap();
     apply_all(&mut state, &p.writes);
     assert_eq!(flagged(&state), 0);
+}
+
+#[test]
+fn http_services_are_flagged_for_the_proxy_and_never_same_node() {
+    let mut cfg = config(vec![
+        service(
+            "web",
+            "127.100.0.1",
+            LbPolicy::RoundRobin,
+            &[("127.0.0.2:81", 1)],
+        ),
+        service("api", "::1", LbPolicy::Maglev, &[("[::1]:81", 1)]),
+        service(
+            "db",
+            "127.100.0.3",
+            LbPolicy::RoundRobin,
+            &[("127.0.0.3:81", 1)],
+        ),
+    ]);
+    for s in &mut cfg.services[..2] {
+        s.protocol = Protocol::Http;
+        s.same_node = true;
+    }
+    cfg.services[2].same_node = true;
+    let flags = |state: &KernelState, vip: &str| {
+        let key = crate::tables::addr::service_key(vip.parse().unwrap(), 80);
+        state.services[&key].flags
+    };
+    let mut state = KernelState::default();
+    let p = plan(&cfg, &Overlay::new(), &state).unwrap();
+    apply_all(&mut state, &p.writes);
+    for vip in ["127.100.0.1", "::1"] {
+        let f = flags(&state, vip);
+        assert_ne!(f & SERVICE_HTTP, 0, "{vip}: {f:#x}");
+        assert_eq!(f & SERVICE_SAME_NODE, 0, "{vip}: {f:#x}");
+    }
+    let tcp = flags(&state, "127.100.0.3");
+    assert_eq!(
+        (tcp & SERVICE_HTTP, tcp & SERVICE_SAME_NODE),
+        (0, SERVICE_SAME_NODE)
+    );
+    // Back to tcp: one entry rewritten, the flag gone, same-node as asked.
+    cfg.services[0].protocol = Protocol::Tcp;
+    let p = plan(&cfg, &Overlay::new(), &state).unwrap();
+    assert_eq!(p.writes.len(), 1, "{:?}", p.writes);
+    apply_all(&mut state, &p.writes);
+    let f = flags(&state, "127.100.0.1");
+    assert_eq!(
+        (f & SERVICE_HTTP, f & SERVICE_SAME_NODE),
+        (0, SERVICE_SAME_NODE)
+    );
 }
 
 #[test]

@@ -16,6 +16,7 @@ mod cpu;
 mod events;
 mod maps;
 mod observe;
+mod proxy;
 mod route;
 mod same_node;
 

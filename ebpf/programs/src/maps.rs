@@ -96,3 +96,16 @@ pub static SAME_NODE_PENDING: LruHashMap<SockPair, u32> =
 
 #[map(name = "SM_SAME_NODE_TCP")]
 pub static SAME_NODE_TCP: LruHashMap<SockPair, u32> = LruHashMap::pinned(MAX_SAME_NODE_SOCKS, 0);
+
+// ---- the L7 redirect (see proxy.rs and sockmesh_common::proxy) ----
+
+use sockmesh_common::{ProxyOrigin, ProxyTarget, MAX_PROXY_ORIGINS};
+
+/// The node proxy's listener, element 0; written by the agent (all zero: no proxy).
+#[map(name = "SM_PROXY")]
+pub static PROXY: Array<ProxyTarget> = Array::pinned(1, 0);
+
+/// LRU: a proxied client socket that dies without a close callback ages out.
+#[map(name = "SM_PROXY_ORIGINS")]
+pub static PROXY_ORIGINS: LruHashMap<SockPair, ProxyOrigin> =
+    LruHashMap::pinned(MAX_PROXY_ORIGINS, 0);

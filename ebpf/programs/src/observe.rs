@@ -23,8 +23,8 @@ use aya_ebpf::{
 use sockmesh_common::{
     app_bytes, classify_failed_connect, log2_bucket, BackendKey, ConnEvent, SockStamp,
     EVENT_CLOSED, EVENT_ESTABLISHED, EVENT_FAILED, EVENT_INBOUND, FAMILY_INET6, RESULT_OK,
-    RESULT_RESET, RTT_SAMPLES_PER_CONN, STAMP_ESTABLISHED, STAMP_RESET_RECEIVED, STAMP_SAME_NODE,
-    STAMP_SYN_RTO,
+    RESULT_RESET, RTT_SAMPLES_PER_CONN, STAMP_ESTABLISHED, STAMP_PROXIED, STAMP_RESET_RECEIVED,
+    STAMP_SAME_NODE, STAMP_SYN_RTO,
 };
 
 use crate::{
@@ -32,7 +32,7 @@ use crate::{
     bound::masked,
     events::emit,
     maps::{BACKEND_STATS, SOCK_STAMPS},
-    same_node,
+    proxy, same_node,
 };
 
 /// Callbacks of a routed connection once its RTT samples are taken: everything but RTT.
@@ -60,6 +60,11 @@ pub fn sock_ops(ctx: &SockOpsContext) {
     };
     // SAFETY: LRU element stays valid for this run; fields are plain integers.
     let stamp = unsafe { &mut *stamp };
+    if stamp.flags & STAMP_PROXIED != 0 {
+        // Sent to the L7 proxy: no backend to observe (crate::proxy).
+        proxy::sock_ops(ctx, stamp, op, cookie);
+        return;
+    }
     match op {
         BPF_SOCK_OPS_TCP_CONNECT_CB => {
             let flags = FLAGS_AFTER_SAMPLING | BPF_SOCK_OPS_RTT_CB_FLAG;

@@ -1,5 +1,6 @@
-//! connect/getpeername logic: look the destination up in the service table, pick a slot,
-//! rewrite the destination, stamp the socket.
+//! connect/getpeername logic: look the destination up in the service table, pick a slot
+//! (or, for an http service, take the node proxy's listener: crate::proxy), rewrite the
+//! destination, stamp the socket.
 
 use core::{
     intrinsics::{atomic_xadd, AtomicOrdering},
@@ -19,7 +20,7 @@ use sockmesh_common::{
     caller_hash,
     pick::{least_conn_pick, LB_LEAST_CONN, LB_MAGLEV, LB_ROUND_ROBIN, LB_WEIGHTED_RANDOM},
     pick_slot, BackendEntry, ServiceEntry, ServiceKey, SlotTable, SlotTableKey, SockStamp,
-    CALLER_CLASS_DEFAULT, FAMILY_INET, FAMILY_INET6, MAX_SLOTS, SERVICE_CLASS_TABLES,
+    CALLER_CLASS_DEFAULT, FAMILY_INET, FAMILY_INET6, MAX_SLOTS, SERVICE_CLASS_TABLES, SERVICE_HTTP,
     UNKNOWN_POLICY_SLOT,
 };
 
@@ -30,6 +31,7 @@ use crate::{
     bound::masked,
     events::{bump, emit},
     maps::{BACKENDS, BACKEND_CONNS, RR_COUNTERS, SERVICES, SLOT_TABLES, SOCK_STAMPS},
+    proxy,
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -83,18 +85,30 @@ pub fn connect4(ctx: &SockAddrContext) -> Verdict {
             }
             Admission::NotEnrolled => return Verdict::Pass,
         };
-        let Some((backend_id, backend, picked)) = pick_backend(sa, service, class) else {
-            release(service.id, workload, counted, 0);
-            refused(service.id, RESULT_NO_BACKEND, FAMILY_INET, cgroup_id);
-            return Verdict::Refused;
+        let (backend_id, addr, backend_port, flags) = if service.flags & SERVICE_HTTP != 0 {
+            // To the node's L7 proxy, which picks a backend per request.
+            let Some(l) = proxy::listener4(false) else {
+                release(service.id, workload, counted, 0);
+                refused(service.id, RESULT_NO_BACKEND, FAMILY_INET, cgroup_id);
+                return Verdict::Refused;
+            };
+            let (id, flags) = proxy::proxied_stamp(counted);
+            (id, l.addr[0], l.port, flags)
+        } else {
+            let Some((id, backend, picked)) = pick_backend(sa, service, class) else {
+                release(service.id, workload, counted, 0);
+                refused(service.id, RESULT_NO_BACKEND, FAMILY_INET, cgroup_id);
+                return Verdict::Refused;
+            };
+            (id, backend.addr[0], backend.port, counted | picked)
         };
-        write_volatile(addr_of_mut!((*sa).user_ip4), backend.addr[0]);
-        set_user_port(sa, backend.port);
+        write_volatile(addr_of_mut!((*sa).user_ip4), addr);
+        set_user_port(sa, backend_port);
         let admitted = Admitted {
             service_id: service.id,
             backend_id,
             workload,
-            flags: counted | picked,
+            flags,
             cgroup_id,
         };
         stamp(ctx, &key, FAMILY_INET, &admitted);
@@ -142,18 +156,36 @@ pub fn connect6(ctx: &SockAddrContext) -> Verdict {
             }
             Admission::NotEnrolled => return Verdict::Pass,
         };
-        let Some((backend_id, backend, picked)) = pick_backend(sa, service, class) else {
-            release(service.id, workload, counted, 0);
-            refused(service.id, RESULT_NO_BACKEND, FAMILY_INET6, cgroup_id);
-            return Verdict::Refused;
-        };
-        let target = if mapped {
-            v4_mapped_words(backend.addr[0])
+        let (backend_id, target, backend_port, flags) = if service.flags & SERVICE_HTTP != 0 {
+            // To the node's L7 proxy: its IPv4 listener (v4-mapped) for an IPv4 VIP dialed
+            // by a dual-stack socket, its IPv6 listener for an IPv6 VIP.
+            let listener = if mapped {
+                proxy::listener4(true)
+            } else {
+                proxy::listener6()
+            };
+            let Some(l) = listener else {
+                release(service.id, workload, counted, 0);
+                refused(service.id, RESULT_NO_BACKEND, FAMILY_INET6, cgroup_id);
+                return Verdict::Refused;
+            };
+            let (id, flags) = proxy::proxied_stamp(counted);
+            (id, l.addr, l.port, flags)
         } else {
-            backend.addr
+            let Some((id, backend, picked)) = pick_backend(sa, service, class) else {
+                release(service.id, workload, counted, 0);
+                refused(service.id, RESULT_NO_BACKEND, FAMILY_INET6, cgroup_id);
+                return Verdict::Refused;
+            };
+            let target = if mapped {
+                v4_mapped_words(backend.addr[0])
+            } else {
+                backend.addr
+            };
+            (id, target, backend.port, counted | picked)
         };
         write_ip6(sa, &target);
-        set_user_port(sa, backend.port);
+        set_user_port(sa, backend_port);
         let stamped = ServiceKey {
             addr: dialed,
             port,
@@ -163,7 +195,7 @@ pub fn connect6(ctx: &SockAddrContext) -> Verdict {
             service_id: service.id,
             backend_id,
             workload,
-            flags: counted | picked,
+            flags,
             cgroup_id,
         };
         stamp(ctx, &stamped, FAMILY_INET6, &admitted);

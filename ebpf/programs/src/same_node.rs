@@ -7,16 +7,11 @@
 //! sender that once finds no peer stays on TCP for the rest of the connection, so no
 //! receiver ever has to merge redirected and TCP bytes in order.
 
-use core::ptr::{addr_of, read_volatile};
-
 use aya_ebpf::{
     bindings::{sk_action::SK_PASS, BPF_F_INGRESS},
     programs::{SkMsgContext, SockOpsContext},
 };
-use sockmesh_common::{
-    ctx_remote_port, SockPair, FAMILY_INET6, SAME_NODE_BYTES_SLOT, SAME_NODE_FALLBACKS_SLOT,
-    SAME_NODE_PAIRS_SLOT,
-};
+use sockmesh_common::{SAME_NODE_BYTES_SLOT, SAME_NODE_FALLBACKS_SLOT, SAME_NODE_PAIRS_SLOT};
 
 use crate::{
     events::{add, bump},
@@ -28,14 +23,16 @@ const ANY: u64 = 0;
 
 /// The socket's own tuple from a context pointer whose struct has the usual socket fields
 /// (`bpf_sock_ops` and `sk_msg_md` name them alike). One exact-size load per field at a
-/// constant offset, which is all the verifier accepts for context reads.
+/// constant offset, which is all the verifier accepts for context reads. Paths are spelled
+/// out so the L7 redirect (proxy.rs) can use it too.
 macro_rules! own_pair {
     ($ctx:expr) => {{
+        use ::core::ptr::{addr_of, read_volatile};
         let c = $ctx;
         // SAFETY: context field reads the verifier allows for this program type.
         unsafe {
             let family = read_volatile(addr_of!((*c).family)) as u16;
-            let (local, remote) = if family == FAMILY_INET6 {
+            let (local, remote) = if family == ::sockmesh_common::FAMILY_INET6 {
                 (
                     [
                         read_volatile(addr_of!((*c).local_ip6[0])),
@@ -56,18 +53,21 @@ macro_rules! own_pair {
                     [read_volatile(addr_of!((*c).remote_ip4)), 0, 0, 0],
                 )
             };
-            SockPair {
+            ::sockmesh_common::SockPair {
                 local,
                 remote,
                 // local_port is in host order, remote_port in network order (shifted).
                 local_port: read_volatile(addr_of!((*c).local_port)) as u16,
-                remote_port: ctx_remote_port(read_volatile(addr_of!((*c).remote_port))),
+                remote_port: ::sockmesh_common::ctx_remote_port(read_volatile(addr_of!(
+                    (*c).remote_port
+                ))),
                 family,
                 _pad: 0,
             }
         }
     }};
 }
+pub(crate) use own_pair;
 
 /// A routed client socket of a `same_node` service is established.
 pub fn client_established(ctx: &SockOpsContext) {

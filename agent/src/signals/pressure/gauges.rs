@@ -6,7 +6,8 @@
 //! Where the counts come from (see [`super`], fed by `Signals::refresh`): the agent's own mirror for the
 //! tables it writes (services, slot tables, backends, ACL, backend TCP stats, callers,
 //! workload threads), and a bounded count for the maps the kernel fills (`SM_SOCK_STAMPS`,
-//! `SM_CALLER_CONNS` and the same-node notes, all LRU, and the same-node socket hash).
+//! `SM_CALLER_CONNS`, the same-node notes and `SM_PROXY_ORIGINS`, all LRU, and the same-node
+//! socket hash).
 
 use std::{
     collections::BTreeMap,
@@ -23,9 +24,10 @@ use prometheus_client::{
 };
 use sockmesh_common::{
     ACL_MAP, BACKENDS_MAP, BACKEND_STATS_MAP, CALLERS_MAP, CALLER_CONNS_MAP, MAX_ACL, MAX_BACKENDS,
-    MAX_BACKEND_STATS, MAX_CALLERS, MAX_SAME_NODE_SOCKS, MAX_SERVICES, MAX_SLOT_TABLES,
-    MAX_SOCK_STAMPS, MAX_WORKLOAD_TIDS, SAME_NODE_PENDING_MAP, SAME_NODE_SOCKS_MAP,
-    SAME_NODE_TCP_MAP, SERVICES_MAP, SLOT_TABLES_MAP, SOCK_STAMPS_MAP, WORKLOAD_TIDS_MAP,
+    MAX_BACKEND_STATS, MAX_CALLERS, MAX_PROXY_ORIGINS, MAX_SAME_NODE_SOCKS, MAX_SERVICES,
+    MAX_SLOT_TABLES, MAX_SOCK_STAMPS, MAX_WORKLOAD_TIDS, PROXY_ORIGINS_MAP, SAME_NODE_PENDING_MAP,
+    SAME_NODE_SOCKS_MAP, SAME_NODE_TCP_MAP, SERVICES_MAP, SLOT_TABLES_MAP, SOCK_STAMPS_MAP,
+    WORKLOAD_TIDS_MAP,
 };
 use tracing::{info, warn};
 
@@ -49,6 +51,7 @@ pub(crate) enum KernelMap {
     SameNodePending,
     SameNodeSocks,
     SameNodeTcp,
+    ProxyOrigins,
 }
 
 impl KernelMap {
@@ -66,6 +69,7 @@ impl KernelMap {
             Self::SameNodePending => SAME_NODE_PENDING_MAP,
             Self::SameNodeSocks => SAME_NODE_SOCKS_MAP,
             Self::SameNodeTcp => SAME_NODE_TCP_MAP,
+            Self::ProxyOrigins => PROXY_ORIGINS_MAP,
         }
     }
 
@@ -92,7 +96,7 @@ pub(crate) struct WatchedMap {
 }
 
 /// Every map with a pressure gauge, in exposition order.
-pub(crate) const WATCHED: [WatchedMap; 12] = [
+pub(crate) const WATCHED: [WatchedMap; 13] = [
     WatchedMap {
         map: KernelMap::Services,
         capacity: MAX_SERVICES,
@@ -157,6 +161,12 @@ pub(crate) const WATCHED: [WatchedMap; 12] = [
         capacity: MAX_SAME_NODE_SOCKS,
         when_full: "LRU: the oldest same-node senders that fell back to TCP are forgotten and \
                     try the fast path again (it falls back again if there is no peer)",
+    },
+    WatchedMap {
+        map: KernelMap::ProxyOrigins,
+        capacity: MAX_PROXY_ORIGINS,
+        when_full: "LRU: the least recently used proxied connections lose their origin, and \
+                    the proxy cannot tell their service and caller",
     },
 ];
 

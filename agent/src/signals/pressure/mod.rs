@@ -99,6 +99,7 @@ impl Signals {
             (KernelMap::SameNodePending, &maps.same_node_pending),
             (KernelMap::SameNodeTcp, &maps.same_node_tcp),
             (KernelMap::SameNodeSocks, &maps.same_node_socks),
+            (KernelMap::ProxyOrigins, &maps.proxy_origins),
         ] {
             match map.count() {
                 Ok(n) => p.record(which, n),

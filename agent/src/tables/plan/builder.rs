@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sockmesh_common::{
     BackendEntry, ServiceCaller, ServiceKey, SlotTableKey, CALLER_CLASS_DEFAULT, MAX_BACKENDS,
-    MAX_SERVICES, SERVICE_CLASS_TABLES, SERVICE_ENROLLED_ONLY, SERVICE_SAME_NODE,
+    MAX_SERVICES, SERVICE_CLASS_TABLES, SERVICE_ENROLLED_ONLY, SERVICE_HTTP, SERVICE_SAME_NODE,
 };
-use sockmesh_model::{Enrollment, MeshConfig, ServiceSpec};
+use sockmesh_model::{Enrollment, MeshConfig, Protocol, ServiceSpec};
 
 use super::{
     identity, BackendIdentity, BackendView, ClassView, IdAllocator, KernelState, Plan, PlanError,
@@ -228,8 +228,11 @@ impl<'a> Builder<'a> {
         if config.enrollment == Enrollment::Workloads {
             entry.flags |= SERVICE_ENROLLED_ONLY;
         }
-        if spec.same_node {
-            entry.flags |= SERVICE_SAME_NODE;
+        match spec.protocol {
+            // The proxy is the client's peer, not the service's sockets: no same-node pairing.
+            Protocol::Http => entry.flags |= SERVICE_HTTP,
+            Protocol::Tcp if spec.same_node => entry.flags |= SERVICE_SAME_NODE,
+            Protocol::Tcp => {}
         }
         if actual.services.get(&key) != Some(&entry) {
             self.services.push(Write::UpsertService(key, entry));
