@@ -148,10 +148,10 @@ struct ProxyArgs {
         value_enum,
         default_value = "spawn"
     )]
-    mode: l7::ProxyMode,
+    proxy_mode: l7::ProxyMode,
     /// The proxy binary for `--proxy spawn` [default: `sockmesh-proxy` beside this binary].
     #[arg(long = "proxy-bin", env = "SOCKMESH_PROXY_BIN")]
-    bin: Option<PathBuf>,
+    proxy_bin: Option<PathBuf>,
     /// Where http services' connections are sent: one port, at most one IPv4 and one IPv6
     /// address (port 0: one the kernel picks). The agent binds them and hands them to the
     /// proxy; they are bound when the first http service appears.
@@ -161,28 +161,28 @@ struct ProxyArgs {
         value_delimiter = ',',
         default_value = "127.0.0.1:15001,[::1]:15001"
     )]
-    listen: Vec<std::net::SocketAddr>,
+    proxy_listen: Vec<std::net::SocketAddr>,
     /// The spawned proxy's /metrics (request metrics).
     #[arg(
         long = "proxy-metrics-addr",
         env = "SOCKMESH_PROXY_METRICS_ADDR",
         default_value = "127.0.0.1:9478"
     )]
-    metrics_addr: std::net::SocketAddr,
+    proxy_metrics_addr: std::net::SocketAddr,
 }
 
 impl ProxyArgs {
     /// One port, at most one address per family.
     fn check(&self) -> Result<()> {
-        let v4 = self.listen.iter().filter(|a| a.is_ipv4()).count();
-        let v6 = self.listen.len() - v4;
+        let v4 = self.proxy_listen.iter().filter(|a| a.is_ipv4()).count();
+        let v6 = self.proxy_listen.len() - v4;
         anyhow::ensure!(
-            !self.listen.is_empty() && v4 <= 1 && v6 <= 1,
+            !self.proxy_listen.is_empty() && v4 <= 1 && v6 <= 1,
             "--proxy-listen: one or two addresses, at most one IPv4 and one IPv6"
         );
-        let port = self.listen[0].port();
+        let port = self.proxy_listen[0].port();
         anyhow::ensure!(
-            self.listen.iter().all(|a| a.port() == port),
+            self.proxy_listen.iter().all(|a| a.port() == port),
             "--proxy-listen: every address on the same port (the kernel sends to one port)"
         );
         Ok(())
@@ -304,10 +304,10 @@ fn run(args: RunArgs) -> Result<()> {
         watch_interval: Duration::from_millis(args.watch_interval_ms),
         http: args.http,
         proxy: l7::ProxyOptions {
-            mode: args.proxy.mode,
-            bin: args.proxy.bin,
-            listen: args.proxy.listen,
-            metrics_addr: args.proxy.metrics_addr,
+            mode: args.proxy.proxy_mode,
+            bin: args.proxy.proxy_bin,
+            listen: args.proxy.proxy_listen,
+            metrics_addr: args.proxy.proxy_metrics_addr,
             socket: args.state_dir.join("proxy.sock"),
             maps: proxy_maps,
             observe: args.observe,
