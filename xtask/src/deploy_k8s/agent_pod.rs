@@ -8,7 +8,9 @@ use anyhow::{ensure, Context, Result};
 use serde_yaml::Value as Yaml;
 use sockmesh_common::{LAYOUT_VERSION, PROXY_ORIGINS_MAP};
 
-use super::manifests::{container, container_args, container_port, dig, find, flag, seq, str_at};
+use super::manifests::{
+    admits_every_pod, container, container_args, container_port, dig, find, flag, seq, str_at,
+};
 
 /// What the agent container may add, and nothing else (the DaemonSet is not privileged):
 /// three to run, `SYS_ADMIN` and `SYS_PTRACE` to drain inside pods' network namespaces.
@@ -160,19 +162,7 @@ fn check_listen(objects: &[Yaml], daemonset: &Yaml, args: &[String]) -> Result<(
             Some(number) => number.as_u64() == Some(port),
             None => false,
         });
-        // No `from`: every source. Else a peer with an empty namespaceSelector (every
-        // namespace) and no narrowing podSelector.
-        let everyone = rule.get("from").is_none()
-            || seq(rule.get("from")).any(|peer| {
-                let empty = |key| {
-                    peer.get(key)
-                        .and_then(Yaml::as_mapping)
-                        .is_some_and(|m| m.is_empty())
-                };
-                empty("namespaceSelector")
-                    && (peer.get("podSelector").is_none() || empty("podSelector"))
-            });
-        names_port && everyone
+        names_port && admits_every_pod(rule)
     });
     ensure!(
         opened,

@@ -302,24 +302,22 @@ fn mounted_from(
 }
 
 /// Both NetworkPolicies exist, and every ingress rule that opens a `metrics` (or the
-/// proxy's `proxy-metrics`) port names who may come (`from`): per-backend series and the
-/// exporter's connections are for Prometheus, not for every pod in the cluster.
+/// proxy's `proxy-metrics`) port names who may come, narrower than every pod: per-backend
+/// series and the exporter's connections are for Prometheus, not for every pod in the
+/// cluster.
 pub fn check_metrics_ingress(objects: &[Yaml]) -> Result<()> {
     for name in ["sockmesh-agent", "sockmesh-control"] {
         let policy = find(objects, "NetworkPolicy", name)?;
         let mut opened = false;
         for rule in seq(dig(policy, &["spec", "ingress"])) {
-            let metrics = seq(dig(rule, &["ports"])).any(|p| {
-                matches!(
-                    dig(p, &["port"]).and_then(Yaml::as_str),
-                    Some("metrics" | "proxy-metrics")
-                )
-            });
-            if metrics {
-                opened = true;
+            for port in seq(dig(rule, &["ports"])).filter_map(|p| str_at(p, &["port"])) {
+                if !matches!(port, "metrics" | "proxy-metrics") {
+                    continue;
+                }
+                opened |= port == "metrics";
                 ensure!(
-                    seq(dig(rule, &["from"])).next().is_some(),
-                    "NetworkPolicy {name} opens `metrics` to every pod (no `from`)"
+                    !admits_every_pod(rule),
+                    "NetworkPolicy {name} opens `{port}` to every pod"
                 );
             }
         }
@@ -329,6 +327,21 @@ pub fn check_metrics_ingress(objects: &[Yaml]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// An ingress rule without `from` (every source), or with a peer that selects every
+/// namespace (an empty `namespaceSelector`) and no narrower `podSelector`.
+pub(super) fn admits_every_pod(rule: &Yaml) -> bool {
+    rule.get("from").is_none()
+        || seq(rule.get("from")).any(|peer| {
+            let empty = |key| {
+                peer.get(key)
+                    .and_then(Yaml::as_mapping)
+                    .is_some_and(|m| m.is_empty())
+            };
+            empty("namespaceSelector")
+                && (peer.get("podSelector").is_none() || empty("podSelector"))
+        })
 }
 
 pub fn check_crd_structural(crd: &Yaml) -> Result<()> {
