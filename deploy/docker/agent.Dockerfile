@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# sockmesh-agent (and the `sockmesh` CLI) for the DaemonSet in deploy/k8s/.
+# sockmesh-agent, the L7 proxy `sockmesh-proxy` (the DaemonSet's `proxy` container) and the
+# `sockmesh` CLI, for the DaemonSet in deploy/k8s/.
 #
 #   docker build -f deploy/docker/agent.Dockerfile -t ghcr.io/sockmesh/sockmesh-agent:0.1.0 .
 #
@@ -47,24 +48,29 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     SOCKMESH_EBPF_OBJ=/ebpf cargo build --release --locked \
-      -p sockmesh-agent -p sockmesh-cli --bin sockmesh-agent --bin sockmesh \
- && install -D -m 0755 target/release/sockmesh-agent target/release/sockmesh /out/
+      -p sockmesh-agent -p sockmesh-cli -p sockmesh-proxy \
+      --bin sockmesh-agent --bin sockmesh --bin sockmesh-proxy \
+ && install -D -m 0755 target/release/sockmesh-agent target/release/sockmesh \
+      target/release/sockmesh-proxy /out/
 
 # ---- runtime ---------------------------------------------------------------------------------
 FROM debian:bookworm-slim
 
-# curl: the kubelet's exec probes ask the admin API on its unix socket (/ready, /status).
+# curl: the kubelet's exec probes ask the admin API on its unix socket (/ready, /status)
+# and the proxy's /metrics.
 # util-linux (nsenter, part of the base image) and coreutils (stat) serve the init container
 # that mounts bpffs/tracefs on the node when missing.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends curl \
  && rm -rf /var/lib/apt/lists/*
 
-COPY --from=builder /out/sockmesh-agent /out/sockmesh /usr/local/bin/
+# sockmesh-proxy beside sockmesh-agent: where `--proxy spawn` looks for it, and what the
+# DaemonSet's proxy container runs.
+COPY --from=builder /out/sockmesh-agent /out/sockmesh /out/sockmesh-proxy /usr/local/bin/
 
 # The agent runs as uid 0 with only CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (the DaemonSet
-# drops every other capability): Linux grants capabilities to uid 0 only, Kubernetes has no
-# ambient capabilities for other users.
+# drops every other capability; the proxy container keeps only CAP_BPF): Linux grants
+# capabilities to uid 0 only, Kubernetes has no ambient capabilities for other users.
 # checkov:skip=CKV_DOCKER_3: the agent must run as uid 0 to hold its three capabilities (see above); the DaemonSet drops all others and makes the root filesystem read-only
 # checkov:skip=CKV_DOCKER_2: liveness and readiness are the DaemonSet's exec probes on the admin socket (/status, /ready); Docker's HEALTHCHECK is ignored by Kubernetes
 USER 0

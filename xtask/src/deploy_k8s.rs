@@ -16,6 +16,7 @@
 //! The tools come from `cargo xtask setup` (pinned, in their own virtualenv). It prints one
 //! summary line (`deploy/k8s: kustomize ok ...`) and fails naming the offending object.
 
+mod agent_pod;
 mod manifests;
 
 use std::env;
@@ -335,5 +336,7 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+#[cfg(test)]
+mod agent_pod_tests;
 #[cfg(test)]
 mod tests;

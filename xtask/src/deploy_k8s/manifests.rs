@@ -1,6 +1,7 @@
 //! Checks on deploy/'s Kubernetes objects that no schema validator makes: that the pieces
-//! agree with each other (ports, Service names, the ServiceMonitor's selector), that the
-//! agent keeps to its five capabilities, that the PrometheusRule is the rules file, that the
+//! agree with each other (ports, Service names, the ServiceMonitors' selectors), that the
+//! agent's pod keeps to its capabilities and wires its L7 proxy as the agent expects
+//! ([`agent_pod`]), that the PrometheusRule is the rules file, that the
 //! MeshPolicy CRD is a structural schema, and that the example MeshPolicy sets every field of
 //! the CRD and is accepted by the mesh config model.
 
@@ -10,15 +11,13 @@ use std::path::Path;
 use anyhow::{bail, ensure, Context, Result};
 use serde_yaml::{Mapping, Value as Yaml};
 
+use super::agent_pod;
+
 /// The PrometheusRule generated from the rules file (both relative to the workspace root).
 pub const PROMETHEUS_RULE: &str = "deploy/k8s/prometheusrule.yaml";
 pub const RULES: &str = crate::deploy_check::RULES;
 pub const CRD: &str = "deploy/k8s/crd-meshpolicy.yaml";
 pub const EXAMPLE_POLICY: &str = "deploy/examples/meshpolicy.yaml";
-
-/// What the agent container may add, and nothing else (the DaemonSet is not privileged):
-/// three to run, `SYS_ADMIN` and `SYS_PTRACE` to drain inside pods' network namespaces.
-const AGENT_CAPABILITIES: &[&str] = &["BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN", "SYS_PTRACE"];
 
 const RULE_HEADER: &str = "\
 # GENERATED from deploy/prometheus/sockmesh-rules.yaml by xtask: do not edit, edit that file.
@@ -77,7 +76,7 @@ pub fn check_prometheus_rule(root: &Path) -> Result<()> {
 /// Cross-object checks on the rendered manifests.
 pub fn check_objects(objects: &[Yaml]) -> Result<()> {
     let agent = find(objects, "DaemonSet", "sockmesh-agent")?;
-    check_agent_security(agent).context("DaemonSet sockmesh-agent")?;
+    agent_pod::check_agent_security(agent).context("DaemonSet sockmesh-agent")?;
     check_agent_has_no_api_access(objects, agent)?;
     let control = find(objects, "Deployment", "sockmesh-control")?;
     check_metrics_ingress(objects)?;
@@ -116,13 +115,41 @@ pub fn check_objects(objects: &[Yaml]) -> Result<()> {
     );
     check_control_tls(agent, control)?;
     check_node_identity(objects, agent, control)?;
+    agent_pod::check_proxy_wiring(objects, agent).context("DaemonSet sockmesh-agent")?;
 
-    // The ServiceMonitor's selector must pick Services that have its endpoint ports.
-    let monitor = find(objects, "ServiceMonitor", "sockmesh")?;
+    // Each ServiceMonitor's selector must pick Services that have its endpoint ports.
+    find(objects, "ServiceMonitor", "sockmesh")?;
+    for monitor in objects
+        .iter()
+        .filter(|o| str_at(o, &["kind"]) == Some("ServiceMonitor"))
+    {
+        let name = str_at(monitor, &["metadata", "name"]).unwrap_or("?");
+        let selected =
+            monitor_selects(objects, monitor).with_context(|| format!("ServiceMonitor {name}"))?;
+        // The one for both components must select both Services.
+        let wanted = if name == "sockmesh" { 2 } else { 1 };
+        ensure!(
+            selected.len() >= wanted,
+            "ServiceMonitor {name} selects {} Services; expected at least {wanted}",
+            selected.len()
+        );
+        for endpoint in seq(dig(monitor, &["spec", "endpoints"])) {
+            let port =
+                str_at(endpoint, &["port"]).context("a ServiceMonitor endpoint without port")?;
+            for service in &selected {
+                service_port(service, port).with_context(|| format!("ServiceMonitor {name}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The Services a ServiceMonitor's `matchLabels` selects.
+fn monitor_selects<'a>(objects: &'a [Yaml], monitor: &Yaml) -> Result<Vec<&'a Yaml>> {
     let selector = dig(monitor, &["spec", "selector", "matchLabels"])
         .and_then(Yaml::as_mapping)
-        .context("ServiceMonitor sockmesh: no spec.selector.matchLabels")?;
-    let selected: Vec<&Yaml> = objects
+        .context("no spec.selector.matchLabels")?;
+    Ok(objects
         .iter()
         .filter(|o| str_at(o, &["kind"]) == Some("Service"))
         .filter(|o| {
@@ -131,58 +158,7 @@ pub fn check_objects(objects: &[Yaml]) -> Result<()> {
                 .iter()
                 .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
         })
-        .collect();
-    ensure!(
-        selected.len() >= 2,
-        "ServiceMonitor sockmesh selects {} Services; expected the agents' and the control plane's",
-        selected.len()
-    );
-    for endpoint in seq(dig(monitor, &["spec", "endpoints"])) {
-        let port = str_at(endpoint, &["port"]).context("a ServiceMonitor endpoint without port")?;
-        for service in &selected {
-            service_port(service, port).with_context(|| "ServiceMonitor sockmesh".to_string())?;
-        }
-    }
-    Ok(())
-}
-
-/// Not privileged; the agent adds exactly its five capabilities and drops ALL; init
-/// containers drop ALL too (what they add, for mounting bpffs, is theirs).
-fn check_agent_security(daemonset: &Yaml) -> Result<()> {
-    let spec = dig(daemonset, &["spec", "template", "spec"]).context("no pod spec")?;
-    for (list, is_init) in [("containers", false), ("initContainers", true)] {
-        for c in seq(spec.get(list)) {
-            let name = str_at(c, &["name"]).unwrap_or("?");
-            let ctx = dig(c, &["securityContext"]).context("no securityContext")?;
-            ensure!(
-                ctx.get("privileged") == Some(&Yaml::Bool(false)),
-                "{name}: privileged must be false"
-            );
-            ensure!(
-                ctx.get("allowPrivilegeEscalation") == Some(&Yaml::Bool(false)),
-                "{name}: allowPrivilegeEscalation must be false"
-            );
-            let caps = |key| -> BTreeSet<&str> {
-                seq(dig(ctx, &["capabilities", key]))
-                    .filter_map(Yaml::as_str)
-                    .collect()
-            };
-            ensure!(
-                caps("drop") == BTreeSet::from(["ALL"]),
-                "{name}: must drop ALL"
-            );
-            if is_init {
-                continue;
-            }
-            ensure!(
-                caps("add") == AGENT_CAPABILITIES.iter().copied().collect(),
-                "{name}: adds {:?}; the agent container adds exactly {AGENT_CAPABILITIES:?} \
-                 (deploy/README.md, \"Capabilities\")",
-                caps("add")
-            );
-        }
-    }
-    Ok(())
+        .collect())
 }
 
 /// The agent never calls the API server: its pods mount no ServiceAccount token, and no
@@ -325,21 +301,23 @@ fn mounted_from(
     bail!("volume {mount} (for {path}) is neither a Secret, a ConfigMap nor a projected token")
 }
 
-/// Both NetworkPolicies exist, and every ingress rule that opens a `metrics` port names
-/// who may come (`from`): per-backend series and the exporter's connections are for
-/// Prometheus, not for every pod in the cluster.
+/// Both NetworkPolicies exist, and every ingress rule that opens a `metrics` (or the
+/// proxy's `proxy-metrics`) port names who may come, narrower than every pod: per-backend
+/// series and the exporter's connections are for Prometheus, not for every pod in the
+/// cluster.
 pub fn check_metrics_ingress(objects: &[Yaml]) -> Result<()> {
     for name in ["sockmesh-agent", "sockmesh-control"] {
         let policy = find(objects, "NetworkPolicy", name)?;
         let mut opened = false;
         for rule in seq(dig(policy, &["spec", "ingress"])) {
-            let metrics = seq(dig(rule, &["ports"]))
-                .any(|p| dig(p, &["port"]).and_then(Yaml::as_str) == Some("metrics"));
-            if metrics {
-                opened = true;
+            for port in seq(dig(rule, &["ports"])).filter_map(|p| str_at(p, &["port"])) {
+                if !matches!(port, "metrics" | "proxy-metrics") {
+                    continue;
+                }
+                opened |= port == "metrics";
                 ensure!(
-                    seq(dig(rule, &["from"])).next().is_some(),
-                    "NetworkPolicy {name} opens `metrics` to every pod (no `from`)"
+                    !admits_every_pod(rule),
+                    "NetworkPolicy {name} opens `{port}` to every pod"
                 );
             }
         }
@@ -349,6 +327,21 @@ pub fn check_metrics_ingress(objects: &[Yaml]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// An ingress rule without `from` (every source), or with a peer that selects every
+/// namespace (an empty `namespaceSelector`) and no narrower `podSelector`.
+pub(super) fn admits_every_pod(rule: &Yaml) -> bool {
+    rule.get("from").is_none()
+        || seq(rule.get("from")).any(|peer| {
+            let empty = |key| {
+                peer.get(key)
+                    .and_then(Yaml::as_mapping)
+                    .is_some_and(|m| m.is_empty())
+            };
+            empty("namespaceSelector")
+                && (peer.get("podSelector").is_none() || empty("podSelector"))
+        })
 }
 
 pub fn check_crd_structural(crd: &Yaml) -> Result<()> {
@@ -540,7 +533,7 @@ pub fn str_at<'a>(v: &'a Yaml, path: &[&str]) -> Option<&'a str> {
     dig(v, path).and_then(Yaml::as_str)
 }
 
-fn seq(v: Option<&Yaml>) -> impl Iterator<Item = &Yaml> {
+pub(super) fn seq(v: Option<&Yaml>) -> impl Iterator<Item = &Yaml> {
     v.and_then(Yaml::as_sequence).into_iter().flatten()
 }
 
@@ -553,20 +546,20 @@ pub fn find<'a>(objects: &'a [Yaml], kind: &str, name: &str) -> Result<&'a Yaml>
         .with_context(|| format!("no {kind} {name} in the rendered manifests"))
 }
 
-fn container<'a>(workload: &'a Yaml, name: &str) -> Result<&'a Yaml> {
+pub(super) fn container<'a>(workload: &'a Yaml, name: &str) -> Result<&'a Yaml> {
     seq(dig(workload, &["spec", "template", "spec", "containers"]))
         .find(|c| str_at(c, &["name"]) == Some(name))
         .with_context(|| format!("no container {name}"))
 }
 
-fn container_args(workload: &Yaml, name: &str) -> Result<Vec<String>> {
+pub(super) fn container_args(workload: &Yaml, name: &str) -> Result<Vec<String>> {
     Ok(seq(container(workload, name)?.get("args"))
         .filter_map(Yaml::as_str)
         .map(str::to_owned)
         .collect())
 }
 
-fn container_port(workload: &Yaml, name: &str, port: &str) -> Result<u64> {
+pub(super) fn container_port(workload: &Yaml, name: &str, port: &str) -> Result<u64> {
     seq(container(workload, name)?.get("ports"))
         .find(|p| str_at(p, &["name"]) == Some(port))
         .and_then(|p| p.get("containerPort").and_then(Yaml::as_u64))
@@ -582,7 +575,7 @@ fn service_port(service: &Yaml, port: &str) -> Result<u64> {
 }
 
 /// The value of `--name=value` in `args`.
-fn flag<'a>(args: &'a [String], name: &str) -> Result<&'a str> {
+pub(super) fn flag<'a>(args: &'a [String], name: &str) -> Result<&'a str> {
     let prefix = format!("{name}=");
     match args.iter().find_map(|a| a.strip_prefix(&prefix)) {
         Some(value) => Ok(value),

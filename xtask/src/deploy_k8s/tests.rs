@@ -408,3 +408,61 @@ fn each_agent_authenticates_as_its_node_not_with_a_shared_token() {
     let err = check(&agent, &control, &no_rbac).unwrap_err();
     assert!(err.contains("cannot create tokenreviews"), "{err}");
 }
+
+/// The shipped objects as kustomize lists them (without kubectl: each file already names its
+/// namespace), with `edit` applied to the text of `file`.
+fn shipped_objects(file: &str, edit: impl Fn(&str) -> String) -> Vec<Yaml> {
+    let root = workspace::root();
+    let kustomization = shipped("deploy/kustomization.yaml");
+    let mut objects = Vec::new();
+    for res in kustomization["resources"].as_sequence().unwrap() {
+        let path = format!("deploy/{}", res.as_str().unwrap());
+        let mut text = read(&root.join(&path)).unwrap();
+        if path == file {
+            let edited = edit(&text);
+            assert_ne!(edited, text, "the edit of {file} applies");
+            text = edited;
+        }
+        objects.extend(text.split("\n---\n").map(yaml).filter(|o| !o.is_null()));
+    }
+    objects
+}
+
+#[test]
+fn every_service_monitor_port_is_on_what_it_selects() {
+    check_objects(&shipped_objects("", str::to_owned)).unwrap();
+    let err = |file: &str, from: &str, to: &str| {
+        let objects = shipped_objects(file, |t| t.replacen(from, to, 1));
+        format!("{:#}", check_objects(&objects).unwrap_err())
+    };
+    // The proxy's port gone from the agents' Service.
+    let e = err(
+        "deploy/k8s/agent-service.yaml",
+        "    - name: proxy-metrics\n",
+        "    - name: proxy-stats\n",
+    );
+    assert!(
+        e.contains("ServiceMonitor sockmesh-proxy: Service sockmesh-agent-metrics has no port named proxy-metrics"),
+        "{e}"
+    );
+    // The proxy's monitor widened to the control plane's Service, which has no such port.
+    let e = err(
+        "deploy/k8s/servicemonitor.yaml",
+        "      app.kubernetes.io/name: sockmesh-agent\n",
+        "",
+    );
+    assert!(
+        e.contains("Service sockmesh-control has no port named proxy-metrics"),
+        "{e}"
+    );
+    // The proxy's metrics in the rule that admits every namespace's pods.
+    let e = err(
+        "deploy/k8s/networkpolicy.yaml",
+        "        - port: proxy\n",
+        "        - port: proxy\n        - port: proxy-metrics\n",
+    );
+    assert!(
+        e.contains("NetworkPolicy sockmesh-agent opens `proxy-metrics` to every pod"),
+        "{e}"
+    );
+}
