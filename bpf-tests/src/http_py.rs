@@ -134,8 +134,8 @@ impl HttpBackends {
             .iter()
             .map(|a| {
                 let resp = crate::http_get_tcp(*a, "/__count", Duration::from_secs(10))?;
-                Ok(serde_json::from_str(&resp.body)
-                    .with_context(|| format!("counts of {a}: {:?}", resp.body))?)
+                serde_json::from_str(&resp.body)
+                    .with_context(|| format!("counts of {a}: {:?}", resp.body))
             })
             .collect()
     }

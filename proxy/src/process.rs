@@ -152,8 +152,10 @@ enum End {
 
 /// The listeners and their accept loops.
 struct Serving {
-    /// Handed over, not served until the first targets.
+    /// Handed over, not served until the next targets.
     waiting: Vec<TcpListener>,
+    /// The sockets (inode numbers) of every listener taken, served or waiting.
+    held: std::collections::HashSet<u64>,
     tasks: JoinSet<Result<Drained, ProxyError>>,
     stop: watch::Sender<bool>,
 }
@@ -208,8 +210,10 @@ impl<O: Origins> ProxyProcess<O> {
             .map(|a| a.to_string())
             .collect();
         info!(listeners = ?addrs, "linked to the agent; serving once targets arrive");
+        let held = waiting.iter().filter_map(socket_inode).collect();
         let mut serving = Serving {
             waiting,
+            held,
             tasks: JoinSet::new(),
             stop: watch::channel(false).0,
         };
@@ -218,7 +222,10 @@ impl<O: Origins> ProxyProcess<O> {
         let (stop, writer) = loop {
             let Some(stream) = link.take() else {
                 tokio::select! {
-                    back = self.reconnect() => link = Some(back),
+                    (back, fds) = self.reconnect() => {
+                        serving.adopt(fds);
+                        link = Some(back);
+                    }
                     () = &mut shutdown => break (Stop::Shutdown, None),
                 }
                 continue;
@@ -344,9 +351,8 @@ impl<O: Origins> ProxyProcess<O> {
         }
     }
 
-    /// A new link after one was lost, retrying without end; the listeners it brings are
-    /// closed (the proxy serves the ones it has).
-    async fn reconnect(&self) -> UnixStream {
+    /// A new link after one was lost, retrying without end, with the listeners it brings.
+    async fn reconnect(&self) -> (UnixStream, Vec<std::os::fd::OwnedFd>) {
         let mut wait = self.link.backoff.0;
         let mut failures: u64 = 0;
         loop {
@@ -354,12 +360,8 @@ impl<O: Origins> ProxyProcess<O> {
             match link_io::handshake(&self.link).await {
                 Ok((stream, fds)) => {
                     self.metrics.connects.inc();
-                    info!(
-                        closed = fds.len(),
-                        "link to the agent back; closed the listeners it handed over again"
-                    );
-                    drop(fds);
-                    return stream;
+                    info!(listeners = fds.len(), "link to the agent back");
+                    return (stream, fds);
                 }
                 Err(e) => {
                     // An agent down for long would otherwise log every couple of seconds.
@@ -375,6 +377,30 @@ impl<O: Origins> ProxyProcess<O> {
 }
 
 impl Serving {
+    /// Takes the listeners a new link handed over: the same sockets as before (an agent
+    /// that kept running) are closed, new ones (a restarted agent bound the port again
+    /// beside the one this proxy still holds, `SO_REUSEPORT`) are served from the next
+    /// targets on, so connections the kernel queues on either are accepted.
+    fn adopt(&mut self, fds: Vec<std::os::fd::OwnedFd>) {
+        for fd in fds {
+            let Some(inode) = socket_inode(&fd) else {
+                continue;
+            };
+            if !self.held.insert(inode) {
+                continue; // Already served: this copy closes.
+            }
+            match listener_from_fd(fd) {
+                Ok(listener) => {
+                    info!(addr = ?listener.local_addr().ok(), "serving a new listener from the agent");
+                    self.waiting.push(listener);
+                }
+                Err(e) => {
+                    warn!(error = %e, "closing a handed-over descriptor that is no TCP listener")
+                }
+            }
+        }
+    }
+
     /// Starts the accept loops of the listeners not served yet.
     fn start(&mut self, proxy: &Proxy) {
         for listener in self.waiting.drain(..) {
@@ -401,4 +427,13 @@ impl Serving {
         }
         complete
     }
+}
+
+/// The inode number of the socket behind `fd`: two descriptors of one socket share it.
+fn socket_inode(fd: &impl std::os::fd::AsRawFd) -> Option<u64> {
+    // SAFETY: fstat writes only into the zeroed struct we own.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is an open descriptor for the duration of the call.
+    let rc = unsafe { libc::fstat(fd.as_raw_fd(), &mut st) };
+    (rc == 0).then_some(st.st_ino)
 }

@@ -48,7 +48,7 @@ fn bind(listen: &[SocketAddr]) -> Result<Vec<TcpListener>> {
     for addr in listen {
         let mut addr = *addr;
         addr.set_port(port);
-        match TcpListener::bind(addr) {
+        match reuseport_listener(addr) {
             Ok(l) => {
                 port = l.local_addr()?.port();
                 l.set_nonblocking(true)?;
@@ -62,6 +62,22 @@ fn bind(listen: &[SocketAddr]) -> Result<Vec<TcpListener>> {
     }
     anyhow::ensure!(!out.is_empty(), "no proxy listener could be bound");
     Ok(out)
+}
+
+/// A listener with `SO_REUSEPORT`: an agent that restarts while its proxy still holds the
+/// previous agent's listener (handed over, so it outlives that agent) binds the same port
+/// beside it, and the proxy serves both; neither start waits for the other.
+fn reuseport_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 /// The kernel's view of `listeners`.
@@ -112,8 +128,17 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_second_agent_binds_beside_the_listener_a_proxy_still_holds() {
+        let first = bind(&["127.0.0.1:0".parse().unwrap()]).unwrap();
+        let addr = first[0].local_addr().unwrap();
+        let second = bind(&[addr]).unwrap();
+        assert_eq!(second[0].local_addr().unwrap(), addr);
+    }
+
     #[tokio::test]
     async fn a_taken_port_is_retried_until_stop() {
+        // Held without SO_REUSEPORT: another program's port.
         let taken = TcpListener::bind("127.0.0.1:0").unwrap();
         let (stop_tx, stop) = watch::channel(false);
         let listen = [taken.local_addr().unwrap()];

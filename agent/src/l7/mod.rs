@@ -3,8 +3,11 @@
 //! (`<state-dir>/proxy.sock`: the listeners by `SCM_RIGHTS`, then the http services as
 //! [`Targets`]), and in single-node mode starts and supervises the `sockmesh-proxy` process.
 //!
-//! Nothing starts until the config has its first `protocol: http` service, so a tcp-only
-//! mesh binds no port and runs no proxy. ARCHITECTURE.md, "L7", argues the split.
+//! With `--proxy spawn` nothing starts until the config has its first `protocol: http`
+//! service, so a tcp-only mesh binds no port and runs no proxy; with `--proxy external` the
+//! listeners and the link are up from the first config, so the proxy's container links at
+//! once. The listeners have `SO_REUSEPORT`: a restarted agent binds beside the one its
+//! proxy still holds and hands the new one over too. ARCHITECTURE.md, "L7", argues the split.
 
 mod link;
 mod listen;
@@ -158,7 +161,11 @@ impl L7 {
     /// After every apply: sends the proxy the http services as applied, and starts the
     /// proxy side on the first one.
     pub(crate) fn update(&mut self, config: &MeshConfig, views: &[ServiceView]) {
-        if self.opts.mode == ProxyMode::Off || (!self.started && !targets::has_http(config)) {
+        // An external proxy (its own container) starts with the agent and waits for the
+        // link: it is served from the first config on, with or without http services.
+        // A spawned one starts with the first http service.
+        let wanted = self.opts.mode == ProxyMode::External || targets::has_http(config);
+        if self.opts.mode == ProxyMode::Off || (!self.started && !wanted) {
             return;
         }
         self.generation += 1;
