@@ -259,10 +259,11 @@ services:
         &[("service", SERVICE)],
     );
     eprintln!(
-        "proxy: requests_total code=200 {}, code=500 {}, all {}, retries {retries}",
+        "proxy: requests_total code=200 {}, code=500 {}, all {}, retries {}",
         by_code("200"),
         by_code("500"),
-        sum_metric(&proxy, "sockmesh_requests_total", &[("service", SERVICE)])
+        sum_metric(&proxy, "sockmesh_requests_total", &[("service", SERVICE)]),
+        retries.abs()
     );
     assert_eq!(by_code("200"), ok_n as f64);
     assert_eq!(by_code("500"), failed_n as f64);
@@ -286,7 +287,10 @@ services:
         "sockmesh_backend_bans_total",
         &[("service", SERVICE)],
     );
-    eprintln!("agent: slo_total {slo_total:?}, slo_good_total {slo_good:?}, bans {bans}");
+    eprintln!(
+        "agent: slo_total {slo_total:?}, slo_good_total {slo_good:?}, bans {}",
+        bans.abs()
+    );
     assert_eq!(slo_total, Some(total as f64));
     assert_eq!(slo_good, Some(ok_n as f64));
     assert_eq!(bans, 0.0, "the 500 backend was never banned");
