@@ -5,11 +5,13 @@
 //!   body = its own address), `503`, `500`, `hang` (answers nothing for 120 s). Each counts
 //!   the requests it got per method; `GET /__count` (not counted) answers them as JSON.
 //! - [`HttpClient`]: `count` requests over one kept-alive connection (a new one after the
-//!   server closes it), run in a cgroup; reports statuses, bodies and errors.
+//!   server closes it), run in a cgroup, to completion or in the background (paced, bounded
+//!   in time, stopped by a file); reports statuses, bodies, errors and each request's time.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -66,14 +68,23 @@ sys.stdin.read()
 "#;
 
 const CLIENT_PY: &str = r#"
-import http.client, json, sys
+import http.client, json, os, sys, time
 host, port = sys.argv[1].rsplit(":", 1)
 count, method, path = int(sys.argv[2]), sys.argv[3], sys.argv[4]
 headers = json.loads(sys.argv[5])
 timeout = float(sys.argv[6])
-codes, bodies, errors, conns = {}, {}, [], 0
+interval, max_seconds, until_file = float(sys.argv[7]), float(sys.argv[8]), sys.argv[9]
+codes, bodies, errors, conns, timings = {}, {}, [], 0, []
 conn = None
+start = time.monotonic()
 for i in range(count):
+    if until_file and os.path.exists(until_file):
+        break
+    if time.monotonic() - start > max_seconds:
+        break
+    if i and interval:
+        time.sleep(interval)
+    t0 = time.monotonic()
     try:
         if conn is None:
             conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
@@ -84,14 +95,17 @@ for i in range(count):
         data = r.read().decode(errors="replace")
         codes[str(r.status)] = codes.get(str(r.status), 0) + 1
         bodies[data] = bodies.get(data, 0) + 1
+        timings.append([r.status, (time.monotonic() - t0) * 1000.0])
         if r.will_close:
             conn.close(); conn = None
     except Exception as e:
         errors.append(repr(e)[:200])
+        timings.append([0, (time.monotonic() - t0) * 1000.0])
         if conn is not None:
             conn.close()
         conn = None
-print(json.dumps({"codes": codes, "bodies": bodies, "errors": errors, "connections": conns}))
+print(json.dumps({"codes": codes, "bodies": bodies, "errors": errors, "connections": conns,
+                  "timings": timings}))
 "#;
 
 /// Python HTTP backends (module docs). Stopped on drop.
@@ -164,6 +178,9 @@ pub struct HttpReport {
     pub errors: Vec<String>,
     /// Connections opened.
     pub connections: u64,
+    /// Each request in order: (status, or 0 for no response; milliseconds from sending it,
+    /// connect included, to the end of the response body or the error).
+    pub timings: Vec<(u16, f64)>,
 }
 
 impl HttpReport {
@@ -181,6 +198,12 @@ pub struct HttpClient {
     pub headers: BTreeMap<String, String>,
     /// Per-request socket timeout.
     pub timeout: Duration,
+    /// Pause between requests.
+    pub interval: Duration,
+    /// Hard bound on the run, whatever `count` says.
+    pub max_time: Duration,
+    /// Stop before the next request once this file exists.
+    pub until_file: Option<PathBuf>,
 }
 
 impl HttpClient {
@@ -192,7 +215,34 @@ impl HttpClient {
             path: "/".into(),
             headers: BTreeMap::new(),
             timeout: Duration::from_secs(30),
+            interval: Duration::ZERO,
+            max_time: Duration::from_secs(600),
+            until_file: None,
         }
+    }
+
+    /// Each request's socket timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Pauses `interval` between requests.
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// Stops after `max` whatever `count` says.
+    pub fn max_time(mut self, max: Duration) -> Self {
+        self.max_time = max;
+        self
+    }
+
+    /// Stops before the next request once `path` exists.
+    pub fn until_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.until_file = Some(path.into());
+        self
     }
 
     pub fn method(mut self, method: &'static str) -> Self {
@@ -212,7 +262,17 @@ impl HttpClient {
 
     /// Runs the requests from inside `cgroup`.
     pub fn run(&self, cgroup: &Cgroup2) -> Result<HttpReport> {
-        let out = cgroup
+        self.spawn(cgroup)?.wait()
+    }
+
+    /// Starts the requests from inside `cgroup` in the background.
+    pub fn spawn(&self, cgroup: &Cgroup2) -> Result<RunningHttpClient> {
+        let until_file = self
+            .until_file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let child = cgroup
             .command("python3")
             .arg("-c")
             .arg(CLIENT_PY)
@@ -222,8 +282,27 @@ impl HttpClient {
             .arg(&self.path)
             .arg(serde_json::to_string(&self.headers)?)
             .arg(self.timeout.as_secs_f64().to_string())
-            .output()
+            .arg(self.interval.as_secs_f64().to_string())
+            .arg(self.max_time.as_secs_f64().to_string())
+            .arg(until_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .context("running the python http client")?;
+        Ok(RunningHttpClient { child: Some(child) })
+    }
+}
+
+/// A client started with [`HttpClient::spawn`]; killed by pid if dropped unwaited.
+pub struct RunningHttpClient {
+    child: Option<Child>,
+}
+
+impl RunningHttpClient {
+    /// Waits for the client to finish and parses its report.
+    pub fn wait(mut self) -> Result<HttpReport> {
+        let out = self.child.take().expect("waited once").wait_with_output()?;
         if !out.status.success() {
             bail!(
                 "python http client failed: {}",
@@ -232,5 +311,14 @@ impl HttpClient {
         }
         serde_json::from_slice(&out.stdout)
             .with_context(|| format!("client output: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+}
+
+impl Drop for RunningHttpClient {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }

@@ -78,6 +78,8 @@
 //! | `upgrade.rs` | an old layout's pins are not adopted; new set attached beside it, old retired, no failed connect | 18760-18769 | 127.100.76.1 |
 //! | `enrollment.rs` | `enrollment: workloads`: only workload cgroups routed, others dial the VIP itself; `all` live | 18770-18771 | 127.100.77.1 |
 //! | `series_lifecycle.rs` | 1,000 backend replacements (100 edits of 10, `drain_grace: 1s`), each new address routed to: replaced backends' series removed, `/metrics` ends with as many backend series as after the first; `--max-series 3` over 6 backends folds into `other`, counted | 18980-18983; backends 127.0.10.1-127.0.15.10, 127.0.16.1-6 | 127.100.98.1-2 |
+//! | `l7_slo_prometheus.rs` | one of two http backends answers 500: the proxy's `sockmesh_requests_total` per code and the agent's `request_success` SLO counters = the client's own counts; a real Prometheus scraping agent and proxy records burn rate > 14.4, the page alert fires | 18950-18954 | 127.100.95.1 |
+//! | `l7_timeouts.rs` | a hung backend's tries move on after `per_try_timeout` (all 200, retries = its requests); all backends hung: 504 within `timeout` + 5 s | 18955-18959 | 127.100.96.10-11 |
 //! | `same_node.rs` | sk_msg redirect byte-exact both ways, close and reset; fallback to TCP once for an outside server | 18960-18963 | 127.100.96.1-2 |
 //! | **control plane, caller routes, locality** | | | |
 //! | `slowloris.rs` | 2,000 held half-requests against the agent's `/metrics` (cap 512: the longest-idle make room) and the control plane's API: scrapes, admin socket, routing and a ban keep working, a config change reaches the agent; descriptors bounded; every held connection closed by the server (evicted or header timeout) | 18970-18979 | 127.100.97.1-2 |

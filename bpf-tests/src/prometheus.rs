@@ -1,5 +1,6 @@
 //! A real Prometheus server (Debian's `prometheus` package: `/usr/bin/prometheus`) scraping
-//! one target every second, on 127.0.0.1 with its TSDB in a temp dir; killed by pid on drop.
+//! its targets (the agent, for the L7 tests the proxy too) every second, on 127.0.0.1 with
+//! its TSDB in a temp dir; killed by pid on drop.
 //! And `promtool check metrics`, the linter operators run on an exporter's output.
 
 use std::io::Write;
@@ -49,6 +50,12 @@ impl Prometheus {
     /// (`(file name, content)`, written into its temp dir; each must pass `promtool check
     /// rules` first, so the file Prometheus loads is one CI would accept).
     pub fn start_with_rules(target: SocketAddr, rules: &[(&str, &str)]) -> Result<Self> {
+        Self::start_scraping(&[target], rules)
+    }
+
+    /// Like [`Prometheus::start_with_rules`], scraping every one of `targets` (one job,
+    /// told apart by their `instance` label).
+    pub fn start_scraping(targets: &[SocketAddr], rules: &[(&str, &str)]) -> Result<Self> {
         require(PROMETHEUS_BIN);
         let dir = tempfile::Builder::new()
             .prefix(&format!("{}-", crate::resource_name("prometheus")))
@@ -73,6 +80,11 @@ impl Prometheus {
         } else {
             format!("rule_files:\n{rule_files}")
         };
+        let targets = targets
+            .iter()
+            .map(|t| format!("'{t}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let config = dir.path().join("prometheus.yml");
         std::fs::write(
             &config,
@@ -80,7 +92,7 @@ impl Prometheus {
                 "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
                  {rule_files}\
                  scrape_configs:\n  - job_name: sockmesh\n    static_configs:\n      \
-                 - targets: ['{target}']\n"
+                 - targets: [{targets}]\n"
             ),
         )?;
         let addr = free_local_port()?;
