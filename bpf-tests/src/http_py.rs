@@ -26,6 +26,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body are written separately: without TCP_NODELAY each kept-alive
+    # response waits on Nagle and the client's delayed ACK (about 40 ms).
+    disable_nagle_algorithm = True
     def log_message(self, *a):
         pass
     def handle_any(self):
