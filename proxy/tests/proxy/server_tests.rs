@@ -349,23 +349,37 @@ async fn an_idle_connection_is_closed_after_the_drain_grace() {
     );
 }
 
-/// HTTP/2: a drain sends GOAWAY and serves the stream in flight; the caller's client sees
-/// the connection end without an error.
+/// HTTP/2: a drain sends GOAWAY and serves the streams in flight on the connection; the
+/// caller's client sees them all answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_http2_stream_in_flight_finishes_during_a_drain() {
+async fn http2_streams_in_flight_finish_during_a_drain() {
     let backend = TestBackend::start(Mode::Delay(Duration::from_millis(500))).await;
     let config = ProxyConfig {
         drain_grace: Duration::from_secs(5),
         ..ProxyConfig::default()
     };
     let mut proxy = RunningProxy::start_with(http("{}"), &[spec(backend.addr, &[])], config).await;
-    let url = proxy.url("/slow");
-    let in_flight = tokio::spawn(async move { send(&h2_client(), get(&url)).await });
-    wait_for("the request at the backend", || backend.hits() == 1).await;
+    // One connection, ten streams in flight when the drain begins.
+    let client = h2_client();
+    send(&client, get(&proxy.url("/warm"))).await;
+    let in_flight: Vec<_> = (0..10)
+        .map(|_| {
+            let (client, url) = (client.clone(), proxy.url("/slow"));
+            tokio::spawn(async move { send(&client, get(&url)).await })
+        })
+        .collect();
+    wait_for("the requests at the backend", || backend.hits() == 11).await;
     let started = Instant::now();
     let drained = proxy.shut_down().await;
-    let (status, _, version) = in_flight.await.unwrap();
-    assert_eq!((status, version), (StatusCode::OK, Version::HTTP_2));
+    for request in in_flight {
+        let (status, _, version) = request.await.unwrap();
+        assert_eq!((status, version), (StatusCode::OK, Version::HTTP_2));
+    }
+    assert_eq!(
+        backend.connections(),
+        1,
+        "the proxy's h2c pool kept one connection"
+    );
     assert!(drained.complete);
     assert!(
         started.elapsed() < Duration::from_secs(5),
