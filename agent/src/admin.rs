@@ -1,9 +1,9 @@
 //! Admin API: the endpoints of [`Endpoint`] (shapes in docs/agent-interface.md), every one a
-//! GET but `POST /v1/fault`.
+//! GET but `POST /v1/fault` and `POST /v1/proxy/restart`.
 //!
 //! Served on a unix socket created with mode 0600 (only root or the owner can connect: no token
 //! to leak), and optionally on TCP, where every request must carry a bearer token: the read
-//! credential for `GET`s, the fault credential for `POST /v1/fault` as well ([`access`]).
+//! credential for `GET`s, the fault credential for the POSTs as well ([`access`]).
 
 use std::{os::unix::fs::PermissionsExt, path::Path, sync::Arc};
 
@@ -45,6 +45,8 @@ pub(crate) struct AdminState {
     /// permissions are the guard and every scope is granted.
     pub access: Option<AdminAccess>,
     pub metrics: AdminMetrics,
+    /// Hitless restarts of a spawned L7 proxy.
+    pub proxy: crate::l7::Restarter,
 }
 
 /// Binds the socket (replacing a stale one from a previous agent), private from the start.
@@ -221,6 +223,10 @@ fn handle<B>(
             StatusCode::METHOD_NOT_ALLOWED,
             &json!({"error": "fault drills are POST /v1/fault"}),
         ),
+        Endpoint::ProxyRestart => json_reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({"error": "a proxy restart is POST /v1/proxy/restart"}),
+        ),
     }
 }
 
@@ -231,11 +237,15 @@ where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    if !Endpoint::from_path(req.uri().path()).is_some_and(Endpoint::is_post) {
-        return json_reply(
-            StatusCode::NOT_FOUND,
-            &json!({"error": "POST goes to /v1/fault"}),
-        );
+    match Endpoint::from_path(req.uri().path()) {
+        Some(Endpoint::Fault) => {}
+        Some(Endpoint::ProxyRestart) => return restart_proxy(state).await,
+        _ => {
+            return json_reply(
+                StatusCode::NOT_FOUND,
+                &json!({"error": "POST goes to /v1/fault or /v1/proxy/restart"}),
+            )
+        }
     }
     let body = match sockmesh_serve::read_body(
         req.into_body(),
@@ -292,6 +302,27 @@ where
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({"error": "engine stopped"}),
         ),
+    }
+}
+
+/// `POST /v1/proxy/restart` (no body): start a successor to the spawned L7 proxy, and
+/// drain the old one once the successor serves; 200 `{"old_pid","new_pid"}`.
+async fn restart_proxy(state: &AdminState) -> Response<Full<Bytes>> {
+    use crate::l7::RestartError;
+    match state.proxy.restart().await {
+        Ok(done) => json_reply(
+            StatusCode::OK,
+            &serde_json::to_value(done).unwrap_or_default(),
+        ),
+        Err(e) => {
+            let code = match e {
+                RestartError::NotSpawned | RestartError::NotRunning => StatusCode::CONFLICT,
+                RestartError::Successor(_) | RestartError::Stopping => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            };
+            json_reply(code, &json!({"error": e.to_string()}))
+        }
     }
 }
 

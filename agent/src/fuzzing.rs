@@ -85,6 +85,7 @@ impl AdminHarness {
             engine,
             access: None,
             metrics,
+            proxy: crate::l7::Restarter::none(),
         };
         let tcp = AdminState {
             access: Some(admin::AdminAccess {

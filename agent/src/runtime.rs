@@ -174,6 +174,7 @@ pub(crate) async fn run(mut opts: RunOptions) -> Result<()> {
         engine: engine.clone(),
         access: None,
         metrics: admin_metrics,
+        proxy: l7.restarter(),
     };
     tokio::spawn(admin::serve(
         admin::bind_unix(&opts.admin_socket)?,

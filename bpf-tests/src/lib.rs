@@ -45,6 +45,7 @@
 //! | `ipv6.rs` | `fd00::100` in a netns of its own | 80-81, 8081 in the netns | `fd00::100` in the netns |
 //! | `least_conn.rs` | busy backend avoided, 1:3 split at equal load (v4, v6), two choices over 20 backends, unknown policy code refused and counted | 18230-18239; 80-81, 8081 in its netns | 127.100.14.x; `fd00::` VIPs in its netns |
 //! | `l7_redirect.rs` | http VIPs (IPv4, v4-mapped, `::1`) land on the test's own proxy listener (`SM_PROXY`); origins read with `sockmesh_proxy::origin` (VIP, service id, caller), gone at close; getpeername = VIP; tcp service beside them direct; no listener: refused at once | 18260-18266, the listener's ephemeral port | 127.100.17.1-2, `[::1]:18265` |
+//! | `l7_restart.rs` | 3 proxy restarts (`POST /v1/proxy/restart`) under load: 4 python HTTP/1.1 keep-alive clients x 2,000 requests and curl h2c runs (one stream each: this curl fails h2c connection reuse), all 200, no error; 3 pid changes, 4 starts | 18984-18987; backends 127.0.0.2-5 | 127.100.97.10-11 |
 //! | `identity.rs` | `allowed_callers` selectors (namespace, service account, labels): admitted callers connect, the rest `denied` at connect; routes match the same identity labels | 18240-18243 | 127.100.15.1-2 |
 //! | **kernel signals** | | | |
 //! | `signals_connect.rs` | ok counts exact, handshake count, caller = workload or `unknown`, CLI | 18300-18301 | 127.100.30.1 |
@@ -266,5 +267,5 @@ pub mod control_bed;
 pub mod control_server;
 
 // Held connections against HTTP endpoints; used by tests/slowloris.rs (ports 18970-18979,
-// VIPs 127.100.97.x).
+// VIPs 127.100.97.1-2; tests/l7_restart.rs has 18984-18987 and 127.100.97.10-11).
 pub mod slowloris;

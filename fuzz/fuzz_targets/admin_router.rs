@@ -124,6 +124,10 @@ fuzz_target!(|input: &[u8]| {
     let query = req.query.as_deref().unwrap_or("");
     match req.method {
         Method::POST if !is_post(&req.path) => assert_eq!(status, StatusCode::NOT_FOUND),
+        // The harness runs no spawned proxy: a restart is refused with the reason.
+        Method::POST if req.path == "/v1/proxy/restart" => {
+            assert_eq!(status, StatusCode::CONFLICT)
+        }
         Method::POST if req.body.len() > MAX_POST_BYTES => {
             assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE)
         }

@@ -102,8 +102,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         origins,
         &mut registry,
     );
-    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr)
-        .await
+    let metrics_listener = bind_metrics(args.metrics_addr)
         .with_context(|| format!("binding metrics on {}", args.metrics_addr))?;
     let server = Server::new(
         Endpoint::Metrics,
@@ -124,4 +123,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `/metrics` with `SO_REUSEPORT`: a successor the agent starts before it drains this proxy
+/// (a hitless restart) binds the same address; during the overlap a scrape reaches either.
+fn bind_metrics(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }

@@ -10,21 +10,28 @@
 //! (CVE-2023-44487: a bounded number of pending-accept and locally reset streams) stays on
 //! at its defaults; connections beyond `max_connections` wait in the kernel's backlog.
 //!
-//! Shutdown ([`Proxy::serve`]'s `shutdown` future): stop accepting, tell every connection
-//! to finish (HTTP/1.1: after the request in flight; HTTP/2: GOAWAY), and wait for them up
-//! to `drain_timeout`.
+//! Shutdown ([`Proxy::serve`]'s `shutdown` future): stop accepting (the listener is the
+//! agent's, so connects queue for the next proxy), tell every connection to finish, and
+//! wait for them up to `drain_timeout`. HTTP/2: GOAWAY at once, hyper's (h2's) two-step one
+//! (last stream id 2^31-1, a PING, then the real last id), so streams the caller started
+//! before it saw the GOAWAY are still served. HTTP/1.1: closing a kept-alive connection
+//! that looks idle races the caller's next request (it would read an EOF or a reset, and a
+//! non-idempotent request cannot be retried blindly), so for `drain_grace` the connection
+//! keeps taking requests, each answered with `Connection: close` (the caller reconnects,
+//! to the next proxy, after its response); one still idle at the end of the grace is
+//! closed (hyper's graceful close: after a request in flight).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use http::{header, HeaderValue, Version};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::body::MAX_BUFFERED_BODY;
 use crate::forward::Forwarder;
@@ -46,6 +53,9 @@ pub struct ProxyConfig {
     pub max_connections: usize,
     /// How long shutdown waits for requests in flight.
     pub drain_timeout: Duration,
+    /// On shutdown, how long an HTTP/1.1 connection keeps taking requests (each answered
+    /// with `Connection: close`) before it is closed (module docs).
+    pub drain_grace: Duration,
     /// The most of a request body held so the request can be retried.
     pub max_buffered_body: usize,
 }
@@ -59,6 +69,7 @@ impl Default for ProxyConfig {
             max_concurrent_streams: 256,
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(30),
+            drain_grace: Duration::from_secs(1),
             max_buffered_body: MAX_BUFFERED_BODY,
         }
     }
@@ -137,7 +148,11 @@ impl Proxy {
     ) -> Result<Drained, ProxyError> {
         let local = listener.local_addr().map_err(ProxyError::LocalAddr)?;
         let builder = Arc::new(self.http_builder());
-        let graceful = GracefulShutdown::new();
+        // `true` once the shutdown began; every connection watches it.
+        let (draining_tx, draining) = watch::channel(false);
+        // Each connection's task holds a sender: the channel closes when the last one ends.
+        let (live, mut all_ended) = mpsc::channel::<()>(1);
+        let grace = self.config.drain_grace.min(self.config.drain_timeout);
         let slots = Arc::new(Semaphore::new(self.config.max_connections));
         tokio::pin!(shutdown);
         loop {
@@ -162,33 +177,81 @@ impl Proxy {
             };
             let forwarder = self.forwarder.clone();
             let resolve = self.resolve.clone();
-            let handler = service_fn(move |request| {
+            let saw_http2 = Arc::new(AtomicBool::new(false));
+            let http2 = saw_http2.clone();
+            let closing = draining.clone();
+            let handler = service_fn(move |request: http::Request<hyper::body::Incoming>| {
                 let forwarder = forwarder.clone();
                 // A kept-alive connection outlives snapshots: each request takes the
                 // service's newest version (its backends, their eligibility, its routes).
                 let service = resolve.current(&service).unwrap_or_else(|| service.clone());
                 let caller = caller.clone();
-                async move { forwarder.handle(service, caller, peer, request).await }
+                let http1 = request.version() < Version::HTTP_2;
+                if !http1 {
+                    http2.store(true, Ordering::Relaxed);
+                }
+                let closing = closing.clone();
+                async move {
+                    let mut response = forwarder.handle(service, caller, peer, request).await?;
+                    // Read when the response is ready: a request that was in flight when
+                    // the drain began closes its connection too.
+                    if http1 && *closing.borrow() {
+                        response
+                            .headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    Ok::<_, std::convert::Infallible>(response)
+                }
             });
             let builder = builder.clone();
-            let watcher = graceful.watcher();
+            let mut draining = draining.clone();
+            let live = live.clone();
             let stats = self.stats.clone();
             let first_bytes = self.config.header_read_timeout;
             tokio::spawn(async move {
                 let _slot = slot;
-                if !first_byte(&stream, first_bytes).await {
+                let _live = live;
+                // A connection still silent `grace` into a drain is not waited for.
+                let silent_in_drain = async {
+                    wait_draining(&mut draining).await;
+                    tokio::time::sleep(grace).await;
+                };
+                let spoke = tokio::select! {
+                    spoke = first_byte(&stream, first_bytes) => spoke,
+                    () = silent_in_drain => false,
+                };
+                if !spoke {
                     stats.silent.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
                 stats.served.fetch_add(1, Ordering::Relaxed);
                 let connection = builder.serve_connection(TokioIo::new(stream), handler);
-                if watcher.watch(connection).await.is_err() {
+                tokio::pin!(connection);
+                let ended = tokio::select! {
+                    ended = connection.as_mut() => ended,
+                    () = wait_draining(&mut draining) => {
+                        let mut within_grace = None;
+                        if !saw_http2.load(Ordering::Relaxed) {
+                            within_grace = tokio::time::timeout(grace, connection.as_mut()).await.ok();
+                        }
+                        match within_grace {
+                            Some(ended) => ended,
+                            None => {
+                                connection.as_mut().graceful_shutdown();
+                                connection.await
+                            }
+                        }
+                    }
+                };
+                if ended.is_err() {
                     stats.errors.fetch_add(1, Ordering::Relaxed);
                 }
             });
         }
         drop(listener);
-        let complete = tokio::time::timeout(self.config.drain_timeout, graceful.shutdown())
+        draining_tx.send_replace(true);
+        drop(live);
+        let complete = tokio::time::timeout(self.config.drain_timeout, all_ended.recv())
             .await
             .is_ok();
         Ok(Drained { complete })
@@ -209,6 +272,13 @@ impl Proxy {
             .max_header_list_size(u32::try_from(c.max_header_bytes).unwrap_or(u32::MAX));
         builder
     }
+}
+
+/// Returns once the drain began. The guard `wait_for` returns is not `Send`; this drops it
+/// at once.
+async fn wait_draining(draining: &mut watch::Receiver<bool>) {
+    // A dropped sender means the server is gone: as good as draining.
+    let _ = draining.wait_for(|d| *d).await;
 }
 
 /// Waits for the connection's first byte (or its close) up to `within`: the HTTP/1.1 head

@@ -18,10 +18,11 @@ pub(crate) enum Endpoint {
     Top,
     Diagnose,
     Fault,
+    ProxyRestart,
 }
 
 impl Endpoint {
-    pub(crate) const ALL: [Endpoint; 13] = [
+    pub(crate) const ALL: [Endpoint; 14] = [
         Endpoint::Ready,
         Endpoint::Status,
         Endpoint::Services,
@@ -35,6 +36,7 @@ impl Endpoint {
         Endpoint::Top,
         Endpoint::Diagnose,
         Endpoint::Fault,
+        Endpoint::ProxyRestart,
     ];
 
     pub(crate) const fn path(self) -> &'static str {
@@ -52,12 +54,14 @@ impl Endpoint {
             Endpoint::Top => "/v1/top",
             Endpoint::Diagnose => "/v1/diagnose",
             Endpoint::Fault => "/v1/fault",
+            Endpoint::ProxyRestart => "/v1/proxy/restart",
         }
     }
 
-    /// The one endpoint that changes the agent is a POST; every other one is a GET.
+    /// The endpoints that change the agent are POSTs (and need the fault credential on
+    /// TCP); every other one is a GET.
     pub(crate) const fn is_post(self) -> bool {
-        matches!(self, Endpoint::Fault)
+        matches!(self, Endpoint::Fault | Endpoint::ProxyRestart)
     }
 
     /// Answered from the health engine's views, which the engine task builds on request.

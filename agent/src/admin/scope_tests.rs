@@ -136,3 +136,25 @@ async fn without_a_fault_credential_tcp_cannot_inject_faults_and_the_socket_can(
         "the unix socket has every scope"
     );
 }
+
+/// A proxy restart is a write: the read credential gets 403, the fault credential reaches
+/// the restarter (which, with no spawned proxy, answers 409 with the reason).
+#[tokio::test]
+async fn a_proxy_restart_needs_the_fault_credential() {
+    let harness = AdminHarness::with_tokens(READ, Some(FAULT)).await;
+    let state = harness.tcp_state();
+    let addr = serve(state.clone()).await;
+    let (status, body) = call(addr, "POST", "/v1/proxy/restart", Some(READ), "").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some(FAULT_SCOPE_NEEDED))
+    );
+    let (status, body) = call(addr, "POST", "/v1/proxy/restart", Some(FAULT), "").await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("--proxy external"),
+        "{body}"
+    );
+    let (status, _) = call(addr, "GET", "/v1/proxy/restart", Some(FAULT), "").await;
+    assert_eq!(status, 405);
+}

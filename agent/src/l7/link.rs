@@ -1,13 +1,15 @@
 //! The agent's end of the proxy link (`sockmesh_proxy::link`): a unix socket, mode 0600,
 //! any number of proxies at once (an old one draining while its successor serves). Each
 //! proxy says hello, gets the listeners, then the targets (again on every change); its
-//! reports go to the agent's report channel.
+//! reports go to the agent's report channel. Links are known by the pid in the proxy's
+//! hello ([`Links`]), so one proxy can be told to drain while its successor serves.
 
+use std::collections::{BTreeSet, HashMap};
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -16,7 +18,7 @@ use sockmesh_proxy::link::{
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tracing::{error, info, warn};
 
 use super::L7Metrics;
@@ -26,9 +28,72 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Links open at once; more wait in the socket's backlog (a restart needs two).
 const MAX_LINKS: usize = 8;
 
+/// The proxies linked now, by the pid of their hello: which have their targets, and a
+/// drain for each one alone (the agent's `stop` drains them all).
+pub(super) struct Links {
+    drains: Mutex<HashMap<u32, (u64, Arc<Notify>)>>,
+    /// Pids linked and sent the targets (serving, or about to).
+    serving: watch::Sender<BTreeSet<u32>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Links {
+    fn default() -> Self {
+        Self {
+            drains: Mutex::default(),
+            serving: watch::channel(BTreeSet::new()).0,
+            next_id: Default::default(),
+        }
+    }
+}
+
+impl Links {
+    /// A new link from `pid`: its id (a proxy's reconnect may overlap its old link's end)
+    /// and its drain.
+    fn linked(&self, pid: u32) -> (u64, Arc<Notify>) {
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let drain = Arc::new(Notify::new());
+        let mut drains = self.drains.lock().expect("links lock");
+        drains.insert(pid, (id, drain.clone()));
+        (id, drain)
+    }
+
+    fn has_targets(&self, pid: u32) {
+        self.serving.send_if_modified(|s| s.insert(pid));
+    }
+
+    fn gone(&self, pid: u32, id: u64) {
+        let mut drains = self.drains.lock().expect("links lock");
+        if drains.get(&pid).is_some_and(|(i, _)| *i == id) {
+            drains.remove(&pid);
+            self.serving.send_if_modified(|s| s.remove(&pid));
+        }
+    }
+
+    /// Tells the proxy `pid` to drain; false if it has no link.
+    pub(super) fn drain(&self, pid: u32) -> bool {
+        let drains = self.drains.lock().expect("links lock");
+        let Some((_, drain)) = drains.get(&pid) else {
+            return false;
+        };
+        // Stored if the link is busy writing a frame: it drains right after.
+        drain.notify_one();
+        true
+    }
+
+    /// Waits until the proxy `pid` is linked and has its targets.
+    pub(super) async fn serving(&self, pid: u32) {
+        let mut serving = self.serving.subscribe();
+        let _ = serving.wait_for(|s| s.contains(&pid)).await;
+    }
+}
+
 /// Serves the link on `socket` until `stop` is set and every proxy has gone.
 pub(super) async fn serve(
     socket: &Path,
+    links: Arc<Links>,
     listeners: Vec<TcpListener>,
     frames: watch::Receiver<Arc<Vec<u8>>>,
     stop: watch::Receiver<bool>,
@@ -70,9 +135,10 @@ pub(super) async fn serve(
             metrics.clone(),
         );
         let held = listeners.clone();
+        let links = links.clone();
         tokio::spawn(async move {
             metrics.connected.inc();
-            if let Err(e) = one(stream, &fds, frames, stop, reports, &metrics).await {
+            if let Err(e) = one(stream, &fds, &links, frames, stop, reports, &metrics).await {
                 metrics.link_errors.inc();
                 warn!(error = %format!("{e:#}"), "proxy link ended");
             }
@@ -98,8 +164,9 @@ fn bind(socket: &Path) -> Result<UnixListener> {
 async fn one(
     mut stream: UnixStream,
     fds: &[RawFd],
-    mut frames: watch::Receiver<Arc<Vec<u8>>>,
-    mut stop: watch::Receiver<bool>,
+    links: &Links,
+    frames: watch::Receiver<Arc<Vec<u8>>>,
+    stop: watch::Receiver<bool>,
     reports: mpsc::Sender<ProxyReport>,
     metrics: &L7Metrics,
 ) -> Result<()> {
@@ -122,6 +189,24 @@ async fn one(
         }
     }
     info!(pid, "proxy connected");
+    let (id, drain) = links.linked(pid);
+    let ended = linked(stream, pid, links, &drain, frames, stop, reports, metrics).await;
+    links.gone(pid, id);
+    ended
+}
+
+/// A linked proxy's life: targets out, reports in, until it leaves or is told to drain.
+#[allow(clippy::too_many_arguments)]
+async fn linked(
+    stream: UnixStream,
+    pid: u32,
+    links: &Links,
+    drain: &Notify,
+    mut frames: watch::Receiver<Arc<Vec<u8>>>,
+    mut stop: watch::Receiver<bool>,
+    reports: mpsc::Sender<ProxyReport>,
+    metrics: &L7Metrics,
+) -> Result<()> {
     let (mut rd, mut wr) = stream.into_split();
     // Frames are read by a task of their own: a read cut off by select! would lose bytes.
     let dropped = metrics.reports_dropped.clone();
@@ -141,6 +226,7 @@ async fn one(
     let first = frames.borrow_and_update().clone();
     if !first.is_empty() {
         wr.write_all(&first).await?;
+        links.has_targets(pid);
     }
     loop {
         tokio::select! {
@@ -154,6 +240,13 @@ async fn one(
                 }
                 let frame = frames.borrow_and_update().clone();
                 wr.write_all(&frame).await?;
+                links.has_targets(pid);
+            }
+            () = drain.notified() => {
+                info!(pid, "telling the proxy to drain (its successor serves)");
+                write_frame(&mut wr, &ToProxy::Drain).await?;
+                let _ = tokio::time::timeout(super::DRAIN_WAIT, &mut reader).await;
+                return Ok(());
             }
             _ = super::stopped(&mut stop) => {
                 write_frame(&mut wr, &ToProxy::Drain).await?;

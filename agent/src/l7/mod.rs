@@ -14,6 +14,8 @@ mod listen;
 mod supervise;
 pub(crate) mod targets;
 
+pub(crate) use supervise::{RestartError, Restarter};
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -132,6 +134,10 @@ pub(crate) struct L7 {
     generation: u64,
     started: bool,
     supervisor: Option<tokio::task::JoinHandle<()>>,
+    links: Arc<link::Links>,
+    restarter: Restarter,
+    /// The supervisor's end of `restarter`, until it starts.
+    restarts: Option<supervise::Restarts>,
 }
 
 impl L7 {
@@ -141,6 +147,13 @@ impl L7 {
         registry: &mut Registry,
         reports: mpsc::Sender<ProxyReport>,
     ) -> Self {
+        let (restarter, restarts) = match opts.mode {
+            ProxyMode::Spawn => {
+                let (restarter, restarts) = supervise::restarts();
+                (restarter, Some(restarts))
+            }
+            _ => (Restarter::none(), None),
+        };
         Self {
             opts,
             metrics: L7Metrics::new(registry),
@@ -150,7 +163,15 @@ impl L7 {
             generation: 0,
             started: false,
             supervisor: None,
+            links: Arc::default(),
+            restarter,
+            restarts,
         }
+    }
+
+    /// Asks for a hitless restart of a spawned proxy (the admin API).
+    pub(crate) fn restarter(&self) -> Restarter {
+        self.restarter.clone()
     }
 
     /// `Err` naming the first http service when this agent cannot serve it.
@@ -190,6 +211,7 @@ impl L7 {
         let reports = self.reports.clone();
         let metrics = self.metrics.clone();
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+        let links = self.links.clone();
         // Binding retries until the port is free (a proxy of the previous agent may
         // still be draining on it).
         tokio::spawn(async move {
@@ -199,16 +221,26 @@ impl L7 {
                 error!(error = %format!("{e:#}"), "cannot tell the kernel where the proxy listens; http services' connects are refused");
             }
             let _ = bound_tx.send(());
-            link::serve(&opts.socket, listeners, frames, stop, reports, metrics).await;
+            link::serve(
+                &opts.socket,
+                links,
+                listeners,
+                frames,
+                stop,
+                reports,
+                metrics,
+            )
+            .await;
         });
-        if self.opts.mode == ProxyMode::Spawn {
+        if let Some(restarts) = self.restarts.take() {
             let opts = self.opts.clone();
             let stop = self.stop.subscribe();
             let metrics = self.metrics.clone();
+            let links = self.links.clone();
             self.supervisor = Some(tokio::spawn(async move {
                 // The link must be listening before the proxy tries it.
                 if bound_rx.await.is_ok() {
-                    supervise::run(&opts, stop, metrics.starts).await;
+                    supervise::run(&opts, &links, restarts, stop, metrics.starts).await;
                 }
             }));
         }

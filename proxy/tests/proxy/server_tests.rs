@@ -256,3 +256,134 @@ async fn cancelled_http2_streams_leave_nothing_behind() {
         hung.hits()
     );
 }
+
+/// An HTTP/1.1 connection on its own (hyper's client connection, no pool): what a
+/// kept-alive caller does between its requests is up to the test.
+async fn h1_connection(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    JoinHandle<hyper::Result<()>>,
+) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    (sender, tokio::spawn(connection))
+}
+
+/// A request sent on an idle kept-alive HTTP/1.1 connection just after the drain began is
+/// answered (200, `Connection: close`), not met with an EOF or a reset; the connection
+/// then ends cleanly, and so does the drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_an_idle_connection_during_a_drain_is_answered_with_close() {
+    let backend = TestBackend::start(Mode::Status(200)).await;
+    let config = ProxyConfig {
+        drain_grace: Duration::from_secs(3),
+        ..ProxyConfig::default()
+    };
+    let mut proxy = RunningProxy::start_with(http("{}"), &[spec(backend.addr, &[])], config).await;
+    let (mut sender, connection) = h1_connection(proxy.addr).await;
+    let first = sender.send_request(get(&proxy.url("/one"))).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert!(first.headers().get("connection").is_none(), "kept alive");
+    first.into_body().collect().await.unwrap();
+
+    let drained = proxy.shut_down();
+    // The drain is under way (the listener is closed) while the connection sits idle.
+    wait_for_async("the listener closed", || async {
+        TcpStream::connect(proxy.addr).await.is_err()
+    })
+    .await;
+    let started = Instant::now();
+    sender.ready().await.expect("the connection is still open");
+    let second = sender.send_request(get(&proxy.url("/two"))).await;
+    let second = second.expect("the request is answered, not reset");
+    assert_eq!(second.status(), StatusCode::OK);
+    assert_eq!(
+        second.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..]),
+        "the answer tells the caller to reconnect"
+    );
+    second.into_body().collect().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), connection)
+        .await
+        .expect("the proxy closes the connection after the answer")
+        .unwrap()
+        .expect("a clean close");
+    assert!(drained.await.complete);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "closed after the answer, not at the end of the grace: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(backend.hits(), 2);
+}
+
+/// A kept-alive connection that sends nothing during the drain is closed at the end of the
+/// grace (not at once, not at the drain timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_after_the_drain_grace() {
+    let backend = TestBackend::start(Mode::Status(200)).await;
+    let config = ProxyConfig {
+        drain_grace: Duration::from_millis(500),
+        ..ProxyConfig::default()
+    };
+    let mut proxy = RunningProxy::start_with(http("{}"), &[spec(backend.addr, &[])], config).await;
+    let (mut sender, connection) = h1_connection(proxy.addr).await;
+    let first = sender.send_request(get(&proxy.url("/one"))).await.unwrap();
+    first.into_body().collect().await.unwrap();
+
+    let started = Instant::now();
+    let drained = proxy.shut_down().await;
+    assert!(drained.complete);
+    tokio::time::timeout(Duration::from_secs(10), connection)
+        .await
+        .expect("closed by the proxy")
+        .unwrap()
+        .expect("a clean close");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(10),
+        "closed after the grace: {took:?}"
+    );
+}
+
+/// HTTP/2: a drain sends GOAWAY and serves the streams in flight on the connection; the
+/// caller's client sees them all answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_in_flight_finish_during_a_drain() {
+    let backend = TestBackend::start(Mode::Delay(Duration::from_millis(500))).await;
+    let config = ProxyConfig {
+        drain_grace: Duration::from_secs(5),
+        ..ProxyConfig::default()
+    };
+    let mut proxy = RunningProxy::start_with(http("{}"), &[spec(backend.addr, &[])], config).await;
+    // One connection, ten streams in flight when the drain begins.
+    let client = h2_client();
+    send(&client, get(&proxy.url("/warm"))).await;
+    let in_flight: Vec<_> = (0..10)
+        .map(|_| {
+            let (client, url) = (client.clone(), proxy.url("/slow"));
+            tokio::spawn(async move { send(&client, get(&url)).await })
+        })
+        .collect();
+    wait_for("the requests at the backend", || backend.hits() == 11).await;
+    let started = Instant::now();
+    let drained = proxy.shut_down().await;
+    for request in in_flight {
+        let (status, _, version) = request.await.unwrap();
+        assert_eq!((status, version), (StatusCode::OK, Version::HTTP_2));
+    }
+    assert_eq!(
+        backend.connections(),
+        1,
+        "the proxy's h2c pool kept one connection"
+    );
+    assert!(drained.complete);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "GOAWAY at once, no HTTP/1.1 grace: {:?}",
+        started.elapsed()
+    );
+}

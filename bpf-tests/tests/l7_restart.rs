@@ -1,0 +1,326 @@
+//! Proxy restarts under load in the real kernel (issue 19): the agent (`--proxy spawn`)
+//! serves an HTTP/1.1 service on two python `ok` backends and an HTTP/2 (h2c) service on
+//! two hyper backends; while workload clients keep requests going over kept-alive
+//! connections (4 python `http.client` processes) and curl runs over h2c
+//! (`--http2-prior-knowledge`), the test restarts the proxy 3 times through the admin API (`POST /v1/proxy/restart`: the successor starts, links, then the old one
+//! drains). Every request must get a 200: no reset, no EOF, no error; the proxy's pid
+//! changes 3 times and the agent counts 4 starts.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sockmesh_bpf_tests::http_py::{HttpBackends, HttpClient, HttpReport};
+use sockmesh_bpf_tests::{sum_metric, wait_workloads, Cgroup2, TestBed};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const H1_CLIENTS: usize = 4;
+const H1_REQUESTS: usize = 2000;
+const RESTARTS: usize = 3;
+/// curl runs, one h2c request each, until the restarts are done. One each: this curl
+/// (7.88.1) fails every request after the first on a reused prior-knowledge connection
+/// ("Error in the HTTP2 framing layer"), against a plain hyper server too, with or without
+/// `--parallel`; many streams on one connection through a drain are shown natively
+/// (proxy/tests/proxy/server_tests.rs).
+const H2_STREAMS: usize = 1;
+const H2_MAX_RUNS: usize = 5000;
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// h2c (and HTTP/1.1) backends in this process: 200, the body naming the backend.
+fn start_h2_backends(addrs: &[SocketAddr]) -> Arc<AtomicU64> {
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let hits = Arc::new(AtomicU64::new(0));
+    let listeners: Vec<_> = addrs
+        .iter()
+        .map(|a| {
+            let l = std::net::TcpListener::bind(a).unwrap();
+            l.set_nonblocking(true).unwrap();
+            l
+        })
+        .collect();
+    let counted = hits.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            for listener in listeners {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let name = bytes::Bytes::from(listener.local_addr().unwrap().to_string());
+                let hits = counted.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        let (name, hits) = (name.clone(), hits.clone());
+                        tokio::spawn(async move {
+                            let handler = service_fn(move |_req| {
+                                hits.fetch_add(1, Ordering::Relaxed);
+                                let body = http_body_util::Full::new(name.clone());
+                                async move {
+                                    Ok::<_, std::convert::Infallible>(hyper::Response::new(body))
+                                }
+                            });
+                            let _ =
+                                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                                    .serve_connection(TokioIo::new(stream), handler)
+                                    .await;
+                        });
+                    }
+                });
+            }
+            std::future::pending::<()>().await
+        });
+    });
+    hits
+}
+
+/// `POST path` (no body) on the admin socket; a restart waits for the successor to link.
+fn post_admin(socket: &Path, path: &str) -> (u16, serde_json::Value) {
+    let mut stream = UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: sockmesh-agent\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let status = raw[9..12].parse().unwrap();
+    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, serde_json::from_str(body).unwrap_or_default())
+}
+
+/// What the curl runs saw: responses per status, runs that exited non-zero.
+#[derive(Debug, Default)]
+struct CurlTally {
+    runs: usize,
+    codes: std::collections::BTreeMap<String, u64>,
+    failed_runs: Vec<String>,
+}
+
+/// One curl run: `H2_STREAMS` GETs on one h2c connection.
+fn curl_h2(web: &Cgroup2, vip: SocketAddr, tally: &mut CurlTally) {
+    let out = web
+        .command("curl")
+        .args([
+            "-sS",
+            "--http2-prior-knowledge",
+            "--max-time",
+            "30",
+            "-w",
+            "\\nCODE:%{http_code}:%{http_version}\\n",
+            &format!("http://{vip}/r[1-{H2_STREAMS}]"),
+        ])
+        .output()
+        .unwrap();
+    tally.runs += 1;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(code) = line.strip_prefix("CODE:") {
+            *tally.codes.entry(code.to_owned()).or_default() += 1;
+        }
+    }
+    if !out.status.success() {
+        tally.failed_runs.push(
+            String::from_utf8_lossy(&out.stderr)
+                .chars()
+                .take(300)
+                .collect(),
+        );
+    }
+}
+
+#[test]
+fn proxy_restarts_under_load_fail_no_request() {
+    let ok1 = addr("127.0.0.2:18986");
+    let ok2 = addr("127.0.0.3:18986");
+    let h2a = addr("127.0.0.4:18987");
+    let h2b = addr("127.0.0.5:18987");
+    let shop = addr("127.100.97.10:18984");
+    let stream = addr("127.100.97.11:18985");
+    let _http = HttpBackends::start(&[(ok1, "ok"), (ok2, "ok")]).unwrap();
+    let h2_hits = start_h2_backends(&[h2a, h2b]);
+
+    let mut bed = TestBed::new("l7-restart", "version: 1\nservices: []\n").unwrap();
+    let web = bed.cgroup().child("web").unwrap();
+    let yaml = format!(
+        r#"version: 1
+workloads:
+  - {{name: web, cgroup: {web_cg}}}
+services:
+  - name: shop
+    vip: {shop_ip}
+    port: {shop_port}
+    protocol: http
+    backends: [{{addr: "{ok1}"}}, {{addr: "{ok2}"}}]
+  - name: stream
+    vip: {stream_ip}
+    port: {stream_port}
+    protocol: http
+    backends: [{{addr: "{h2a}"}}, {{addr: "{h2b}"}}]
+"#,
+        web_cg = web.relative_path().unwrap(),
+        shop_ip = shop.ip(),
+        shop_port = shop.port(),
+        stream_ip = stream.ip(),
+        stream_port = stream.port(),
+    );
+    bed.write_config(&yaml).unwrap();
+    let metrics_port = free_port();
+    bed.start_agent_with([
+        "--proxy-listen".to_owned(),
+        "127.0.0.1:0".to_owned(),
+        "--proxy-metrics-addr".to_owned(),
+        format!("127.0.0.1:{metrics_port}"),
+    ])
+    .unwrap();
+    wait_workloads(bed.agent(), &["web"], TIMEOUT).unwrap();
+    bed.agent()
+        .wait_metrics("the proxy connected", TIMEOUT, |t| {
+            sum_metric(t, "sockmesh_proxy_connected", &[]) >= 1.0
+        })
+        .unwrap();
+    // The proxy serves once it has targets: one request each way proves it.
+    let warm = HttpClient::get(shop, 1).run(&web).unwrap();
+    assert_eq!(warm.code(200), 1, "{warm:?}");
+    let mut tally = CurlTally::default();
+    curl_h2(&web, stream, &mut tally);
+    assert_eq!(
+        tally.codes.get("200:2"),
+        Some(&(H2_STREAMS as u64)),
+        "{tally:?}"
+    );
+    let starts = |bed: &mut TestBed| {
+        sum_metric(
+            &bed.agent().metrics_text().unwrap(),
+            "sockmesh_proxy_starts_total",
+            &[],
+        )
+    };
+    assert_eq!(starts(&mut bed), 1.0);
+    let admin = bed.agent().options().admin_socket();
+
+    let restarts_done = AtomicBool::new(false);
+    let h1_finished = AtomicU64::new(0);
+    let began = Instant::now();
+    let (h1_reports, h2_tally, restarted, h1_busy_at_last_restart) = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..H1_CLIENTS)
+            .map(|_| {
+                let (web, h1_finished) = (&web, &h1_finished);
+                s.spawn(move || {
+                    let r = HttpClient::get(shop, H1_REQUESTS).run(web).unwrap();
+                    h1_finished.fetch_add(1, Ordering::SeqCst);
+                    r
+                })
+            })
+            .collect();
+        let (web, done) = (&web, &restarts_done);
+        let curl = s.spawn(move || {
+            let mut tally = CurlTally::default();
+            while !done.load(Ordering::SeqCst) && tally.runs < H2_MAX_RUNS {
+                curl_h2(web, stream, &mut tally);
+            }
+            // One more run after the last restart: the successor serves h2 too.
+            curl_h2(web, stream, &mut tally);
+            tally
+        });
+        let mut restarted = Vec::new();
+        let mut busy = true;
+        for _ in 0..RESTARTS {
+            std::thread::sleep(Duration::from_millis(1500));
+            let t = Instant::now();
+            let (status, body) = post_admin(&admin, "/v1/proxy/restart");
+            assert_eq!(status, 200, "{body}");
+            eprintln!(
+                "restart after {:?}: {body} in {:?}",
+                began.elapsed(),
+                t.elapsed()
+            );
+            restarted.push((
+                body["old_pid"].as_u64().unwrap(),
+                body["new_pid"].as_u64().unwrap(),
+            ));
+            busy = h1_finished.load(Ordering::SeqCst) < H1_CLIENTS as u64;
+        }
+        restarts_done.store(true, Ordering::SeqCst);
+        let reports: Vec<HttpReport> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+        (reports, curl.join().unwrap(), restarted, busy)
+    });
+    eprintln!(
+        "load done after {:?}; h2c backends got {} requests",
+        began.elapsed(),
+        h2_hits.load(Ordering::Relaxed)
+    );
+
+    for r in &h1_reports {
+        eprintln!(
+            "http/1.1 client: codes {:?}, {} connections, {} errors",
+            r.codes,
+            r.connections,
+            r.errors.len()
+        );
+    }
+    eprintln!("h2 curl: {h2_tally:?}");
+    for r in &h1_reports {
+        assert!(r.errors.is_empty(), "failed requests: {:?}", r.errors);
+        assert_eq!(r.code(200), H1_REQUESTS as u64, "{:?}", r.codes);
+    }
+    assert!(
+        h1_busy_at_last_restart,
+        "the HTTP/1.1 load ended before the last restart: make it longer"
+    );
+    assert!(
+        h2_tally.failed_runs.is_empty(),
+        "curl runs failed: {:?}",
+        h2_tally.failed_runs
+    );
+    assert_eq!(
+        h2_tally.codes.len(),
+        1,
+        "only 200s over HTTP/2: {:?}",
+        h2_tally.codes
+    );
+    assert_eq!(
+        h2_tally.codes.get("200:2"),
+        Some(&((h2_tally.runs * H2_STREAMS) as u64))
+    );
+    assert!(
+        h2_tally.runs >= 3,
+        "curl ran through the restarts: {h2_tally:?}"
+    );
+
+    // Each restart replaced the proxy the one before started: 3 pid changes.
+    for pair in restarted.windows(2) {
+        assert_eq!(pair[0].1, pair[1].0, "{restarted:?}");
+    }
+    let mut pids: Vec<u64> = restarted.iter().flat_map(|(o, n)| [*o, *n]).collect();
+    pids.dedup();
+    assert_eq!(pids.len(), RESTARTS + 1, "{restarted:?}");
+    assert_eq!(starts(&mut bed), (RESTARTS + 1) as f64);
+    bed.agent()
+        .wait_metrics("the replaced proxies gone", TIMEOUT, |t| {
+            sum_metric(t, "sockmesh_proxy_connected", &[]) == 1.0
+        })
+        .unwrap();
+}
