@@ -83,6 +83,9 @@ struct Pending {
 pub struct Feedback {
     metrics: RequestMetrics,
     pending: Mutex<Pending>,
+    /// Woken when a ban request is waiting: it goes to the agent at once, not at the next
+    /// report tick, because every request until the ban may meet the failing backend.
+    bans_waiting: tokio::sync::Notify,
 }
 
 impl Feedback {
@@ -91,6 +94,7 @@ impl Feedback {
         Self {
             metrics: RequestMetrics::new(registry),
             pending: Mutex::default(),
+            bans_waiting: tokio::sync::Notify::new(),
         }
     }
 
@@ -120,6 +124,11 @@ impl Feedback {
                 .is_some_and(|r| r.latency_thresholds_us.len() == t.within.len())
         });
         bans.retain(|ban| known.contains_key(&ban.service));
+    }
+
+    /// Completes when a ban request is waiting to be reported (module docs).
+    pub async fn ban_waiting(&self) {
+        self.bans_waiting.notified().await;
     }
 
     /// What piled up since the last call; `None` when there is nothing to say.
@@ -191,10 +200,17 @@ impl Observe for Feedback {
         let consecutive_5xx = rules.consecutive_5xx;
         let mut suggestions = p.consecutive.observe(report, consecutive_5xx);
         suggestions.extend(p.latency.observe(report));
+        let mut added = false;
         for s in suggestions {
             if !p.bans.contains(&s) {
                 p.bans.push(s);
+                added = true;
             }
+        }
+        drop(p);
+        if added {
+            // `notify_one` keeps a permit if the link is not waiting right now.
+            self.bans_waiting.notify_one();
         }
     }
 }

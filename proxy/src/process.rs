@@ -289,6 +289,13 @@ impl<O: Origins> ProxyProcess<O> {
                         }
                     }
                 }
+                () = self.feedback.ban_waiting() => {
+                    if let Some(report) = self.feedback.take_report() {
+                        if let Err(e) = self.send(&mut write, &ToAgent::Report(report)).await {
+                            return End::Lost(e.to_string());
+                        }
+                    }
+                }
             }
         }
     }

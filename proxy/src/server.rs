@@ -175,6 +175,9 @@ impl Proxy {
                 self.stats.unresolved.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
+            // A response head and its body are separate writes: with Nagle on, the body
+            // waits for the caller's (delayed, ~40 ms) ACK of the head.
+            let _ = stream.set_nodelay(true);
             let forwarder = self.forwarder.clone();
             let resolve = self.resolve.clone();
             let saw_http2 = Arc::new(AtomicBool::new(false));
