@@ -256,6 +256,8 @@ pub mod pressure_fill;
 // 18990-18999 and 127.100.99.10+ from the end of that range (harness.rs has 127.100.99.1).
 /// The L7 tests' python HTTP servers and clients.
 pub mod http_py;
+/// The L7 tests' common steps (agent with its proxy, the proxy's /metrics).
+pub mod l7;
 pub mod route_mesh;
 /// The same-node fast path's stock python3 peers.
 pub mod same_node_py;

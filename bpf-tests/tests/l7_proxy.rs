@@ -9,53 +9,17 @@
 //! (exact counts); the request metrics name the caller workload the kernel stamped; a tcp
 //! service in the same config is not proxied.
 
-use std::net::{SocketAddr, TcpListener};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use sockmesh_bpf_tests::http_py::{HttpBackends, HttpClient};
-use sockmesh_bpf_tests::{
-    http_get_tcp, sum_metric, wait_workloads, BackendMode, ConnectClient, TcpBackendSet, TestBed,
-};
+use sockmesh_bpf_tests::l7::{proxy_metrics, start_agent_with_proxy, wait_proxy};
+use sockmesh_bpf_tests::{sum_metric, BackendMode, ConnectClient, TcpBackendSet, TestBed};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
-}
-
-/// A port nobody listens on now, for the proxy's /metrics.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn proxy_metrics(port: u16) -> String {
-    http_get_tcp(
-        addr(&format!("127.0.0.1:{port}")),
-        "/metrics",
-        Duration::from_secs(10),
-    )
-    .map(|r| r.body)
-    .unwrap_or_default()
-}
-
-/// Waits until the proxy's /metrics satisfies `pred`.
-fn wait_proxy(port: u16, what: &str, pred: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let text = proxy_metrics(port);
-        if pred(&text) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for the proxy: {what}\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -135,23 +99,7 @@ services:
         plain_port = plain.port(),
     );
     bed.write_config(&yaml).unwrap();
-    let metrics_port = free_port();
-    bed.start_agent_with([
-        "--proxy-listen".to_owned(),
-        "127.0.0.1:0".to_owned(),
-        "--proxy-metrics-addr".to_owned(),
-        format!("127.0.0.1:{metrics_port}"),
-    ])
-    .unwrap();
-    wait_workloads(bed.agent(), &["web"], TIMEOUT).unwrap();
-    bed.agent()
-        .wait_metrics("the proxy connected", TIMEOUT, |t| {
-            sum_metric(t, "sockmesh_proxy_connected", &[]) >= 1.0
-        })
-        .unwrap();
-    wait_proxy(metrics_port, "targets applied", |t| {
-        sum_metric(t, "sockmesh_proxy_targets_generation", &[]) >= 1.0
-    });
+    let metrics = start_agent_with_proxy(&mut bed, &["web"], TIMEOUT).unwrap();
 
     // 1. Retries hide the 503 backend; the proxy's consecutive_5xx rule bans it.
     let r = HttpClient::get(shop, 1000).run(&web).unwrap();
@@ -167,9 +115,10 @@ services:
         "every request answered by a good backend once"
     );
     assert!(bad_got >= 5, "the 503 backend was tried ({bad_got})");
-    let text = wait_proxy(metrics_port, "1000 shop requests counted", |t| {
+    let text = wait_proxy(metrics, "1000 shop requests counted", TIMEOUT, |t| {
         sum_metric(t, "sockmesh_requests_total", &[("service", "shop")]) >= 1000.0
-    });
+    })
+    .unwrap();
     assert_eq!(
         sum_metric(
             &text,
@@ -223,9 +172,10 @@ services:
         "the 503 backend got some POSTs: {:?}",
         r.codes
     );
-    let text = wait_proxy(metrics_port, "40 orders requests", |t| {
+    let text = wait_proxy(metrics, "40 orders requests", TIMEOUT, |t| {
         sum_metric(t, "sockmesh_requests_total", &[("service", "orders")]) >= 40.0
-    });
+    })
+    .unwrap();
     assert_eq!(
         sum_metric(
             &text,
@@ -295,7 +245,7 @@ services:
             &[("event", "served")],
         )
     };
-    let before = served(&proxy_metrics(metrics_port));
+    let before = served(&proxy_metrics(metrics));
     let report = ConnectClient::new(plain, 20).run(Some(&web), None).unwrap();
     report.assert_all_ok("tcp service");
     assert!(report
@@ -303,7 +253,7 @@ services:
         .iter()
         .all(|c| c.backend.as_deref() == Some(tcp_backend.to_string().as_str())));
     assert_eq!(tcp.total_accepts(), 20);
-    let after = served(&proxy_metrics(metrics_port));
+    let after = served(&proxy_metrics(metrics));
     assert_eq!(before, after, "no tcp-service connection reached the proxy");
     assert!(
         before >= 1.0,

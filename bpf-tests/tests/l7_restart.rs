@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sockmesh_bpf_tests::http_py::{HttpBackends, HttpClient, HttpReport};
-use sockmesh_bpf_tests::{sum_metric, wait_workloads, Cgroup2, TestBed};
+use sockmesh_bpf_tests::l7::start_agent_with_proxy;
+use sockmesh_bpf_tests::{sum_metric, Cgroup2, TestBed};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const H1_CLIENTS: usize = 4;
@@ -32,14 +33,6 @@ const H2_MAX_RUNS: usize = 5000;
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// h2c (and HTTP/1.1) backends in this process: 200, the body naming the backend.
@@ -188,20 +181,7 @@ services:
         stream_port = stream.port(),
     );
     bed.write_config(&yaml).unwrap();
-    let metrics_port = free_port();
-    bed.start_agent_with([
-        "--proxy-listen".to_owned(),
-        "127.0.0.1:0".to_owned(),
-        "--proxy-metrics-addr".to_owned(),
-        format!("127.0.0.1:{metrics_port}"),
-    ])
-    .unwrap();
-    wait_workloads(bed.agent(), &["web"], TIMEOUT).unwrap();
-    bed.agent()
-        .wait_metrics("the proxy connected", TIMEOUT, |t| {
-            sum_metric(t, "sockmesh_proxy_connected", &[]) >= 1.0
-        })
-        .unwrap();
+    start_agent_with_proxy(&mut bed, &["web"], TIMEOUT).unwrap();
     // The proxy serves once it has targets: one request each way proves it.
     let warm = HttpClient::get(shop, 1).run(&web).unwrap();
     assert_eq!(warm.code(200), 1, "{warm:?}");

@@ -18,16 +18,14 @@
 //!
 //! Ports 18950-18954, VIP 127.100.95.1, backends 127.0.0.2-3.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use sockmesh_bpf_tests::http_py::{HttpBackends, HttpClient};
+use sockmesh_bpf_tests::l7::{start_agent_with_proxy, wait_proxy};
 use sockmesh_bpf_tests::slo_prometheus::{shipped_rules, with_alert_for, AlertState};
-use sockmesh_bpf_tests::{
-    http_get_tcp, metric_value, sum_metric, wait_counter_settled, wait_workloads, Prometheus,
-    TestBed,
-};
+use sockmesh_bpf_tests::{metric_value, sum_metric, wait_counter_settled, Prometheus, TestBed};
 
 const PAGE: &str = "SockmeshSLOBurnRatePage";
 const SERVICE: &str = "checkout";
@@ -46,37 +44,6 @@ const CLIENT_MAX_TIME: Duration = Duration::from_secs(120);
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
-}
-
-/// A port nobody listens on now, for the proxy's /metrics.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn proxy_metrics(addr: SocketAddr) -> String {
-    http_get_tcp(addr, "/metrics", Duration::from_secs(10))
-        .map(|r| r.body)
-        .unwrap_or_default()
-}
-
-/// Waits until the proxy's /metrics satisfies `pred`; returns that text.
-fn wait_proxy(addr: SocketAddr, what: &str, pred: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let text = proxy_metrics(addr);
-        if pred(&text) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for the proxy: {what}\n{text}"
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn find<'a>(alerts: &'a [AlertState], name: &str) -> Option<&'a AlertState> {
@@ -121,23 +88,7 @@ services:
         port = vip.port(),
     );
     bed.write_config(&yaml).unwrap();
-    let proxy_addr = addr(&format!("127.0.0.1:{}", free_port()));
-    bed.start_agent_with([
-        "--proxy-listen".to_owned(),
-        "127.0.0.1:0".to_owned(),
-        "--proxy-metrics-addr".to_owned(),
-        proxy_addr.to_string(),
-    ])
-    .unwrap();
-    wait_workloads(bed.agent(), &["web"], TIMEOUT).unwrap();
-    bed.agent()
-        .wait_metrics("the proxy connected", TIMEOUT, |t| {
-            sum_metric(t, "sockmesh_proxy_connected", &[]) >= 1.0
-        })
-        .unwrap();
-    wait_proxy(proxy_addr, "targets applied", |t| {
-        sum_metric(t, "sockmesh_proxy_targets_generation", &[]) >= 1.0
-    });
+    let proxy_addr = start_agent_with_proxy(&mut bed, &["web"], TIMEOUT).unwrap();
     let agent_addr = bed.agent().metrics_addr().unwrap();
 
     // A steady caller in the workload's cgroup, bounded in count and time, stopped by a file.
@@ -243,9 +194,10 @@ services:
         "each request reached one backend once"
     );
 
-    let proxy = wait_proxy(proxy_addr, "every request counted", |t| {
+    let proxy = wait_proxy(proxy_addr, "every request counted", TIMEOUT, |t| {
         sum_metric(t, "sockmesh_requests_total", &[("service", SERVICE)]) >= total as f64
-    });
+    })
+    .unwrap();
     let by_code = |code: &str| {
         sum_metric(
             &proxy,

@@ -13,12 +13,12 @@
 //!
 //! Ports 18955-18959, VIPs 127.100.96.10-11, backends 127.0.0.2-5.
 
-use std::net::{SocketAddr, TcpListener};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use sockmesh_bpf_tests::http_py::{HttpBackends, HttpClient};
-use sockmesh_bpf_tests::{http_get_tcp, sum_metric, wait_workloads, TestBed};
+use sockmesh_bpf_tests::l7::{start_agent_with_proxy, wait_proxy};
+use sockmesh_bpf_tests::{sum_metric, TestBed};
 
 /// Bounds on waits for the agent and the proxy.
 const WAIT: Duration = Duration::from_secs(60);
@@ -34,33 +34,6 @@ const HUNG_REQUESTS: usize = 5;
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
-}
-
-/// A port nobody listens on now, for the proxy's /metrics.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Waits until the proxy's /metrics satisfies `pred`; returns that text.
-fn wait_proxy(addr: SocketAddr, what: &str, pred: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let text = http_get_tcp(addr, "/metrics", Duration::from_secs(10))
-            .map(|r| r.body)
-            .unwrap_or_default();
-        if pred(&text) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for the proxy: {what}\n{text}"
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -114,23 +87,7 @@ services:
         timeout_ms = TIMEOUT.as_millis(),
     );
     bed.write_config(&yaml).unwrap();
-    let proxy = addr(&format!("127.0.0.1:{}", free_port()));
-    bed.start_agent_with([
-        "--proxy-listen".to_owned(),
-        "127.0.0.1:0".to_owned(),
-        "--proxy-metrics-addr".to_owned(),
-        proxy.to_string(),
-    ])
-    .unwrap();
-    wait_workloads(bed.agent(), &["web"], WAIT).unwrap();
-    bed.agent()
-        .wait_metrics("the proxy connected", WAIT, |t| {
-            sum_metric(t, "sockmesh_proxy_connected", &[]) >= 1.0
-        })
-        .unwrap();
-    wait_proxy(proxy, "targets applied", |t| {
-        sum_metric(t, "sockmesh_proxy_targets_generation", &[]) >= 1.0
-    });
+    let proxy = start_agent_with_proxy(&mut bed, &["web"], WAIT).unwrap();
 
     // 1. One hung backend: its tries time out after 500 ms and move to the good one.
     let r = HttpClient::get(moved, MOVED_REQUESTS).run(&web).unwrap();
@@ -153,9 +110,10 @@ services:
         "every request ended on the good backend"
     );
     assert!(got[1] >= 1, "the hung backend was tried");
-    let text = wait_proxy(proxy, "every moved request counted", |t| {
+    let text = wait_proxy(proxy, "every moved request counted", WAIT, |t| {
         sum_metric(t, "sockmesh_requests_total", &[("service", "moved")]) >= MOVED_REQUESTS as f64
-    });
+    })
+    .unwrap();
     let per_try = sum_metric(
         &text,
         "sockmesh_request_retries_total",
@@ -202,9 +160,10 @@ services:
             "a 504 after {ms:.0} ms, expected within [{lowest:.0}, {highest:.0}) ms"
         );
     }
-    let text = wait_proxy(proxy, "every all-hung request counted", |t| {
+    let text = wait_proxy(proxy, "every all-hung request counted", WAIT, |t| {
         sum_metric(t, "sockmesh_requests_total", &[("service", "all-hung")]) >= HUNG_REQUESTS as f64
-    });
+    })
+    .unwrap();
     assert_eq!(
         sum_metric(
             &text,
