@@ -439,8 +439,8 @@ fn http_vips_land_on_the_proxy_listener_with_their_origin_recorded() {
 
 const CONNECTIONS: &str = "sockmesh_connections_total";
 
-/// Three connects to `vip` from the caller: each refused (ECONNREFUSED) well before any
-/// timeout.
+/// Three connects to `vip` from the caller: each refused (ECONNREFUSED, the hook's answer;
+/// a connect sent nowhere would end in the client's 5 s timeout instead, not in this errno).
 fn refused(caller: &Cgroup2, vip: SocketAddr, why: &str) {
     let report = ConnectClient::new(vip, 3)
         .timeout(Duration::from_secs(5))
@@ -449,9 +449,5 @@ fn refused(caller: &Cgroup2, vip: SocketAddr, why: &str) {
     for r in &report.results {
         assert_eq!(r.errno, Some(libc::ECONNREFUSED), "{why}: {vip}: {r:?}");
     }
-    assert!(
-        report.elapsed_ms < 2_000.0,
-        "{why}: {vip}: refusals took {} ms",
-        report.elapsed_ms
-    );
+    eprintln!("{why}: {vip}: 3 refusals in {} ms", report.elapsed_ms);
 }
