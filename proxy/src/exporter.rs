@@ -13,10 +13,6 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -34,10 +30,7 @@ pub fn registry() -> Registry {
 
 /// The registry's exposition in the OpenMetrics text format.
 pub fn encode(registry: &Registry) -> String {
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, registry)
-        .expect("writing to a String cannot fail");
-    out
+    sockmesh_serve::encode_registry(registry)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -74,28 +67,11 @@ impl Collector for ConnectionCollector {
 
 /// Answers scrapes of `registry` on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, registry: Arc<Registry>, server: Server) {
-    server
-        .serve(listener, move |req: Request<Incoming>| {
-            let registry = registry.clone();
-            async move { answer(&req, &registry) }
-        })
-        .await
-}
-
-fn answer(req: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>> {
-    let resp = if req.uri().path() == "/metrics" {
-        let accept = req
-            .headers()
-            .get(hyper::header::ACCEPT)
-            .and_then(|v| v.to_str().ok());
-        let (ctype, body) = sockmesh_model::exposition::negotiate(accept, encode(registry));
-        Response::builder()
-            .header("content-type", ctype)
-            .body(Full::new(Bytes::from(body)))
-    } else {
-        Response::builder()
-            .status(StatusCode::NOT_FOUND)
-            .body(Full::new(Bytes::from_static(b"metrics are at /metrics\n")))
-    };
-    resp.expect("static response parts are valid")
+    sockmesh_serve::serve_registry(
+        listener,
+        registry,
+        server,
+        sockmesh_model::exposition::negotiate,
+    )
+    .await
 }

@@ -31,6 +31,7 @@ mod body;
 mod conns;
 pub mod fd_limit;
 mod metrics;
+mod scrape;
 
 use std::{convert::Infallible, future::Future, io, sync::Arc, time::Duration};
 
@@ -45,6 +46,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 pub use metrics::{ConnEvent, Endpoint, ServeMetrics};
+pub use scrape::{encode_registry, serve_registry, Negotiate};
 
 pub use activity::Tracked;
 

@@ -12,13 +12,14 @@
 //! `contract_tests`): every family is registered under the `sockmesh` prefix with its full
 //! name, and label values from a closed set are enums.
 
-mod format;
 mod server;
 
 use prometheus_client::{encoding::EncodeLabelSet, registry::Registry};
 
+/// The exposition formats are the model's: the agent, the proxy and the control plane
+/// answer scrapes alike (`sockmesh_model::exposition`, tested there).
 #[cfg(test)]
-pub(crate) use format::to_classic;
+pub(crate) use sockmesh_model::exposition::to_classic;
 pub(crate) use server::serve;
 
 /// The labels of a per-backend series, shared by the connection, kernel and health families.
@@ -33,12 +34,11 @@ pub(crate) fn registry() -> Registry {
     Registry::with_prefix("sockmesh")
 }
 
-/// The registry's exposition in the OpenMetrics text format.
+/// The registry's exposition in the OpenMetrics text format (tests read it; the endpoint
+/// encodes through `sockmesh_serve::serve_registry`).
+#[cfg(test)]
 pub(crate) fn encode(registry: &Registry) -> String {
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, registry)
-        .expect("writing to a String cannot fail");
-    out
+    sockmesh_serve::encode_registry(registry)
 }
 
 #[cfg(test)]
