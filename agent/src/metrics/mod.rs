@@ -16,11 +16,11 @@ mod server;
 
 use prometheus_client::{encoding::EncodeLabelSet, registry::Registry};
 
+pub(crate) use server::serve;
 /// The exposition formats are the model's: the agent, the proxy and the control plane
 /// answer scrapes alike (`sockmesh_model::exposition`, tested there).
 #[cfg(test)]
 pub(crate) use sockmesh_model::exposition::to_classic;
-pub(crate) use server::serve;
 
 /// The labels of a per-backend series, shared by the connection, kernel and health families.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
