@@ -37,6 +37,10 @@ use crate::netns::Netns;
 /// Concurrent connection loops in [`Caller::echo`]: a connection stalled by injected loss
 /// (RTO backoff) holds back one loop, not all traffic.
 pub const ECHO_WORKERS: usize = 4;
+/// Per-operation socket timeout of an `echo` loop. Tests inject segment loss while echoing,
+/// and one segment's retransmit backoff can pass 10 s (a 10 s limit once failed 1 of 7,767
+/// connections), so only a real hang should reach it.
+const ECHO_OP_TIMEOUT: Duration = Duration::from_secs(60);
 
 const CALLER_PY: &str = r#"
 import json, os, socket, sys, threading, time
@@ -484,12 +488,12 @@ impl Caller {
         max_time: Duration,
     ) -> Result<Vec<EchoConn>> {
         let cmd = json!({
-            "op": "echo", "count": count, "bytes": bytes, "chunk": chunk, "timeout": 10.0,
+            "op": "echo", "count": count, "bytes": bytes, "chunk": chunk, "timeout": ECHO_OP_TIMEOUT.as_secs_f64(),
             "workers": ECHO_WORKERS,
             "until_file": until_file.display().to_string(),
             "max_seconds": max_time.as_secs_f64(),
         });
-        let reply = self.call(cmd, max_time + Duration::from_secs(30))?;
+        let reply = self.call(cmd, max_time + ECHO_OP_TIMEOUT + Duration::from_secs(30))?;
         serde_json::from_value(reply["results"].clone()).context("echo answer")
     }
 

@@ -16,8 +16,9 @@ use crate::command;
 
 /// Debian packages: LLVM 22 for bpf-linker (its major must match the nightly's LLVM), the
 /// haproxy that bench compares against, bpftool for bench's BPF stats, and the tools the
-/// bpf-tests and demo drive (ip, curl, python3), and the Prometheus server and promtool the
-/// signal tests scrape the agent with.
+/// bpf-tests and demo drive (ip, curl, python3), the Prometheus server and promtool the
+/// signal tests scrape the agent with, and the HTTP load generators of the L7 bench and
+/// tests (wrk for HTTP/1.1, h2load from nghttp2-client for HTTP/2).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -30,6 +31,8 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus",
     // The virtualenv holding kubernetes-validate and checkov (`deploy_tools`).
     "python3-venv",
+    "wrk",
+    "nghttp2-client",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -46,6 +49,13 @@ pub const DEPLOY_TOOLS_VENV: &str = "/opt/sockmesh-xtask/deploy-tools";
 pub const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 pub const CHECKOV_VERSION: &str = "3.3.30";
 
+/// grpcio for the L7 gRPC bpf-test (a stock gRPC client and server through a VIP), from PyPI
+/// at a pinned version in a virtualenv of its own; the bpf-tests find its python through
+/// [`GRPC_PYTHON_ENV`].
+pub const GRPC_VENV: &str = "/opt/sockmesh-xtask/grpc";
+pub const GRPCIO_VERSION: &str = "1.85.4";
+pub const GRPC_PYTHON_ENV: &str = "SOCKMESH_GRPC_PYTHON";
+
 /// The only nightly that exists on these machines; newer ones cannot be installed, so it is
 /// named as installed rather than by date (shared/TOOLCHAIN.md).
 const NIGHTLY: &str = "nightly";
@@ -58,6 +68,7 @@ pub fn run() -> Result<()> {
     cargo_fuzz()?;
     kubectl()?;
     deploy_tools()?;
+    grpc_tools()?;
     mount_if_missing("bpf", Path::new("/sys/fs/bpf"))?;
     mount_if_missing("tracefs", Path::new("/sys/kernel/tracing"))?;
     match crate::cgroup::cgroup2_mount() {
@@ -240,13 +251,34 @@ fn deploy_tools() -> Result<()> {
         );
         return Ok(());
     }
-    if !bin.join("python").is_file() {
-        fs::create_dir_all(venv).with_context(|| format!("create {DEPLOY_TOOLS_VENV}"))?;
+    println!("setup: installing kubernetes-validate and checkov from PyPI (about a minute)");
+    pip_install(venv, &pinned)
+}
+
+/// Installs grpcio into [`GRPC_VENV`] unless its python already imports that version.
+fn grpc_tools() -> Result<()> {
+    let venv = Path::new(GRPC_VENV);
+    let python = venv.join("bin").join("python");
+    let version = command::probe(
+        Command::new(&python).args(["-c", "import grpc; print(grpc.__version__)"]),
+    );
+    if version.as_deref().map(str::trim) == Some(GRPCIO_VERSION) {
+        println!("setup: grpcio {GRPCIO_VERSION} already present in {GRPC_VENV}");
+        return Ok(());
+    }
+    println!("setup: installing grpcio {GRPCIO_VERSION} from PyPI into {GRPC_VENV}");
+    pip_install(venv, &[("grpcio", GRPCIO_VERSION)])
+}
+
+/// `pip install name==version...` into the virtualenv at `venv`, creating it first if needed.
+fn pip_install(venv: &Path, pinned: &[(&str, &str)]) -> Result<()> {
+    let python = venv.join("bin").join("python");
+    if !python.is_file() {
+        fs::create_dir_all(venv).with_context(|| format!("create {}", venv.display()))?;
         command::run(Command::new("python3").arg("-m").arg("venv").arg(venv))?;
     }
-    println!("setup: installing kubernetes-validate and checkov from PyPI (about a minute)");
     command::run(
-        Command::new(bin.join("python"))
+        Command::new(python)
             .args([
                 "-m",
                 "pip",
@@ -257,7 +289,7 @@ fn deploy_tools() -> Result<()> {
             .args(
                 pinned
                     .iter()
-                    .map(|(tool, version)| format!("{tool}=={version}")),
+                    .map(|(name, version)| format!("{name}=={version}")),
             ),
     )
 }

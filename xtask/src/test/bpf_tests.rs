@@ -21,7 +21,7 @@ use anyhow::{bail, Context, Result};
 
 use super::{remove_leftovers, TEST_PREFIX};
 use crate::vm_test::guest::{parse_test_executables, TestBinary};
-use crate::{cgroup, command, interrupt, workspace};
+use crate::{cgroup, command, interrupt, setup, workspace};
 
 /// Per-binary limit when `SOCKMESH_TEST_TIMEOUT_SECS` is unset: several times the slowest
 /// binary's usual run (chaos_restart, about two minutes), so only a hang reaches it.
@@ -146,6 +146,10 @@ fn run_one(binary: &TestBinary, agent: &Path, timeout: Duration) -> Result<Outco
         )
         // Free metrics ports for the agents under test, as for demo and bench.
         .env("SOCKMESH_METRICS_ADDR", "127.0.0.1:0")
+        .env(
+            setup::GRPC_PYTHON_ENV,
+            Path::new(setup::GRPC_VENV).join("bin").join("python"),
+        )
         .process_group(0);
     let mut child = cmd
         .spawn()
