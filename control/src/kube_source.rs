@@ -26,6 +26,8 @@ pub mod map;
 pub mod rebuild;
 
 #[cfg(test)]
+mod http_tests;
+#[cfg(test)]
 mod identity_tests;
 #[cfg(test)]
 mod map_tests;

@@ -372,7 +372,7 @@ impl ServiceCache {
         let mut without_backends = Vec::new();
         let mut rejections = self.policy_rejections.clone();
         for f in self.services.values().flat_map(|e| &e.out) {
-            warnings.extend(f.warning.clone());
+            warnings.extend(f.warnings.iter().cloned());
             without_backends.extend(f.without_backends.clone());
             rejections.extend(f.rejection.clone());
         }

@@ -98,6 +98,16 @@ pub fn check_policy(spec: &Value) -> Result<Map<String, Value>, (String, String)
         vec![BackendSpec::new(SocketAddr::from(([127, 0, 0, 2], 1)), 1)],
     );
     let mut service = apply_policy(&probe, &patch)?;
+    // The cluster's endpoints are not known here: one probe backend per request route,
+    // carrying that route's `to`, so each route is checked in every other respect
+    // (`finalize` leaves out a route that selects no ready endpoint of the real Service).
+    let routes = service.http.as_ref().map_or(0, |h| h.routes.len());
+    for k in 0..routes {
+        let to = service.http.as_ref().expect("counted").routes[k].to.clone();
+        let mut backend = BackendSpec::new(route_probe_addr(k), 1);
+        backend.labels = to;
+        service.backends.push(backend);
+    }
     if let Some(callers) = service.allowed_callers.take() {
         check_allowed_callers(&callers, None)
             .map_err(|(field, reason)| (spec_path(&field), reason))?;
@@ -112,9 +122,24 @@ pub fn check_policy(spec: &Value) -> Result<Map<String, Value>, (String, String)
         let path = err.path().unwrap_or("");
         let field = path.strip_prefix("services[0]").unwrap_or(path);
         let field = field.strip_prefix('.').unwrap_or(field);
-        return Err((spec_path(field), err.reason().to_owned()));
+        let field = route_of_probe(field).unwrap_or_else(|| field.to_owned());
+        return Err((spec_path(&field), err.reason().to_owned()));
     }
     Ok(patch)
+}
+
+/// The address of the probe backend of request route `k` (the policy's own backend is
+/// 127.0.0.2:1).
+fn route_probe_addr(k: usize) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 2], 2 + k as u16))
+}
+
+/// A field of probe backend `1 + k` is one of request route `k`'s `to` labels.
+fn route_of_probe(field: &str) -> Option<String> {
+    let rest = field.strip_prefix("backends[")?;
+    let (index, _) = rest.split_once(']')?;
+    let k = index.parse::<usize>().ok()?.checked_sub(1)?;
+    Some(format!("http.routes[{k}].to"))
 }
 
 fn spec_path(field: &str) -> String {

@@ -286,7 +286,7 @@ pub(super) fn map_service(svc: &Service, inputs: &Inputs) -> MappedService {
 pub(super) struct Finalized {
     /// `None` while it has no ready endpoint.
     pub(super) spec: Option<ServiceSpec>,
-    pub(super) warning: Option<String>,
+    pub(super) warnings: Vec<String>,
     pub(super) rejection: Option<SourceError>,
     /// Its name, when it has no ready endpoint.
     pub(super) without_backends: Option<String>,
@@ -309,7 +309,7 @@ pub(super) fn finalize(
         return out;
     }
     if port.ready > MAX_BACKENDS_PER_SERVICE {
-        out.warning = Some(format!(
+        out.warnings.push(format!(
             "{name}: {} ready endpoints, more than the {MAX_BACKENDS_PER_SERVICE} backends a \
              service may have: the first {MAX_BACKENDS_PER_SERVICE} by address are used",
             port.ready
@@ -334,6 +334,11 @@ pub(super) fn finalize(
             }
         }
     }
+    out.warnings.extend(
+        prune_unserved_routes(&mut spec)
+            .into_iter()
+            .map(|(k, to)| unserved_route_warning(name, k, &to)),
+    );
     if let Some(callers) = &mut spec.allowed_callers {
         // Pods come and go; a caller that is not a workload now cannot call anyway.
         // Selectors stay: they match whichever pods there are.
@@ -452,4 +457,38 @@ pub fn model_labels(labels: &Option<BTreeMap<String, String>>) -> BTreeMap<Strin
         })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
+}
+
+/// Leaves out the request routes (`http.routes`) of `spec` that select none of its backends
+/// now; returns each one's index (in the policy) and `to`. In a file such a route can only be
+/// a typo and the model refuses it; in a cluster it is a subset scaled to zero or not ready
+/// yet (a canary Deployment at 0 replicas), which must not take the whole service out of the
+/// mesh. Its requests take the next matching route or the whole service until it is back.
+pub(super) fn prune_unserved_routes(
+    spec: &mut ServiceSpec,
+) -> Vec<(usize, BTreeMap<String, String>)> {
+    let Some(http) = spec.http.as_mut() else {
+        return Vec::new();
+    };
+    let backends = &spec.backends;
+    let mut gone = Vec::new();
+    let mut k = 0;
+    http.routes.retain(|route| {
+        let served = backends.iter().any(|b| b.selected_by(&route.to));
+        if !served {
+            gone.push((k, route.to.clone()));
+        }
+        k += 1;
+        served
+    });
+    gone
+}
+
+fn unserved_route_warning(service: &str, k: usize, to: &BTreeMap<String, String>) -> String {
+    let labels: Vec<String> = to.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!(
+        "{service}: http.routes[{k}] (to {}) selects no ready endpoint: left out until one is \
+         ready; its requests take the next matching route or the whole service",
+        labels.join(",")
+    )
 }
