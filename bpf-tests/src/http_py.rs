@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -115,12 +115,26 @@ print(json.dumps({"codes": codes, "bodies": bodies, "errors": errors, "connectio
 pub struct HttpBackends {
     child: Child,
     addrs: Vec<SocketAddr>,
+    /// The network namespace they serve in (`None`: the test's own).
+    netns: Option<PathBuf>,
 }
 
 impl HttpBackends {
     /// Serves each `(address, mode)`; returns once all listen.
     pub fn start(specs: &[(SocketAddr, &str)]) -> Result<Self> {
+        Self::start_with(None, specs)
+    }
+
+    /// [`HttpBackends::start`] inside the network namespace at `netns` (a pod's).
+    pub fn start_in(netns: &Path, specs: &[(SocketAddr, &str)]) -> Result<Self> {
+        Self::start_with(Some(netns), specs)
+    }
+
+    fn start_with(netns: Option<&Path>, specs: &[(SocketAddr, &str)]) -> Result<Self> {
         let mut cmd = Command::new("python3");
+        if let Some(path) = netns {
+            crate::netns::enter_path(path, &mut cmd)?;
+        }
         cmd.arg("-c").arg(SERVER_PY);
         for (addr, mode) in specs {
             cmd.arg(format!("{addr}={mode}"));
@@ -142,19 +156,28 @@ impl HttpBackends {
         Ok(Self {
             child,
             addrs: specs.iter().map(|(a, _)| *a).collect(),
+            netns: netns.map(Path::to_path_buf),
         })
     }
 
-    /// Requests each backend got, per method (asked directly, outside any cgroup).
+    /// Requests each backend got, per method (asked directly, outside any cgroup, from
+    /// their network namespace).
     pub fn counts(&self) -> Result<Vec<BTreeMap<String, u64>>> {
-        self.addrs
-            .iter()
-            .map(|a| {
-                let resp = crate::http_get_tcp(*a, "/__count", Duration::from_secs(10))?;
-                serde_json::from_str(&resp.body)
-                    .with_context(|| format!("counts of {a}: {:?}", resp.body))
-            })
-            .collect()
+        let addrs = self.addrs.clone();
+        let ask = move || -> Result<Vec<BTreeMap<String, u64>>> {
+            addrs
+                .iter()
+                .map(|a| {
+                    let resp = crate::http_get_tcp(*a, "/__count", Duration::from_secs(10))?;
+                    serde_json::from_str(&resp.body)
+                        .with_context(|| format!("counts of {a}: {:?}", resp.body))
+                })
+                .collect()
+        };
+        match &self.netns {
+            Some(path) => crate::netns::run_in(path, ask),
+            None => ask(),
+        }
     }
 
     /// Requests of any method each backend got.
@@ -207,6 +230,8 @@ pub struct HttpClient {
     pub max_time: Duration,
     /// Stop before the next request once this file exists.
     pub until_file: Option<PathBuf>,
+    /// Run in this network namespace (a pod's) besides the cgroup.
+    pub netns: Option<PathBuf>,
 }
 
 impl HttpClient {
@@ -221,7 +246,14 @@ impl HttpClient {
             interval: Duration::ZERO,
             max_time: Duration::from_secs(600),
             until_file: None,
+            netns: None,
         }
+    }
+
+    /// Runs the client in the network namespace at `path` too (a pod's).
+    pub fn netns(mut self, path: impl Into<PathBuf>) -> Self {
+        self.netns = Some(path.into());
+        self
     }
 
     /// Each request's socket timeout.
@@ -275,8 +307,11 @@ impl HttpClient {
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_default();
-        let child = cgroup
-            .command("python3")
+        let mut cmd = cgroup.command("python3");
+        if let Some(path) = &self.netns {
+            crate::netns::enter_path(path, &mut cmd)?;
+        }
+        let child = cmd
             .arg("-c")
             .arg(CLIENT_PY)
             .arg(self.target.to_string())

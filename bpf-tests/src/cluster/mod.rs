@@ -20,6 +20,7 @@
 
 pub mod hold;
 pub mod kube;
+pub mod l7;
 pub mod net;
 
 use std::collections::BTreeMap;
@@ -297,6 +298,7 @@ impl Cluster {
             format!("{}:{METRICS_PORT}", net::node_ip(i)).into(),
         ];
         args.extend(self.control.trust_args());
+        args.extend(l7::proxy_args(i));
         let sandbox = NodeSandbox {
             netns: node.netns.path(),
             cgroup_root: node.cgroup_root.clone(),
