@@ -64,6 +64,20 @@ pub struct TargetService {
     /// `outlier.consecutive_5xx`: failed tries in a row that ask for a ban (0: never).
     #[serde(default = "default_consecutive_5xx")]
     pub consecutive_5xx: u32,
+    /// A service with caller routes or a zone preference: each caller class's weights, as
+    /// the kernel's slot tables hold them (class 0: every caller without a class of its
+    /// own). Empty: every caller uses the backends' own weights.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<TargetClass>,
+}
+
+/// The backends one class of callers of a service gets (its `routes:` and `locality:`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetClass {
+    /// The kernel's workload number of the callers (workload index + 1), 0 for the rest.
+    pub workload: u32,
+    /// Per backend of the service, in order: its weight for these callers (0: never).
+    pub weights: Vec<u32>,
 }
 
 fn default_consecutive_5xx() -> u32 {

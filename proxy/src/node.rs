@@ -28,6 +28,9 @@ pub struct Snapshot {
     pub generation: u64,
     by_id: HashMap<u32, Arc<ServiceTarget>>,
     by_name: HashMap<Arc<str>, Arc<ServiceTarget>>,
+    /// Services with caller classes (routes, locality): (service name, class) -> that
+    /// class's version; class 0 is every caller without a class of its own.
+    classes: HashMap<(Arc<str>, u32), Arc<ServiceTarget>>,
     workloads: Vec<Arc<str>>,
 }
 
@@ -40,6 +43,16 @@ impl Snapshot {
     /// The service named `name`.
     pub fn by_name(&self, name: &str) -> Option<&Arc<ServiceTarget>> {
         self.by_name.get(name)
+    }
+
+    /// The version of `service` that caller `workload` (the kernel's number) is served by:
+    /// its class's, else class 0's, else the service's own weights.
+    pub fn for_caller(&self, service: &Arc<ServiceTarget>, workload: u32) -> Arc<ServiceTarget> {
+        let class = |w: u32| self.classes.get(&(service.name.clone(), w));
+        class(workload)
+            .or_else(|| class(0))
+            .unwrap_or(service)
+            .clone()
     }
 
     /// The kernel's workload `w` (index + 1; 0 is "not a workload").
@@ -117,6 +130,12 @@ impl<O: Origins> NodeTargets<O> {
                 }
                 _ => Arc::new(ServiceTarget::from_target(target, previous.map(|p| &**p))),
             };
+            for class in &target.classes {
+                next.classes.insert(
+                    (service.name.clone(), class.workload),
+                    Arc::new(service.for_class(class.workload, &class.weights)),
+                );
+            }
             next.by_name.insert(service.name.clone(), service.clone());
             next.by_id.insert(target.id, service);
         }
@@ -158,13 +177,17 @@ impl<O: Origins> Resolve for NodeTargets<O> {
             debug!(%peer, service_id = origin.service_id, "origin names a service not in the targets");
             return None;
         };
-        Some((service.clone(), snapshot.workload(origin.workload).cloned()))
+        Some((
+            snapshot.for_caller(service, origin.workload),
+            snapshot.workload(origin.workload).cloned(),
+        ))
     }
 
     fn current(&self, service: &Arc<ServiceTarget>) -> Option<Arc<ServiceTarget>> {
         let snapshot = self.snapshot();
         let newest = snapshot.by_name(&service.name)?;
-        (!Arc::ptr_eq(newest, service)).then(|| newest.clone())
+        let newest = snapshot.for_caller(newest, service.class);
+        (!Arc::ptr_eq(&newest, service)).then_some(newest)
     }
 }
 

@@ -48,6 +48,7 @@ fn service(id: u32, name: &str, backends: Vec<TargetBackend>) -> TargetService {
         backends,
         latency_thresholds_us: Vec::new(),
         consecutive_5xx: 5,
+        classes: Vec::new(),
     }
 }
 
@@ -174,4 +175,69 @@ fn a_service_that_leaves_forgets_its_backends_and_refuses_connections() {
     assert_eq!(applied.forget, vec![(Arc::from("shop"), addr(1))]);
     assert!(resolved(&node).is_none());
     assert_eq!(node.snapshot().generation, 2);
+}
+
+#[test]
+fn each_caller_class_gets_its_weights_and_shares_the_live_state() {
+    let origins = Arc::new(OneOrigin::default());
+    let node = NodeTargets::new(origins.clone());
+    let mut shop = service(7, "shop", vec![backend(1, true), backend(2, true)]);
+    // Class 0 (everyone else): only backend 1; workload 1 (`web`): only backend 2.
+    shop.classes = vec![
+        crate::link::TargetClass {
+            workload: 0,
+            weights: vec![4, 0],
+        },
+        crate::link::TargetClass {
+            workload: 1,
+            weights: vec![0, 4],
+        },
+    ];
+    node.apply(&targets(1, vec![shop.clone()]));
+    let weights = |s: &Arc<ServiceTarget>| s.backends.iter().map(|b| b.weight).collect::<Vec<_>>();
+
+    origins.set(7, 1);
+    let (web, caller) = node.resolve(addr(9), addr(10)).unwrap();
+    assert_eq!((weights(&web), web.class), (vec![0, 4], 1));
+    assert_eq!(caller.as_deref(), Some("web"));
+    origins.set(7, 2);
+    let (batch, _) = node.resolve(addr(9), addr(10)).unwrap();
+    assert_eq!(
+        (weights(&batch), batch.class),
+        (vec![4, 0], 0),
+        "no class: class 0"
+    );
+
+    // One backend, whichever class counts a try on it.
+    let _try = Outstanding::start(web.clone(), 1);
+    assert_eq!(batch.backends[1].outstanding(), 1);
+    assert!(web.shares_budget(&batch));
+
+    // A new snapshot: a kept-alive connection of `web` moves to web's newest weights.
+    shop.classes[1].weights = vec![1, 3];
+    node.apply(&targets(2, vec![shop]));
+    let newest = node.current(&web).expect("a newer version");
+    assert_eq!((weights(&newest), newest.class), (vec![1, 3], 1));
+    assert_eq!(
+        newest.backends[1].outstanding(),
+        1,
+        "live state carried over"
+    );
+}
+
+#[test]
+fn a_service_without_classes_serves_every_caller_with_its_own_weights() {
+    let origins = Arc::new(OneOrigin::default());
+    let node = NodeTargets::new(origins.clone());
+    node.apply(&targets(
+        1,
+        vec![service(3, "plain", vec![backend(1, true)])],
+    ));
+    origins.set(3, 1);
+    let (s, _) = node.resolve(addr(9), addr(10)).unwrap();
+    assert_eq!((s.class, s.backends[0].weight), (0, 1));
+    assert!(
+        node.current(&s).is_none(),
+        "the same version: nothing newer"
+    );
 }

@@ -67,6 +67,9 @@ pub struct ServiceTarget {
     pub name: Arc<str>,
     pub http: HttpSpec,
     pub backends: Vec<Backend>,
+    /// The caller class this version weighs the backends for (the kernel's workload
+    /// number; 0: every caller, or the callers without a class of their own).
+    pub class: u32,
     /// Shared with the service's next versions while its `http:` block stays the same.
     budget: Arc<Mutex<RetryBudget>>,
 }
@@ -86,7 +89,31 @@ impl ServiceTarget {
                 .map(|b| Backend::new(b.addr, b.weight, b.labels.clone(), true))
                 .collect(),
             http,
+            class: 0,
             budget: Arc::new(Mutex::new(budget)),
+        }
+    }
+
+    /// This service as caller class `class` sees it: the backends weighed by `weights` (one
+    /// per backend, in order; 0: never picked for these callers), sharing everything live
+    /// (outstanding tries, eligibility, the retry budget) with `self`.
+    pub fn for_class(&self, class: u32, weights: &[u32]) -> Self {
+        Self {
+            name: self.name.clone(),
+            http: self.http.clone(),
+            backends: self
+                .backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| Backend {
+                    addr: b.addr,
+                    weight: weights.get(i).copied().unwrap_or(0),
+                    labels: b.labels.clone(),
+                    live: b.live.clone(),
+                })
+                .collect(),
+            class,
+            budget: self.budget.clone(),
         }
     }
 
@@ -124,6 +151,7 @@ impl ServiceTarget {
             name: target.name.as_str().into(),
             http: target.http.clone(),
             backends,
+            class: 0,
             budget,
         }
     }

@@ -7,10 +7,11 @@
 
 use std::collections::HashMap;
 
+use sockmesh_common::CALLER_CLASS_DEFAULT;
 use sockmesh_model::{MeshConfig, Protocol, SliKind};
-use sockmesh_proxy::link::{TargetBackend, TargetService, Targets};
+use sockmesh_proxy::link::{TargetBackend, TargetClass, TargetService, Targets};
 
-use crate::tables::ServiceView;
+use crate::tables::{is_routed, ServiceView};
 
 /// The proxy's view of `config` as applied (`views`, from the same apply).
 pub(crate) fn targets(config: &MeshConfig, views: &[ServiceView], generation: u64) -> Targets {
@@ -22,19 +23,45 @@ pub(crate) fn targets(config: &MeshConfig, views: &[ServiceView], generation: u6
         .filter_map(|s| {
             // A service the tables did not take (none today) is not served: no id.
             let view = by_name.get(s.name.as_str())?;
+            let addrs: Vec<String> = s.backends.iter().map(|b| b.addr.to_string()).collect();
             let slots: HashMap<&str, usize> = view
                 .backends
                 .iter()
                 .map(|b| (b.addr.as_str(), b.slots))
                 .collect();
+            let default: Vec<u32> = addrs
+                .iter()
+                .map(|a| slot_weight(slots.get(a.as_str())))
+                .collect();
+            // Routes and locality: each caller class's weights as its kernel table holds
+            // them (class 0 first); a backend is eligible when some class may use it (a
+            // canary for its callers only), and none may use a banned one.
+            let classes: Vec<TargetClass> = if is_routed(s) {
+                std::iter::once(TargetClass {
+                    workload: CALLER_CLASS_DEFAULT,
+                    weights: default.clone(),
+                })
+                .chain(view.classes.iter().map(|c| TargetClass {
+                    workload: c.class,
+                    weights: addrs.iter().map(|a| slot_weight(c.slots.get(a))).collect(),
+                }))
+                .collect()
+            } else {
+                Vec::new()
+            };
             let backends = s
                 .backends
                 .iter()
-                .map(|b| TargetBackend {
+                .enumerate()
+                .map(|(i, b)| TargetBackend {
                     addr: b.addr,
                     weight: b.weight,
                     labels: b.labels.clone(),
-                    eligible: slots.get(b.addr.to_string().as_str()).copied().unwrap_or(0) > 0,
+                    eligible: classes
+                        .iter()
+                        .map(|c| c.weights[i])
+                        .chain([default[i]])
+                        .any(|w| w > 0),
                 })
                 .collect();
             let mut latency_thresholds_us: Vec<u64> = s
@@ -53,6 +80,7 @@ pub(crate) fn targets(config: &MeshConfig, views: &[ServiceView], generation: u6
                 backends,
                 latency_thresholds_us,
                 consecutive_5xx: s.outlier.consecutive_5xx,
+                classes,
             })
         })
         .collect();
@@ -61,6 +89,11 @@ pub(crate) fn targets(config: &MeshConfig, views: &[ServiceView], generation: u6
         services,
         workloads: config.workloads.iter().map(|w| w.name.clone()).collect(),
     }
+}
+
+/// A backend's slots in one kernel table, as a pick weight.
+fn slot_weight(slots: Option<&usize>) -> u32 {
+    slots.map_or(0, |&n| u32::try_from(n).unwrap_or(u32::MAX))
 }
 
 /// Whether `config` has a service the proxy must serve.
@@ -138,6 +171,41 @@ services:
         let t = targets(&cfg, &views, 1);
         let eligible: Vec<bool> = t.services[0].backends.iter().map(|b| b.eligible).collect();
         assert_eq!(eligible, [true, false]);
+    }
+
+    #[test]
+    fn caller_routes_give_each_class_its_kernel_weights() {
+        let cfg = sockmesh_model::parse_config(
+            "
+workloads:
+  - {name: web, cgroup: t/web, labels: {lane: canary}}
+  - {name: batch, cgroup: t/batch}
+services:
+  - name: shop
+    vip: 127.100.0.2
+    port: 80
+    protocol: http
+    routes:
+      - match: {lane: canary}
+        to: {track: canary}
+      - to: {track: stable}
+    backends:
+      - {addr: 127.0.0.3:8081, labels: {track: stable}}
+      - {addr: 127.0.0.4:8081, labels: {track: canary}}
+",
+        )
+        .unwrap();
+        let t = targets(&cfg, &applied(&cfg), 1);
+        let shop = &t.services[0];
+        let classes: Vec<(u32, bool, bool)> = shop
+            .classes
+            .iter()
+            .map(|c| (c.workload, c.weights[0] > 0, c.weights[1] > 0))
+            .collect();
+        // Class 0 (batch, and callers that are not workloads): stable only; web (1): canary.
+        assert_eq!(classes, [(0, true, false), (1, false, true)]);
+        // The canary is eligible: a class may use it.
+        assert!(shop.backends.iter().all(|b| b.eligible));
     }
 
     #[test]

@@ -151,6 +151,7 @@ fn targets(generation: u64, backends: &[(SocketAddr, bool)]) -> ToProxy {
                 .collect(),
             latency_thresholds_us: Vec::new(),
             consecutive_5xx: 5,
+            classes: Vec::new(),
         }],
         workloads: vec!["web".into()],
     })
