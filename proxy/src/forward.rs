@@ -10,7 +10,8 @@
 //! A listed outcome is retried when the method, the tries left, the budget and the deadline
 //! allow. The caller gets the backend's response, or one the proxy makes: 503 when no
 //! backend is eligible, 504 when the time ran out, 502 when the backend failed otherwise
-//! (no connection, reset, a response that does not parse).
+//! (no connection, reset, a response that does not parse); a gRPC caller gets these as
+//! gRPC statuses in a Trailers-Only response (DEADLINE_EXCEEDED for 504, else UNAVAILABLE).
 //!
 //! Headers: hop-by-hop headers (RFC 9110 §7.6.1: `connection` and the names it lists,
 //! `keep-alive`, `proxy-connection`, `transfer-encoding`, `upgrade`, `te` other than
@@ -307,34 +308,55 @@ fn request_deadline(
     (deadline, HeaderName::from_static(name))
 }
 
-/// A response the proxy makes, reported now. A gRPC caller also gets a `grpc-status`
-/// (UNAVAILABLE, or DEADLINE_EXCEEDED for a 504) so its client reads the right code.
+/// A response the proxy makes, reported now. A gRPC caller gets it as gRPC's Trailers-Only
+/// response instead (HTTP 200, `content-type: application/grpc`, `grpc-status` UNAVAILABLE,
+/// or DEADLINE_EXCEEDED where others get a 504, and `grpc-message`, no body): a gRPC client
+/// reads its status from a stream that ends with its headers or from trailers, so a text
+/// body after a `grpc-status` header ends its call as UNKNOWN ("Data frame with END_STREAM").
 fn local(mut pending: Pending, status: StatusCode, why: &str) -> Response<ProxyBody> {
-    let mut response = Response::new(
-        Full::new(Bytes::from(format!("sockmesh: {why}\n")))
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     let grpc_status: &[u8] = if status == StatusCode::GATEWAY_TIMEOUT {
         b"4"
     } else {
         b"14"
     };
-    if pending.grpc {
-        headers.insert(
-            "grpc-status",
-            HeaderValue::from_bytes(grpc_status).expect("digits"),
-        );
-        headers.insert("grpc-message", HeaderValue::from_str(why).expect("ascii"));
-    }
-    pending.report.status = status;
-    pending.report.code = Code::http(status.as_u16());
+    let response = if pending.grpc {
+        grpc_trailers_only(grpc_status, why)
+    } else {
+        let text = format!("sockmesh: {why}\n");
+        let mut response = Response::new(full(Bytes::from(text)));
+        *response.status_mut() = status;
+        let text_plain = HeaderValue::from_static("text/plain");
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, text_plain);
+        response
+    };
+    pending.report.status = response.status();
+    pending.report.code = Code::http(response.status().as_u16());
     pending.report.backend = None;
     pending.send(Some(grpc_status));
     response
+}
+
+/// gRPC's Trailers-Only response: the status in the only HEADERS frame, which ends the stream.
+fn grpc_trailers_only(grpc_status: &[u8], why: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(full(Bytes::new()));
+    let headers = response.headers_mut();
+    let grpc = HeaderValue::from_static("application/grpc");
+    headers.insert(header::CONTENT_TYPE, grpc);
+    let code = HeaderValue::from_bytes(grpc_status).expect("digits");
+    headers.insert("grpc-status", code);
+    // `why` is the proxy's own printable ASCII without `%`: valid as it stands in gRPC's
+    // percent-encoded `grpc-message`.
+    let message = HeaderValue::from_str(&format!("sockmesh: {why}")).expect("ascii");
+    headers.insert("grpc-message", message);
+    response
+}
+
+fn full(bytes: Bytes) -> ProxyBody {
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// `http://backend/path?query` for a request to `uri`.

@@ -144,7 +144,8 @@ async fn grpc_timeout_shortens_the_deadline_and_is_passed_on() {
         .request(grpc(proxy.url("/shop.Cart/Add"), "300m"))
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    // gRPC's Trailers-Only form (grpc_tests.rs): DEADLINE_EXCEEDED where others get a 504.
+    assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers().get("grpc-status").unwrap(), "4");
     assert!(start.elapsed() < Duration::from_millis(300) + TOLERANCE);
     let reports = proxy.wait_reports(1).await;
