@@ -9,6 +9,10 @@
 //! HTTP/2 streams per connection are bounded, and hyper's protection against rapid resets
 //! (CVE-2023-44487: a bounded number of pending-accept and locally reset streams) stays on
 //! at its defaults; connections beyond `max_connections` wait in the kernel's backlog.
+//! Each such refusal is counted by its [`Refusal`] reason ([`refusal`] reads it from the
+//! connection's error) in [`ConnectionStats::refused`]; the head timer's expiry only on a
+//! connection's first request (hyper's timer also closes a kept-alive connection idle that
+//! long, and cannot say whether part of a next head had arrived).
 //!
 //! Shutdown ([`Proxy::serve`]'s `shutdown` future): stop accepting (the listener is the
 //! agent's, so connects queue for the next proxy), tell every connection to finish, and
@@ -35,6 +39,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::body::MAX_BUFFERED_BODY;
 use crate::forward::Forwarder;
+use crate::metrics::{Refusal, Refusals};
 use crate::report::Observe;
 use crate::target::Resolve;
 use crate::upstream::{PoolConfig, Upstream};
@@ -85,8 +90,10 @@ pub struct ConnectionStats {
     /// Connections closed because nothing arrived within `header_read_timeout`.
     pub silent: AtomicU64,
     /// Connections that ended in an HTTP error (bytes that are not HTTP, a head too large
-    /// or too slow, a protocol violation).
+    /// or too slow, a protocol violation, a reset by the caller).
     pub errors: AtomicU64,
+    /// The errors that are refusals of bad input, by reason (each also in `errors`).
+    pub refused: Refusals,
 }
 
 /// How a shutdown ended.
@@ -182,6 +189,8 @@ impl Proxy {
             let resolve = self.resolve.clone();
             let saw_http2 = Arc::new(AtomicBool::new(false));
             let http2 = saw_http2.clone();
+            let saw_request = Arc::new(AtomicBool::new(false));
+            let asked = saw_request.clone();
             let closing = draining.clone();
             let handler = service_fn(move |request: http::Request<hyper::body::Incoming>| {
                 let forwarder = forwarder.clone();
@@ -190,6 +199,7 @@ impl Proxy {
                 let service = resolve.current(&service).unwrap_or_else(|| service.clone());
                 let caller = caller.clone();
                 let http1 = request.version() < Version::HTTP_2;
+                asked.store(true, Ordering::Relaxed);
                 if !http1 {
                     http2.store(true, Ordering::Relaxed);
                 }
@@ -246,8 +256,17 @@ impl Proxy {
                         }
                     }
                 };
-                if ended.is_err() {
+                if let Err(error) = ended {
                     stats.errors.fetch_add(1, Ordering::Relaxed);
+                    // hyper's head timer also runs while a kept-alive connection waits
+                    // for its next request: after a first request, its expiry is an idle
+                    // caller as often as a slow one, and not counted as a refusal.
+                    let kept_alive = saw_request.load(Ordering::Relaxed);
+                    match refusal(&*error) {
+                        Some(Refusal::HeadTimeout) if kept_alive => {}
+                        Some(reason) => stats.refused.count(reason),
+                        None => {}
+                    }
                 }
             });
         }
@@ -275,6 +294,40 @@ impl Proxy {
             .max_header_list_size(u32::try_from(c.max_header_bytes).unwrap_or(u32::MAX));
         builder
     }
+}
+
+/// The refusal of bad input that ended a connection with `error` (hyper's, for HTTP/1.1
+/// from its parser or header timer; for HTTP/2 h2's GOAWAY under it), or `None` for other
+/// ends (the caller reset or left, an I/O error): those are not the caller's bad input as
+/// far as the server can tell.
+pub fn refusal(error: &(dyn std::error::Error + 'static)) -> Option<Refusal> {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(e) = e.downcast_ref::<hyper::Error>() {
+            if e.is_parse_too_large() {
+                return Some(Refusal::HeadTooLarge);
+            }
+            if e.is_parse() {
+                return Some(Refusal::NotHttp);
+            }
+            if e.is_timeout() {
+                return Some(Refusal::HeadTimeout);
+            }
+        }
+        if let Some(e) = e.downcast_ref::<h2::Error>() {
+            // A GOAWAY the server sent for what the caller did; one the caller sent, or a
+            // reset of one stream, is no refusal.
+            if !(e.is_go_away() && e.is_library()) {
+                return None;
+            }
+            return Some(match e.reason() {
+                Some(h2::Reason::ENHANCE_YOUR_CALM) => Refusal::Http2Flood,
+                _ => Refusal::Http2Protocol,
+            });
+        }
+        cause = e.source();
+    }
+    None
 }
 
 /// Returns once the drain began. The guard `wait_for` returns is not `Send`; this drops it
