@@ -80,6 +80,7 @@
 //! | `enrollment.rs` | `enrollment: workloads`: only workload cgroups routed, others dial the VIP itself; `all` live | 18770-18771 | 127.100.77.1 |
 //! | `series_lifecycle.rs` | 1,000 backend replacements (100 edits of 10, `drain_grace: 1s`), each new address routed to: replaced backends' series removed, `/metrics` ends with as many backend series as after the first; `--max-series 3` over 6 backends folds into `other`, counted | 18980-18983; backends 127.0.10.1-127.0.15.10, 127.0.16.1-6 | 127.100.98.1-2 |
 //! | `l7_slo_prometheus.rs` | one of two http backends answers 500: the proxy's `sockmesh_requests_total` per code and the agent's `request_success` SLO counters = the client's own counts; a real Prometheus scraping agent and proxy records burn rate > 14.4, the page alert fires | 18950-18954 | 127.100.95.1 |
+//! | `l7_bad_input.rs` | through the VIP, while a kept-alive client gets only 200s: garbage bytes 400, a 1 MiB header 431, 200 slowloris connections closed after the 10 s head timeout, HTTP/2 rapid-reset bursts GOAWAY `ENHANCE_YOUR_CALM`; each counted in `sockmesh_proxy_refused_total{reason}`; the proxy's sampled RSS peak under 128 MiB | 18964-18969 | 127.100.93.1 |
 //! | `l7_timeouts.rs` | a hung backend's tries move on after `per_try_timeout` (all 200, retries = its requests); all backends hung: 504 within `timeout` + 5 s | 18955-18959 | 127.100.96.10-11 |
 //! | `same_node.rs` | sk_msg redirect byte-exact both ways, close and reset; fallback to TCP once for an outside server | 18960-18963 | 127.100.96.1-2 |
 //! | **control plane, caller routes, locality** | | | |
@@ -254,10 +255,15 @@ pub mod pressure_fill;
 // tests/locality_*.rs (ports 18900-18999, VIPs 127.100.90-99.x): route_callers 18900-18909
 // (127.100.90.x), locality_failover 18910-18919 (127.100.91.x). connect_storm.rs takes
 // 18990-18999 and 127.100.99.10+ from the end of that range (harness.rs has 127.100.99.1).
+/// Hostile HTTP callers (garbage, huge header, slowloris, HTTP/2 rapid reset); used by
+/// tests/l7_bad_input.rs (ports 18964-18969, VIP 127.100.93.1).
+pub mod http_abuse;
 /// The L7 tests' python HTTP servers and clients.
 pub mod http_py;
 /// The L7 tests' common steps (agent with its proxy, the proxy's /metrics).
 pub mod l7;
+/// A process's sampled `VmRSS` (the spawned proxy's, in tests/l7_bad_input.rs).
+pub mod proc_rss;
 pub mod route_mesh;
 /// The same-node fast path's stock python3 peers.
 pub mod same_node_py;
