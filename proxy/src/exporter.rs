@@ -63,7 +63,6 @@ impl Collector for ConnectionCollector {
             ConstCounter::new(value.load(Ordering::Relaxed))
                 .encode(family.encode_family(&labels)?)?;
         }
-        drop(family);
         s.refused.encode(&mut encoder)
     }
 }
