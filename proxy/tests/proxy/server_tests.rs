@@ -181,6 +181,36 @@ async fn an_http2_rapid_reset_burst_gets_goaway_and_is_counted() {
     );
 }
 
+/// A caller that starts the HTTP/2 preface and stalls (a slowloris the HTTP/1.1 head timer
+/// would not see: hyper waits for the whole preface without a timer) is closed after
+/// `header_read_timeout` and counted as `head_timeout`; a whole preface is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_http2_preface_is_closed_after_the_head_timeout() {
+    let backend = TestBackend::start(Mode::Status(200)).await;
+    let config = ProxyConfig {
+        header_read_timeout: Duration::from_secs(1),
+        ..ProxyConfig::default()
+    };
+    let proxy = RunningProxy::start_with(http("{}"), &[spec(backend.addr, &[])], config).await;
+    let started = Instant::now();
+    let answer = raw(proxy.addr, b"PRI * HTTP/2.0\r\n").await;
+    assert!(answer.is_empty(), "answered {answer:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed at the timeout, not before: {:?}",
+        started.elapsed()
+    );
+    let refused = &proxy.stats().refused;
+    wait_for("the refusal counted", || {
+        refused.get(Refusal::HeadTimeout) == 1
+    })
+    .await;
+    assert_eq!(
+        send(&h2_client(), get(&proxy.url("/"))).await.0,
+        StatusCode::OK
+    );
+}
+
 /// An error that is no hyper or h2 error is no refusal.
 #[test]
 fn other_errors_are_no_refusal() {
