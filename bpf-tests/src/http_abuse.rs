@@ -9,6 +9,8 @@
 //!   (the server answers and closes long before the end);
 //! - [`Attack::Slowloris`]: connections that send a request line and then one header byte
 //!   per `interval`, never finishing the head, until the server closes them;
+//! - [`Attack::StalledPreface`]: connections that send the first 16 bytes of the HTTP/2
+//!   preface (`PRI * HTTP/2.0\r\n`) and nothing more, until the server closes them;
 //! - [`Attack::RapidReset`]: HTTP/2 with prior knowledge, in raw frames: the preface,
 //!   SETTINGS, then `pairs` streams each opened (HEADERS with a literal HPACK block: `:method
 //!   GET`, `:scheme http`, `:path /`, `:authority x`, no Huffman) and reset at once
@@ -118,11 +120,11 @@ def rapid_reset(i):
     record(answer or ended, start)
     s.close()
 
-def slowloris():
+def held(opening):
     conns = []
     for _ in range(count):
         s, start = connect()
-        s.sendall(b"GET / HTTP/1.1\r\n")
+        s.sendall(opening)
         s.setblocking(False)
         conns.append([s, start, b""])
     trickle = b"x-slow: " + b"a" * 4096
@@ -144,7 +146,7 @@ def slowloris():
             record("reset" if chunk is None else first_line(c[2], "closed"), c[1])
             c[0].close()
             conns.remove(c)
-        if time.monotonic() >= next_byte:
+        if interval and time.monotonic() >= next_byte:
             byte = trickle[sent % len(trickle):][:1]
             sent += 1
             for c in conns:
@@ -159,7 +161,9 @@ def slowloris():
 
 attacks = {"garbage": garbage, "huge_header": huge_header, "rapid_reset": rapid_reset}
 if kind == "slowloris":
-    slowloris()
+    held(b"GET / HTTP/1.1\r\n")
+elif kind == "stalled_preface":
+    held(b"PRI * HTTP/2.0\r\n")
 else:
     for i in range(count):
         try:
@@ -182,6 +186,8 @@ pub enum Attack {
         connections: usize,
         interval: Duration,
     },
+    /// `connections` held at once, each sent the start of the HTTP/2 preface only.
+    StalledPreface { connections: usize },
     /// `connections` HTTP/2 connections, one after the other, each `pairs` streams opened
     /// and reset.
     RapidReset { connections: usize, pairs: usize },
@@ -198,6 +204,9 @@ impl Attack {
                 connections,
                 interval,
             } => ("slowloris", connections, 0, interval),
+            Attack::StalledPreface { connections } => {
+                ("stalled_preface", connections, 0, Duration::ZERO)
+            }
             Attack::RapidReset { connections, pairs } => {
                 ("rapid_reset", connections, pairs, Duration::ZERO)
             }
@@ -205,7 +214,7 @@ impl Attack {
     }
 
     /// Starts the attack on `target` from inside `cgroup`; `bound` caps each connection's
-    /// wait for the server (slowloris: the whole attack).
+    /// wait for the server (for the held connections: the whole attack).
     pub fn spawn(
         &self,
         cgroup: &Cgroup2,

@@ -2,8 +2,8 @@
 //! `sockmesh-proxy` behind the connect hook, attackers in a workload's cgroup calling the
 //! VIP like any caller, while a well-behaved kept-alive client calls the same VIP.
 //!
-//! Shown here, all at once: 200 slowloris connections (a header byte a second) are closed
-//! by the proxy's 10 s head timeout; meanwhile 50 connections of garbage bytes get a 400,
+//! Shown here, all at once: 200 slowloris connections (a header byte a second) and 20 that
+//! stop inside the HTTP/2 preface are closed by the proxy's 10 s head timeout; meanwhile 50 connections of garbage bytes get a 400,
 //! 5 requests with a 1 MiB header a 431, and 10 HTTP/2 connections that each open and reset
 //! 1,000 streams in one burst (rapid reset) a GOAWAY `ENHANCE_YOUR_CALM`. No attacker
 //! connection hangs (each is bounded; a `timeout` outcome fails the test). Each refusal is
@@ -122,6 +122,9 @@ services:
     }
     .spawn(&web, vip, Duration::from_secs(30))
     .unwrap();
+    let stalled = Attack::StalledPreface { connections: 20 }
+        .spawn(&web, vip, Duration::from_secs(30))
+        .unwrap();
     let bound = Duration::from_secs(10);
     let garbage = Attack::Garbage { connections: 50 }
         .run(&web, vip, bound)
@@ -139,6 +142,7 @@ services:
     .run(&web, vip, bound)
     .unwrap();
     let slowloris = slowloris.wait().unwrap();
+    let stalled = stalled.wait().unwrap();
     let attacks_took = started.elapsed();
     // A few more seconds of good traffic once the attacks are over.
     std::thread::sleep(Duration::from_secs(2));
@@ -159,11 +163,14 @@ services:
     assert_refused("rapid reset", &reset, |o| {
         o.starts_with("goaway") || o == "closed" || o == "reset"
     });
-    let (first_closed, last_closed) = slowloris.range_ms();
-    assert!(
-        first_closed >= 9_000.0 && last_closed <= 20_000.0,
-        "slowloris connections closed at the 10 s head timeout: {first_closed:.0}-{last_closed:.0} ms"
-    );
+    assert_refused("stalled HTTP/2 preface", &stalled, |o| o == "closed");
+    for (name, held) in [("slowloris", &slowloris), ("stalled preface", &stalled)] {
+        let (first_closed, last_closed) = held.range_ms();
+        assert!(
+            first_closed >= 9_000.0 && last_closed <= 20_000.0,
+            "{name}: closed at the 10 s head timeout: {first_closed:.0}-{last_closed:.0} ms"
+        );
+    }
     let calm = reset.count(|o| o == "goaway 11");
     assert!(calm >= 1, "GOAWAY ENHANCE_YOUR_CALM: {:?}", reset.summary());
 
@@ -174,7 +181,7 @@ services:
     eprintln!("refused before {before:?}, after {after:?}");
     assert_eq!(delta("not_http"), 50);
     assert_eq!(delta("head_too_large"), 5);
-    assert_eq!(delta("head_timeout"), 200);
+    assert_eq!(delta("head_timeout"), 200 + 20);
     assert!(delta("http2_flood") >= calm as u64, "{after:?}");
     assert_eq!(delta("http2_protocol"), 0);
 
