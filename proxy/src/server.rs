@@ -4,8 +4,9 @@
 //!
 //! Limits against bad callers: a connection that sends nothing is closed after
 //! `header_read_timeout`, and so is one that sent only part of the HTTP/2 preface by then
-//! ([`opening`]) and an HTTP/1.1 request head not complete by then (hyper's timer); a head larger than `max_header_bytes` is refused (HTTP/1.1: 431 or 400 and close;
-//! HTTP/2: the header list limit); bytes that are not HTTP get a 400 and a close (hyper);
+//! ([`opening`]) and an HTTP/1.1 request head not complete by then (hyper's timer); a head
+//! larger than `max_header_bytes` is refused (HTTP/1.1: 431 or 400 and close; HTTP/2: the
+//! header list limit); bytes that are not HTTP get a 400 and a close (hyper);
 //! HTTP/2 streams per connection are bounded, and hyper's protection against rapid resets
 //! (CVE-2023-44487: a bounded number of pending-accept and locally reset streams) stays on
 //! at its defaults; connections beyond `max_connections` wait in the kernel's backlog.
