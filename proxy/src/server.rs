@@ -4,7 +4,7 @@
 //!
 //! Limits against bad callers: a connection that sends nothing is closed after
 //! `header_read_timeout`, and so is one that sent only part of the HTTP/2 preface by then
-//! ([`opening`]) and an HTTP/1.1 request head not complete by then (hyper's timer); a head
+//! (`opening`) and an HTTP/1.1 request head not complete by then (hyper's timer); a head
 //! larger than `max_header_bytes` is refused (HTTP/1.1: 431 or 400 and close; HTTP/2: the
 //! header list limit); bytes that are not HTTP get a 400 and a close (hyper);
 //! HTTP/2 streams per connection are bounded, and hyper's protection against rapid resets
