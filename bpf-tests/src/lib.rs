@@ -81,6 +81,7 @@
 //! | `series_lifecycle.rs` | 1,000 backend replacements (100 edits of 10, `drain_grace: 1s`), each new address routed to: replaced backends' series removed, `/metrics` ends with as many backend series as after the first; `--max-series 3` over 6 backends folds into `other`, counted | 18980-18983; backends 127.0.10.1-127.0.15.10, 127.0.16.1-6 | 127.100.98.1-2 |
 //! | `l7_slo_prometheus.rs` | one of two http backends answers 500: the proxy's `sockmesh_requests_total` per code and the agent's `request_success` SLO counters = the client's own counts; a real Prometheus scraping agent and proxy records burn rate > 14.4, the page alert fires | 18950-18954 | 127.100.95.1 |
 //! | `l7_grpc.rs` | a grpcio client through an http service's VIP to grpcio servers: the client's count per status (OK, NOT_FOUND, UNAVAILABLE, INTERNAL) = the proxy's `sockmesh_requests_total{code="grpc_*"}`; the server's `time_remaining()` bounded by the service's `timeout` and by the client's deadline; a deadline run out at a slow server: DEADLINE_EXCEEDED, counted | 18930-18931; backends 127.0.0.30-31 | 127.100.93.1-2 |
+//! | `l7_bad_input.rs` | through the VIP, while a kept-alive client gets only 200s: garbage bytes 400, a 1 MiB header 431, 200 slowloris connections and 20 stalled HTTP/2 prefaces closed after the 10 s head timeout, HTTP/2 rapid-reset bursts GOAWAY `ENHANCE_YOUR_CALM`; each counted in `sockmesh_proxy_refused_total{reason}`; the proxy's sampled RSS peak under 128 MiB | 18964-18969 | 127.100.93.5 |
 //! | `l7_timeouts.rs` | a hung backend's tries move on after `per_try_timeout` (all 200, retries = its requests); all backends hung: 504 within `timeout` + 5 s | 18955-18959 | 127.100.96.10-11 |
 //! | `same_node.rs` | sk_msg redirect byte-exact both ways, close and reset; fallback to TCP once for an outside server | 18960-18963 | 127.100.96.1-2 |
 //! | **control plane, caller routes, locality** | | | |
@@ -258,10 +259,15 @@ pub mod pressure_fill;
 /// The L7 gRPC test's grpcio servers and client (tests/l7_grpc.rs: ports 18930-18931,
 /// VIPs 127.100.93.1-2, backends 127.0.0.30-31).
 pub mod grpc_py;
+/// Hostile HTTP callers (garbage, huge header, slowloris, HTTP/2 rapid reset); used by
+/// tests/l7_bad_input.rs (ports 18964-18969, VIP 127.100.93.5).
+pub mod http_abuse;
 /// The L7 tests' python HTTP servers and clients.
 pub mod http_py;
 /// The L7 tests' common steps (agent with its proxy, the proxy's /metrics).
 pub mod l7;
+/// A process's sampled `VmRSS` (the spawned proxy's, in tests/l7_bad_input.rs).
+pub mod proc_rss;
 pub mod route_mesh;
 /// The same-node fast path's stock python3 peers.
 pub mod same_node_py;

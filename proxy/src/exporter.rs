@@ -7,6 +7,8 @@
 //!   became of them ([`ConnectionStats`]): `served`, `unresolved` (no kernel origin, or a
 //!   service the targets do not have: closed at once), `silent` (nothing sent within the
 //!   header timeout), `error` (an HTTP error ended it);
+//! - `sockmesh_proxy_refused_total{reason}`: the errors that were refusals of bad input
+//!   ([`crate::metrics::Refusals`]);
 //! - the link's gauges and counters (`crate::process`) and the endpoint's own
 //!   `sockmesh_http_connections_total{endpoint="metrics"}`.
 
@@ -61,7 +63,7 @@ impl Collector for ConnectionCollector {
             ConstCounter::new(value.load(Ordering::Relaxed))
                 .encode(family.encode_family(&labels)?)?;
         }
-        Ok(())
+        s.refused.encode(&mut encoder)
     }
 }
 

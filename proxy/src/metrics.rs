@@ -9,7 +9,9 @@
 //! - `sockmesh_request_duration_seconds{service}`: a histogram, 1 ms to 10 s;
 //! - `sockmesh_request_retries_total{service,reason}`: retries by
 //!   [`crate::retry::Outcome::reason`] (seven values);
-//! - `sockmesh_request_series_dropped_total{metric}`: observations folded into `other`.
+//! - `sockmesh_request_series_dropped_total{metric}`: observations folded into `other`;
+//! - `sockmesh_proxy_refused_total{reason}`: connections the server refused for bad input
+//!   ([`Refusals`], [`Refusal`]: five reasons), exported with the connection counters.
 //!
 //! Cardinality: `code` and `reason` are bounded sets, but service, backend and caller come
 //! from the config and the kernel's stamp, and a bug there (a caller label per pod IP, say)
@@ -21,12 +23,16 @@
 //! most 84 + 1 + 7 of them exist.
 
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::code::Code;
@@ -247,6 +253,93 @@ fn bounded<L, M, C>(family: Family<L, M, C>, max: usize, name: &'static str) -> 
 impl Observe for RequestMetrics {
     fn request_done(&self, report: &Report) {
         self.record(report)
+    }
+}
+
+/// Why the server refused a connection's input (the `reason` of
+/// `sockmesh_proxy_refused_total`): a fixed set, so the family has five series at most.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Refusal {
+    /// Bytes that are not an HTTP/1.1 request head (a bad method, URI, version or header):
+    /// answered 400 and closed.
+    NotHttp,
+    /// A request head (or URI) over the server's limit: answered 431 (414 for a URI) and
+    /// closed.
+    HeadTooLarge,
+    /// An HTTP/1.1 request head not complete within the header timeout (slowloris): closed.
+    HeadTimeout,
+    /// HTTP/2: the caller made the server reset streams too fast (rapid reset,
+    /// CVE-2023-44487) or otherwise flooded it: GOAWAY `ENHANCE_YOUR_CALM` and closed.
+    Http2Flood,
+    /// HTTP/2: any other protocol violation (a bad frame, preface or header block): GOAWAY
+    /// with its error code and closed.
+    Http2Protocol,
+}
+
+impl Refusal {
+    /// Every reason, in the order of [`Refusals`]' counters.
+    pub const ALL: [Refusal; 5] = [
+        Refusal::NotHttp,
+        Refusal::HeadTooLarge,
+        Refusal::HeadTimeout,
+        Refusal::Http2Flood,
+        Refusal::Http2Protocol,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::NotHttp => "not_http",
+            Refusal::HeadTooLarge => "head_too_large",
+            Refusal::HeadTimeout => "head_timeout",
+            Refusal::Http2Flood => "http2_flood",
+            Refusal::Http2Protocol => "http2_protocol",
+        }
+    }
+}
+
+impl EncodeLabelValue for Refusal {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub reason: Refusal,
+}
+
+/// The refusal counters: plain atomics the accept loop adds to, read at each scrape
+/// ([`Refusals::encode`]). Every reason is exported, 0 included, so a rate over a reason
+/// that never happened is 0, not absent.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    counts: [AtomicU64; Refusal::ALL.len()],
+}
+
+impl Refusals {
+    pub fn count(&self, reason: Refusal) {
+        self.counts[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, reason: Refusal) -> u64 {
+        self.counts[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// Writes `proxy_refused_total{reason}` (the registry's prefix makes it
+    /// `sockmesh_proxy_refused_total`).
+    pub fn encode(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let mut family = encoder.encode_descriptor(
+            "proxy_refused",
+            "Connections the L7 proxy refused for bad input, by reason: not_http (400), head_too_large (431), head_timeout (slowloris), http2_flood (GOAWAY ENHANCE_YOUR_CALM, rapid reset), http2_protocol (other GOAWAY)",
+            None,
+            MetricType::Counter,
+        )?;
+        for reason in Refusal::ALL {
+            ConstCounter::new(self.get(reason))
+                .encode(family.encode_family(&RefusalLabels { reason })?)?;
+        }
+        Ok(())
     }
 }
 

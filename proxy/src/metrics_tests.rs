@@ -190,3 +190,41 @@ fn label_sets_beyond_the_cap_fold_into_other_and_are_counted() {
         ]
     );
 }
+
+/// [`Refusals`] alone on a registry, as the process's connection collector exports it.
+#[derive(Debug)]
+struct RefusalsOnly(Arc<Refusals>);
+
+impl prometheus_client::collector::Collector for RefusalsOnly {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        self.0.encode(&mut encoder)
+    }
+}
+
+#[test]
+fn refusals_export_every_reason_with_its_count() {
+    let refusals = Arc::new(Refusals::default());
+    for _ in 0..3 {
+        refusals.count(Refusal::NotHttp);
+    }
+    refusals.count(Refusal::Http2Flood);
+    let mut registry = Registry::with_prefix("sockmesh");
+    registry.register_collector(Box::new(RefusalsOnly(refusals.clone())));
+    let text = encode(&registry);
+    assert_eq!(
+        samples(&text, "sockmesh_proxy_refused_total"),
+        [
+            "sockmesh_proxy_refused_total{reason=\"head_timeout\"} 0",
+            "sockmesh_proxy_refused_total{reason=\"head_too_large\"} 0",
+            "sockmesh_proxy_refused_total{reason=\"http2_flood\"} 1",
+            "sockmesh_proxy_refused_total{reason=\"http2_protocol\"} 0",
+            "sockmesh_proxy_refused_total{reason=\"not_http\"} 3",
+        ]
+    );
+    assert_eq!(refusals.get(Refusal::HeadTimeout), 0);
+    let labels: std::collections::BTreeSet<_> = Refusal::ALL.iter().map(|r| r.as_str()).collect();
+    assert_eq!(labels.len(), Refusal::ALL.len(), "one label per reason");
+    for (i, reason) in Refusal::ALL.iter().enumerate() {
+        assert_eq!(*reason as usize, i, "ALL is in the counters' order");
+    }
+}

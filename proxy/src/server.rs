@@ -3,12 +3,17 @@
 //! told apart by the connection preface) through [`crate::forward`].
 //!
 //! Limits against bad callers: a connection that sends nothing is closed after
-//! `header_read_timeout`, and so is an HTTP/1.1 request head not complete by then (hyper's
-//! timer); a head larger than `max_header_bytes` is refused (HTTP/1.1: 431 or 400 and close;
-//! HTTP/2: the header list limit); bytes that are not HTTP get a 400 and a close (hyper);
+//! `header_read_timeout`, and so is one that sent only part of the HTTP/2 preface by then
+//! (`opening`) and an HTTP/1.1 request head not complete by then (hyper's timer); a head
+//! larger than `max_header_bytes` is refused (HTTP/1.1: 431 or 400 and close; HTTP/2: the
+//! header list limit); bytes that are not HTTP get a 400 and a close (hyper);
 //! HTTP/2 streams per connection are bounded, and hyper's protection against rapid resets
 //! (CVE-2023-44487: a bounded number of pending-accept and locally reset streams) stays on
 //! at its defaults; connections beyond `max_connections` wait in the kernel's backlog.
+//! Each such refusal is counted by its [`Refusal`] reason ([`refusal`] reads it from the
+//! connection's error) in [`ConnectionStats::refused`]; the head timer's expiry only on a
+//! connection's first request (hyper's timer also closes a kept-alive connection idle that
+//! long, and cannot say whether part of a next head had arrived).
 //!
 //! Shutdown ([`Proxy::serve`]'s `shutdown` future): stop accepting (the listener is the
 //! agent's, so connects queue for the next proxy), tell every connection to finish, and
@@ -35,6 +40,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::body::MAX_BUFFERED_BODY;
 use crate::forward::Forwarder;
+use crate::metrics::{Refusal, Refusals};
 use crate::report::Observe;
 use crate::target::Resolve;
 use crate::upstream::{PoolConfig, Upstream};
@@ -85,8 +91,10 @@ pub struct ConnectionStats {
     /// Connections closed because nothing arrived within `header_read_timeout`.
     pub silent: AtomicU64,
     /// Connections that ended in an HTTP error (bytes that are not HTTP, a head too large
-    /// or too slow, a protocol violation).
+    /// or too slow, a stalled HTTP/2 preface, a protocol violation, a reset by the caller).
     pub errors: AtomicU64,
+    /// The errors that are refusals of bad input, by reason (each also in `errors`).
+    pub refused: Refusals,
 }
 
 /// How a shutdown ended.
@@ -182,6 +190,8 @@ impl Proxy {
             let resolve = self.resolve.clone();
             let saw_http2 = Arc::new(AtomicBool::new(false));
             let http2 = saw_http2.clone();
+            let saw_request = Arc::new(AtomicBool::new(false));
+            let asked = saw_request.clone();
             let closing = draining.clone();
             let handler = service_fn(move |request: http::Request<hyper::body::Incoming>| {
                 let forwarder = forwarder.clone();
@@ -190,6 +200,7 @@ impl Proxy {
                 let service = resolve.current(&service).unwrap_or_else(|| service.clone());
                 let caller = caller.clone();
                 let http1 = request.version() < Version::HTTP_2;
+                asked.store(true, Ordering::Relaxed);
                 if !http1 {
                     http2.store(true, Ordering::Relaxed);
                 }
@@ -219,13 +230,21 @@ impl Proxy {
                     wait_draining(&mut draining).await;
                     tokio::time::sleep(grace).await;
                 };
-                let spoke = tokio::select! {
-                    spoke = first_byte(&stream, first_bytes) => spoke,
-                    () = silent_in_drain => false,
+                let opening = tokio::select! {
+                    opening = opening(&stream, first_bytes) => opening,
+                    () = silent_in_drain => Opening::Silent,
                 };
-                if !spoke {
-                    stats.silent.fetch_add(1, Ordering::Relaxed);
-                    return;
+                match opening {
+                    Opening::Spoke => {}
+                    Opening::Silent => {
+                        stats.silent.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    Opening::Stalled => {
+                        stats.errors.fetch_add(1, Ordering::Relaxed);
+                        stats.refused.count(Refusal::HeadTimeout);
+                        return;
+                    }
                 }
                 stats.served.fetch_add(1, Ordering::Relaxed);
                 let connection = builder.serve_connection(TokioIo::new(stream), handler);
@@ -246,8 +265,17 @@ impl Proxy {
                         }
                     }
                 };
-                if ended.is_err() {
+                if let Err(error) = ended {
                     stats.errors.fetch_add(1, Ordering::Relaxed);
+                    // hyper's head timer also runs while a kept-alive connection waits
+                    // for its next request: after a first request, its expiry is an idle
+                    // caller as often as a slow one, and not counted as a refusal.
+                    let kept_alive = saw_request.load(Ordering::Relaxed);
+                    match refusal(&*error) {
+                        Some(Refusal::HeadTimeout) if kept_alive => {}
+                        Some(reason) => stats.refused.count(reason),
+                        None => {}
+                    }
                 }
             });
         }
@@ -277,6 +305,40 @@ impl Proxy {
     }
 }
 
+/// The refusal of bad input that ended a connection with `error` (hyper's, for HTTP/1.1
+/// from its parser or header timer; for HTTP/2 h2's GOAWAY under it), or `None` for other
+/// ends (the caller reset or left, an I/O error): those are not the caller's bad input as
+/// far as the server can tell.
+pub fn refusal(error: &(dyn std::error::Error + 'static)) -> Option<Refusal> {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(e) = e.downcast_ref::<hyper::Error>() {
+            if e.is_parse_too_large() {
+                return Some(Refusal::HeadTooLarge);
+            }
+            if e.is_parse() {
+                return Some(Refusal::NotHttp);
+            }
+            if e.is_timeout() {
+                return Some(Refusal::HeadTimeout);
+            }
+        }
+        if let Some(e) = e.downcast_ref::<h2::Error>() {
+            // A GOAWAY the server sent for what the caller did; one the caller sent, or a
+            // reset of one stream, is no refusal.
+            if !(e.is_go_away() && e.is_library()) {
+                return None;
+            }
+            return Some(match e.reason() {
+                Some(h2::Reason::ENHANCE_YOUR_CALM) => Refusal::Http2Flood,
+                _ => Refusal::Http2Protocol,
+            });
+        }
+        cause = e.source();
+    }
+    None
+}
+
 /// Returns once the drain began. The guard `wait_for` returns is not `Send`; this drops it
 /// at once.
 async fn wait_draining(draining: &mut watch::Receiver<bool>) {
@@ -284,13 +346,49 @@ async fn wait_draining(draining: &mut watch::Receiver<bool>) {
     let _ = draining.wait_for(|d| *d).await;
 }
 
-/// Waits for the connection's first byte (or its close) up to `within`: the HTTP/1.1 head
-/// timer starts only once the server knows the protocol, so a silent connection would
-/// otherwise be held forever.
-async fn first_byte(stream: &TcpStream, within: Duration) -> bool {
-    let mut byte = [0u8; 1];
-    matches!(
-        tokio::time::timeout(within, stream.peek(&mut byte)).await,
-        Ok(Ok(1..))
-    )
+/// The HTTP/2 client preface (RFC 9113, 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How often a connection that sent part of the HTTP/2 preface is looked at again.
+const PREFACE_POLL: Duration = Duration::from_millis(20);
+
+/// How a connection began (see [`opening`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    /// Bytes hyper can tell a protocol from: HTTP/1.1 (or garbage), or the whole preface.
+    Spoke,
+    /// Nothing, or a close, within the timeout.
+    Silent,
+    /// Part of the HTTP/2 preface, and no more, within the timeout.
+    Stalled,
+}
+
+/// Waits up to `within` for the connection's opening bytes. Without it a silent connection
+/// would be held forever (the HTTP/1.1 head timer starts only once the server knows the
+/// protocol), and so would one that sends a part of the HTTP/2 preface: hyper waits for all
+/// 24 bytes, with no timer. `peek` leaves the bytes for hyper; a partial preface is looked
+/// at again every [`PREFACE_POLL`] (peek returns at once while bytes are queued).
+async fn opening(stream: &TcpStream, within: Duration) -> Opening {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut bytes = [0u8; H2_PREFACE.len()];
+    let mut partial = false;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut bytes)).await {
+            Err(_) if partial => return Opening::Stalled,
+            Err(_) => return Opening::Silent,
+            // Closed after a part of the preface: hyper reads the end and says so.
+            Ok(Ok(0) | Err(_)) if partial => return Opening::Spoke,
+            Ok(Ok(0) | Err(_)) => return Opening::Silent,
+            Ok(Ok(n)) => n,
+        };
+        if n == H2_PREFACE.len() || bytes[..n] != H2_PREFACE[..n] {
+            return Opening::Spoke;
+        }
+        partial = true;
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Opening::Stalled;
+        }
+        tokio::time::sleep(PREFACE_POLL.min(deadline - now)).await;
+    }
 }

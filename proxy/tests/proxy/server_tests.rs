@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
+use sockmesh_proxy::metrics::Refusal;
 use sockmesh_proxy::ProxyConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -12,13 +13,18 @@ use super::*;
 /// Writes `bytes` on a fresh connection and reads until the proxy closes it (at most 20 s):
 /// what the proxy answered.
 async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    String::from_utf8_lossy(&raw_bytes(addr, bytes).await).into_owned()
+}
+
+/// As [`raw`], the answer's bytes; a reset ends the answer.
+async fn raw_bytes(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     // The proxy may close before reading it all; a failed write is part of the answer.
     let _ = stream.write_all(bytes).await;
     let mut answer = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer));
     match read.await {
-        Ok(_) => String::from_utf8_lossy(&answer).into_owned(),
+        Ok(_) => answer,
         Err(_) => panic!("the proxy held the connection for 20 s"),
     }
 }
@@ -78,6 +84,18 @@ async fn garbage_and_slow_callers_are_refused_and_others_served() {
     let stats = proxy.stats();
     assert_eq!(stats.silent.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert!(stats.errors.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+    // Each refusal counted once under its reason; the good requests under none.
+    wait_for("the refusals counted", || {
+        stats.refused.get(Refusal::NotHttp) == 2 && stats.refused.get(Refusal::HeadTimeout) == 1
+    })
+    .await;
+    for other in [
+        Refusal::HeadTooLarge,
+        Refusal::Http2Flood,
+        Refusal::Http2Protocol,
+    ] {
+        assert_eq!(stats.refused.get(other), 0, "{other:?}");
+    }
 }
 
 /// A 1 MiB header is refused with 431 (or 400, or a close) without reaching the backend.
@@ -100,6 +118,104 @@ async fn a_huge_header_is_refused() {
         send(&client(), get(&proxy.url("/"))).await.0,
         StatusCode::OK
     );
+    let refused = &proxy.stats().refused;
+    wait_for("the refusal counted", || {
+        refused.get(Refusal::HeadTooLarge) == 1
+    })
+    .await;
+    assert_eq!(refused.get(Refusal::NotHttp), 0);
+}
+
+/// One HTTP/2 frame: length, type, flags, stream id, payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    frame.extend([kind, flags]);
+    frame.extend(stream.to_be_bytes());
+    frame.extend(payload);
+    frame
+}
+
+/// The error code of the first GOAWAY among the server's frames in `bytes`.
+fn goaway_code(bytes: &[u8]) -> Option<u32> {
+    let mut rest = bytes;
+    while rest.len() >= 9 {
+        let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+        let (kind, payload) = (rest[3], rest.get(9..9 + len)?);
+        if kind == 7 && len >= 8 {
+            return Some(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
+        }
+        rest = &rest[9 + len..];
+    }
+    None
+}
+
+/// HTTP/2 rapid reset (CVE-2023-44487) in raw frames: the preface, SETTINGS, then 500
+/// streams each opened (HEADERS, a literal HPACK block) and reset (RST_STREAM CANCEL) at
+/// once, in one write. hyper's limit on streams reset before they are accepted answers
+/// GOAWAY ENHANCE_YOUR_CALM and closes: counted as `http2_flood`; a new caller is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_rapid_reset_burst_gets_goaway_and_is_counted() {
+    let backend = TestBackend::start(Mode::Status(200)).await;
+    let proxy = RunningProxy::start(http("{}"), &[spec(backend.addr, &[])]).await;
+    let mut burst = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    burst.extend(h2_frame(4, 0, 0, &[]));
+    // :method GET, :scheme http, :path / (static table), :authority x (literal).
+    let block = [0x82, 0x86, 0x84, 0x01, 0x01, b'x'];
+    for i in 0..500u32 {
+        let stream = 2 * i + 1;
+        burst.extend(h2_frame(1, 0x5, stream, &block));
+        burst.extend(h2_frame(3, 0, stream, &8u32.to_be_bytes()));
+    }
+    let answer = raw_bytes(proxy.addr, &burst).await;
+    let code = goaway_code(&answer);
+    println!("rapid reset: GOAWAY {code:?}, {} bytes", answer.len());
+    assert_eq!(code, Some(11), "GOAWAY ENHANCE_YOUR_CALM");
+    let refused = &proxy.stats().refused;
+    wait_for("the refusal counted", || {
+        refused.get(Refusal::Http2Flood) == 1
+    })
+    .await;
+    assert_eq!(
+        send(&h2_client(), get(&proxy.url("/"))).await.0,
+        StatusCode::OK
+    );
+}
+
+/// A caller that starts the HTTP/2 preface and stalls (a slowloris the HTTP/1.1 head timer
+/// would not see: hyper waits for the whole preface without a timer) is closed after
+/// `header_read_timeout` and counted as `head_timeout`; a whole preface is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_http2_preface_is_closed_after_the_head_timeout() {
+    let backend = TestBackend::start(Mode::Status(200)).await;
+    let config = ProxyConfig {
+        header_read_timeout: Duration::from_secs(1),
+        ..ProxyConfig::default()
+    };
+    let proxy = RunningProxy::start_with(http("{}"), &[spec(backend.addr, &[])], config).await;
+    let started = Instant::now();
+    let answer = raw(proxy.addr, b"PRI * HTTP/2.0\r\n").await;
+    assert!(answer.is_empty(), "answered {answer:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed at the timeout, not before: {:?}",
+        started.elapsed()
+    );
+    let refused = &proxy.stats().refused;
+    wait_for("the refusal counted", || {
+        refused.get(Refusal::HeadTimeout) == 1
+    })
+    .await;
+    assert_eq!(
+        send(&h2_client(), get(&proxy.url("/"))).await.0,
+        StatusCode::OK
+    );
+}
+
+/// An error that is no hyper or h2 error is no refusal.
+#[test]
+fn other_errors_are_no_refusal() {
+    let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+    assert_eq!(sockmesh_proxy::server::refusal(&io), None);
 }
 
 /// Shutdown while a request is in flight (the backend answers after 1 s): the request
