@@ -93,7 +93,7 @@ impl L7Results {
                 let s = self.summary(protocol, route);
                 let added = |v: f64, base: f64| match route {
                     L7Route::Direct => "-".to_string(),
-                    _ => format!("{:.1}", v - base),
+                    _ => format!("{:+.1}", v - base),
                 };
                 let cpu = if s.cpu_per_1k.is_finite() {
                     format!("{:.4}", s.cpu_per_1k)
@@ -136,8 +136,8 @@ impl L7Results {
         let (c50, c99) = (c.p50_us - a.p50_us, c.p99_us - a.p99_us);
         let met = b50 <= c50 && b99 <= c99;
         format!(
-            "{} latency goal (proxy adds no more than haproxy): proxy +{b50:.1} / +{b99:.1} us, \
-             haproxy +{c50:.1} / +{c99:.1} us at p50 / p99: {}",
+            "{} latency goal (proxy adds no more than haproxy): proxy {b50:+.1} / {b99:+.1} us, \
+             haproxy {c50:+.1} / {c99:+.1} us at p50 / p99: {}",
             protocol.label(),
             verdict(met)
         )
