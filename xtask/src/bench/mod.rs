@@ -17,6 +17,11 @@
 //! refuses takes (fault injection at 100 %, the kernel path of an open circuit, shedding
 //! and limits; the circuit test only checks that such connects are refusals).
 //!
+//! Then the L7 section (`l7/`, issue 19): kept-alive HTTP/1.1 (wrk) and h2c (h2load)
+//! direct, through the agent-spawned sockmesh-proxy and through haproxy `mode http`, with
+//! the hops' CPU per 1,000 requests and the proxy's RSS; its own agent and cgroup, started
+//! once the TCP section's are gone. `--only tcp` or `--only l7` runs one section.
+//!
 //! Numbers are printed, never asserted: a benchmark on a shared 2-core machine is a
 //! comparison, not a test.
 
