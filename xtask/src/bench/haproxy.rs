@@ -27,10 +27,9 @@ impl Haproxy {
 
     /// Writes `config` to `<dir>/<name>.cfg` and starts haproxy on it (stderr to
     /// `<dir>/<name>.log`); ready once `frontend` accepts connections.
-    pub fn start_with(dir: &Path, name: &str, frontend: SocketAddr, config: &str) -> Result<Self> {
-        let config_path = dir.join(format!("{name}.cfg"));
-        fs::write(&config_path, config)?;
-        let config = config_path;
+    pub fn start_with(dir: &Path, name: &str, frontend: SocketAddr, text: &str) -> Result<Self> {
+        let config = dir.join(format!("{name}.cfg"));
+        fs::write(&config, text)?;
         let log_path = dir.join(format!("{name}.log"));
         let log = fs::File::create(&log_path)?;
         let mut cmd = Command::new("haproxy");
