@@ -1,5 +1,6 @@
 //! Mode (c)'s proxy hop: Debian's haproxy in `mode tcp` in front of the bench backend,
-//! started in the foreground by us and stopped by pid.
+//! started in the foreground by us and stopped by pid. The L7 section (`l7/`) starts more
+//! haproxy processes the same way with configs of its own ([`Haproxy::start_with`]).
 
 use std::fs;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -20,12 +21,16 @@ pub struct Haproxy {
 impl Haproxy {
     /// Writes a config for `backend` into `dir` and starts haproxy on 127.0.0.1.
     pub fn start(dir: &Path, backend: SocketAddr) -> Result<Self> {
-        // Let the kernel pick a free port, then hand it to haproxy; the gap is a few µs and
-        // a collision would show up as a clear bind error below.
-        let frontend = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let config = dir.join("haproxy.cfg");
-        fs::write(&config, config_text(frontend, backend))?;
-        let log_path = dir.join("haproxy.log");
+        let frontend = free_port("127.0.0.1")?;
+        Self::start_with(dir, "haproxy", frontend, &config_text(frontend, backend))
+    }
+
+    /// Writes `config` to `<dir>/<name>.cfg` and starts haproxy on it (stderr to
+    /// `<dir>/<name>.log`); ready once `frontend` accepts connections.
+    pub fn start_with(dir: &Path, name: &str, frontend: SocketAddr, text: &str) -> Result<Self> {
+        let config = dir.join(format!("{name}.cfg"));
+        fs::write(&config, text)?;
+        let log_path = dir.join(format!("{name}.log"));
         let log = fs::File::create(&log_path)?;
         let mut cmd = Command::new("haproxy");
         // -db: stay in the foreground, so the pid we hold is haproxy's own.
@@ -49,6 +54,11 @@ impl Haproxy {
         self.frontend
     }
 
+    /// haproxy's own pid (`-db`: no fork), for its CPU time.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn wait_listening(&mut self, log: &Path) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
@@ -63,6 +73,14 @@ impl Haproxy {
         }
         bail!("haproxy is not listening on {} after 5 s", self.frontend)
     }
+}
+
+/// A port on `ip` that was free a moment ago: the kernel picks it, then we hand it to
+/// haproxy; the gap is a few µs and a collision would show up as a clear bind error.
+pub fn free_port(ip: &str) -> Result<SocketAddr> {
+    Ok(TcpListener::bind((ip, 0))
+        .with_context(|| format!("bind {ip}:0"))?
+        .local_addr()?)
 }
 
 impl Drop for Haproxy {

@@ -17,6 +17,11 @@
 //! refuses takes (fault injection at 100 %, the kernel path of an open circuit, shedding
 //! and limits; the circuit test only checks that such connects are refusals).
 //!
+//! Then the L7 section (`l7/`, issue 19): kept-alive HTTP/1.1 (wrk) and h2c (h2load)
+//! direct, through the agent-spawned sockmesh-proxy and through haproxy `mode http`, with
+//! the hops' CPU per 1,000 requests and the proxy's RSS; its own agent and cgroup, started
+//! once the TCP section's are gone. `--only tcp` or `--only l7` runs one section.
+//!
 //! Numbers are printed, never asserted: a benchmark on a shared 2-core machine is a
 //! comparison, not a test.
 
@@ -25,6 +30,7 @@ mod backend;
 mod bpf_stats;
 mod config_apply;
 mod haproxy;
+mod l7;
 pub mod loadgen;
 pub(crate) mod proc_stats;
 mod refusal;
@@ -39,7 +45,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use crate::attached_agent::{self, PinDir};
 use crate::cgroup::ChildCgroup;
@@ -49,7 +55,7 @@ use backend::Backend;
 use bpf_stats::{Prog, ProgStats, StatsEnabled};
 use haproxy::Haproxy;
 use loadgen::Mode;
-use report::{DrainSample, ProgRow, Results, Sample};
+use report::{print_sample, DrainSample, ProgRow, Results, Sample};
 
 /// Backend and VIPs of the bench service (default policy, one backend); loopback only and
 /// apart from the default config's addresses, so a demo can run at the same time.
@@ -93,6 +99,10 @@ pub struct BenchArgs {
     /// config-apply measurements (minutes, with the 10,000-service apply) while iterating.
     #[arg(long)]
     routes_only: bool,
+    /// Run one section only: `tcp` (the routes above and what follows them) or `l7`
+    /// (kept-alive HTTP through sockmesh-proxy and haproxy mode http, `l7/`).
+    #[arg(long, value_enum)]
+    only: Option<Section>,
     /// Instead of the above: the control plane on the Kubernetes source and `--agents`
     /// agents at `--services` x `--backends` (docs/bench.md, "Scale").
     #[arg(long)]
@@ -113,6 +123,13 @@ pub struct BenchArgs {
     /// (0: right after it, while the agents may still be creating stats entries).
     #[arg(long, default_value_t = 0)]
     idle_wait: u64,
+}
+
+/// The bench's sections; both run unless `--only` names one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Section {
+    Tcp,
+    L7,
 }
 
 /// The routes, in table order: the issues' (a)/(b)/(c) with (b') after (b).
@@ -169,7 +186,21 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let agent_bin = fs::canonicalize(agent_build::run()?)?;
     attached_agent::use_agent_bin(&agent_bin);
     let cpus = print_machine();
+    if args.only != Some(Section::L7) {
+        tcp(args, cpus)?;
+    }
+    if args.only != Some(Section::Tcp) {
+        // After the TCP section's agents, proxy and backend are gone: its rows run without
+        // the L7 agent and its proxy, and the L7 rows without the TCP agents.
+        interrupt::check()?;
+        println!();
+        l7::run(args)?;
+    }
+    Ok(())
+}
 
+/// The TCP section: the routes (a), (b), (b'), (c) and what follows them.
+fn tcp(args: &BenchArgs, cpus: usize) -> Result<()> {
     let pid = std::process::id();
     let scratch = ScratchDir::create(&format!("sockmesh-bench-{pid}"))?;
     let backend = Backend::start(BACKEND_IP)?;
@@ -522,53 +553,6 @@ fn loadgen(
         p999_us: num("p999_us"),
         errors: v["errors"].as_u64().unwrap_or(0),
     })
-}
-
-/// One line per load generator run; for (b) and (b') conn-rate runs also the mean run time of
-/// that agent's connect4 program over the run, and for every (b) run its sock_ops runs.
-fn print_sample(
-    round: usize,
-    route: Route,
-    mode: Mode,
-    s: &Sample,
-    connect4_mean: Option<f64>,
-    sock_ops: Option<ProgStats>,
-) {
-    let sock_ops = sock_ops.map_or_else(String::new, |d| {
-        format!(
-            "  sock_ops {} runs, mean {:.0} ns",
-            d.run_cnt,
-            d.mean_ns().unwrap_or(0.0)
-        )
-    });
-    match mode {
-        Mode::ConnRate => println!(
-            "round {} {:<30} conn-rate {:>9.0} conn/s  errors {}{}{sock_ops}",
-            round + 1,
-            route.label(),
-            s.ops_per_s,
-            s.errors,
-            connect4_mean.map_or_else(String::new, |ns| format!("  connect4 mean {ns:.0} ns"))
-        ),
-        Mode::Latency => println!(
-            "round {} {:<30} latency   p50 {:>7.1} us  p99 {:>7.1} us  p999 {:>7.1} us  errors {}{sock_ops}",
-            round + 1,
-            route.label(),
-            s.p50_us,
-            s.p99_us,
-            s.p999_us,
-            s.errors
-        ),
-        Mode::Throughput => println!(
-            "round {} {:<30} throughput {:>8.0} MiB/s  errors {}{sock_ops}",
-            round + 1,
-            route.label(),
-            s.ops_per_s / (1024.0 * 1024.0),
-            s.errors
-        ),
-        // Not a round mode; refusal.rs prints its own table.
-        Mode::Refused => {}
-    }
 }
 
 /// Prints the machine line and returns the number of CPUs.

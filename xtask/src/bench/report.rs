@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use super::agent_metrics::Counters;
 use super::bpf_stats::{Prog, ProgStats};
+use super::loadgen::Mode;
 use super::Route;
 
 /// What one load generator run reported.
@@ -284,6 +285,53 @@ pub fn drain_table(samples: &[DrainSample], metrics: std::net::SocketAddr) -> St
         );
     }
     out
+}
+
+/// One line per load generator run; for (b) and (b') conn-rate runs also the mean run time of
+/// that agent's connect4 program over the run, and for every (b) run its sock_ops runs.
+pub fn print_sample(
+    round: usize,
+    route: Route,
+    mode: Mode,
+    s: &Sample,
+    connect4_mean: Option<f64>,
+    sock_ops: Option<ProgStats>,
+) {
+    let sock_ops = sock_ops.map_or_else(String::new, |d| {
+        format!(
+            "  sock_ops {} runs, mean {:.0} ns",
+            d.run_cnt,
+            d.mean_ns().unwrap_or(0.0)
+        )
+    });
+    match mode {
+        Mode::ConnRate => println!(
+            "round {} {:<30} conn-rate {:>9.0} conn/s  errors {}{}{sock_ops}",
+            round + 1,
+            route.label(),
+            s.ops_per_s,
+            s.errors,
+            connect4_mean.map_or_else(String::new, |ns| format!("  connect4 mean {ns:.0} ns"))
+        ),
+        Mode::Latency => println!(
+            "round {} {:<30} latency   p50 {:>7.1} us  p99 {:>7.1} us  p999 {:>7.1} us  errors {}{sock_ops}",
+            round + 1,
+            route.label(),
+            s.p50_us,
+            s.p99_us,
+            s.p999_us,
+            s.errors
+        ),
+        Mode::Throughput => println!(
+            "round {} {:<30} throughput {:>8.0} MiB/s  errors {}{sock_ops}",
+            round + 1,
+            route.label(),
+            s.ops_per_s / (1024.0 * 1024.0),
+            s.errors
+        ),
+        // Not a round mode; refusal.rs prints its own table.
+        Mode::Refused => {}
+    }
 }
 
 pub fn median(values: impl Iterator<Item = f64>) -> f64 {
