@@ -259,9 +259,8 @@ fn deploy_tools() -> Result<()> {
 fn grpc_tools() -> Result<()> {
     let venv = Path::new(GRPC_VENV);
     let python = venv.join("bin").join("python");
-    let version = command::probe(
-        Command::new(&python).args(["-c", "import grpc; print(grpc.__version__)"]),
-    );
+    let version =
+        command::probe(Command::new(&python).args(["-c", "import grpc; print(grpc.__version__)"]));
     if version.as_deref().map(str::trim) == Some(GRPCIO_VERSION) {
         println!("setup: grpcio {GRPCIO_VERSION} already present in {GRPC_VENV}");
         return Ok(());

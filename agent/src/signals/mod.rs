@@ -282,12 +282,52 @@ impl Signals {
         tracker.snapshot(tokio::time::Instant::now())
     }
 
-    /// The L7 proxy's count of a service's requests, for its request SLIs.
-    pub(crate) fn on_requests(&self, service: &str, tally: crate::slo::RequestTally<'_>) {
-        self.slos.lock().expect("slo lock").on_requests(
-            tokio::time::Instant::now(),
-            service,
-            tally,
+    /// The L7 proxy's count of a service's requests: for its request SLIs, and per backend
+    /// for `top` and diagnosis (only the service's configured backends, and at most
+    /// [`sockmesh_proxy::link::MAX_TALLY_BACKENDS`] rows, are kept).
+    pub(crate) fn on_requests(&self, t: &sockmesh_proxy::link::ServiceTally) {
+        let now = tokio::time::Instant::now();
+        let tally = crate::slo::RequestTally {
+            requests: t.requests,
+            failed: t.failed,
+            within: &t.within,
+        };
+        self.slos
+            .lock()
+            .expect("slo lock")
+            .on_requests(now, &t.service, tally);
+        let mut inner = self.inner.lock().expect("signals lock");
+        let Inner { views, diag, .. } = &mut *inner;
+        let Some(view) = views.iter().find(|v| v.name == t.service) else {
+            return;
+        };
+        let total = crate::diagnose::record::RequestTally {
+            requests: t.requests,
+            failed: t.failed,
+            gateway: 0,
+            within: t.within.iter().copied().collect(),
+        };
+        let rows: Vec<(String, crate::diagnose::record::RequestTally)> = t
+            .backends
+            .iter()
+            .take(sockmesh_proxy::link::MAX_TALLY_BACKENDS)
+            .map(|b| (b.backend.to_string(), b))
+            .filter(|(addr, _)| view.backends.iter().any(|v| &v.addr == addr))
+            .map(|(addr, b)| {
+                let counts = crate::diagnose::record::RequestTally {
+                    requests: b.requests,
+                    failed: b.failed.min(b.requests),
+                    gateway: b.gateway.min(b.failed),
+                    within: Default::default(),
+                };
+                (addr, counts)
+            })
+            .collect();
+        diag.on_requests(
+            now,
+            &t.service,
+            &total,
+            rows.iter().map(|(a, c)| (a.as_str(), c.clone())),
         );
     }
 
