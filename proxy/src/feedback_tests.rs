@@ -200,3 +200,33 @@ fn a_tally_names_at_most_the_bounded_number_of_backends() {
     assert_eq!(tally.backends.len(), MAX_TALLY_BACKENDS);
     assert_eq!(tally.backends[0].requests, 2);
 }
+
+#[test]
+fn exports_exactly_the_families_of_deploy_proxy_metrics_txt() {
+    let mut registry = crate::exporter::registry();
+    let feedback = Feedback::new(&mut registry);
+    let mut retried = report("shop", backend(1), 200, None);
+    retried.retries = vec![Outcome::Status(503).reason()];
+    feedback.request_done(&retried);
+    // One label set past the bound: the fold into `other` is counted.
+    for port in 0..=crate::metrics::MAX_SERIES_PER_FAMILY as u16 {
+        feedback.request_done(&report("shop", backend(port), 200, None));
+    }
+    let text = crate::exporter::encode(&registry);
+    let encoded: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| match l.split_once(' ')? {
+            (name, "counter") => Some(format!("{name}_total")),
+            (name, _) => Some(name.to_owned()),
+        })
+        .collect();
+    let listed: std::collections::BTreeSet<String> =
+        include_str!("../../deploy/proxy-metrics.txt")
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or("").trim())
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect();
+    assert_eq!(encoded, listed);
+}
