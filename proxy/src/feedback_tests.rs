@@ -221,12 +221,11 @@ fn exports_exactly_the_families_of_deploy_proxy_metrics_txt() {
             (name, _) => Some(name.to_owned()),
         })
         .collect();
-    let listed: std::collections::BTreeSet<String> =
-        include_str!("../../deploy/proxy-metrics.txt")
-            .lines()
-            .map(|l| l.split('#').next().unwrap_or("").trim())
-            .filter(|l| !l.is_empty())
-            .map(str::to_owned)
-            .collect();
+    let listed: std::collections::BTreeSet<String> = include_str!("../../deploy/proxy-metrics.txt")
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
     assert_eq!(encoded, listed);
 }
