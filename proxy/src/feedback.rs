@@ -70,8 +70,15 @@ struct Tally {
     failed: u64,
     /// Requests within each of the service's latency thresholds (same order).
     within: Vec<u64>,
-    /// Per backend: requests, failed, gateway answers.
-    backends: HashMap<SocketAddr, [u64; 3]>,
+    /// Per backend ([`BackendTally`] without the address).
+    backends: HashMap<SocketAddr, BackendCounts>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct BackendCounts {
+    requests: u64,
+    failed: u64,
+    gateway: u64,
 }
 
 #[derive(Debug, Default)]
@@ -178,14 +185,14 @@ impl Feedback {
     }
 }
 
-fn backend_rows(counts: HashMap<SocketAddr, [u64; 3]>) -> Vec<BackendTally> {
+fn backend_rows(counts: HashMap<SocketAddr, BackendCounts>) -> Vec<BackendTally> {
     let mut rows: Vec<BackendTally> = counts
         .into_iter()
-        .map(|(backend, [requests, failed, gateway])| BackendTally {
+        .map(|(backend, c)| BackendTally {
             backend,
-            requests,
-            failed,
-            gateway,
+            requests: c.requests,
+            failed: c.failed,
+            gateway: c.gateway,
         })
         .collect();
     rows.sort_by_key(|r| r.backend);
@@ -229,9 +236,9 @@ impl Observe for Feedback {
                 let gateway =
                     report.backend.is_none() && matches!(report.status.as_u16(), 502 | 504);
                 let n = tally.backends.entry(backend).or_default();
-                n[0] += 1;
-                n[1] += u64::from(failed);
-                n[2] += u64::from(gateway);
+                n.requests += 1;
+                n.failed += u64::from(failed);
+                n.gateway += u64::from(gateway);
             }
         }
         let us = u64::try_from(report.duration.as_micros()).unwrap_or(u64::MAX);
