@@ -19,8 +19,9 @@
 //!   the agent's diagnosis names the backends the failures come from.
 //! - Bounds: only services of the current targets are tallied and judged (a report of a
 //!   service that left is counted in the metrics only), so a report holds at most one tally
-//!   per service and at most [`MAX_TALLY_BACKENDS`] backends per tally; a ban suggestion is sent once per (service, backend, reason) per report,
-//!   and the rules themselves suggest a backend once per run.
+//!   per service and at most [`MAX_TALLY_BACKENDS`] backends per tally; a ban suggestion is
+//!   sent once per (service, backend, reason) per report, and the rules themselves suggest a
+//!   backend once per run.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -391,7 +391,9 @@ mod tests {
             }
 
             #[test]
-            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            fn arbitrary_bytes_never_panic(
+                bytes in proptest::collection::vec(any::<u8>(), 0..256),
+            ) {
                 let _ = read(&bytes);
             }
         }

@@ -1,4 +1,5 @@
-//! The four kernel-signal cause scorers of [`super::score::diagnose`]. Each returns its score in [0, 1] and
+//! The four kernel-signal cause scorers of [`super::score::diagnose`] (the fifth, from the
+//! L7 proxy's requests, is [`super::backend_errors`]). Each returns its score in [0, 1] and
 //! the evidence an operator can check, strongest first (the summary quotes the first line).
 
 use super::score::{

@@ -138,8 +138,9 @@ impl RequestRow {
 }
 
 /// Every configured service, worst first: by 1h burn of its worst SLO, then failure growth
-/// (failed connects, plus failed requests for an http service), then latency growth (a service without SLOs burns 0; no latency figure counts as 1, no
-/// change); equal rows by name.
+/// (failed connects, plus failed requests for an http service), then latency growth (a
+/// service without SLOs burns 0; no latency figure counts as 1, no change); equal rows by
+/// name.
 pub(crate) fn top(
     rec: &Recorder,
     now: tokio::time::Instant,
