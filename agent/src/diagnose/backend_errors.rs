@@ -36,7 +36,7 @@ pub(super) fn backend_errors(input: &DiagnoseInput) -> Cause {
     erring.sort_by_key(|b| std::cmp::Reverse(b.recent.failed));
 
     let mut evidence = Vec::new();
-    if service_requests == 0 && req.baseline.requests == 0 {
+    if service_requests == 0 && req.baseline.requests == 0 && erring.is_empty() {
         evidence.push(format!(
             "no requests through the node's L7 proxy in the last {:.0} s",
             input.recent_secs + input.baseline_secs
