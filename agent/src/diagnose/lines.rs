@@ -89,7 +89,8 @@ pub(crate) struct RequestRow {
     pub requests: Pair<u64>,
     /// Failed as `request_success` counts them: 5xx, gRPC server errors, never answered.
     pub failed: Pair<u64>,
-    /// Requests per second over the last 5 min.
+    /// Requests per second over the last 5 min (over the time since the agent started, if
+    /// shorter).
     pub rate_per_second: f64,
     /// The share of the last 5 min's requests that did not fail (`None` without requests).
     pub success: Option<f64>,
@@ -105,7 +106,7 @@ pub(crate) struct LatencyShare {
 }
 
 impl RequestRow {
-    fn of(last: &RequestTally, previous: &RequestTally) -> Option<Self> {
+    fn of(last: &RequestTally, previous: &RequestTally, observed_secs: f64) -> Option<Self> {
         if last.requests == 0 && previous.requests == 0 {
             return None;
         }
@@ -125,7 +126,7 @@ impl RequestRow {
                 last: last.failed,
                 previous: previous.failed,
             },
-            rate_per_second: last.requests as f64 / LAST.secs(),
+            rate_per_second: last.requests as f64 / observed_secs,
             success: share(last.requests.saturating_sub(last.failed)),
             latency,
         })
@@ -183,6 +184,7 @@ pub(crate) fn top(
                 requests: RequestRow::of(
                     &rec.requests(now, service, LAST),
                     &rec.requests(now, service, PREVIOUS),
+                    rec.observed_secs(now, LAST),
                 ),
             }
         })

@@ -35,6 +35,12 @@ impl Recorder {
         self.forget_stale(epoch);
     }
 
+    /// The seconds of `span` the recorder saw (an agent that started 15 s ago saw 15 s of
+    /// the last 5 min), at least one: a rate's divisor.
+    pub(crate) fn observed_secs(&self, now: Instant, span: Span) -> f64 {
+        self.clock.since(now).as_secs_f64().clamp(1.0, span.secs())
+    }
+
     /// The service's requests in `span` (nothing for a tcp service).
     pub(crate) fn requests(&self, now: Instant, service: &str, span: Span) -> RequestTally {
         let epoch = self.clock.epoch(now);
@@ -65,7 +71,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::diagnose::record::{BASELINE, RECENT};
+    use crate::diagnose::record::{BASELINE, LAST, RECENT};
 
     fn tally(requests: u64, failed: u64, gateway: u64) -> RequestTally {
         RequestTally {
@@ -121,6 +127,9 @@ mod tests {
             "a backend with no requests is not kept"
         );
         assert_eq!(r.requests(now, "api", RECENT), RequestTally::default());
+        assert_eq!(r.observed_secs(t0 + Duration::from_secs(15), LAST), 15.0);
+        assert_eq!(r.observed_secs(t0, LAST), 1.0, "never zero");
+        assert_eq!(r.observed_secs(now, RECENT), 60.0);
         // Ten minutes of silence: forgotten.
         r.on_requests(
             now + Duration::from_secs(700),
