@@ -14,10 +14,14 @@
 //! - Each service's rules come with the targets ([`Rules`]): its `outlier.consecutive_5xx`
 //!   and the thresholds of its `request_latency` SLOs, under which requests are counted
 //!   ([`ServiceTally::within`]).
+//! - Each request is also counted for the backend that answered it or, when the proxy
+//!   answered itself after a try (502, 504), for that try's backend ([`ServiceTally::backends`]):
+//!   the agent's diagnosis names the backends the failures come from.
 //! - Bounds: only services of the current targets are tallied and judged (a report of a
 //!   service that left is counted in the metrics only), so a report holds at most one tally
-//!   per service; a ban suggestion is sent once per (service, backend, reason) per report,
-//!   and the rules themselves suggest a backend once per run.
+//!   per service and at most [`MAX_TALLY_BACKENDS`] backends per tally; a ban suggestion is
+//!   sent once per (service, backend, reason) per report, and the rules themselves suggest a
+//!   backend once per run.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use prometheus_client::registry::Registry;
 use sockmesh_model::OutlierSpec;
 
-use crate::link::{BanRequest, ProxyReport, ServiceTally};
+use crate::link::{BackendTally, BanRequest, ProxyReport, ServiceTally, MAX_TALLY_BACKENDS};
 use crate::metrics::RequestMetrics;
 use crate::outlier::latency::LatencyOutliers;
 use crate::outlier::{BanSuggestion, RequestOutliers};
@@ -67,6 +71,15 @@ struct Tally {
     failed: u64,
     /// Requests within each of the service's latency thresholds (same order).
     within: Vec<u64>,
+    /// Per backend ([`BackendTally`] without the address).
+    backends: HashMap<SocketAddr, BackendCounts>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct BackendCounts {
+    requests: u64,
+    failed: u64,
+    gateway: u64,
 }
 
 #[derive(Debug, Default)]
@@ -150,6 +163,7 @@ impl Feedback {
                     requests: t.requests,
                     failed: t.failed,
                     within: thresholds.iter().copied().zip(t.within).collect(),
+                    backends: backend_rows(t.backends),
                 }
             })
             .collect();
@@ -172,6 +186,28 @@ impl Feedback {
     }
 }
 
+fn backend_rows(counts: HashMap<SocketAddr, BackendCounts>) -> Vec<BackendTally> {
+    let mut rows: Vec<BackendTally> = counts
+        .into_iter()
+        .map(|(backend, c)| BackendTally {
+            backend,
+            requests: c.requests,
+            failed: c.failed,
+            gateway: c.gateway,
+        })
+        .collect();
+    rows.sort_by_key(|r| r.backend);
+    rows
+}
+
+/// The backend a request is counted for: the one that answered, else the last one tried
+/// (the proxy's 502 or 504 followed its try); `None` when no backend was tried.
+pub fn answered_by(report: &Report) -> Option<SocketAddr> {
+    report
+        .backend
+        .or_else(|| report.tries.last().map(|t| t.backend))
+}
+
 /// Whether `report` counts against its service (module docs).
 pub fn failed(report: &Report) -> bool {
     report.code.is_server_error() || report.status.as_u16() == CLIENT_CLOSED
@@ -191,8 +227,21 @@ impl Observe for Feedback {
                 within: vec![0; rules.latency_thresholds_us.len()],
                 ..Tally::default()
             });
+        let failed = failed(report);
         tally.requests += 1;
-        tally.failed += u64::from(failed(report));
+        tally.failed += u64::from(failed);
+        if let Some(backend) = answered_by(report) {
+            let room =
+                tally.backends.len() < MAX_TALLY_BACKENDS || tally.backends.contains_key(&backend);
+            if room {
+                let gateway =
+                    report.backend.is_none() && matches!(report.status.as_u16(), 502 | 504);
+                let n = tally.backends.entry(backend).or_default();
+                n.requests += 1;
+                n.failed += u64::from(failed);
+                n.gateway += u64::from(gateway);
+            }
+        }
         let us = u64::try_from(report.duration.as_micros()).unwrap_or(u64::MAX);
         for (n, threshold) in tally.within.iter_mut().zip(&rules.latency_thresholds_us) {
             *n += u64::from(us <= *threshold);

@@ -71,6 +71,12 @@ fn tallies_per_known_service_and_nothing_to_say_is_none() {
             requests: 3,
             failed: 1,
             within: Vec::new(),
+            backends: vec![BackendTally {
+                backend: backend(1),
+                requests: 3,
+                failed: 1,
+                gateway: 0,
+            }],
         }]
     );
     assert!(got.bans.is_empty());
@@ -128,4 +134,98 @@ fn requests_are_counted_under_each_latency_threshold_and_the_services_own_5xx_ru
     let got = feedback.take_report().unwrap();
     assert_eq!(got.bans.len(), 1, "{got:?}");
     assert_eq!(got.bans[0].reason, "consecutive_5xx");
+}
+
+#[test]
+fn requests_are_counted_for_the_backend_that_answered_or_was_tried_last() {
+    let feedback = feedback(&["shop"]);
+    feedback.request_done(&report("shop", backend(1), 200, None));
+    feedback.request_done(&report("shop", backend(2), 500, None));
+    feedback.request_done(&report("shop", backend(2), 200, Some(14)));
+    // The proxy's own 502 after backend 3's try failed, and a 504 after backend 2 hung.
+    for (port, status) in [(3, 502), (2, 504)] {
+        let mut gateway = report("shop", backend(port), status, None);
+        gateway.backend = None;
+        gateway.tries[0].outcome = Outcome::ConnectFailure;
+        feedback.request_done(&gateway);
+    }
+    // A retry saved by backend 1 after backend 3 failed: counted for backend 1 only.
+    let mut saved = report("shop", backend(1), 200, None);
+    saved.tries.insert(
+        0,
+        Try {
+            backend: backend(3),
+            outcome: Outcome::Status(503),
+            elapsed: Duration::from_millis(1),
+        },
+    );
+    feedback.request_done(&saved);
+    // No backend eligible: the service's failure, no backend's.
+    let mut none = report("shop", backend(9), 503, None);
+    none.backend = None;
+    none.tries.clear();
+    feedback.request_done(&none);
+
+    let got = feedback.take_report().unwrap();
+    let row = |port, requests, failed, gateway| BackendTally {
+        backend: backend(port),
+        requests,
+        failed,
+        gateway,
+    };
+    let tally = &got.services[0];
+    assert_eq!((tally.requests, tally.failed), (7, 5));
+    assert_eq!(
+        tally.backends,
+        vec![row(1, 2, 0, 0), row(2, 3, 3, 1), row(3, 1, 1, 1)]
+    );
+}
+
+#[test]
+fn a_tally_names_at_most_the_bounded_number_of_backends() {
+    let feedback = feedback(&["shop"]);
+    let many = MAX_TALLY_BACKENDS as u16 + 10;
+    for port in 1..=many {
+        feedback.request_done(&report("shop", backend(port), 500, None));
+    }
+    // A backend already counted keeps counting.
+    feedback.request_done(&report("shop", backend(1), 500, None));
+    let got = feedback.take_report().unwrap();
+    let tally = &got.services[0];
+    assert_eq!(
+        tally.requests,
+        u64::from(many) + 1,
+        "the service counts all"
+    );
+    assert_eq!(tally.backends.len(), MAX_TALLY_BACKENDS);
+    assert_eq!(tally.backends[0].requests, 2);
+}
+
+#[test]
+fn exports_exactly_the_families_of_deploy_proxy_metrics_txt() {
+    let mut registry = crate::exporter::registry();
+    let feedback = Feedback::new(&mut registry);
+    let mut retried = report("shop", backend(1), 200, None);
+    retried.retries = vec![Outcome::Status(503).reason()];
+    feedback.request_done(&retried);
+    // One label set past the bound: the fold into `other` is counted.
+    for port in 0..=crate::metrics::MAX_SERIES_PER_FAMILY as u16 {
+        feedback.request_done(&report("shop", backend(port), 200, None));
+    }
+    let text = crate::exporter::encode(&registry);
+    let encoded: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| match l.split_once(' ')? {
+            (name, "counter") => Some(format!("{name}_total")),
+            (name, _) => Some(name.to_owned()),
+        })
+        .collect();
+    let listed: std::collections::BTreeSet<String> = include_str!("../../deploy/proxy-metrics.txt")
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(encoded, listed);
 }

@@ -22,13 +22,17 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sockmesh_model::HttpSpec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Version of the frames below; both sides must speak the same.
-pub const LINK_VERSION: u32 = 1;
+/// Version of the frames below; both sides must speak the same. 2: [`ServiceTally`] carries
+/// per-backend counts ([`BackendTally`]).
+pub const LINK_VERSION: u32 = 2;
 /// Largest frame either side accepts: a full target set of 10,000 services with ten
 /// backends each is about 10 MiB of JSON.
 pub const MAX_FRAME: usize = 64 << 20;
 /// Most listeners one handover carries.
 pub const MAX_FDS: usize = 8;
+/// Most backends one [`ServiceTally`] names; a sender counts no more backends of one service,
+/// a receiver ignores rows past this many.
+pub const MAX_TALLY_BACKENDS: usize = 1024;
 
 /// Agent -> proxy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,6 +125,23 @@ pub struct ServiceTally {
     /// [`TargetService::latency_thresholds_us`] the proxy had when it counted them.
     #[serde(default)]
     pub within: Vec<(u64, u64)>,
+    /// The same requests by the backend that answered them, or whose try the proxy's own
+    /// gateway answer (502, 504) followed; a request no backend was tried for (503: none
+    /// eligible) is in no row. At most [`MAX_TALLY_BACKENDS`] rows, sorted by address.
+    #[serde(default)]
+    pub backends: Vec<BackendTally>,
+}
+
+/// One backend's share of a [`ServiceTally`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendTally {
+    pub backend: SocketAddr,
+    pub requests: u64,
+    /// Of `requests`, those that failed the service (as [`ServiceTally::failed`]).
+    pub failed: u64,
+    /// Of `failed`, those the proxy answered itself (502, 504) after this backend's try
+    /// failed or ran out of time: the backend never answered.
+    pub gateway: u64,
 }
 
 /// A backend a request rule would ban (`outlier.consecutive_5xx`, latency deviation).
@@ -313,6 +334,83 @@ mod tests {
             matches!(err, LinkError::TooLarge(n) if n == u32::MAX as usize),
             "{err}"
         );
+    }
+
+    /// Any bytes after a valid length: an error or a report, never a panic or a read past
+    /// the frame; a report read back equals the one written.
+    mod decode {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn report() -> impl Strategy<Value = ProxyReport> {
+            let row = (any::<u16>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+                |(port, requests, failed, gateway)| BackendTally {
+                    backend: SocketAddr::from(([127, 0, 0, 1], port)),
+                    requests,
+                    failed,
+                    gateway,
+                },
+            );
+            let tally = (
+                "[a-z]{1,8}",
+                any::<u64>(),
+                any::<u64>(),
+                proptest::collection::vec((any::<u64>(), any::<u64>()), 0..3),
+                proptest::collection::vec(row, 0..5),
+            )
+                .prop_map(|(service, requests, failed, within, backends)| {
+                    ServiceTally {
+                        service,
+                        requests,
+                        failed,
+                        within,
+                        backends,
+                    }
+                });
+            proptest::collection::vec(tally, 0..4).prop_map(|services| ProxyReport {
+                services,
+                bans: Vec::new(),
+            })
+        }
+
+        fn read(bytes: &[u8]) -> Result<Option<ToAgent>, LinkError> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(read_frame(&mut &bytes[..]))
+        }
+
+        proptest! {
+            #[test]
+            fn reports_round_trip(r in report()) {
+                let frame = encode_frame(&ToAgent::Report(r.clone())).unwrap();
+                prop_assert_eq!(read(&frame).unwrap(), Some(ToAgent::Report(r)));
+            }
+
+            #[test]
+            fn mangled_frames_are_refused_or_read_whole(
+                r in report(),
+                flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+                cut in any::<usize>(),
+            ) {
+                let mut frame = encode_frame(&ToAgent::Report(r)).unwrap();
+                for (at, byte) in flips {
+                    let at = 4 + at % (frame.len() - 4);
+                    frame[at] = byte;
+                }
+                let _ = read(&frame);
+                frame.truncate(4 + cut % (frame.len() - 3));
+                let _ = read(&frame);
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic(
+                bytes in proptest::collection::vec(any::<u8>(), 0..256),
+            ) {
+                let _ = read(&bytes);
+            }
+        }
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! - the rules define the recording rules and alerts docs/slo.md promises;
 //! - every `sockmesh…` metric the rules and the Grafana dashboard query is a family the agent
 //!   exports (deploy/metrics.txt, the one list of them; a histogram's `_bucket`, `_sum` and
-//!   `_count` series count as its family) or a rule the rules file records;
+//!   `_count` series count as its family) or a rule the rules file records; the dashboard
+//!   may also query the L7 proxy's request families (deploy/proxy-metrics.txt, scraped from
+//!   the proxy);
 //! - every dashboard query is valid PromQL (promtool parses it, Grafana's `$variables`
 //!   substituted);
 //! - README.md's "Metrics" table and deploy/metrics.txt name the same families.
@@ -31,6 +33,7 @@ pub const RULES: &str = "deploy/prometheus/sockmesh-rules.yaml";
 pub const RULE_TESTS: &str = "deploy/prometheus/tests";
 pub const DASHBOARD: &str = "deploy/grafana/sockmesh-dashboard.json";
 pub const METRICS_LIST: &str = "deploy/metrics.txt";
+pub const PROXY_METRICS_LIST: &str = "deploy/proxy-metrics.txt";
 pub const README: &str = "README.md";
 
 /// Rules docs/slo.md promises the rules file ships.
@@ -130,6 +133,16 @@ fn check_static(root: &Path) -> Result<usize> {
         .check(&rules.queries)
         .with_context(|| format!("{RULES} queries metrics the agent does not export"))?;
 
+    let proxy_families =
+        parse_metrics_list(&read(&root.join(PROXY_METRICS_LIST))?).context(PROXY_METRICS_LIST)?;
+    if let Some(both) = proxy_families.intersection(&families).next() {
+        bail!("`{both}` is in both {METRICS_LIST} and {PROXY_METRICS_LIST}");
+    }
+    let scraped: BTreeSet<String> = families.union(&proxy_families).cloned().collect();
+    let known = Known {
+        families: &scraped,
+        records: &rules.records,
+    };
     let dashboard: Json = serde_json::from_str(&read(&root.join(DASHBOARD))?)
         .with_context(|| format!("{DASHBOARD} is not valid JSON"))?;
     check_dashboard_shape(&dashboard).context(DASHBOARD)?;

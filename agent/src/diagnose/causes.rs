@@ -1,4 +1,5 @@
-//! The four cause scorers of [`super::score::diagnose`]. Each returns its score in [0, 1] and
+//! The four kernel-signal cause scorers of [`super::score::diagnose`] (the fifth, from the
+//! L7 proxy's requests, is [`super::backend_errors`]). Each returns its score in [0, 1] and
 //! the evidence an operator can check, strongest first (the summary quotes the first line).
 
 use super::score::{
@@ -6,8 +7,18 @@ use super::score::{
     FULL_FAILURE_SHARE, FULL_REFUSAL_SHARE, MIN_FAILURES, MIN_REFUSALS, RETRANSMIT_FLOOR,
 };
 
-fn pct(part: u64, whole: u64) -> f64 {
+pub(super) fn pct(part: u64, whole: u64) -> f64 {
     100.0 * part as f64 / whole.max(1) as f64
+}
+
+/// How few of `n` backends `k` is: 1 for one backend, 0.5 when all of them (or when the
+/// service has only one: then "this backend" and "the service" cannot be told apart).
+pub(super) fn fewness(k: usize, n: usize) -> f64 {
+    if n <= 1 {
+        0.5
+    } else {
+        1.0 - 0.5 * k.saturating_sub(1) as f64 / (n - 1) as f64
+    }
 }
 
 /// "a few backends fail": what share of the service's failures the failing backends carry,
@@ -31,15 +42,13 @@ pub(super) fn backends_failing(input: &DiagnoseInput) -> Cause {
     let other_bans: Vec<&BackendSignals> = input
         .backends
         .iter()
-        .filter(|b| b.ban.as_ref().is_some_and(|x| !x.for_failures()))
+        .filter(|b| {
+            b.ban
+                .as_ref()
+                .is_some_and(|x| !x.for_failures() && !x.for_request_errors())
+        })
         .collect();
-    let fewness = |k: usize| {
-        if n <= 1 {
-            0.5
-        } else {
-            1.0 - 0.5 * k.saturating_sub(1) as f64 / (n - 1) as f64
-        }
-    };
+    let fewness = |k: usize| fewness(k, n);
 
     let mut evidence = Vec::new();
     for b in &failing {

@@ -7,10 +7,10 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::{
-    record::{BackendTally, CpuTally, Recorder, BASELINE, RECENT},
+    record::{BackendTally, CpuTally, Recorder, RequestTally, BASELINE, RECENT},
     score::{
-        BackendSignals, BackendWindow, BanNow, CircuitNow, CpuWindow, DiagnoseInput, Refusals,
-        Role, SloBurn, WorkloadSignals,
+        BackendRequests, BackendSignals, BackendWindow, BanNow, CircuitNow, CpuWindow,
+        DiagnoseInput, Refusals, RequestSignals, RequestWindow, Role, SloBurn, WorkloadSignals,
     },
 };
 use crate::{
@@ -88,6 +88,20 @@ pub(crate) fn gather(
         })
         .collect();
 
+    let requests = RequestSignals {
+        recent: request_window(&rec.requests(now, service, RECENT)),
+        baseline: request_window(&rec.requests(now, service, BASELINE)),
+        backends: view
+            .backends
+            .iter()
+            .map(|b| BackendRequests {
+                addr: b.addr.clone(),
+                recent: request_window(&rec.backend_requests(now, service, &b.addr, RECENT)),
+                baseline: request_window(&rec.backend_requests(now, service, &b.addr, BASELINE)),
+                ban: bans.get(b.addr.as_str()).cloned(),
+            })
+            .collect(),
+    };
     let conns = rec.service(now, service, RECENT);
     let r = rec.refusals(now, service, RECENT);
     let circuit = rows_of(ctx.circuits, service).next().map(|row| CircuitNow {
@@ -115,10 +129,20 @@ pub(crate) fn gather(
             .filter(|s| s.service == service)
             .map(|s| SloBurn {
                 slo: s.slo.clone(),
+                sli: s.sli.to_owned(),
                 burn_5m: burn(s, BurnWindow::FiveMinutes),
                 burn_1h: burn(s, BurnWindow::OneHour),
             })
             .collect(),
+        requests,
+    }
+}
+
+fn request_window(t: &RequestTally) -> RequestWindow {
+    RequestWindow {
+        requests: t.requests,
+        failed: t.failed,
+        gateway: t.gateway,
     }
 }
 
@@ -321,6 +345,7 @@ mod tests {
             input.slos,
             [SloBurn {
                 slo: "availability".into(),
+                sli: "connect_success".into(),
                 burn_5m: 7.0,
                 burn_1h: 3.0
             }]

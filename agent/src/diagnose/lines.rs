@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::record::{ConnTally, Recorder, LAST, PREVIOUS};
+use super::record::{ConnTally, Recorder, RequestTally, LAST, PREVIOUS};
 use crate::slo::{BurnWindow, SloSample};
 
 /// One period of one line, as `/v1/lines` shows it.
@@ -78,11 +78,70 @@ pub(crate) struct TopRow {
     pub handshake_mean_ms: Pair<Option<f64>>,
     /// Mean handshake of the last 5 min over the 5 min before (`None` unless both had one).
     pub latency_growth: Option<f64>,
+    /// An http service's requests through the node's L7 proxy (`None`: no requests in
+    /// the last 10 min, as for a tcp service).
+    pub requests: Option<RequestRow>,
 }
 
-/// Every configured service, worst first: by 1h burn of its worst SLO, then failure growth,
-/// then latency growth (a service without SLOs burns 0; no latency figure counts as 1, no
-/// change); equal rows by name.
+/// The request SLIs of one http service in `top`, the last 5 min against the 5 min before.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct RequestRow {
+    pub requests: Pair<u64>,
+    /// Failed as `request_success` counts them: 5xx, gRPC server errors, never answered.
+    pub failed: Pair<u64>,
+    /// Requests per second over the last 5 min (over the time since the agent started, if
+    /// shorter).
+    pub rate_per_second: f64,
+    /// The share of the last 5 min's requests that did not fail (`None` without requests).
+    pub success: Option<f64>,
+    /// The tightest `request_latency` threshold and the share of the last 5 min's requests
+    /// within it (`None` without a latency SLO or requests).
+    pub latency: Option<LatencyShare>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct LatencyShare {
+    pub threshold_ms: f64,
+    pub within: f64,
+}
+
+impl RequestRow {
+    fn of(last: &RequestTally, previous: &RequestTally, observed_secs: f64) -> Option<Self> {
+        if last.requests == 0 && previous.requests == 0 {
+            return None;
+        }
+        let share = |n: u64| (last.requests > 0).then(|| n as f64 / last.requests as f64);
+        let latency = last.within.first_key_value().and_then(|(us, n)| {
+            Some(LatencyShare {
+                threshold_ms: *us as f64 / 1e3,
+                within: share((*n).min(last.requests))?,
+            })
+        });
+        Some(Self {
+            requests: Pair {
+                last: last.requests,
+                previous: previous.requests,
+            },
+            failed: Pair {
+                last: last.failed,
+                previous: previous.failed,
+            },
+            rate_per_second: last.requests as f64 / observed_secs,
+            success: share(last.requests.saturating_sub(last.failed)),
+            latency,
+        })
+    }
+
+    /// Failed requests in the last 5 min minus the 5 min before.
+    fn failure_growth(&self) -> i64 {
+        self.failed.last as i64 - self.failed.previous as i64
+    }
+}
+
+/// Every configured service, worst first: by 1h burn of its worst SLO, then failure growth
+/// (failed connects, plus failed requests for an http service), then latency growth (a
+/// service without SLOs burns 0; no latency figure counts as 1, no change); equal rows by
+/// name.
 pub(crate) fn top(
     rec: &Recorder,
     now: tokio::time::Instant,
@@ -122,6 +181,11 @@ pub(crate) fn top(
                     (Some(l), Some(p)) if p > 0.0 => Some(l / p),
                     _ => None,
                 },
+                requests: RequestRow::of(
+                    &rec.requests(now, service, LAST),
+                    &rec.requests(now, service, PREVIOUS),
+                    rec.observed_secs(now, LAST),
+                ),
             }
         })
         .collect();
@@ -141,9 +205,12 @@ pub(crate) fn rank(rows: &mut [TopRow]) {
     rows.sort_by(|a, b| {
         let burn = |r: &TopRow| r.burn_1h.unwrap_or(0.0);
         let growth = |r: &TopRow| r.latency_growth.unwrap_or(1.0);
+        let failures = |r: &TopRow| {
+            r.failure_growth + r.requests.as_ref().map_or(0, RequestRow::failure_growth)
+        };
         burn(b)
             .total_cmp(&burn(a))
-            .then(b.failure_growth.cmp(&a.failure_growth))
+            .then(failures(b).cmp(&failures(a)))
             .then(growth(b).total_cmp(&growth(a)))
             .then(a.service.cmp(&b.service))
     });
@@ -255,5 +322,47 @@ mod tests {
             serde_json::json!({"last": 3.0, "previous": 1.0})
         );
         assert_eq!(json["worst_slo"], serde_json::Value::Null);
+        assert_eq!(json["requests"], serde_json::Value::Null, "a tcp service");
+    }
+
+    #[test]
+    fn top_shows_request_slis_of_http_services_and_ranks_their_failures() {
+        let t0 = Instant::now();
+        let mut r = Recorder::new(t0);
+        let now = t0 + Duration::from_secs(300);
+        let tally = |requests, failed, within: &[(u64, u64)]| RequestTally {
+            requests,
+            failed,
+            gateway: 0,
+            within: within.iter().copied().collect(),
+        };
+        let none = std::iter::empty();
+        r.on_requests(t0, "shop", &tally(600, 0, &[(100_000, 600)]), none);
+        let latency = [(100_000, 2_700), (250_000, 2_950)];
+        r.on_requests(now, "shop", &tally(3_000, 30, &latency), std::iter::empty());
+        r.on_requests(now, "cart", &tally(300, 0, &[]), std::iter::empty());
+        connect(&mut r, now, "db", "c", false, 0);
+        let services: Vec<String> = ["cart", "db", "shop"].map(String::from).into();
+        let rows = top(&r, now, &services, &[]);
+        let order: Vec<&str> = rows.iter().map(|r| r.service.as_str()).collect();
+        assert_eq!(
+            order,
+            ["shop", "db", "cart"],
+            "30 more failed requests rank first"
+        );
+        let json = serde_json::to_value(&rows[0]).unwrap();
+        assert_eq!(
+            json["requests"],
+            serde_json::json!({
+                "requests": {"last": 3000, "previous": 600},
+                "failed": {"last": 30, "previous": 0},
+                "rate_per_second": 10.0,
+                "success": 0.99,
+                "latency": {"threshold_ms": 100.0, "within": 0.9}
+            })
+        );
+        let cart = rows[2].requests.as_ref().unwrap();
+        assert_eq!((cart.success, cart.latency.as_ref()), (Some(1.0), None));
+        assert_eq!(rows[1].requests, None, "a tcp service");
     }
 }

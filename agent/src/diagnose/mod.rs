@@ -9,6 +9,7 @@
 //! [`api`] is what the admin API serves.
 
 pub(crate) mod api;
+mod backend_errors;
 mod causes;
 pub(crate) mod input;
 pub(crate) mod lines;

@@ -34,6 +34,11 @@ impl Clock {
         Self { origin }
     }
 
+    /// How long the recorder has been recording at `now`.
+    pub(crate) fn since(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.origin)
+    }
+
     /// The bucket holding `now`.
     pub(crate) fn epoch(&self, now: Instant) -> u64 {
         let since = now.saturating_duration_since(self.origin);

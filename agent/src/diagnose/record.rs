@@ -1,7 +1,8 @@
 //! What the line view, `top` and diagnosis remember: connect outcomes per (service, caller)
-//! and per (service, backend), the mesh's refusals per service, and the kernel's cumulative
+//! and per (service, backend), the mesh's refusals per service, the kernel's cumulative
 //! counters (per-backend TCP, per-workload run queue and throttling) turned into per-bucket
-//! increments. Pure: every call takes `now`; the signals folder feeds it.
+//! increments, and the L7 proxy's request counts per service and per backend
+//! ([`requests`]). Pure: every call takes `now`; the signals folder feeds it.
 //!
 //! Bounded: callers are already label-bounded (`--max-callers`), services and backends come
 //! from the config, and an entry nothing was recorded in for ten minutes is dropped.
@@ -15,7 +16,7 @@ use sockmesh_common::{
 use tokio::time::Instant;
 
 use super::periods::{Clock, Periods, Tally};
-pub(crate) use super::tally::{BackendTally, ConnTally, CpuTally, RefusalTally};
+pub(crate) use super::tally::{BackendTally, ConnTally, CpuTally, RefusalTally, RequestTally};
 use sockmesh_common::BackendTcpStats;
 
 #[cfg(test)]
@@ -74,6 +75,9 @@ pub(crate) struct Recorder {
     backends: BTreeMap<(String, String), Periods<BackendTally>>,
     refusals: BTreeMap<String, Periods<RefusalTally>>,
     workloads: BTreeMap<String, Periods<CpuTally>>,
+    /// The L7 proxy's requests per service, and per (service, backend).
+    requests: BTreeMap<String, Periods<RequestTally>>,
+    backend_requests: BTreeMap<(String, String), Periods<RequestTally>>,
     last_tcp: BTreeMap<(String, String), TcpPoint>,
     last_cpu: BTreeMap<String, CpuPoint>,
     /// Backend address -> the workload whose process listens on it (see [`super::listeners`]).
@@ -89,6 +93,8 @@ impl Recorder {
             backends: BTreeMap::new(),
             refusals: BTreeMap::new(),
             workloads: BTreeMap::new(),
+            requests: BTreeMap::new(),
+            backend_requests: BTreeMap::new(),
             last_tcp: BTreeMap::new(),
             last_cpu: BTreeMap::new(),
             backend_workloads: BTreeMap::new(),
@@ -279,6 +285,8 @@ impl Recorder {
         self.backends.retain(|_, p| !p.is_stale(epoch));
         self.refusals.retain(|_, p| !p.is_stale(epoch));
         self.workloads.retain(|_, p| !p.is_stale(epoch));
+        self.requests.retain(|_, p| !p.is_stale(epoch));
+        self.backend_requests.retain(|_, p| !p.is_stale(epoch));
     }
 
     /// Every (service, caller) line with connects in `span`, sorted by service, then caller.
@@ -352,5 +360,6 @@ impl Recorder {
     }
 }
 
+mod requests;
 #[cfg(test)]
 mod tests;

@@ -2,13 +2,16 @@
 //! plain [`DiagnoseInput`], so every rule is tested with hand-made numbers
 //! (docs/slo.md, "Diagnosis", is the operator's version of this file).
 //!
-//! Four causes, each scored in [0, 1] from the recent window (the last minute), with the
+//! Five causes, each scored in [0, 1] from the recent window (the last minute), with the
 //! five minutes before it as the baseline that says whether a signal is new:
 //! - `backends_failing`: failed connects concentrated on a few backends, or failure bans.
 //! - `network`: retransmits per connection (or SYN timeouts) above a floor on MOST backends.
 //! - `cpu_starvation`: the callers' or the backends' workloads wait in the run queue or are
 //!   throttled by their CPU quota.
 //! - `overload`: the mesh refuses connects because of limits, shedding or an open circuit.
+//! - `backend_errors` (http services): the requests that fail (5xx, gRPC server errors,
+//!   the proxy's gateway errors) come from a few backends, or the proxy banned one for
+//!   `consecutive_5xx` ([`super::backend_errors`]).
 
 use serde::Serialize;
 
@@ -30,6 +33,13 @@ pub(crate) const MIN_WAITS: u64 = 20;
 pub(crate) const MIN_REFUSALS: u64 = 5;
 /// The share of refused connects at which `overload` reaches full score.
 pub(crate) const FULL_REFUSAL_SHARE: f64 = 0.10;
+/// Below this many failed requests in the window, request failure shares are noise.
+pub(crate) const MIN_FAILED_REQUESTS: u64 = 5;
+/// A backend failing at least this share of the requests it answered is erring (lower than
+/// [`FAILING_RATIO`]: a backend answering 5xx to one request in five is already broken).
+pub(crate) const ERRING_RATIO: f64 = 0.2;
+/// The service's failed-request share at which `backend_errors` reaches full severity.
+pub(crate) const FULL_REQUEST_FAILURE_SHARE: f64 = 0.05;
 /// A signal that was as strong in the baseline is not what changed: its score is scaled.
 pub(crate) const CHRONIC: f64 = 0.8;
 /// Below this, no cause is named in the summary.
@@ -87,6 +97,12 @@ impl BanNow {
             "consecutive_failures" | "failure_ratio" | "deviation_failures"
         )
     }
+
+    /// A ban the L7 proxy asked for because a backend's requests failed in a row: the
+    /// `backend_errors` cause's evidence, not `backends_failing`'s.
+    pub(crate) fn for_request_errors(&self) -> bool {
+        self.reason == "consecutive_5xx"
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -95,6 +111,44 @@ pub(crate) struct BackendSignals {
     pub recent: BackendWindow,
     pub baseline: BackendWindow,
     pub ban: Option<BanNow>,
+}
+
+/// Requests of one backend, or of the whole service, over one window (the L7 proxy's
+/// reports).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct RequestWindow {
+    pub requests: u64,
+    /// 5xx, gRPC server errors, never answered.
+    pub failed: u64,
+    /// Of `failed`, the proxy's own 502 or 504 after this backend's try (backends only).
+    pub gateway: u64,
+}
+
+impl RequestWindow {
+    pub(crate) fn failed_share(&self) -> f64 {
+        self.failed as f64 / self.requests.max(1) as f64
+    }
+
+    pub(crate) fn erring(&self) -> bool {
+        self.failed >= 3 && self.failed_share() >= ERRING_RATIO
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct BackendRequests {
+    pub addr: String,
+    pub recent: RequestWindow,
+    pub baseline: RequestWindow,
+    pub ban: Option<BanNow>,
+}
+
+/// An http service's requests: the whole service (every request the proxy took, those no
+/// backend was tried for included) and each configured backend. Empty for a tcp service.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct RequestSignals {
+    pub recent: RequestWindow,
+    pub baseline: RequestWindow,
+    pub backends: Vec<BackendRequests>,
 }
 
 /// Whose CPU it is: a caller of the service, or a workload serving one of its backends.
@@ -174,6 +228,8 @@ pub(crate) struct CircuitNow {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub(crate) struct SloBurn {
     pub slo: String,
+    /// `connect_success`, `request_success`, ...
+    pub sli: String,
     #[serde(rename = "5m")]
     pub burn_5m: f64,
     #[serde(rename = "1h")]
@@ -191,6 +247,7 @@ pub(crate) struct DiagnoseInput {
     pub refusals: Refusals,
     pub circuit: Option<CircuitNow>,
     pub slos: Vec<SloBurn>,
+    pub requests: RequestSignals,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -218,6 +275,7 @@ pub(crate) fn diagnose(input: &DiagnoseInput) -> Diagnosis {
         super::causes::network(input),
         super::causes::cpu_starvation(input),
         super::causes::overload(input),
+        super::backend_errors::backend_errors(input),
     ];
     for c in &mut causes {
         // Two decimals: enough to rank, and stable in JSON and tests.

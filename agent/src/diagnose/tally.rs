@@ -1,5 +1,6 @@
 //! What the [`super::Recorder`] adds up per 10 s bucket: connect outcomes per line and per
-//! backend, the mesh's overload refusals, and CPU starvation per workload.
+//! backend, the mesh's overload refusals, CPU starvation per workload, and the L7 proxy's
+//! requests per service and per backend.
 
 use super::periods::Tally;
 
@@ -97,5 +98,29 @@ impl Tally for CpuTally {
         self.waits_over_1ms += o.waits_over_1ms;
         self.nr_throttled += o.nr_throttled;
         self.throttled_seconds += o.throttled_seconds;
+    }
+}
+
+/// Requests of one service, or of one backend of it, as the L7 proxy reported them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct RequestTally {
+    pub requests: u64,
+    /// Failed the service: 5xx, a gRPC server error, or never answered.
+    pub failed: u64,
+    /// Of `failed`, the proxy's own 502 or 504 after the backend's try (backends only).
+    pub gateway: u64,
+    /// Requests within each `request_latency` threshold (µs) of the service (services
+    /// only; a few per service, from the config).
+    pub within: std::collections::BTreeMap<u64, u64>,
+}
+
+impl Tally for RequestTally {
+    fn add(&mut self, o: &Self) {
+        self.requests += o.requests;
+        self.failed += o.failed;
+        self.gateway += o.gateway;
+        for (threshold, n) in &o.within {
+            *self.within.entry(*threshold).or_default() += n;
+        }
     }
 }

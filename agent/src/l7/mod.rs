@@ -272,12 +272,7 @@ pub(crate) async fn take_reports(
 ) {
     while let Some(r) = reports.recv().await {
         for t in &r.services {
-            let tally = crate::slo::RequestTally {
-                requests: t.requests,
-                failed: t.failed,
-                within: &t.within,
-            };
-            signals.on_requests(&t.service, tally);
+            signals.on_requests(t);
         }
         for ban in r.bans {
             let Some(reason) = BanReason::from_proxy(&ban.reason) else {

@@ -3,15 +3,19 @@
 //! Two feeds: lifecycle events from the ring buffer ([`ring`]), folded as they arrive into the
 //! connection metrics ([`metrics`]), and the per-CPU maps plus cgroup files, read once a second
 //! ([`Signals::refresh`]) into a snapshot the kernel-map metrics ([`kernel_metrics`],
-//! [`same_node_metrics`]) and the admin API serve, and into map pressure ([`pressure`]). Connect and close events also feed the SLO tracker
-//! ([`crate::slo`]), which the metrics collector and `/v1/slos` read; connect outcomes and
-//! kernel reads feed the diagnosis recorder ([`crate::diagnose`]).
+//! [`same_node_metrics`]) and the admin API serve, and into map pressure ([`pressure`]).
+//! Connect and close events also feed the SLO tracker ([`crate::slo`]), which the metrics
+//! collector and `/v1/slos` read; connect outcomes, kernel reads and the L7 proxy's request
+//! counts feed the diagnosis recorder ([`crate::diagnose`]). The per-backend reads and rows
+//! are in [`backend_rows`], the kernel's workload maps kept in step in [`kernel_sync`].
 
 pub(crate) mod aggregate;
 pub(crate) mod backend_reads;
+mod backend_rows;
 mod diagnosis;
 pub(crate) mod kernel_maps;
 pub(crate) mod kernel_metrics;
+mod kernel_sync;
 pub(crate) mod map_count;
 pub(crate) mod metrics;
 pub(crate) mod pressure;
@@ -33,17 +37,19 @@ use std::{
 
 use prometheus_client::registry::Registry;
 use sockmesh_common::{
-    BackendKey, BackendTcpStats, CallerEntry, ConnEvent, EVENT_CLOSED, EVENT_ESTABLISHED,
-    EVENT_FAILED, EVENT_INBOUND, RESULT_RESET,
+    BackendKey, BackendTcpStats, ConnEvent, EVENT_CLOSED, EVENT_ESTABLISHED, EVENT_FAILED,
+    EVENT_INBOUND, RESULT_RESET,
 };
 use sockmesh_model::{MeshConfig, WorkloadSpec};
-use tracing::{debug, info, warn};
+use tracing::warn;
 
 use self::{
     aggregate::{result_name, Aggregates, Failure},
-    backend_reads::{fold_read, merge_changes, Read, ReadSchedule},
+    backend_reads::ReadSchedule,
+    backend_rows::ScrapeRead,
     kernel_maps::SignalMaps,
     kernel_metrics::{KernelCollector, KernelSnapshot, WorkloadSample},
+    kernel_sync::{retry_backend_keys, sync_callers, sync_tids},
     metrics::{BoundedLabel, ConnectionMetrics},
     pressure::gauges::MapPressure,
     series::BackendSeries,
@@ -53,7 +59,6 @@ use self::{
 use crate::{
     diagnose::Recorder,
     engine::task::EventInbox,
-    metrics::BackendLabels,
     slo::{SloSample, SloTracker},
     status::unix_ms_now,
     tables::{addr::words_to_socket_addr, ServiceView},
@@ -282,12 +287,52 @@ impl Signals {
         tracker.snapshot(tokio::time::Instant::now())
     }
 
-    /// The L7 proxy's count of a service's requests, for its request SLIs.
-    pub(crate) fn on_requests(&self, service: &str, tally: crate::slo::RequestTally<'_>) {
-        self.slos.lock().expect("slo lock").on_requests(
-            tokio::time::Instant::now(),
-            service,
-            tally,
+    /// The L7 proxy's count of a service's requests: for its request SLIs, and per backend
+    /// for `top` and diagnosis (only the service's configured backends, and at most
+    /// [`sockmesh_proxy::link::MAX_TALLY_BACKENDS`] rows, are kept).
+    pub(crate) fn on_requests(&self, t: &sockmesh_proxy::link::ServiceTally) {
+        let now = tokio::time::Instant::now();
+        let tally = crate::slo::RequestTally {
+            requests: t.requests,
+            failed: t.failed,
+            within: &t.within,
+        };
+        self.slos
+            .lock()
+            .expect("slo lock")
+            .on_requests(now, &t.service, tally);
+        let mut inner = self.inner.lock().expect("signals lock");
+        let Inner { views, diag, .. } = &mut *inner;
+        let Some(view) = views.iter().find(|v| v.name == t.service) else {
+            return;
+        };
+        let total = crate::diagnose::record::RequestTally {
+            requests: t.requests,
+            failed: t.failed,
+            gateway: 0,
+            within: t.within.iter().copied().collect(),
+        };
+        let rows: Vec<(String, crate::diagnose::record::RequestTally)> = t
+            .backends
+            .iter()
+            .take(sockmesh_proxy::link::MAX_TALLY_BACKENDS)
+            .map(|b| (b.backend.to_string(), b))
+            .filter(|(addr, _)| view.backends.iter().any(|v| &v.addr == addr))
+            .map(|(addr, b)| {
+                let counts = crate::diagnose::record::RequestTally {
+                    requests: b.requests,
+                    failed: b.failed.min(b.requests),
+                    gateway: b.gateway.min(b.failed),
+                    within: Default::default(),
+                };
+                (addr, counts)
+            })
+            .collect();
+        diag.on_requests(
+            now,
+            &t.service,
+            &total,
+            rows.iter().map(|(a, c)| (a.as_str(), c.clone())),
         );
     }
 
@@ -452,305 +497,4 @@ impl Signals {
         drop(snapshot);
         inner.workloads = resolved;
     }
-
-    /// Before a scrape: every pair's stats read now (at most once per refresh period), so
-    /// what Prometheus sees is exact also for pairs whose counters moved without an event yet
-    /// (connects in flight).
-    fn read_backends_for_scrape(&self) {
-        let now = tokio::time::Instant::now();
-        let last = *self.backend_read.lock().expect("backend read lock");
-        if last.is_some_and(|t| now.saturating_duration_since(t) < SCRAPE_READ_EVERY) {
-            return;
-        }
-        self.inner.lock().expect("signals lock").reads.read_all();
-        self.read_backends(None, now);
-    }
-
-    /// Reads the per-backend stats the schedule asks for and folds them into the last known
-    /// counters, the health engine's pending changes, the kernel rows and the diagnosis.
-    /// `events_lost`: the kernel's lost-event counter now, if read.
-    fn read_backends(&self, events_lost: Option<u64>, now: tokio::time::Instant) {
-        let mut last_all = self.backend_read.lock().expect("backend read lock");
-        let read = {
-            let mut inner = self.inner.lock().expect("signals lock");
-            inner.reads.next(events_lost)
-        };
-        let stats = {
-            let guard = self.maps.lock().expect("maps lock");
-            let Some(maps) = guard.as_ref() else {
-                return;
-            };
-            match &read {
-                Read::All => maps.backend_stats(),
-                Read::Pairs(keys) => maps.backend_stats_of(keys),
-            }
-        };
-        if read == Read::All {
-            *last_all = Some(now);
-        }
-        let mut inner = self.inner.lock().expect("signals lock");
-        inner.reads.read_done(&read, &stats);
-        let (changes, gone) = fold_read(&mut inner.tcp, &read, stats);
-        merge_changes(&mut inner.tcp_changes, &changes);
-        let changed: Vec<BackendKey> = changes.iter().map(|c| c.key).collect();
-        self.kernel_rows(&mut inner, &changed, &gone, now);
-    }
-}
-
-/// A collector that encodes nothing: it makes a scrape read every per-backend entry first
-/// ([`Signals::read_backends_for_scrape`]).
-#[derive(Debug)]
-struct ScrapeRead(std::sync::Weak<Signals>);
-
-impl prometheus_client::collector::Collector for ScrapeRead {
-    fn encode(
-        &self,
-        _: prometheus_client::encoding::DescriptorEncoder,
-    ) -> Result<(), std::fmt::Error> {
-        if let Some(signals) = self.0.upgrade() {
-            signals.read_backends_for_scrape();
-        }
-        Ok(())
-    }
-}
-
-/// A scrape reads every per-backend entry at most this often (the refresh period).
-const SCRAPE_READ_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
-impl Signals {
-    /// Updates the kernel snapshot's per-backend rows for pairs whose counters changed or
-    /// whose entry is gone: admitted pairs under their own labels, the rest (over
-    /// `--max-series`) summed into their service's `other` row; the diagnosis gets the rows
-    /// that changed. All rows are rebuilt after a new config or when series expired. Also
-    /// removes the series of pairs whose drain grace after leaving the config has passed.
-    fn kernel_rows(
-        &self,
-        inner: &mut Inner,
-        changed: &[BackendKey],
-        gone: &[BackendKey],
-        now: tokio::time::Instant,
-    ) {
-        let Inner {
-            topology,
-            series,
-            tcp,
-            diag,
-            rows_stale,
-            ..
-        } = inner;
-        let expired = series.expire(now);
-        for gone in &expired {
-            let inbound_gone = !topology.backend_by_addr.contains_key(&gone.labels.backend);
-            self.metrics
-                .remove_backend(&gone.labels, &gone.callers, inbound_gone);
-        }
-        let mut snap = self.snapshot.lock().expect("snapshot lock");
-        if std::mem::take(rows_stale) || !expired.is_empty() {
-            let mut rows = BTreeMap::new();
-            let mut folded: BTreeMap<String, BackendTcpStats> = BTreeMap::new();
-            for (k, s) in tcp.iter() {
-                let service = topology.service(k.service_id);
-                let backend = topology.backend(k.backend_id);
-                if series.admit(service, backend) {
-                    rows.insert(backend_labels(service, backend), *s);
-                } else {
-                    add_stats(
-                        folded
-                            .entry(service.to_owned())
-                            .or_insert(BackendTcpStats::ZERO),
-                        s,
-                    );
-                }
-            }
-            for (service, s) in folded {
-                series.admit(&service, topology::OTHER);
-                rows.insert(backend_labels(&service, topology::OTHER), s);
-            }
-            diag.on_backend_rows(now, rows.iter(), &[], true);
-            snap.backends = rows;
-            return;
-        }
-        let mut updated: BTreeMap<BackendLabels, BackendTcpStats> = BTreeMap::new();
-        let mut removed = Vec::new();
-        let mut fold_again = BTreeSet::new();
-        for k in gone {
-            let labels = backend_labels(
-                topology.service(k.service_id),
-                topology.backend(k.backend_id),
-            );
-            if snap.backends.remove(&labels).is_some() {
-                removed.push(labels);
-            } else {
-                fold_again.insert(k.service_id);
-            }
-        }
-        for k in changed {
-            let service = topology.service(k.service_id);
-            let backend = topology.backend(k.backend_id);
-            if series.admit(service, backend) {
-                let labels = backend_labels(service, backend);
-                let s = tcp[k];
-                snap.backends.insert(labels.clone(), s);
-                updated.insert(labels, s);
-            } else {
-                fold_again.insert(k.service_id);
-            }
-        }
-        for service_id in fold_again {
-            let service = topology.service(service_id);
-            let mut sum = None;
-            let pairs = BackendKey {
-                service_id,
-                backend_id: 0,
-            }..=BackendKey {
-                service_id,
-                backend_id: u32::MAX,
-            };
-            for (k, s) in tcp.range(pairs) {
-                let backend = topology.backend(k.backend_id);
-                if !series.admit(service, backend) {
-                    add_stats(sum.get_or_insert(BackendTcpStats::ZERO), s);
-                } else if !snap
-                    .backends
-                    .contains_key(&backend_labels(service, backend))
-                {
-                    // Admitted now (the budget allows it): its own row from here on.
-                    let labels = backend_labels(service, backend);
-                    snap.backends.insert(labels.clone(), *s);
-                    updated.insert(labels, *s);
-                }
-            }
-            let labels = backend_labels(service, topology::OTHER);
-            match sum {
-                Some(s) => {
-                    series.admit(service, topology::OTHER);
-                    snap.backends.insert(labels.clone(), s);
-                    updated.insert(labels, s);
-                }
-                None => {
-                    if snap.backends.remove(&labels).is_some() {
-                        removed.push(labels);
-                    }
-                }
-            }
-        }
-        diag.on_backend_rows(now, updated.iter(), &removed, false);
-    }
-}
-
-fn backend_labels(service: &str, backend: &str) -> BackendLabels {
-    BackendLabels {
-        service: service.to_owned(),
-        backend: backend.to_owned(),
-    }
-}
-
-/// Adds `b`'s counters and histogram to `a` (backends folded into `other`).
-fn add_stats(a: &mut BackendTcpStats, b: &BackendTcpStats) {
-    a.established += b.established;
-    a.closed += b.closed;
-    a.retransmits += b.retransmits;
-    a.rtos += b.rtos;
-    a.srtt_count += b.srtt_count;
-    a.srtt_sum_us += b.srtt_sum_us;
-    for (x, y) in a.srtt_hist.iter_mut().zip(b.srtt_hist.iter()) {
-        *x += y;
-    }
-}
-
-/// Makes the kernel's caller map (cgroup id -> workload, priority, class) match the workloads
-/// found; the connect hook reads it for access control, shedding, per-caller limits and the
-/// caller class of routed services.
-///
-/// Returns the entries the map holds afterwards (for its pressure gauge).
-fn sync_callers(maps: &mut SignalMaps, resolved: &[ResolvedWorkload]) -> usize {
-    let wanted: BTreeMap<u64, CallerEntry> = resolved
-        .iter()
-        .flat_map(|w| {
-            let entry = CallerEntry {
-                workload: w.index + 1,
-                priority: w.priority,
-                // The slot tables the plan writes per caller class are keyed by this.
-                class: crate::tables::route::workload_class(w.index as usize),
-            };
-            w.cgroup_ids.iter().map(move |id| (*id, entry))
-        })
-        .collect();
-    let existing: BTreeSet<u64> = maps.callers.keys().filter_map(Result::ok).collect();
-    let mut entries = existing.len();
-    for id in &existing {
-        if !wanted.contains_key(id) && maps.callers.remove(id).is_ok() {
-            entries -= 1;
-        }
-    }
-    let mut full = None;
-    for (id, entry) in wanted {
-        if maps.callers.get(&id, 0).ok() != Some(entry) {
-            match maps.callers.insert(id, entry, 0) {
-                Ok(()) => entries += usize::from(!existing.contains(&id)),
-                Err(e) => {
-                    full = Some(e);
-                    break;
-                }
-            }
-        }
-    }
-    pressure::report_full(
-        &pressure::CALLERS_FULL,
-        full,
-        "caller map full; cgroups beyond it are treated as unknown callers",
-    );
-    entries
-}
-
-/// Creates the per-backend stats entries an earlier sync could not (see
-/// [`SignalMaps::create_missing_backend_keys`]); logs once when all exist. Returns the pairs
-/// whose entry was created (their rows are due).
-fn retry_backend_keys(maps: &mut SignalMaps) -> Vec<BackendKey> {
-    if maps.missing_backend_keys() == 0 {
-        return Vec::new();
-    }
-    let before: Vec<BackendKey> = maps.missing_keys().copied().collect();
-    match maps.create_missing_backend_keys() {
-        Ok(()) => info!(
-            entries = maps.backend_stats_entries,
-            "all per-backend stats entries created"
-        ),
-        Err(e) => debug!(error = %format!("{e:#}"), "per-backend stats entries still missing"),
-    }
-    before.into_iter().filter(|k| !maps.is_missing(k)).collect()
-}
-
-/// Makes the kernel's tid -> workload map match the threads found in the workloads' cgroups.
-/// Returns the entries the map holds afterwards (for its pressure gauge).
-fn sync_tids(maps: &mut SignalMaps, resolved: &[ResolvedWorkload]) -> usize {
-    let wanted: BTreeMap<u32, u32> = resolved
-        .iter()
-        .flat_map(|w| w.tids.iter().map(|t| (*t, w.index)))
-        .collect();
-    let existing: BTreeSet<u32> = maps.tids.keys().filter_map(Result::ok).collect();
-    let mut entries = existing.len();
-    for tid in &existing {
-        if !wanted.contains_key(tid) && maps.tids.remove(tid).is_ok() {
-            entries -= 1;
-        }
-    }
-    let mut full = None;
-    for (tid, index) in wanted {
-        if maps.tids.get(&tid, 0).ok() != Some(index) {
-            match maps.tids.insert(tid, index, 0) {
-                Ok(()) => entries += usize::from(!existing.contains(&tid)),
-                Err(e) => {
-                    full = Some(e);
-                    break;
-                }
-            }
-        }
-    }
-    pressure::report_full(
-        &pressure::TIDS_FULL,
-        full,
-        "workload thread map full; run-queue latency is partial",
-    );
-    entries
 }

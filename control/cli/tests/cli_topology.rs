@@ -61,9 +61,9 @@ fn top_prints_services_worst_first() {
     assert_eq!(
         stdout(&out),
         "\
-RANK   SERVICE   WORST-SLO      BURN-1H   CONNECTS   FAILED   PREV-FAILED   FAILED+   HANDSHAKE(ms)   PREV-HANDSHAKE(ms)   LATENCY-GROWTH
-1      web       availability   333.30x   16         4        0             +4        0.08            0.06                 1.33x
-2      api       -              -         0          0        0             0         -               -                    -
+RANK   SERVICE   WORST-SLO      BURN-1H   CONNECTS   FAILED   PREV-FAILED   FAILED+   HANDSHAKE(ms)   PREV-HANDSHAKE(ms)   LATENCY-GROWTH   REQ/S   REQ-FAILED   SUCCESS   WITHIN-LATENCY
+1      web       availability   333.30x   16         4        0             +4        0.08            0.06                 1.33x            -       -            -         -
+2      api       -              -         0          0        0             0         -               -                    -                -       -            -         -
 "
     );
 }

@@ -7,7 +7,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 
-use super::{DASHBOARD, HISTOGRAM_SUFFIXES, METRICS_LIST, RULES};
+use super::{DASHBOARD, HISTOGRAM_SUFFIXES, METRICS_LIST, PROXY_METRICS_LIST, RULES};
 
 /// A query, where it came from (for messages), and whether it is PromQL (a dashboard's
 /// `label_values(...)` variable query is not).
@@ -105,7 +105,8 @@ impl Known<'_> {
                 })
                 .collect();
             bail!(
-                "not in {METRICS_LIST} and not recorded by {RULES}:\n{}",
+                "not in {METRICS_LIST} (or, for the dashboard, {PROXY_METRICS_LIST}) and not \
+                 recorded by {RULES}:\n{}",
                 lines.join("\n")
             );
         }

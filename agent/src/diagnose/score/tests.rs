@@ -45,9 +45,11 @@ fn input(backends: Vec<BackendSignals>) -> DiagnoseInput {
         }),
         slos: vec![SloBurn {
             slo: "availability".into(),
+            sli: "connect_success".into(),
             burn_5m: 333.3,
             burn_1h: 40.0,
         }],
+        requests: RequestSignals::default(),
     }
 }
 
@@ -300,7 +302,8 @@ fn mixed_dead_backend_and_starved_caller_rank_by_strength() {
             ("backends_failing", 1.0),
             ("cpu_starvation", 0.4),
             ("network", 0.0),
-            ("overload", 0.0)
+            ("overload", 0.0),
+            ("backend_errors", 0.0)
         ]
     );
 }

@@ -39,7 +39,9 @@ pub fn lines(reply: &Value) -> Result<String, RenderError> {
     Ok(table.render())
 }
 
-/// `GET /v1/top`: services worst first, with what ranked them.
+/// `GET /v1/top`: services worst first, with what ranked them; an http service also shows
+/// its requests through the node's L7 proxy (rate, success, share within the tightest
+/// `request_latency` threshold), a tcp service `-` there.
 pub fn top(reply: &Value) -> Result<String, RenderError> {
     let mut table = Table::new(&[
         "RANK",
@@ -53,9 +55,15 @@ pub fn top(reply: &Value) -> Result<String, RenderError> {
         "HANDSHAKE(ms)",
         "PREV-HANDSHAKE(ms)",
         "LATENCY-GROWTH",
+        "REQ/S",
+        "REQ-FAILED",
+        "SUCCESS",
+        "WITHIN-LATENCY",
     ]);
     for row in array(reply, "a JSON array of services")? {
         let pair = |field: &str, which: &str| row.get(field).and_then(|p| p.get(which));
+        let requests = row.get("requests").filter(|r| !r.is_null());
+        let request = |field: &str| requests.and_then(|r| r.get(field));
         table.row(vec![
             text(row.get("rank")),
             text(row.get("service")),
@@ -68,9 +76,33 @@ pub fn top(reply: &Value) -> Result<String, RenderError> {
             decimal(pair("handshake_mean_ms", "last"), 2),
             decimal(pair("handshake_mean_ms", "previous"), 2),
             times(row.get("latency_growth")),
+            decimal(request("rate_per_second"), 1),
+            text(request("failed").and_then(|f| f.get("last"))),
+            share(request("success")),
+            within_latency(request("latency")),
         ]);
     }
     Ok(table.render())
+}
+
+/// A share in [0, 1] as `99.50%`; `-` when absent.
+fn share(value: Option<&Value>) -> String {
+    match value.and_then(Value::as_f64) {
+        Some(x) => format!("{:.2}%", 100.0 * x),
+        None => text(value),
+    }
+}
+
+/// `{"threshold_ms": 100.0, "within": 0.9}` as `90.00% <=100ms`; `-` when absent.
+fn within_latency(value: Option<&Value>) -> String {
+    let Some(latency) = value.filter(|v| !v.is_null()) else {
+        return "-".to_owned();
+    };
+    let threshold = latency.get("threshold_ms").and_then(Value::as_f64);
+    match threshold {
+        Some(ms) => format!("{} <={ms}ms", share(latency.get("within"))),
+        None => "-".to_owned(),
+    }
 }
 
 /// A factor as `2.50x`; `-` when absent.

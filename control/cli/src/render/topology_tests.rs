@@ -30,8 +30,23 @@ fn top_table() {
         {"rank": 1, "service": "web", "worst_slo": "availability", "burn_1h": 333.3333,
          "connects": {"last": 900, "previous": 850}, "failed": {"last": 300, "previous": 0},
          "failure_growth": 300,
-         "handshake_mean_ms": {"last": 0.07, "previous": 0.05}, "latency_growth": 1.4},
-        {"rank": 2, "service": "calm", "worst_slo": null, "burn_1h": null,
+         "handshake_mean_ms": {"last": 0.07, "previous": 0.05}, "latency_growth": 1.4,
+         "requests": null},
+        {"rank": 2, "service": "shop", "worst_slo": "success", "burn_1h": 12.0,
+         "connects": {"last": 40, "previous": 40}, "failed": {"last": 0, "previous": 0},
+         "failure_growth": 0,
+         "handshake_mean_ms": {"last": 0.04, "previous": 0.04}, "latency_growth": 1.0,
+         "requests": {"requests": {"last": 3000, "previous": 600},
+                      "failed": {"last": 30, "previous": 0}, "rate_per_second": 10.0,
+                      "success": 0.99, "latency": {"threshold_ms": 100.0, "within": 0.9}}},
+        {"rank": 3, "service": "cart", "worst_slo": null, "burn_1h": null,
+         "connects": {"last": 3, "previous": 3}, "failed": {"last": 0, "previous": 0},
+         "failure_growth": 0,
+         "handshake_mean_ms": {"last": 0.04, "previous": 0.04}, "latency_growth": 1.0,
+         "requests": {"requests": {"last": 0, "previous": 6},
+                      "failed": {"last": 0, "previous": 0}, "rate_per_second": 0.0,
+                      "success": null, "latency": null}},
+        {"rank": 4, "service": "calm", "worst_slo": null, "burn_1h": null,
          "connects": {"last": 10, "previous": 12}, "failed": {"last": 0, "previous": 2},
          "failure_growth": -2,
          "handshake_mean_ms": {"last": null, "previous": 0.05}, "latency_growth": null}
@@ -39,9 +54,11 @@ fn top_table() {
     assert_eq!(
         top(&reply).unwrap(),
         "\
-RANK   SERVICE   WORST-SLO      BURN-1H   CONNECTS   FAILED   PREV-FAILED   FAILED+   HANDSHAKE(ms)   PREV-HANDSHAKE(ms)   LATENCY-GROWTH
-1      web       availability   333.33x   900        300      0             +300      0.07            0.05                 1.40x
-2      calm      -              -         10         0        2             -2        -               0.05                 -
+RANK   SERVICE   WORST-SLO      BURN-1H   CONNECTS   FAILED   PREV-FAILED   FAILED+   HANDSHAKE(ms)   PREV-HANDSHAKE(ms)   LATENCY-GROWTH   REQ/S   REQ-FAILED   SUCCESS   WITHIN-LATENCY
+1      web       availability   333.33x   900        300      0             +300      0.07            0.05                 1.40x            -       -            -         -
+2      shop      success        12.00x    40         0        0             0         0.04            0.04                 1.00x            10.0    30           99.00%    90.00% <=100ms
+3      cart      -              -         3          0        0             0         0.04            0.04                 1.00x            0.0     0            -         -
+4      calm      -              -         10         0        2             -2        -               0.05                 -                -       -            -         -
 "
     );
 }
