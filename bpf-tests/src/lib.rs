@@ -45,7 +45,8 @@
 //! | `ipv6.rs` | `fd00::100` in a netns of its own | 80-81, 8081 in the netns | `fd00::100` in the netns |
 //! | `least_conn.rs` | busy backend avoided, 1:3 split at equal load (v4, v6), two choices over 20 backends, unknown policy code refused and counted | 18230-18239; 80-81, 8081 in its netns | 127.100.14.x; `fd00::` VIPs in its netns |
 //! | `l7_redirect.rs` | http VIPs (IPv4, v4-mapped, `::1`) land on the test's own proxy listener (`SM_PROXY`); origins read with `sockmesh_proxy::origin` (VIP, service id, caller), gone at close; getpeername = VIP; tcp service beside them direct; no listener: refused at once | 18260-18266, the listener's ephemeral port | 127.100.17.1-2, `[::1]:18265` |
-//! | `l7_restart.rs` | 3 proxy restarts (`POST /v1/proxy/restart`) under load: 4 python HTTP/1.1 keep-alive clients x 2,000 requests and curl h2c runs (one stream each: this curl fails h2c connection reuse), all 200, no error; 3 pid changes, 4 starts | 18984-18987; backends 127.0.0.2-5 | 127.100.97.10-11 |
+//! | `l7_restart.rs` | 3 proxy restarts (`POST /v1/proxy/restart`) under load: 4 python HTTP/1.1 keep-alive clients x 10,000 requests and h2load runs (2 h2c connections x 10 streams), every request sent answered 200; 3 pid changes, 4 starts | 18984-18987; backends 127.0.0.2-5 | 127.100.97.10-11 |
+//! | `l7_caller_routes.rs` | per request: caller routes by the workload's labels and locality by its zone, exact counts per backend and per caller in the proxy's metrics | 18944-18945; backends 127.0.0.40-43 | 127.100.94.20-21 |
 //! | `identity.rs` | `allowed_callers` selectors (namespace, service account, labels): admitted callers connect, the rest `denied` at connect; routes match the same identity labels | 18240-18243 | 127.100.15.1-2 |
 //! | **kernel signals** | | | |
 //! | `signals_connect.rs` | ok counts exact, handshake count, caller = workload or `unknown`, CLI | 18300-18301 | 127.100.30.1 |
@@ -69,6 +70,7 @@
 //! | `drain_netns.rs` | drain reaches a pod (netns + child cgroup, backends behind a veth in 198.18.0.0/24): its VIP connection destroyed, an unrouted one kept, reconnect to the new backend; own-netns drain too; without `SYS_ADMIN`/`SYS_PTRACE` only the agent's namespace, counted, warned once | 18250-18257; 198.18.0.10-11 in its netns | 127.100.16.1-4 |
 //! | **diagnosis** | | | |
 //! | `diagnose_dead_backend.rs` | `/v1/diagnose` ranks `backends_failing`; `/v1/lines`, `/v1/top`, CLI | 18500-18509 | 127.100.50.1-3 |
+//! | `diagnose_backend_errors.rs` | an http backend answering 500: `/v1/diagnose` ranks `backend_errors` naming it; `/v1/top` request counts = the client's; CLI | 18946-18947; backends 127.0.0.44-46 | 127.100.94.30 |
 //! | `diagnose_network.rs` | 20 % segment loss on all backends: `network` ranked first | 18510-18519 | 127.100.50.10 |
 //! | `diagnose_cpu.rs` | CFS-throttled caller: `cpu_starvation` ranked first, naming it | 18520-18529 | 127.100.50.20 |
 //! | **SLOs** | | | |
@@ -91,6 +93,7 @@
 //! | `locality_failover.rs` | callers stay in their zone while >= `min_healthy_percent` of it is healthy, fail over below, return | 18910-18919 | 127.100.91.1 |
 //! | **cluster testbed** ([`cluster`]: nodes and pods in network namespaces of their own; backends listen on pod addresses in 198.18.0.0/15, so no host port is used) | | | |
 //! | `cluster_routing.rs` | a pod on node 1 reaches endpoints on nodes 2 and 3 through the VIP, spread by weight, `getpeername` = VIP; IPv4 and IPv6 (dual-stack Service) | pod ports 8080 | 127.100.100.x, `fd00:100::1` |
+//! | `cluster_l7.rs` | a MeshPolicy's http service: a pod's requests through its node's proxy (on the node's address) to pods on nodes 2 and 3, a header route exact; the route's pods leave the endpoints: the route is left out, its requests go to the rest | pod ports 8080 | 127.100.100.40 |
 //! | `cluster_locality.rs` | zones from Node labels: callers stay in their node's zone, fail over when it is banned, return | pod ports 8080 | 127.100.101.x |
 //! | `cluster_failures.rs` | node 3's pods all gone: banned after `consecutive_failures`, >= 99.5 % success; control plane down 30 s: nothing fails, a change made meanwhile arrives | pod ports 8080 | 127.100.102.x |
 //! | `cluster_upgrade.rs` | agents upgraded node by node across a layout change: held cross-node connections unbroken, new connects all succeed | pod ports 8080 | 127.100.103.x |
