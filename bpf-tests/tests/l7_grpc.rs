@@ -22,8 +22,8 @@
 //!   `grpc_deadline_exceeded`. The client's own 1 s deadline running out at a slow server
 //!   (service timeout 10 s): DEADLINE_EXCEEDED at the client, which resets the stream
 //!   before the proxy's or the server's later deadline: the proxy counts the call once, as
-//!   a caller that left first (499, `4xx`; `grpc_deadline_exceeded` if the server's answer
-//!   won the race).
+//!   a caller that left first (`grpc_cancelled`; `grpc_deadline_exceeded` if the server's
+//!   answer won the race).
 //!
 //! Ports 18930-18931, VIPs 127.100.93.1-2, backends 127.0.0.30-31.
 
@@ -276,15 +276,15 @@ services:
     // The client's 1 s ran out at the slow server, with `probe`'s 10 s far off. The client's
     // timer fires first (the proxy's and the server's deadlines start later, when the
     // request reached them, from the time grpcio sent, rounded up), and grpcio resets the
-    // stream: the proxy counts a caller that left before the response head, 499 (`4xx`,
-    // backend `none`). Only if the server's DEADLINE_EXCEEDED reached the proxy before the
+    // stream: the proxy counts a gRPC caller that left before the response head as
+    // `grpc_cancelled` (backend `none`). Only if the server's DEADLINE_EXCEEDED reached the proxy before the
     // reset would it count `grpc_deadline_exceeded`; every call is counted once either way.
     let (left, exceeded) = (
-        count("probe", "4xx"),
+        count("probe", "grpc_cancelled"),
         count("probe", "grpc_deadline_exceeded"),
     );
     eprintln!(
-        "client deadline at a slow server: proxy counted 4xx (caller left) {left}, \
+        "client deadline at a slow server: proxy counted grpc_cancelled (caller left) {left}, \
          grpc_deadline_exceeded {exceeded}"
     );
     assert_eq!(

@@ -103,11 +103,17 @@ impl Pending {
 
 impl Drop for Pending {
     /// The caller went away before a response head (hyper dropped the request): reported
-    /// as nginx's 499, "client closed request" (its `code` label is `4xx`).
+    /// as nginx's 499, "client closed request" (its `code` label is `4xx`); a gRPC caller's
+    /// as gRPC's CANCELLED (`grpc_cancelled`), what its own side reports for a call it
+    /// gave up on (its deadline, or a cancel). Neither is a server error.
     fn drop(&mut self) {
         if !self.sent {
             self.report.status = StatusCode::from_u16(CLIENT_CLOSED).expect("in range");
-            self.report.code = Code::http(CLIENT_CLOSED);
+            self.report.code = if self.grpc {
+                Code::grpc(Some(GRPC_CANCELLED))
+            } else {
+                Code::http(CLIENT_CLOSED)
+            };
             self.grpc = false;
             self.finish(None);
         }
@@ -116,6 +122,9 @@ impl Drop for Pending {
 
 /// The status a request is reported with when its caller left before the response head.
 pub const CLIENT_CLOSED: u16 = 499;
+
+/// gRPC's CANCELLED, as a `grpc-status` value.
+const GRPC_CANCELLED: &[u8] = b"1";
 
 /// A backend's response body that reports its request when it ends, and holds the try's
 /// outstanding count until then.

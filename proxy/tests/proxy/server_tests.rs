@@ -245,6 +245,27 @@ async fn graceful_shutdown_lets_an_in_flight_request_finish() {
     proxy.wait_reports(1).await;
 }
 
+/// A gRPC caller that leaves (its deadline, a cancel) is reported as gRPC's CANCELLED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_caller_leaving_is_reported_as_cancelled() {
+    let hung = TestBackend::start(Mode::Hang).await;
+    let proxy = RunningProxy::start(http("timeout: 30s"), &[spec(hung.addr, &[])]).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /pkg.Svc/Call HTTP/1.1\r\nhost: shop\r\ncontent-type: application/grpc\r\n\
+              content-length: 5\r\n\r\n\0\0\0\0\0",
+        )
+        .await
+        .unwrap();
+    wait_for("the request at the backend", || hung.hits() == 1).await;
+    drop(stream);
+    let reports = proxy.wait_reports(1).await;
+    assert_eq!(reports[0].status.as_u16(), 499);
+    assert_eq!(reports[0].code.to_string(), "grpc_cancelled");
+    assert!(!reports[0].code.is_server_error());
+}
+
 /// A caller that leaves while its request waits on a hung backend: the request is reported
 /// as 499 (`4xx`), and the backend's outstanding count goes back to 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
