@@ -31,6 +31,8 @@ mod http_tests;
 mod identity_tests;
 #[cfg(test)]
 mod map_tests;
+#[cfg(test)]
+mod workload_tests;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt::Debug;
