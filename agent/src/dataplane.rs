@@ -213,6 +213,7 @@ mod tests {
             slot_table_len: 0,
             backends: Arc::default(),
             classes: Arc::default(),
+            class0_weights: None,
         }
     }
 

@@ -32,6 +32,9 @@ pub struct Snapshot {
     /// class's version; class 0 is every caller without a class of its own.
     classes: HashMap<(Arc<str>, u32), Arc<ServiceTarget>>,
     workloads: Vec<Arc<str>>,
+    /// Workload name -> the kernel's number (index + 1): a kept-alive connection's caller
+    /// keeps its name across snapshots, not its number (a new workload list renumbers).
+    numbers: HashMap<Arc<str>, u32>,
 }
 
 impl Snapshot {
@@ -108,6 +111,12 @@ impl<O: Origins> NodeTargets<O> {
                 .collect(),
             ..Snapshot::default()
         };
+        next.numbers = next
+            .workloads
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.clone(), u32::try_from(i + 1).unwrap_or(u32::MAX)))
+            .collect();
         let mut applied = Applied::default();
         for target in &targets.services {
             let previous = old.by_name(&target.name);
@@ -183,10 +192,20 @@ impl<O: Origins> Resolve for NodeTargets<O> {
         ))
     }
 
-    fn current(&self, service: &Arc<ServiceTarget>) -> Option<Arc<ServiceTarget>> {
+    fn current(
+        &self,
+        service: &Arc<ServiceTarget>,
+        caller: Option<&str>,
+    ) -> Option<Arc<ServiceTarget>> {
         let snapshot = self.snapshot();
         let newest = snapshot.by_name(&service.name)?;
-        let newest = snapshot.for_caller(newest, service.class);
+        // The caller's class in this snapshot: a service may have gained or lost routes,
+        // and the caller its own table, since the connection was accepted.
+        let workload = caller
+            .and_then(|c| snapshot.numbers.get(c))
+            .copied()
+            .unwrap_or(0);
+        let newest = snapshot.for_caller(newest, workload);
         (!Arc::ptr_eq(&newest, service)).then_some(newest)
     }
 }

@@ -106,7 +106,10 @@ fn an_eligibility_change_keeps_the_version_and_flips_the_flags() {
     assert!(Arc::ptr_eq(&v1, &v2));
     assert!(!v2.backends[0].is_eligible() && v2.backends[1].is_eligible());
     assert!(applied.forget.is_empty());
-    assert!(node.current(&v1).is_none(), "the newest version already");
+    assert!(
+        node.current(&v1, Some("web")).is_none(),
+        "the newest version already"
+    );
 
     let applied = node.apply(&targets(
         3,
@@ -139,7 +142,10 @@ fn a_changed_service_keeps_outstanding_counts_and_the_budget_of_an_unchanged_htt
     ));
     let v2 = node.snapshot().service(7).unwrap().clone();
     assert!(!Arc::ptr_eq(&v1, &v2));
-    assert_eq!(node.current(&v1).map(|s| s.backends.len()), Some(2));
+    assert_eq!(
+        node.current(&v1, Some("web")).map(|s| s.backends.len()),
+        Some(2)
+    );
     let b1 = v2.backend(addr(1)).unwrap();
     assert_eq!(b1.outstanding(), 1, "the try under way is still counted");
     assert!(
@@ -216,7 +222,7 @@ fn each_caller_class_gets_its_weights_and_shares_the_live_state() {
     // A new snapshot: a kept-alive connection of `web` moves to web's newest weights.
     shop.classes[1].weights = vec![1, 3];
     node.apply(&targets(2, vec![shop]));
-    let newest = node.current(&web).expect("a newer version");
+    let newest = node.current(&web, Some("web")).expect("a newer version");
     assert_eq!((weights(&newest), newest.class), (vec![1, 3], 1));
     assert_eq!(
         newest.backends[1].outstanding(),
@@ -237,7 +243,43 @@ fn a_service_without_classes_serves_every_caller_with_its_own_weights() {
     let (s, _) = node.resolve(addr(9), addr(10)).unwrap();
     assert_eq!((s.class, s.backends[0].weight), (0, 1));
     assert!(
-        node.current(&s).is_none(),
+        node.current(&s, Some("web")).is_none(),
         "the same version: nothing newer"
     );
+}
+
+#[test]
+fn a_kept_alive_caller_follows_routes_added_and_workloads_renumbered() {
+    let origins = Arc::new(OneOrigin::default());
+    let node = NodeTargets::new(origins.clone());
+    let plain = service(7, "shop", vec![backend(1, true), backend(2, true)]);
+    node.apply(&targets(1, vec![plain.clone()]));
+    origins.set(7, 2);
+    let (held, caller) = node.resolve(addr(9), addr(10)).unwrap();
+    assert_eq!(caller.as_deref(), Some("batch"));
+    let weights = |s: &Arc<ServiceTarget>| s.backends.iter().map(|b| b.weight).collect::<Vec<_>>();
+
+    // Routes arrive, and a new workload list puts `batch` first (number 1).
+    let mut routed = plain;
+    routed.classes = vec![
+        crate::link::TargetClass {
+            workload: 0,
+            weights: vec![1, 0],
+        },
+        crate::link::TargetClass {
+            workload: 1,
+            weights: vec![0, 1],
+        },
+    ];
+    let mut next = targets(2, vec![routed]);
+    next.workloads = vec!["batch".into(), "web".into()];
+    node.apply(&next);
+    let newest = node
+        .current(&held, caller.as_deref())
+        .expect("a newer version");
+    assert_eq!(weights(&newest), [0, 1], "batch's own class, by name");
+    let other = node.current(&held, Some("web")).expect("a newer version");
+    assert_eq!(weights(&other), [1, 0], "web has no class: class 0");
+    let unknown = node.current(&held, None).expect("a newer version");
+    assert_eq!(weights(&unknown), [1, 0]);
 }

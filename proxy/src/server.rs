@@ -197,7 +197,9 @@ impl Proxy {
                 let forwarder = forwarder.clone();
                 // A kept-alive connection outlives snapshots: each request takes the
                 // service's newest version (its backends, their eligibility, its routes).
-                let service = resolve.current(&service).unwrap_or_else(|| service.clone());
+                let service = resolve
+                    .current(&service, caller.as_deref())
+                    .unwrap_or_else(|| service.clone());
                 let caller = caller.clone();
                 let http1 = request.version() < Version::HTTP_2;
                 asked.store(true, Ordering::Relaxed);

@@ -44,8 +44,13 @@ pub trait Resolve: Send + Sync + 'static {
     }
 
     /// The version of `service` the next request of a connection resolved earlier should
-    /// use (its config and backends may have changed since); `None` keeps `service`.
-    fn current(&self, _service: &Arc<ServiceTarget>) -> Option<Arc<ServiceTarget>> {
+    /// use (its config, backends and routes may have changed since), for `caller` (the
+    /// workload [`Resolve::resolve`] named at accept); `None` keeps `service`.
+    fn current(
+        &self,
+        _service: &Arc<ServiceTarget>,
+        _caller: Option<&str>,
+    ) -> Option<Arc<ServiceTarget>> {
         None
     }
 }

@@ -222,6 +222,7 @@ mod tests {
             slot_table_len: 2,
             backends: vec![backend("127.0.0.2:80", 1), backend("127.0.0.3:80", 2)].into(),
             classes: std::sync::Arc::default(),
+            class0_weights: None,
         }
     }
 

@@ -11,7 +11,7 @@ use sockmesh_common::CALLER_CLASS_DEFAULT;
 use sockmesh_model::{MeshConfig, Protocol, SliKind};
 use sockmesh_proxy::link::{TargetBackend, TargetClass, TargetService, Targets};
 
-use crate::tables::{is_routed, ServiceView};
+use crate::tables::ServiceView;
 
 /// The proxy's view of `config` as applied (`views`, from the same apply).
 pub(crate) fn targets(config: &MeshConfig, views: &[ServiceView], generation: u64) -> Targets {
@@ -23,31 +23,25 @@ pub(crate) fn targets(config: &MeshConfig, views: &[ServiceView], generation: u6
         .filter_map(|s| {
             // A service the tables did not take (none today) is not served: no id.
             let view = by_name.get(s.name.as_str())?;
-            let addrs: Vec<String> = s.backends.iter().map(|b| b.addr.to_string()).collect();
             let slots: HashMap<&str, usize> = view
                 .backends
                 .iter()
                 .map(|b| (b.addr.as_str(), b.slots))
                 .collect();
-            let default: Vec<u32> = addrs
-                .iter()
-                .map(|a| slot_weight(slots.get(a.as_str())))
-                .collect();
-            // Routes and locality: each caller class's weights as its kernel table holds
-            // them (class 0 first); a backend is eligible when some class may use it (a
-            // canary for its callers only), and none may use a banned one.
-            let classes: Vec<TargetClass> = if is_routed(s) {
-                std::iter::once(TargetClass {
+            // Routes and locality: each caller class's weights, the ones its kernel table
+            // was built from (class 0 first); a backend is eligible when some class may use
+            // it (a canary for its callers only), and none may use a banned one.
+            let classes: Vec<TargetClass> = match &view.class0_weights {
+                Some(default) => std::iter::once(TargetClass {
                     workload: CALLER_CLASS_DEFAULT,
-                    weights: default.clone(),
+                    weights: default.to_vec(),
                 })
                 .chain(view.classes.iter().map(|c| TargetClass {
                     workload: c.class,
-                    weights: addrs.iter().map(|a| slot_weight(c.slots.get(a))).collect(),
+                    weights: c.weights.clone(),
                 }))
-                .collect()
-            } else {
-                Vec::new()
+                .collect(),
+                None => Vec::new(),
             };
             let backends = s
                 .backends
@@ -57,11 +51,13 @@ pub(crate) fn targets(config: &MeshConfig, views: &[ServiceView], generation: u6
                     addr: b.addr,
                     weight: b.weight,
                     labels: b.labels.clone(),
-                    eligible: classes
-                        .iter()
-                        .map(|c| c.weights[i])
-                        .chain([default[i]])
-                        .any(|w| w > 0),
+                    eligible: if classes.is_empty() {
+                        slots.get(b.addr.to_string().as_str()).copied().unwrap_or(0) > 0
+                    } else {
+                        classes
+                            .iter()
+                            .any(|c| c.weights.get(i).is_some_and(|w| *w > 0))
+                    },
                 })
                 .collect();
             let mut latency_thresholds_us: Vec<u64> = s
@@ -89,11 +85,6 @@ pub(crate) fn targets(config: &MeshConfig, views: &[ServiceView], generation: u6
         services,
         workloads: config.workloads.iter().map(|w| w.name.clone()).collect(),
     }
-}
-
-/// A backend's slots in one kernel table, as a pick weight.
-fn slot_weight(slots: Option<&usize>) -> u32 {
-    slots.map_or(0, |&n| u32::try_from(n).unwrap_or(u32::MAX))
 }
 
 /// Whether `config` has a service the proxy must serve.
@@ -206,6 +197,39 @@ services:
         assert_eq!(classes, [(0, true, false), (1, false, true)]);
         // The canary is eligible: a class may use it.
         assert!(shop.backends.iter().all(|b| b.eligible));
+    }
+
+    #[test]
+    fn a_split_keeps_its_proportions_under_least_conn() {
+        // least_conn's kernel table holds each usable backend once: the proxy must get the
+        // split's weights, not those slot counts.
+        let cfg = sockmesh_model::parse_config(
+            "
+services:
+  - name: shop
+    vip: 127.100.0.2
+    port: 80
+    protocol: http
+    lb: least_conn
+    routes:
+      - weight_split:
+          - {to: {track: stable}, percent: 90}
+          - {to: {track: canary}, percent: 10}
+    backends:
+      - {addr: 127.0.0.3:8081, labels: {track: stable}}
+      - {addr: 127.0.0.4:8081, labels: {track: canary}}
+",
+        )
+        .unwrap();
+        let t = targets(&cfg, &applied(&cfg), 1);
+        let class0 = &t.services[0].classes[0];
+        assert_eq!(class0.workload, 0);
+        assert_eq!(
+            class0.weights[0],
+            9 * class0.weights[1],
+            "{:?}",
+            class0.weights
+        );
     }
 
     #[test]

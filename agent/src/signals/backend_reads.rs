@@ -252,6 +252,7 @@ mod tests {
                 })
                 .collect(),
             classes: std::sync::Arc::default(),
+            class0_weights: None,
         }
     }
 

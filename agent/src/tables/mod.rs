@@ -23,4 +23,4 @@ mod route_tests;
 
 pub(crate) use overlay::{CircuitFlag, Overlay, ServiceOverlay};
 pub(crate) use plan::{plan, plan_for, plan_services, KernelState, ServiceView};
-pub(crate) use route::{is_routed, Node};
+pub(crate) use route::Node;

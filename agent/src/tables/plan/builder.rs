@@ -18,7 +18,7 @@ use crate::tables::{
     addr::{backend_entry, service_key},
     overlay::{service_entry, Overlay},
     policy,
-    route::{service_classes, workload_class, Node},
+    route::{is_routed, service_classes, workload_class, Node},
 };
 
 /// A plan in the making: services are added one by one ([`Builder::service`]); what is
@@ -150,11 +150,11 @@ impl<'a> Builder<'a> {
         // Classes whose table comes out the same as class 0's get none: the kernel falls
         // back to class 0. Workloads with the same weights share one computation.
         let mut built: BTreeMap<Vec<u32>, Vec<u32>> = BTreeMap::new();
-        let mut class_tables: Vec<(u32, Vec<u32>)> = Vec::new();
+        let mut class_tables: Vec<(u32, Vec<u32>, Vec<u32>)> = Vec::new();
         for (class, w) in classes {
-            let table = built.entry(w).or_insert_with_key(|w| build(w));
+            let table = built.entry(w.clone()).or_insert_with_key(|w| build(w));
             if *table != slots {
-                class_tables.push((class, table.clone()));
+                class_tables.push((class, table.clone(), w));
             }
         }
         // A policy change that changes how the kernel reads the table (ids only, or
@@ -166,7 +166,7 @@ impl<'a> Builder<'a> {
             .and_then(|old| policy::by_code(old.lb))
             .is_some_and(|old| old.ids_only() != lb.ids_only());
         for (class, table) in std::iter::once((CALLER_CLASS_DEFAULT, &slots))
-            .chain(class_tables.iter().map(|(c, t)| (*c, t)))
+            .chain(class_tables.iter().map(|(c, t, _)| (*c, t)))
         {
             let table_key = SlotTableKey {
                 service_id: id,
@@ -239,7 +239,7 @@ impl<'a> Builder<'a> {
         }
         let class_views: Vec<ClassView> = class_tables
             .iter()
-            .map(|(class, table)| {
+            .map(|(class, table, weights)| {
                 let mut counts: BTreeMap<String, usize> = BTreeMap::new();
                 for (b, bid) in spec.backends.iter().zip(&ids) {
                     let n = lb.routed(table).iter().filter(|s| *s == bid).count();
@@ -252,6 +252,7 @@ impl<'a> Builder<'a> {
                     workload: config.workloads[*class as usize - 1].name.clone(),
                     slot_table_len: table.len(),
                     slots: counts,
+                    weights: weights.clone(),
                 }
             })
             .collect();
@@ -274,6 +275,7 @@ impl<'a> Builder<'a> {
                 })
                 .collect(),
             classes: class_views.into(),
+            class0_weights: is_routed(spec).then(|| weights.into()),
         });
         Ok(())
     }

@@ -124,6 +124,12 @@ pub(crate) struct ServiceView {
     /// the service's table above.
     #[serde(skip_serializing_if = "no_classes")]
     pub classes: Arc<[ClassView]>,
+    /// A service with routes or a zone preference: the weights (one per backend, in the
+    /// config's order) its class-0 table was built from, what the L7 proxy picks by. The
+    /// slot counts above are not always proportional to them (least_conn's table holds
+    /// each usable backend once).
+    #[serde(skip)]
+    pub class0_weights: Option<Arc<[u32]>>,
 }
 
 fn no_classes(classes: &Arc<[ClassView]>) -> bool {
@@ -139,6 +145,9 @@ pub(crate) struct ClassView {
     pub slot_table_len: usize,
     /// Slots per backend address (backends with none are left out).
     pub slots: BTreeMap<String, usize>,
+    /// The weights (one per backend, in the config's order) the table was built from.
+    #[serde(skip)]
+    pub weights: Vec<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
