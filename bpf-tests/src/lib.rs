@@ -87,7 +87,7 @@
 //! | `l7_timeouts.rs` | a hung backend's tries move on after `per_try_timeout` (all 200, retries = its requests); all backends hung: 504 within `timeout` + 5 s | 18955-18959 | 127.100.96.10-11 |
 //! | `same_node.rs` | sk_msg redirect byte-exact both ways, close and reset; fallback to TCP once for an outside server | 18960-18963 | 127.100.96.1-2 |
 //! | **control plane, caller routes, locality** | | | |
-//! | `slowloris.rs` | 2,000 held half-requests against the agent's `/metrics` (cap 512: the longest-idle make room) and the control plane's API: scrapes, admin socket, routing and a ban keep working, a config change reaches the agent; descriptors bounded; every held connection closed by the server (evicted or header timeout) | 18970-18979 | 127.100.97.1-2 |
+//! | `slowloris.rs`, `slowloris_control.rs` | 2,000 held half-requests against the agent's `/metrics` (cap 512: the longest-idle make room) and, in a process of its own, opened in batches of 250, the control plane's API: scrapes, admin socket, routing and a ban keep working, a config change reaches the agent; descriptors bounded; every held connection closed by the server (evicted or header timeout) | 18970-18979 | 127.100.97.1-2 |
 //! | `control_follow.rs` | an agent follows `sockmesh-control`: edits, invalid edits, persisted snapshot, watch reconnect, 401, rollback | test N: 188N0-188N9 | 127.100.8N.1 |
 //! | `route_callers.rs` | label rules: canary-only, 90/10 split, catch-all; `fallback: all` / `none` live | 18900-18909 | 127.100.90.1 |
 //! | `locality_failover.rs` | callers stay in their zone while >= `min_healthy_percent` of it is healthy, fail over below, return | 18910-18919 | 127.100.91.1 |
