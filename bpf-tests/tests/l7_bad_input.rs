@@ -167,11 +167,15 @@ services:
     assert_refused("stalled HTTP/2 preface", &stalled, |o| {
         o == "closed" || o == "reset"
     });
+    // Not closed before the head timeout (a timer never fires early, so a busy machine
+    // cannot miss this); that the timeout closed them is the exact `head_timeout` count
+    // below, and how long after it they went is printed, not asserted.
     for (name, held) in [("slowloris", &slowloris), ("stalled preface", &stalled)] {
         let (first_closed, last_closed) = held.range_ms();
+        eprintln!("{name}: closed {first_closed:.0}-{last_closed:.0} ms after opening");
         assert!(
-            first_closed >= 9_000.0 && last_closed <= 20_000.0,
-            "{name}: closed at the 10 s head timeout: {first_closed:.0}-{last_closed:.0} ms"
+            first_closed >= 9_000.0,
+            "{name}: closed before the 10 s head timeout: {first_closed:.0} ms"
         );
     }
     let calm = reset.count(|o| o == "goaway 11");

@@ -2,7 +2,7 @@
 //! cases it must not claim.
 
 use super::super::score::{
-    diagnose, BackendRequests, BackendSignals, BanNow, CircuitNow, DiagnoseInput, Diagnosis,
+    diagnose, BackendRequests, BackendSignals, BanNow, Cause, CircuitNow, DiagnoseInput, Diagnosis,
     Refusals, RequestSignals, RequestWindow, SloBurn,
 };
 
@@ -59,12 +59,16 @@ fn http(rows: Vec<BackendRequests>, unattributed: u64) -> DiagnoseInput {
     }
 }
 
-fn score(d: &Diagnosis) -> f64 {
+/// Cause `name` of `d`.
+fn cause<'a>(d: &'a Diagnosis, name: &str) -> &'a Cause {
     d.causes
         .iter()
-        .find(|c| c.cause == "backend_errors")
-        .unwrap()
-        .score
+        .find(|c| c.cause == name)
+        .unwrap_or_else(|| panic!("no cause {name}"))
+}
+
+fn score(d: &Diagnosis) -> f64 {
+    cause(d, "backend_errors").score
 }
 
 #[test]
@@ -126,12 +130,7 @@ fn thin_errors_and_noise_score_nothing() {
     let rows = (2..5).map(|p| backend(p, 300, 3)).collect();
     let d = diagnose(&http(rows, 0));
     assert_eq!(score(&d), 0.0);
-    let e = &d
-        .causes
-        .iter()
-        .find(|c| c.cause == "backend_errors")
-        .unwrap()
-        .evidence;
+    let e = &cause(&d, "backend_errors").evidence;
     assert!(e[0].contains("spread thinly"), "{e:?}");
     // Fewer than five failed requests in all.
     let d = diagnose(&http(vec![backend(2, 4, 4), backend(3, 100, 0)], 0));
@@ -164,11 +163,7 @@ fn a_consecutive_5xx_ban_counts_once_traffic_has_moved_away() {
         d.causes[0].evidence[0],
         "127.0.0.3:80: no requests in the last 60 s; banned (consecutive_5xx)"
     );
-    let failing = d
-        .causes
-        .iter()
-        .find(|c| c.cause == "backends_failing")
-        .unwrap();
+    let failing = cause(&d, "backends_failing");
     assert_eq!(failing.score, 0.0, "{failing:?}");
 }
 
@@ -178,12 +173,7 @@ fn failures_that_reach_no_backend_are_said_but_not_blamed() {
     let rows = (2..5).map(|p| backend(p, 0, 0)).collect();
     let d = diagnose(&http(rows, 50));
     assert_eq!(score(&d), 0.0);
-    let e = &d
-        .causes
-        .iter()
-        .find(|c| c.cause == "backend_errors")
-        .unwrap()
-        .evidence;
+    let e = &cause(&d, "backend_errors").evidence;
     assert!(
         e.iter()
             .any(|l| l.starts_with("50 failed requests reached no backend")),
@@ -204,11 +194,7 @@ fn a_tcp_service_has_no_requests_to_judge() {
     let mut i = http(Vec::new(), 0);
     i.requests = RequestSignals::default();
     let d = diagnose(&i);
-    let c = d
-        .causes
-        .iter()
-        .find(|c| c.cause == "backend_errors")
-        .unwrap();
+    let c = cause(&d, "backend_errors");
     assert_eq!(c.score, 0.0);
     assert_eq!(
         c.evidence,

@@ -102,7 +102,7 @@ services:
         ];
         // Rows past the bound and rows of backends the config does not have are ignored.
         backends
-            .extend((0..MAX_TALLY_BACKENDS as u16).map(|p| row(&format!("10.0.0.1:{p}"), 1, 1)));
+            .extend((0..MAX_TALLY_BACKENDS as u16).map(|p| row(&format!("127.0.9.1:{p}"), 1, 1)));
         signals.on_requests(&ServiceTally {
             service: "shop".into(),
             requests: 900,
@@ -112,7 +112,7 @@ services:
         });
         let unknown = signals.with_recorder(|rec, _, _| {
             let recent = crate::diagnose::record::RECENT;
-            rec.backend_requests(Instant::now(), "shop", "10.0.0.1:0", recent)
+            rec.backend_requests(Instant::now(), "shop", "127.0.9.1:0", recent)
         });
         assert_eq!(unknown.requests, 0, "not a configured backend");
 
